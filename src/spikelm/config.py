@@ -1,0 +1,368 @@
+"""Typed, torch-free configuration dataclasses.
+
+Every config validates itself in ``__post_init__`` and fails with a :class:`ConfigError` that
+names the offending key, so that a typo in a YAML file or a ``--key value`` override is caught
+before any work starts.  Configs are saved as JSON (or YAML) beside the weights they describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "RWKV6Config",
+    "EncodingConfig",
+]
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (e.g. a string from the command line or YAML) to the annotated type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X] and X | None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        elem = args[0] if args else str
+        items = [_coerce(name, v, elem) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected {tp.__name__}, got {value!r}")
+        try:
+            out = tp(value) if not isinstance(value, str) else tp(float(value)) if tp is int and "e" in value.lower() else tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+@dataclass
+class Config:
+    """Base class: dict/JSON/YAML round trip, unknown-key detection, type coercion."""
+
+    kind: ClassVar[str] = "config"
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        d = dict(d)
+        d.pop("kind", None)
+        known = cls.fields()
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.kind} key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+            )
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"kind": self.kind}
+        for k in self.fields():
+            v = getattr(self, k)
+            out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def replace(self: C, **overrides: Any) -> C:
+        d = self.to_dict()
+        d.update(overrides)
+        return type(self).from_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        path.write_text(text)
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        return cls.from_dict(d)
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class RWKV6Config(Config):
+    """Shape of an RWKV-6 ("Finch", x060) model, in the official names.
+
+    ``head_size`` is N (64 in every released model); ``n_head = dim_att // head_size`` is H.
+    ``dim_ffn`` defaults to the official ``int(3.5 * C) // 32 * 32``. The LoRA ranks are
+    ``time_mix_extra_dim`` (Dm: 32, or 64 for C >= 4096) and ``time_decay_extra_dim``
+    (Dd: 64, or 128 for C >= 4096), as in RWKV-LM's ``v6/src/model.py``.
+    """
+
+    kind: ClassVar[str] = "rwkv6"
+
+    vocab_size: int = 65536
+    n_layer: int = 12
+    n_embd: int = 768
+    head_size: int = 64
+    dim_att: int = 0  # 0 -> n_embd
+    dim_ffn: int = 0  # 0 -> int(3.5 * n_embd) // 32 * 32
+    time_mix_extra_dim: int = 0  # 0 -> 32 (64 when n_embd >= 4096)
+    time_decay_extra_dim: int = 0  # 0 -> 64 (128 when n_embd >= 4096)
+    has_time_state: bool = False  # checkpoint carries a trained initial WKV state (att.time_state)
+    tokenizer: str = "world"  # "world", "bytes", or a path to a tokenizer.json (GPT-NeoX BPE)
+
+    def __post_init__(self) -> None:
+        for k in ("vocab_size", "n_layer", "n_embd", "head_size"):
+            _require(isinstance(getattr(self, k), int) and getattr(self, k) > 0, k, f"must be a positive integer, got {getattr(self, k)!r}")
+        if self.dim_att == 0:
+            self.dim_att = self.n_embd
+        if self.dim_ffn == 0:
+            self.dim_ffn = int(self.n_embd * 3.5) // 32 * 32
+        if self.time_mix_extra_dim == 0:
+            self.time_mix_extra_dim = 64 if self.n_embd >= 4096 else 32
+        if self.time_decay_extra_dim == 0:
+            self.time_decay_extra_dim = 128 if self.n_embd >= 4096 else 64
+        _require(self.dim_att % self.head_size == 0, "dim_att", f"{self.dim_att} is not a multiple of head_size {self.head_size}")
+        for k in ("dim_ffn", "time_mix_extra_dim", "time_decay_extra_dim"):
+            _require(getattr(self, k) > 0, k, "must be positive")
+
+    @property
+    def n_head(self) -> int:
+        return self.dim_att // self.head_size
+
+
+ENCODINGS = ("mhse", "rate", "none")
+SITES = ("time_mix", "all")
+SATURATIONS = ("clip",)
+CALIBRATIONS = ("max", "percentile")
+GRANULARITIES = ("tensor", "channel")
+
+
+@dataclass
+class EncodingConfig(Config):
+    """How activations feeding linear layers are turned into spikes (SpikeRWKV, section 3.4).
+
+    ``encoding``: ``mhse`` (multi-head spike encoding: ``layers`` spike layers with weights
+    ``base ** (n_int - i)``, ``i = 1..layers``) or ``rate`` (SNN-RWKV repetition coding: one IF
+    neuron per value, ``layers`` must be 1). ``T`` time steps. ``sites``: ``time_mix`` (the
+    paper: inputs of receptance, key, value, gate) or ``all`` (also output, channel mix and the
+    LoRA projections). ``n_int`` is the number of integer bits of the magnitude after scaling by
+    the calibrated scale ``s`` (so with ``n_int = 1`` the largest weight is 1 and ``|x| / s`` up to
+    ``2 - 2**-(layers-1)`` is representable). ``init_half``: start the membrane at half the
+    smallest weight (rounding instead of truncation; off in the paper-faithful presets).
+    """
+
+    kind: ClassVar[str] = "encoding"
+
+    encoding: str = "mhse"
+    T: int = 1
+    layers: int = 4
+    base: float = 2.0
+    n_int: int = 1
+    sites: str = "time_mix"
+    saturation: str = "clip"
+    init_half: bool = False
+    calibration: str = "max"
+    percentile: float = 99.99
+    granularity: str = "tensor"
+
+    def __post_init__(self) -> None:
+        _require(self.encoding in ENCODINGS, "encoding", f"unknown encoding {self.encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        _require(isinstance(self.T, int) and self.T >= 1, "T", f"the number of time steps must be an integer >= 1, got {self.T!r}")
+        _require(isinstance(self.layers, int) and self.layers >= 1, "layers", f"the number of spike layers must be an integer >= 1, got {self.layers!r}")
+        _require(self.base > 1.0, "base", f"must be > 1, got {self.base!r}")
+        _require(self.sites in SITES, "sites", f"unknown site set {self.sites!r}; choose one of {', '.join(SITES)}")
+        _require(self.saturation in SATURATIONS, "saturation", f"unknown policy {self.saturation!r}; choose one of {', '.join(SATURATIONS)}")
+        _require(self.calibration in CALIBRATIONS, "calibration", f"unknown method {self.calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
+        _require(0.0 < self.percentile <= 100.0, "percentile", f"must be in (0, 100], got {self.percentile!r}")
+        _require(self.granularity in GRANULARITIES, "granularity", f"choose one of {', '.join(GRANULARITIES)}")
+        if self.encoding == "rate":
+            _require(self.layers == 1, "layers", "rate coding (SNN-RWKV) uses a single IF neuron per value: set layers=1")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _model_config_class(kind: str) -> type[Config] | None:
+    """The :class:`Config` subclass whose ``kind`` is ``kind`` (searched among all subclasses).
+
+    Model families add their config class to this module (``RWKV6Config``, ``SpikeGPTConfig``...),
+    so a training config's nested ``model`` dict is validated by the same code that builds the
+    model, without a registry to keep in sync.
+    """
+    stack = list(Config.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls.kind == kind:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return None
+
+
+@dataclass
+class TrainArgs(Config):
+    """Everything a training run needs; saved as ``train_args.json`` in every checkpoint.
+
+    ``model`` is the nested model config with its ``kind`` (``{kind: rwkv6, n_layer: 2, ...}``);
+    on the command line its keys are set with dotted names (``--model.n_layer 4``). If it has no
+    ``tokenizer`` key, ``tokenizer`` is used; ``vocab_size``, if absent, is the tokenizer's.
+
+    Length of the run: ``max_steps`` optimizer steps, or, when ``max_tokens > 0``, as many steps as
+    it takes to see that many tokens (it replaces ``max_steps``). ``max_minutes > 0`` additionally
+    stops the run gracefully once that much training time has passed (evaluating and saving the
+    final model as usual); the learning-rate schedule still follows the step count, so a time
+    budget that ends early leaves the cosine decay unfinished.
+
+    ``batch_size`` is the *global* batch in sequences of ``ctx_len`` tokens; it is split over the
+    ``grad_accum`` micro-steps and over the processes of a ``torchrun`` launch, so the loss
+    trajectory does not depend on how many processes share the work.
+    ``eval_every`` / ``save_every`` / ``log_every`` count optimizer steps (0 disables periodic
+    evaluation or checkpoints; the end of the run always evaluates). ``keep_checkpoints``: how
+    many of the newest checkpoints to keep (0 keeps all). ``grad_clip`` 0 disables clipping.
+    ``precision``: ``auto`` (bf16 autocast on a GPU that supports it, else fp16 autocast with a
+    gradient scaler; fp32 on CPU) or one of ``fp32``, ``bf16``, ``fp16``. ``device``: ``auto``
+    (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    kind: ClassVar[str] = "train"
+
+    model: dict[str, Any] = field(default_factory=lambda: {"kind": "rwkv6", "n_layer": 2, "n_embd": 64, "head_size": 16})
+    data: str = "default"
+    tokenizer: str = "bytes"
+    ctx_len: int = 128
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    max_tokens: int = 0
+    max_minutes: float = 0.0
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 0
+    keep_checkpoints: int = 3
+    out_dir: str = "runs/train"
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for k in ("data", "tokenizer", "out_dir"):
+            _require(isinstance(getattr(self, k), str) and getattr(self, k).strip() != "", k, "must be a non-empty string")
+        for k in ("ctx_len", "batch_size", "grad_accum", "eval_batches", "log_every"):
+            v = getattr(self, k)
+            _require(isinstance(v, int) and v >= 1, k, f"must be an integer >= 1, got {v!r}")
+        for k in ("max_steps", "max_tokens", "warmup_steps", "eval_every", "save_every", "keep_checkpoints", "seed"):
+            v = getattr(self, k)
+            _require(isinstance(v, int) and v >= 0, k, f"must be an integer >= 0, got {v!r}")
+        _require(self.max_steps > 0 or self.max_tokens > 0, "max_steps", "set max_steps or max_tokens to a positive number")
+        _require(self.batch_size % self.grad_accum == 0, "batch_size",
+                 f"the global batch {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
+        _require(self.max_minutes >= 0, "max_minutes", f"must be >= 0 (0: no time limit), got {self.max_minutes!r}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
+        _require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
+                 f"must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        _require(self.eps > 0, "eps", f"must be > 0, got {self.eps!r}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0: no clipping), got {self.grad_clip!r}")
+        _require(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        dev = self.device if isinstance(self.device, str) else ""
+        _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "device",
+                 f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self.model = self._checked_model(self.model)
+
+    def _checked_model(self, m: Any) -> dict[str, Any]:
+        """Validate the nested model config with its own class; return it with coerced values.
+
+        Only the keys given are kept (plus ``tokenizer``), so defaults that depend on the data
+        (``vocab_size``) can still be filled in from the tokenizer when the model is built.
+        """
+        _require(isinstance(m, dict), "model", f"must be a mapping of model config keys with a `kind`, got {m!r}")
+        m = dict(m)
+        kind = m.get("kind")
+        _require(isinstance(kind, str) and kind != "", "model.kind", "missing: name the model family, e.g. rwkv6")
+        cls = _model_config_class(kind)
+        if cls is None:  # a family whose config class lives elsewhere: its builder validates it
+            return m
+        if "tokenizer" in cls.fields():
+            m.setdefault("tokenizer", self.tokenizer)
+            _require(m["tokenizer"] == self.tokenizer, "model.tokenizer",
+                     f"{m['tokenizer']!r} differs from tokenizer {self.tokenizer!r} (the data's tokenizer)")
+        body = {k: v for k, v in m.items() if k != "kind"}
+        try:
+            checked = cls.from_dict(body).to_dict()
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(f"model: {msg}" if msg.startswith("unknown") else f"model.{msg}") from None
+        return {"kind": kind, **{k: checked[k] for k in body}}
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.ctx_len
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: ``max_steps``, or enough to see ``max_tokens`` tokens."""
+        if self.max_tokens > 0:
+            return -(-self.max_tokens // self.tokens_per_step)
+        return self.max_steps

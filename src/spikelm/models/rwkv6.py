@@ -1,0 +1,267 @@
+"""RWKV-6 ("Finch", x060), one module for parallel and recurrent use.
+
+Read top to bottom: TimeMix (data-dependent token shift "ddlerp", data-dependent decay, WKV6
+recurrence, GroupNorm, gate), ChannelMix (squared-ReLU FFN with a receptance gate), Block, RWKV6.
+
+Parameter names and shapes are the official ones (RWKV-LM ``v6/src/model.py``, the ``.pth``
+files released as ``RWKV-x060-*``), so a released checkpoint loads with ``strict=True``:
+
+    emb.weight [V, C]                      blocks.0.ln0.{weight,bias} [C] (layer 0 only)
+    blocks.i.ln1 / ln2 [C]                 blocks.i.att.time_maa_{x,w,k,v,r,g} [1, 1, C]
+    blocks.i.att.time_maa_w1 [C, 5*Dm]     blocks.i.att.time_maa_w2 [5, Dm, C]
+    blocks.i.att.time_decay [1, 1, A]      blocks.i.att.time_decay_w1 [C, Dd]  ..._w2 [Dd, A]
+    blocks.i.att.time_faaaa [H, N]         blocks.i.att.{receptance,key,value,gate}.weight [A, C]
+    blocks.i.att.output.weight [C, A]      blocks.i.att.ln_x.{weight,bias} [A]
+    blocks.i.ffn.time_maa_{k,r} [1, 1, C]  blocks.i.ffn.key.weight [F, C], value [C, F], receptance [C, C]
+    ln_out.{weight,bias} [C]               head.weight [V, C]
+
+Recurrent state (one entry per layer, batch first): the last ``ln1`` output (B, C), the WKV
+state (B, H, N, N) in fp32 indexed [key, value], and the last ``ln2`` output (B, C). Feeding a
+sequence in one call or token by token with the state carried gives the same logits.
+
+Spike-encoding sites: each linear layer is an ``nn.Linear`` (so a converter can swap it for a
+spiking linear of the same parameter names), and the two LoRA projections read their input
+through ``maa_in`` / ``decay_in`` identity modules (no parameters, so the state dict is
+unchanged) that a converter may replace by an encoder. The model itself knows nothing of spikes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import RWKV6Config
+from ..ops.wkv6 import wkv6
+
+LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
+State = list[LayerState]
+
+# Floor of the per-step log decay. exp(-60) ~ 1e-26 is far below float32 resolution relative to
+# the state it multiplies, so the clamp changes no result, but it keeps -inf out of the
+# chunked WKV's differences of cumulative log-decays (-inf - -inf = NaN).
+LOG_DECAY_FLOOR = -60.0
+
+
+def _token_shift(x: Tensor, last: Tensor) -> Tensor:
+    """Previous token's vector for every position: (B, T, C) with ``last`` (B, C) in front."""
+    return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: RWKV6Config, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        C, A, H, N = cfg.n_embd, cfg.dim_att, cfg.n_head, cfg.head_size
+        Dm, Dd = cfg.time_mix_extra_dim, cfg.time_decay_extra_dim
+        self.n_head, self.head_size = H, N
+
+        self.time_maa_x = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_w = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_k = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_v = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_r = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_g = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_w1 = nn.Parameter(torch.zeros(C, 5 * Dm))
+        self.time_maa_w2 = nn.Parameter(torch.zeros(5, Dm, C))
+        self.time_decay = nn.Parameter(torch.zeros(1, 1, A))
+        self.time_decay_w1 = nn.Parameter(torch.zeros(C, Dd))
+        self.time_decay_w2 = nn.Parameter(torch.zeros(Dd, A))
+        self.time_faaaa = nn.Parameter(torch.zeros(H, N))
+        if cfg.has_time_state:
+            # A trained initial WKV state (state tuning); stored [H, N_v, N_k] in official files.
+            self.time_state = nn.Parameter(torch.zeros(H, N, N))
+
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.gate = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
+        # eps = 1e-5 * head_size_divisor**2 with the official divisor 8: 64e-5.
+        self.ln_x = nn.GroupNorm(H, A, eps=64e-5)
+
+        self.maa_in = nn.Identity()  # input of the ddlerp LoRA (time_maa_w1)
+        self.decay_in = nn.Identity()  # input of the decay LoRA (time_decay_w1)
+
+    def initial_wkv(self, B: int, device: torch.device) -> Tensor:
+        H, N = self.n_head, self.head_size
+        if hasattr(self, "time_state"):
+            return self.time_state.detach().float().transpose(1, 2).unsqueeze(0).expand(B, H, N, N).contiguous()
+        return torch.zeros(B, H, N, N, device=device, dtype=torch.float32)
+
+    def forward(self, x: Tensor, shift: Tensor, wkv_state: Tensor, wkv_impl: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+
+        # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp).
+        xx = _token_shift(x, shift) - x  # (B, T, C)
+        xxx = x + xx * self.time_maa_x
+        xxx = torch.tanh(self.maa_in(xxx) @ self.time_maa_w1)  # (B, T, 5*Dm)
+        xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
+        xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C)
+        mw, mk, mv, mr, mg = xxx.unbind(0)
+        xw = x + xx * (self.time_maa_w + mw)
+        xk = x + xx * (self.time_maa_k + mk)
+        xv = x + xx * (self.time_maa_v + mv)
+        xr = x + xx * (self.time_maa_r + mr)
+        xg = x + xx * (self.time_maa_g + mg)
+
+        r = self.receptance(xr)  # (B, T, A)
+        k = self.key(xk)
+        v = self.value(xv)
+        g = F.silu(self.gate(xg))
+
+        # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
+        d = self.time_decay.float() + (torch.tanh(self.decay_in(xw) @ self.time_decay_w1) @ self.time_decay_w2).float()
+        logw = (-torch.exp(d)).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
+
+        heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
+        y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
+        y = y.reshape(B * T, H * N)
+        y = self.ln_x(y.to(self.ln_x.weight.dtype)).view(B, T, H * N)  # GroupNorm per head
+        out = self.output(y.to(x.dtype) * g)
+        return out, x[:, -1], wkv_state
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, cfg: RWKV6Config, layer_id: int):
+        super().__init__()
+        C, Fh = cfg.n_embd, cfg.dim_ffn
+        self.time_maa_k = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_r = nn.Parameter(torch.zeros(1, 1, C))
+        self.key = nn.Linear(C, Fh, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(Fh, C, bias=False)
+
+    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        xx = _token_shift(x, shift) - x
+        xk = x + xx * self.time_maa_k
+        xr = x + xx * self.time_maa_r
+        k = torch.relu(self.key(xk)) ** 2  # (B, T, F)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKV6Config, layer_id: int):
+        super().__init__()
+        C = cfg.n_embd
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(C)  # normalises the embedding, layer 0 only
+        self.ln1 = nn.LayerNorm(C)
+        self.ln2 = nn.LayerNorm(C)
+        self.att = TimeMix(cfg, layer_id)
+        self.ffn = ChannelMix(cfg, layer_id)
+
+    def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
+        att_shift, wkv_state, ffn_shift = state
+        if hasattr(self, "ln0"):
+            x = self.ln0(x)
+        # Token shift works on the LayerNorm output: the state keeps the last ln1/ln2 outputs.
+        h = self.ln1(x)
+        dx, att_shift, wkv_state = self.att(h, att_shift, wkv_state, wkv_impl)
+        x = x + dx
+        h = self.ln2(x)
+        dx, ffn_shift = self.ffn(h, ffn_shift)
+        x = x + dx
+        return x, (att_shift, wkv_state, ffn_shift)
+
+
+class RWKV6(nn.Module):
+    """RWKV-6 language model: ``forward(idx, state=None) -> (logits, state)``."""
+
+    def __init__(self, cfg: RWKV6Config):
+        super().__init__()
+        self.cfg = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.wkv_impl = "auto"  # "naive" | "chunked" | "auto" (naive for T == 1)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.cfg.tokenizer
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        device = device or self.emb.weight.device
+        dtype = dtype or self.emb.weight.dtype
+        C = self.cfg.n_embd
+        return [
+            (
+                torch.zeros(batch_size, C, device=device, dtype=dtype),
+                blk.att.initial_wkv(batch_size, device),
+                torch.zeros(batch_size, C, device=device, dtype=dtype),
+            )
+            for blk in self.blocks
+        ]
+
+    def forward(self, idx: Tensor, state: Optional[State] = None, last_only: bool = False) -> tuple[Tensor, State]:
+        """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with ``last_only``), new state."""
+        B, T = idx.shape
+        if state is None:
+            state = self.initial_state(B, idx.device)
+        x = self.emb(idx)  # (B, T, C)
+        new_state: State = []
+        for blk, s in zip(self.blocks, state):
+            x, s = blk(x, s, self.wkv_impl)
+            new_state.append(s)
+        if last_only:
+            x = x[:, -1:]  # generation needs only the last position: skip the head elsewhere
+        logits = self.head(self.ln_out(x))
+        return logits, new_state
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> "RWKV6":
+        """Initialise for training from scratch, following the shape of RWKV-LM v6's scheme.
+
+        Token-shift mixes fade with depth, decays spread from fast (-6) to slow per channel and
+        layer, and the output projections start at zero so each block starts as the identity.
+        """
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        cfg = self.cfg
+        L, C, A, N = cfg.n_layer, cfg.n_embd, cfg.dim_att, cfg.head_size
+
+        def uniform(t: Tensor, a: float) -> None:
+            t.copy_(torch.rand(t.shape, generator=g) * 2 * a - a)
+
+        def ortho_like(w: Tensor, gain: float) -> None:
+            # Scaled normal: same variance as an orthogonal matrix of that gain, cheaper to draw.
+            fan_out, fan_in = w.shape
+            w.copy_(torch.randn(w.shape, generator=g) * gain * math.sqrt(max(1.0, fan_out / fan_in)) / math.sqrt(fan_out))
+
+        uniform(self.emb.weight, 1e-4)
+        ortho_like(self.head.weight, 0.5 * math.sqrt(cfg.vocab_size / C) if cfg.vocab_size > C else 0.5)
+        ddd = torch.arange(C, dtype=torch.float32).view(1, 1, C) / C
+        n = torch.arange(A, dtype=torch.float32)
+        for i, blk in enumerate(self.blocks):
+            r01 = i / max(1, L - 1)
+            r10 = 1.0 - i / L
+            att, ffn = blk.att, blk.ffn
+            att.time_maa_x.copy_(1.0 - ddd**r10)
+            att.time_maa_w.copy_(1.0 - ddd**r10)
+            att.time_maa_k.copy_(1.0 - ddd**r10)
+            att.time_maa_v.copy_(1.0 - (ddd**r10 + 0.3 * r01))
+            att.time_maa_r.copy_(1.0 - ddd ** (0.5 * r10))
+            att.time_maa_g.copy_(1.0 - ddd ** (0.5 * r10))
+            uniform(att.time_maa_w1, 1e-4)
+            uniform(att.time_maa_w2, 1e-2)
+            att.time_decay.copy_((-6 + 5 * (n / max(1, A - 1)) ** (0.7 + 1.3 * r01)).view(1, 1, A))
+            uniform(att.time_decay_w1, 1e-4)
+            uniform(att.time_decay_w2, 1e-2)
+            tmp = r01 * (1 - n / max(1, A - 1)) + ((n + 1) % 3 - 1) * 0.1
+            att.time_faaaa.copy_(tmp.view(-1, N))
+            for lin in (att.receptance, att.key, att.value, att.gate):
+                ortho_like(lin.weight, 1.0)
+            att.output.weight.zero_()
+            att.ln_x.weight.fill_(((1 + i) / L) ** 0.7)
+            att.ln_x.bias.zero_()
+            ffn.time_maa_k.copy_(1.0 - ddd**r10)
+            ffn.time_maa_r.copy_(1.0 - ddd**r10)
+            ortho_like(ffn.key.weight, 1.0)
+            ffn.receptance.weight.zero_()
+            ffn.value.weight.zero_()
+        return self
