@@ -4,7 +4,8 @@ Each subcommand is a plain typed Python function somewhere in the package; this 
 names to functions and builds the argument parser from the function's signature and docstring
 (an ``Args:`` section, one ``name: help`` line per parameter).  Nothing else parses argv.
 
-Conventions: parameters without a default are positional; ``bool`` parameters become
+Conventions: parameters without a default are positional (keyword-only ones, after ``*``, are
+required ``--options``); ``bool`` parameters become
 ``--flag`` / ``--no-flag``; a ``**overrides`` parameter collects ``--key value`` pairs that the
 function validates itself (``spikelm train CONFIG --lr 1e-3``).
 """
@@ -16,6 +17,7 @@ import importlib
 import inspect
 import logging
 import sys
+import types
 import typing
 from typing import Any, Callable
 
@@ -24,7 +26,10 @@ COMMANDS: dict[str, str] = {
     "info": "spikelm.checkpoint:cli_info",
     "generate": "spikelm.generate:cli_generate",
     "init": "spikelm.checkpoint:cli_init",
+    "convert": "spikelm.convert.to_spiking:cli_convert",
     "data": "spikelm.data.corpora:cli_data",
+    "train": "spikelm.train:cli_train",
+    "eval": "spikelm.evaluate.perplexity:cli_eval",
 }
 
 
@@ -58,7 +63,7 @@ def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
 
 
 def _base_type(tp: Any) -> Any:
-    if typing.get_origin(tp) is typing.Union:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0]
     return tp
@@ -80,7 +85,9 @@ def build_parser(name: str, fn: Callable[..., Any]) -> tuple[argparse.ArgumentPa
         help_text = helps.get(pname, "")
         # a trailing underscore avoids shadowing a module (json_ -> --json)
         flag = "--" + pname.rstrip("_").replace("_", "-")
-        if param.default is inspect.Parameter.empty:
+        if param.default is inspect.Parameter.empty and param.kind is inspect.Parameter.KEYWORD_ONLY:
+            p.add_argument(flag, dest=pname, type=tp, required=True, help=help_text + " (required)")
+        elif param.default is inspect.Parameter.empty:
             if typing.get_origin(tp) is list:
                 p.add_argument(pname, nargs="+", type=typing.get_args(tp)[0], help=help_text)
             else:

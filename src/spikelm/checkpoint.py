@@ -195,11 +195,19 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     """Instantiate the model class a saved config names."""
+    cfg_dict = dict(cfg_dict)
+    encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
     kind = cfg_dict.get("kind", "rwkv6")
     if kind == "rwkv6":
         from .models.rwkv6 import RWKV6
 
-        return RWKV6(RWKV6Config.from_dict(cfg_dict))
+        model = RWKV6(RWKV6Config.from_dict(cfg_dict))
+        if encoding is not None:
+            from .config import EncodingConfig
+            from .convert.to_spiking import attach_encoders
+
+            attach_encoders(model, EncodingConfig.from_dict(encoding))
+        return model
     builder = _BUILDERS.get(kind)
     if builder is None:
         raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv6, {', '.join(_BUILDERS)}")
@@ -224,8 +232,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
         if tokenizer:
             cfg["tokenizer"] = tokenizer
         model = build_model(cfg)
-        if hasattr(model, "prepare_load"):
-            model.prepare_load(sd)
     else:
         cfg_obj = infer_rwkv6_config(sd, tokenizer)
         from .models.rwkv6 import RWKV6
@@ -248,8 +254,8 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
-    if hasattr(model, "extra_config"):
-        cfg.update(model.extra_config())
+    if getattr(model, "encoding", None) is not None:  # a converted (spiking) model
+        cfg["encoding"] = model.encoding.to_dict()
     if extra:
         cfg.update(extra)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` (e.g. a string from the command line or YAML) to the annotated type."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X] and X | None
+    if origin in (typing.Union, types.UnionType):  # Optional[X] and X | None
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None

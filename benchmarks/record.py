@@ -1,0 +1,84 @@
+"""Run a command and record its output as a section of docs/results.md.
+
+Figures in docs/results.md are never typed by hand: each section is the verbatim output of the
+command it names, with the date and the machine, replaced whole when the command is rerun.
+
+    python benchmarks/record.py "RWKV-6 vs the rwkv package" -- python benchmarks/rwkv6_vs_reference.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+HEADER = "# Results\n\nEvery section below is the verbatim output of the command it shows, recorded by\n`benchmarks/record.py` (rerun that line to update a section; nothing here is typed by hand).\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        tv = f", torch {torch.__version__}"
+        if torch.cuda.is_available():
+            tv += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        tv = ""
+    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}{tv}"
+
+
+def replace_section(text: str, title: str, body: str) -> str:
+    start, end = f"<!-- section: {title} -->", f"<!-- end: {title} -->"
+    block = f"{start}\n## {title}\n\n{body}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text)
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("title", help="section title in docs/results.md")
+    ap.add_argument("--note", default="", help="one line of context printed above the output")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
+    args = ap.parse_args()
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        ap.error("give the command after --")
+    t0 = dt.datetime.now()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = (dt.datetime.now() - t0).total_seconds()
+    out = proc.stdout.rstrip()
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr[-4000:])
+    if proc.returncode != 0:
+        print(f"command failed with exit code {proc.returncode}; results.md left unchanged", file=sys.stderr)
+        return proc.returncode
+    body = (
+        f"- date: {t0:%Y-%m-%d %H:%M} UTC, wall time {seconds:.0f} s\n- machine: {machine()}\n"
+        f"- command: `{shlex.join(cmd)}`\n" + (f"- note: {args.note}\n" if args.note else "") + f"\n```\n{out}\n```\n"
+    )
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    tmp = RESULTS.with_suffix(".md.tmp")
+    tmp.write_text(replace_section(text, args.title, body))
+    os.replace(tmp, RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
