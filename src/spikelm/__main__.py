@@ -30,32 +30,40 @@ COMMANDS: dict[str, str] = {
     "data": "spikelm.data.corpora:cli_data",
     "train": "spikelm.train:cli_train",
     "eval": "spikelm.evaluate.perplexity:cli_eval",
+    "energy": "spikelm.energy.report:cli_energy",
 }
 
 
 def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """Split a docstring into its description and the ``Args:`` section's per-parameter help."""
+    """Split a docstring into its description and the ``Args:`` section's per-parameter help.
+
+    In the ``Args:`` section a line at the arguments' indentation starts ``name: help``; a line
+    indented deeper continues the previous help; a line back at column 0 ends the section.
+    """
     if not doc:
         return "", {}
     lines = inspect.cleandoc(doc).splitlines()
     desc: list[str] = []
     helps: dict[str, str] = {}
     in_args = False
+    arg_indent: int | None = None
     current = None
     for line in lines:
         if line.strip() in ("Args:", "Arguments:"):
             in_args = True
             continue
-        if in_args:
-            if line and not line.startswith(" ") and ":" not in line:
+        indent = len(line) - len(line.lstrip())
+        if in_args and line.strip():
+            if indent == 0:
                 in_args = False
-            elif line.startswith("    ") and current:
-                helps[current] += " " + line.strip()
-                continue
-            elif ":" in line and line.strip():
+            elif arg_indent is None or indent <= arg_indent:
+                arg_indent = indent
                 name, _, text = line.strip().partition(":")
                 current = name.strip().lstrip("*")
                 helps[current] = text.strip()
+                continue
+            elif current:
+                helps[current] += " " + line.strip()
                 continue
         if not in_args:
             desc.append(line)

