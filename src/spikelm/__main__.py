@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "generate": "spikelm.generate:cli_generate",
     "init": "spikelm.checkpoint:cli_init",
     "convert": "spikelm.convert.to_spiking:cli_convert",
+    "sweep": "spikelm.convert.sweep:cli_sweep",
     "data": "spikelm.data.corpora:cli_data",
     "train": "spikelm.train:cli_train",
     "eval": "spikelm.evaluate.perplexity:cli_eval",

@@ -157,3 +157,22 @@ def test_cli_convert_errors(tmp_path, capsys):
     assert main(["convert", str(p), "--out", str(tmp_path / "o"), "--calib-data", str(txt), "--preset", "SpikeRWKV-4L"]) == 0
     loaded = spikelm.load(tmp_path / "o")
     assert isinstance(loaded.blocks[0].att.key.encoder, SpikeEncoder) and loaded.encoding.layers == 4
+
+
+def test_cli_sweep_table(tmp_path, capsys):
+    import json
+
+    from spikelm.__main__ import main
+    from spikelm.checkpoint import save_official
+
+    p = save_official(make_rwkv6(seed=4), tmp_path / "a.pth")
+    txt = tmp_path / "t.txt"
+    txt.write_text("It was the best of times, it was the worst of times. " * 40)
+    assert main(["sweep", str(p), "--data", str(txt), "--presets", "SpikeRWKV-4L,SNN-RWKV-3", "--grid-T", "1",
+                 "--grid-l", "12", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-4L", "SNN-RWKV-3", "MHSE T=1 l=12"]
+    assert all(r["ppl"] > 1 and r["bpc"] > 0 for r in rows)
+    # 12 spike layers are far closer to the ANN than 4
+    assert abs(rows[3]["ppl_gap_pct"]) < abs(rows[1]["ppl_gap_pct"])
+    assert main(["sweep", str(p), "--data", str(txt), "--presets", "none"]) == 2
