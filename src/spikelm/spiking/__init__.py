@@ -1,0 +1,41 @@
+"""Spiking building blocks (torch only): surrogate spike functions, IF/LIF neurons with explicit
+state, and the multi-head spike encoding / rate coding of activations."""
+
+from .encoding import (
+    METHODS,
+    SpikeStats,
+    decode,
+    mhse_a_max,
+    mhse_closed_form,
+    mhse_simulate,
+    mhse_spike_counts,
+    mhse_weights,
+    rate_closed_form,
+    rate_simulate,
+    spike_encode,
+)
+from .neurons import IFNeuron, LIFNeuron, SpikingNeuron
+from .surrogate import ArcTan, Sigmoid, Surrogate, SurrogateSpike, heaviside, make_surrogate
+
+__all__ = [
+    "ArcTan",
+    "Sigmoid",
+    "Surrogate",
+    "SurrogateSpike",
+    "heaviside",
+    "make_surrogate",
+    "SpikingNeuron",
+    "IFNeuron",
+    "LIFNeuron",
+    "METHODS",
+    "SpikeStats",
+    "decode",
+    "mhse_a_max",
+    "mhse_closed_form",
+    "mhse_simulate",
+    "mhse_spike_counts",
+    "mhse_weights",
+    "rate_closed_form",
+    "rate_simulate",
+    "spike_encode",
+]
