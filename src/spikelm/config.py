@@ -222,7 +222,8 @@ class EncodingConfig(Config):
         _require(self.encoding in ENCODINGS, "encoding", f"unknown encoding {self.encoding!r}; choose one of {', '.join(ENCODINGS)}")
         _require(isinstance(self.T, int) and self.T >= 1, "T", f"the number of time steps must be an integer >= 1, got {self.T!r}")
         _require(isinstance(self.layers, int) and self.layers >= 1, "layers", f"the number of spike layers must be an integer >= 1, got {self.layers!r}")
-        _require(self.base > 1.0, "base", f"must be > 1, got {self.base!r}")
+        _require(self.base == 2.0, "base", f"converted models use base 2 (the exact closed form needs it), got {self.base!r}; "
+                 "other bases can be explored with spikelm.spiking.encoding.mhse_simulate")
         _require(self.sites in SITES, "sites", f"unknown site set {self.sites!r}; choose one of {', '.join(SITES)}")
         _require(self.saturation in SATURATIONS, "saturation", f"unknown policy {self.saturation!r}; choose one of {', '.join(SATURATIONS)}")
         _require(self.calibration in CALIBRATIONS, "calibration", f"unknown method {self.calibration!r}; choose one of {', '.join(CALIBRATIONS)}")

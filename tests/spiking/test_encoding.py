@@ -204,3 +204,15 @@ def test_other_bases_and_bad_input():
         mhse_closed_form(x, 1.0, 0, 2)
     with pytest.raises(ValueError, match="unknown encoding"):
         spike_encode(x, 1.0, "ttfs")
+
+
+@pytest.mark.parametrize("T,layers,init_half,n_int", [(1, 4, False, 1), (1, 3, False, 1), (1, 12, False, 0), (1, 5, True, 1), (3, 5, True, 1), (4, 1, False, 1), (7, 8, True, 0), (2, 24, False, 2)])
+def test_decode_fast_path_is_bit_identical(T, layers, init_half, n_int):
+    from spikelm.spiking.encoding import mhse_decode
+
+    g = torch.Generator().manual_seed(T * 100 + layers)
+    x = torch.cat([torch.randn(4000, generator=g) * 3, torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, float("inf")]),
+                   torch.arange(-64, 65, dtype=torch.float32) / (T * 2 ** (layers - n_int))])
+    for scale in (torch.tensor(0.7), torch.rand(x.shape, generator=g) + 0.1):
+        ref = mhse_closed_form(x, scale, T, layers, n_int=n_int, init_half=init_half, stats=False)[0]
+        assert torch.equal(mhse_decode(x, scale, T, layers, n_int=n_int, init_half=init_half), ref)

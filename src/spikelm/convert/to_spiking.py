@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
-from ..spiking.encoding import mhse_a_max, mhse_closed_form, mhse_simulate
+from ..spiking.encoding import mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,12 @@ class SpikeEncoder(nn.Module):
         if self.method == "sim":
             x_hat, _, _, _ = mhse_simulate(x, self.scale, **self.encode_args())
             return x_hat
-        x_hat, _, _ = mhse_closed_form(x, self.scale, **self.encode_args(), stats=False,
-                                        straight_through=self.straight_through and torch.is_grad_enabled())
-        return x_hat
+        if self.straight_through and torch.is_grad_enabled():
+            x_hat, _, _ = mhse_closed_form(x, self.scale, **self.encode_args(), stats=False, straight_through=True)
+            return x_hat
+        args = self.encode_args()
+        del args["base"]
+        return mhse_decode(x, self.scale, **args)
 
     def extra_repr(self) -> str:
         return f"{self.encoding}, T={self.T}, layers={self.layers}, method={self.method}, scale={tuple(self.scale.shape)}"

@@ -94,6 +94,7 @@ __all__ = [
     "mhse_a_max",
     "mhse_simulate",
     "mhse_closed_form",
+    "mhse_decode",
     "mhse_spike_counts",
     "rate_simulate",
     "rate_closed_form",
@@ -371,6 +372,53 @@ def mhse_closed_form(
         if stats:
             result_stats = SpikeStats(counts, int(flags.sum()), int((~inside).sum()), x.numel())
     return x_hat, result_stats, spikes
+
+
+def mhse_decode(
+    x: Tensor,
+    scale: float | Tensor,
+    T: int,
+    layers: int,
+    n_int: int = 1,
+    init_half: bool = False,
+) -> Tensor:
+    """Decoded values only: bit for bit ``mhse_closed_form(...)[0]``, in fewer passes over memory.
+
+    This is the converted model's hot path (no statistics, no clip mask, no gradient). It performs
+    the closed form's float operations in the same order, so the results are identical: ``|x| / s``
+    in float64 rounded once to float32, clipped at ``A_max`` (exact in float32 for ``l <= 24``),
+    scaled to units of ``w_l`` (a power of two), ``floor(c + T * A)`` in float64, then
+    ``q * w_l / T * s`` and the sign. Base 2 only.
+    """
+    _check_exact(T, layers, 2.0)
+    if not x.is_floating_point():
+        raise TypeError(f"spike encoding takes a floating-point tensor, got {x.dtype}")
+    s = _scale64(scale, x.shape, x.device)
+    x = x.detach()
+    a_max = mhse_a_max(layers, 2.0, n_int)
+    if T == 1 and not init_half and x.dtype == torch.float32 and isinstance(scale, Tensor) and scale.dtype == torch.float32:
+        # All in float32, still bit-identical: a float32 quotient equals the float64 one rounded to
+        # float32 (double rounding is innocuous for division when 53 >= 2 * 24 + 2, Figueroa 1995);
+        # floor of a float32 and products by powers of two are exact; and the final product of two
+        # float32 numbers is exact in float64, so rounding it once to float32 is the float32 product.
+        s32 = scale.detach().to(x.device)
+        a = x.abs().div_(s32)
+        if bool(torch.isnan(a).any()):
+            raise ValueError("cannot spike-encode NaN values")
+        q = a.clamp_(max=a_max).mul_(2.0 ** (layers - n_int)).floor_().mul_(2.0 ** (n_int - layers)).mul_(s32)
+        return torch.where(x < 0, q.neg(), q)
+    a = x.to(torch.float64).abs_().div_(s).to(torch.float32)  # x.shape, the magnitude a
+    if bool(torch.isnan(a).any()):
+        raise ValueError("cannot spike-encode NaN values")
+    a.clamp_(max=a_max)
+    q = a.to(torch.float64).mul_(2.0 ** (layers - n_int))  # units of w_l
+    if T != 1:
+        q.mul_(T)
+    if init_half:
+        q.add_(0.5)
+    q.floor_()  # q_T: units emitted over the T steps
+    q.mul_(2.0 ** (n_int - layers)).div_(T).mul_(s)  # eq. (3): s * w_l * q_T / T
+    return torch.where(x < 0, q.neg(), q).to(x.dtype)
 
 
 def mhse_spike_counts(
