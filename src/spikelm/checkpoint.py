@@ -189,6 +189,11 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         meta["format"] = "hf"
     else:
         meta["format"] = "official"
+    from .convert.spikegpt_checkpoint import is_spikegpt_state_dict
+
+    if is_spikegpt_state_dict(sd):  # SpikeGPT releases (RWKV-4 layout): built by load() below
+        meta["format"] = "spikegpt"
+        return sd, meta
     _check_generation(sd, p)
     return sd, meta
 
@@ -222,11 +227,27 @@ def register_builder(kind: str, fn: Callable[[dict[str, Any]], nn.Module]) -> No
     _BUILDERS[kind] = fn
 
 
+def _build_spikegpt(cfg_dict: dict[str, Any]) -> nn.Module:
+    from .models.spikegpt import build_spikegpt
+
+    return build_spikegpt(cfg_dict)
+
+
+register_builder("spikegpt", _build_spikegpt)
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
          tokenizer: str | None = None) -> nn.Module:
     """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast)."""
     p = Path(path)
     sd, meta = load_state_dict(p)
+    if meta["format"] == "spikegpt":
+        from .convert.spikegpt_checkpoint import spikegpt_from_state_dict
+
+        model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype)
+        model.to(device=device)
+        log.info("loaded %s (SpikeGPT release layout, %s)", p, model.cfg)
+        return model
     if meta["format"] == "spikelm":
         cfg = dict(meta["spikelm_config"])
         if tokenizer:
@@ -305,6 +326,10 @@ def cli_info(path: str, json_: bool = False) -> int:
     sd, meta = load_state_dict(path)
     if meta["format"] == "spikelm":
         cfg = meta["spikelm_config"]
+    elif meta["format"] == "spikegpt":
+        from .convert.spikegpt_checkpoint import infer_spikegpt_config
+
+        cfg = infer_spikegpt_config(sd, near=Path(path).parent).to_dict()
     else:
         cfg = infer_rwkv6_config(sd).to_dict()
     total = sum(v.numel() for v in sd.values() if hasattr(v, "numel"))

@@ -489,6 +489,10 @@ def get_tokenizer(name: str) -> Tokenizer:
         return ByteTokenizer()
     if name == "world":
         return _world(find_world_vocab().resolve(), "world")
+    if name.startswith("char:"):  # character-vocabulary SpikeGPT: id -> character map (vocab.json)
+        from ..convert.spikegpt_checkpoint import CharTokenizer
+
+        return CharTokenizer(name[len("char:"):])
     path = Path(name)
     if path.suffix in (".json", ".txt"):
         if not path.is_file():

@@ -1,0 +1,471 @@
+"""SpikeGPT (Zhu, Zhao, Li, Eshraghian 2023): a spiking RWKV-4 language model trained directly.
+
+Read top to bottom: config and presets, the binary embedding spike, token shift, the spiking RWKV
+(time mixing, paper sec. 3.4, eq. 4 and 10-12), the spiking receptance FFN (SRFFN, sec. 3.5,
+eq. 14), the block with its two LIF neurons (eq. 13), and the model.
+
+Architecture (paper sec. 3, checked against the authors' code, ridgerchu/SpikeGPT ``src/model.py``
+and ``src/model_run.py``)::
+
+    x = H(emb[idx])                               binary embedding (sec. 3.2): spikes {0, 1}
+    x = ln0(x)                                    block 0 only
+    for each block:
+        x = x + LIF1( SRWKV( ln1(x) ) )           spiking RWKV, then a LIF neuron per channel
+        x = x + LIF2( SRFFN( ln2(x) ) )           spiking receptance FFN, then a LIF neuron
+    logits = head( ln_out(x) )
+
+**What exactly spikes.** Three kinds of tensors are binary: the embedding output (before ``ln0``)
+and the outputs of ``lif1`` and ``lif2`` in every block, i.e. what each sub-layer *adds to the
+residual stream*. The residual stream itself is ``ln0(spikes) + sum of spikes``: a real-valued,
+integer-stepped sum, not a spike train. Each sub-layer reads it through a LayerNorm and a token
+shift, so the inputs of the linear layers (key, value, receptance, FFN key) are real numbers, and
+so are ``k``, ``v``, ``sigmoid(r)``, the WKV output and the squared-ReLU hidden layer. This is what
+the paper's Fig. 1 draws (Spiking Neuron -> Spike Output at the end of each sub-layer) and what
+the released code does; the paper's "pure binary activations" refers to these sub-layer outputs.
+
+**Time axis.** As in the paper (sec. 3.4.3), spiking time is the token axis: the LIF membrane of
+token t is carried to token t+1. There is no separate inner simulation time.
+
+Where paper and public code differ (we follow the code unless a config option says otherwise):
+
+* Token shift direction. Eq. (2) writes ``ZeroPad[0,0,-1,1](X)`` and its footnote reads it as
+  "clip the top row, zero-pad the bottom row", which would give each token the *next* token's
+  vector (a causal language model would see its target). The code pads the top and clips the
+  bottom (``nn.ZeroPad2d((0, 0, 1, -1))``): each token sees the *previous* one. We use the previous
+  token; the recurrent state carries the last one.
+* Token-shift mix. Eq. (2) gives one fixed ``W_shift = (i/E)^(n/N)``, ``i = 1..E``, mixing
+  ``W_shift * X + (1 - W_shift) * X_shifted``. The code (like every RWKV-4) learns three separate
+  mixes ``time_mix_{k,v,r}`` for the time mixing and two ``time_mix_{k,r}`` for the FFN,
+  initialised to ``(i/E)^(1 - n/N)`` with ``i = 0..E-1`` (plus offsets for v and r) -- note the
+  exponent runs the opposite way over depth. ``token_shift_init="paper"`` initialises all five
+  mixes of block n (n = 1..N, 1-based like i; with 0-based n the first block would get
+  ``W_shift = 1``, i.e. no shift at all) to the paper's ``W_shift``; ``"official"`` uses the code's
+  values. ``learnable_shift=False`` (the paper: ``W_shift`` is a precomputed formula, nothing says
+  it is trained) freezes the mixes (they stay ``nn.Parameter``s with ``requires_grad=False`` so the
+  state dict keeps the released names); ``True`` trains them as the code does.
+* WKV bonus. Eq. (10)-(12) as printed have no bonus for the current token; eq. (7)-(8) do: the
+  last column of W, ``W_f = ln(0.3)``, weighs the current token separately. That is the released
+  ``time_first`` (initialised to ``ln 0.3`` plus a small zigzag in the code), the ``u`` of RWKV-4's
+  WKV. Eq. (10) is the special case ``u = -w``. We use RWKV-4's WKV with a free per-channel ``u``,
+  and the per-channel decay ``w = -exp(time_decay)`` (eq. 5-8 describe the same decay as a
+  positional matrix for the convolution form).
+* Normalisation. Fig. 1 draws "Add & Norm" after each sub-layer (post-norm); the code and the
+  released checkpoints are pre-norm (``ln1``/``ln2`` before each sub-layer, ``ln0`` on the
+  embedding, ``ln_out`` before the head). We follow the code.
+* LIF (eq. 13): the code's SpikingJelly ``MultiStepLIFNode(tau=2, v_threshold=1, v_reset=0)``,
+  i.e. :class:`~spikelm.spiking.neurons.LIFNeuron` with ``beta = 1/tau = 0.5`` (see its docstring
+  for how eq. 13 is read), hard reset to 0, ArcTan surrogate with alpha = 2 (eq. 1), gradient
+  through the reset not detached (SpikingJelly's default).
+* Recurrent inference. The code's inference file (``model_run.py``) departs from its training
+  model: its parallel ``RWKV_GPT`` has neither the binary embedding nor the neurons, and its RNN
+  runner has just two LIF nodes, one for all time-mixing outputs and one for all FFN outputs,
+  shared by every layer and never reset between prompts. Here every block owns its two neurons
+  and their membranes are part of the
+  recurrent state, so feeding a sequence at once or token by token gives the same result (the
+  training model's computation).
+* Dropout: the code applies ``Dropout(0.03)`` to the residual stream after every block during
+  training. ``dropout`` (default 0) does the same.
+* Not implemented: the code's ``RWKV-ffnPre`` variant (block 0 uses an FFN instead of time mixing)
+  and its ``RWKV_HEAD_QK_DIM > 0`` copy head (0 in the code and in the releases).
+
+Parameter names and shapes are those of the released checkpoints (the RWKV-4 layout), so they
+load with ``strict=True`` (see :mod:`spikelm.convert.spikegpt_checkpoint`)::
+
+    emb.weight [V, C]                         blocks.0.ln0.{weight,bias} [C] (block 0 only)
+    blocks.i.ln1 / ln2.{weight,bias} [C]      blocks.i.att.time_decay [C], time_first [C]
+    blocks.i.att.time_mix_{k,v,r} [1, 1, C]   blocks.i.att.{key,value,receptance,output}.weight [C, C]
+    blocks.i.ffn.time_mix_{k,r} [1, 1, C]     blocks.i.ffn.key.weight [4C, C], value [C, 4C],
+    ln_out.{weight,bias} [C]                  blocks.i.ffn.receptance.weight [C, C]
+    head.weight [V, C]
+
+The neurons hold no parameters or buffers, so nothing else is in the state dict.
+
+**Observation.** Spike sites are modules whose forward output is the spike tensor (``emb_spike``)
+or a ``(spikes, membrane)`` tuple whose first element is the spike tensor (``blocks.i.lif1``,
+``blocks.i.lif2``, :class:`LIFNeuron` instances). :meth:`SpikeGPT.spike_sites` lists them; energy
+and spike counters attach forward hooks there. The model itself counts nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Iterator, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, _require
+from ..ops.wkv4 import EMPTY_PP, wkv4
+from ..spiking.neurons import LIFNeuron
+from ..spiking.surrogate import ArcTan
+
+__all__ = ["SpikeGPTConfig", "SPIKEGPT_PRESETS", "SpikeGPT", "LayerState", "BinarySpike", "build_spikegpt"]
+
+TOKEN_SHIFT_INITS = ("paper", "official")
+
+
+# ---------------------------------------------------------------------------------------- config
+@dataclass
+class SpikeGPTConfig(Config):
+    """Shape and spiking constants of a SpikeGPT model.
+
+    ``ffn_mult``: SRFFN hidden size is ``ffn_mult * n_embd`` (4, sec. 3.5). ``lif_beta``: the LIF
+    decay of eq. 13 (0.5, the code's ``tau = 2``); ``lif_threshold``: U_threshold (1); the reset
+    potential is 0. ``surrogate_alpha``: sharpness of the ArcTan surrogate (2 is eq. 1).
+    ``token_shift_init`` / ``learnable_shift``: see the module docstring. ``binary_embedding``:
+    Heaviside on the embedding output (sec. 3.2; off gives a real-valued embedding, an ablation).
+    ``ctx_len`` is the training context (the recurrent model itself accepts any length).
+    ``tokenizer``: ``bytes``, a GPT-NeoX ``tokenizer.json`` path (the 50277-token releases), or
+    ``char:<path to vocab.json>`` for the character-vocabulary models.
+    """
+
+    kind: ClassVar[str] = "spikegpt"
+
+    vocab_size: int = 257
+    n_layer: int = 12
+    n_embd: int = 512
+    ctx_len: int = 1024
+    ffn_mult: int = 4
+    lif_beta: float = 0.5
+    lif_threshold: float = 1.0
+    surrogate_alpha: float = 2.0
+    token_shift_init: str = "paper"
+    learnable_shift: bool = False
+    binary_embedding: bool = True
+    dropout: float = 0.0
+    tokenizer: str = "bytes"
+
+    def __post_init__(self) -> None:
+        for k in ("vocab_size", "n_layer", "n_embd", "ctx_len", "ffn_mult"):
+            v = getattr(self, k)
+            _require(isinstance(v, int) and v > 0, k, f"must be a positive integer, got {v!r}")
+        _require(0.0 < self.lif_beta <= 1.0, "lif_beta", f"the LIF decay must be in (0, 1], got {self.lif_beta!r}")
+        _require(self.lif_threshold > 0.0, "lif_threshold", f"must be > 0, got {self.lif_threshold!r}")
+        _require(self.surrogate_alpha > 0.0, "surrogate_alpha", f"must be > 0, got {self.surrogate_alpha!r}")
+        _require(self.token_shift_init in TOKEN_SHIFT_INITS, "token_shift_init",
+                 f"unknown init {self.token_shift_init!r}; choose one of {', '.join(TOKEN_SHIFT_INITS)}")
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
+
+    @property
+    def dim_ffn(self) -> int:
+        return self.ffn_mult * self.n_embd
+
+
+# Named shapes. Parameter counts (emb + head untied, 13 C^2 per block) are in the comments.
+#   45M: the paper's enwik8 model (Table 1: L = 12, d = 512, T = 1024 or 3072). The code builds the
+#        character vocabulary from the unique characters of the training text; we use bytes
+#        (257 ids), the enwik8 bits-per-byte convention: 41.2M parameters (a few million more with
+#        the code's vocabulary, enwik8 read as UTF-8 text having thousands of distinct characters).
+#  125M: the paper's BookCorpus model ("125M", also "120M"). The paper gives no shape; we take the
+#        GPT-style "125M" shape 12 x 768 with the NeoX vocabulary: 169M parameters counted
+#        SpikeGPT's way (92M without embedding and head).
+#  216M: the released OpenWebText model (ridger/SpikeGPT-OpenWebText-216M): 18 x 768, NeoX
+#        vocabulary of 50277: 215.4M parameters.
+SPIKEGPT_PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=257, n_layer=2, n_embd=64, ctx_len=128, tokenizer="bytes"),
+    "small": dict(vocab_size=257, n_layer=4, n_embd=256, ctx_len=256, tokenizer="bytes"),
+    "45M": dict(vocab_size=257, n_layer=12, n_embd=512, ctx_len=1024, tokenizer="bytes"),
+    "45M-3072": dict(vocab_size=257, n_layer=12, n_embd=512, ctx_len=3072, tokenizer="bytes"),
+    "125M": dict(vocab_size=50277, n_layer=12, n_embd=768, ctx_len=1024, tokenizer="20B_tokenizer.json"),
+    "216M": dict(vocab_size=50277, n_layer=18, n_embd=768, ctx_len=1024, tokenizer="20B_tokenizer.json"),
+}
+
+
+# ------------------------------------------------------------------------------------ state
+class LayerState(NamedTuple):
+    """Recurrent state of one block, every tensor (B, C), batch first.
+
+    ``att_shift`` / ``ffn_shift``: the last ``ln1`` / ``ln2`` output (token shift).
+    ``aa``, ``bb``, ``pp``: the WKV numerator, denominator and their running max exponent (fp32).
+    ``att_v`` / ``ffn_v``: membranes of ``lif1`` / ``lif2`` after their last reset.
+    """
+
+    att_shift: Tensor
+    aa: Tensor
+    bb: Tensor
+    pp: Tensor
+    att_v: Tensor
+    ffn_shift: Tensor
+    ffn_v: Tensor
+
+
+State = list[LayerState]
+
+
+def _token_shift(x: Tensor, last: Tensor) -> Tensor:
+    """The previous token's vector at every position: (B, T, C), with ``last`` (B, C) in front."""
+    return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
+
+
+def _mix(x: Tensor, xx: Tensor, m: Tensor) -> Tensor:
+    """Eq. (2): ``m * x + (1 - m) * x_shifted``, m per channel."""
+    return x * m + xx * (1 - m)
+
+
+def _wkv_dtype(dtype: torch.dtype) -> torch.dtype:
+    """WKV runs in fp32 (exp of keys), fp64 when the model is fp64 (exact comparisons in tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- binary embedding
+class BinarySpike(nn.Module):
+    """Sec. 3.2: ``H(x) = (x >= 0)`` forward, ArcTan surrogate derivative backward.
+
+    The paper: "The conversion is performed using a Heaviside function for feed-forward
+    propagation ... the arctangent function ... is applied as a 'surrogate gradient' for backward
+    propagation" (eq. 1). With ``alpha = 2`` the backward factor is ``1 / (1 + (pi x)^2)``, which is
+    1 at x = 0: embedding entries initialised near 0 get the full gradient. The threshold is 0
+    (the code applies SpikingJelly's ``ATan()`` to the embedding output); ``H(0) = 1``.
+    Stateless; forward output is the spike tensor (a spike site for hooks).
+    """
+
+    def __init__(self, alpha: float = 2.0) -> None:
+        super().__init__()
+        self.surrogate = ArcTan(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.surrogate(x)
+
+    def extra_repr(self) -> str:
+        return f"surrogate={self.surrogate!r}"
+
+
+# ------------------------------------------------------------------------------ spiking RWKV
+def _shift_mix_init(cfg: SpikeGPTConfig, layer_id: int) -> dict[str, Tensor]:
+    """Initial token-shift mixes of block ``layer_id`` (0-based), each (1, 1, C)."""
+    C, N = cfg.n_embd, cfg.n_layer
+    if cfg.token_shift_init == "paper":
+        i = torch.arange(1, C + 1, dtype=torch.float32) / C  # i/E, i = 1..E
+        w = (i ** ((layer_id + 1) / N)).view(1, 1, C)  # block n = layer_id + 1 of N
+        return {"att_k": w, "att_v": w, "att_r": w, "ffn_k": w, "ffn_r": w}
+    # RWKV-4 / SpikeGPT code: i = 0..E-1, exponent 1 - n/N with 0-based n.
+    i = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
+    r01 = layer_id / max(1, N - 1)
+    r10 = 1.0 - layer_id / N
+    return {
+        "att_k": i**r10,
+        "att_v": i**r10 + 0.3 * r01,
+        "att_r": i ** (0.5 * r10),
+        "ffn_k": i**r10,
+        "ffn_r": i**r10,
+    }
+
+
+class SpikingRWKV(nn.Module):
+    """Spiking RWKV time mixing (sec. 3.4), before its LIF neuron.
+
+    ``r, k, v`` are linear maps of the token-shifted input (eq. 4: R = X M_R, K = X M_K, V = X M_V);
+    the WKV recurrence (eq. 10-12 with the bonus of eq. 7-8) averages past values weighted by
+    ``exp(k)`` and a per-channel exponential decay; ``sigmoid(r)`` gates it and ``output`` projects
+    back to the residual width. Returns the real-valued ``Y`` that eq. 13 feeds to the LIF neuron.
+    """
+
+    def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
+        super().__init__()
+        C = cfg.n_embd
+        self.layer_id = layer_id
+        self.time_decay = nn.Parameter(torch.zeros(C))  # w = -exp(time_decay): log decay per token
+        self.time_first = nn.Parameter(torch.zeros(C))  # u: bonus of the current token
+        mixes = _shift_mix_init(cfg, layer_id)
+        self.time_mix_k = nn.Parameter(mixes["att_k"].clone(), requires_grad=cfg.learnable_shift)
+        self.time_mix_v = nn.Parameter(mixes["att_v"].clone(), requires_grad=cfg.learnable_shift)
+        self.time_mix_r = nn.Parameter(mixes["att_r"].clone(), requires_grad=cfg.learnable_shift)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+
+    def forward(
+        self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto"
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """x (B, T, C) = ln1 output; shift (B, C) = previous ln1 output -> (Y (B, T, C), new shift, new WKV state)."""
+        xx = _token_shift(x, shift)  # (B, T, C)
+        k = self.key(_mix(x, xx, self.time_mix_k))  # (B, T, C)
+        v = self.value(_mix(x, xx, self.time_mix_v))
+        r = self.receptance(_mix(x, xx, self.time_mix_r))
+
+        dt = _wkv_dtype(x.dtype)
+        w = -torch.exp(self.time_decay.to(dt))  # (C,) log decay, < 0
+        y, wkv_state = wkv4(w, self.time_first.to(dt), k.to(dt), v.to(dt), wkv_state, impl=wkv_impl)  # (B, T, C)
+        out = self.output(torch.sigmoid(r) * y.to(r.dtype))  # eq. 10: sigma(R) * WKV, then M_O
+        return out, x[:, -1], wkv_state
+
+
+class SRFFN(nn.Module):
+    """Spiking receptance feed-forward network (sec. 3.5, eq. 14), before its LIF neuron.
+
+    ``Y' = sigmoid(M_P x_r) * M_S(ReLU(M_G x_k)^2)`` on the token-shifted ``ln2`` output, hidden
+    size ``ffn_mult * C`` (4C). Released names: M_P = ``receptance``, M_G = ``key``, M_S = ``value``.
+    """
+
+    def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
+        super().__init__()
+        C, Fh = cfg.n_embd, cfg.dim_ffn
+        self.layer_id = layer_id
+        mixes = _shift_mix_init(cfg, layer_id)
+        self.time_mix_k = nn.Parameter(mixes["ffn_k"].clone(), requires_grad=cfg.learnable_shift)
+        self.time_mix_r = nn.Parameter(mixes["ffn_r"].clone(), requires_grad=cfg.learnable_shift)
+        self.key = nn.Linear(C, Fh, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(Fh, C, bias=False)
+
+    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (Y' (B, T, C), new shift)."""
+        xx = _token_shift(x, shift)
+        k = torch.relu(self.key(_mix(x, xx, self.time_mix_k))) ** 2  # (B, T, 4C)
+        r = torch.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r)))  # (B, T, C)
+        return r * self.value(k), x[:, -1]
+
+
+# ------------------------------------------------------------------------------------- block
+class Block(nn.Module):
+    """Pre-norm residual block: ``x += LIF1(SRWKV(ln1 x))``; ``x += LIF2(SRFFN(ln2 x))``."""
+
+    def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
+        super().__init__()
+        C = cfg.n_embd
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(C)  # normalises the (binary) embedding, block 0 only
+        self.ln1 = nn.LayerNorm(C)
+        self.ln2 = nn.LayerNorm(C)
+        self.att = SpikingRWKV(cfg, layer_id)
+        self.ffn = SRFFN(cfg, layer_id)
+        # Eq. 13 along the token axis (dim 1 of (B, T, C)); each call returns (spikes, last membrane).
+        lif = dict(beta=cfg.lif_beta, threshold=cfg.lif_threshold, reset="zero", v_reset=0.0, time_dim=1)
+        self.lif1 = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif)
+        self.lif2 = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
+        att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v = state
+        if hasattr(self, "ln0"):
+            x = self.ln0(x)
+        # Token shift works on the LayerNorm output: the state keeps the last ln1 / ln2 outputs.
+        y, att_shift, (aa, bb, pp) = self.att(self.ln1(x), att_shift, (aa, bb, pp), wkv_impl)
+        s, att_v = self.lif1(y, att_v)  # (B, T, C) spikes in {0, 1}
+        x = x + s
+        y, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        s, ffn_v = self.lif2(y, ffn_v)
+        x = self.drop(x + s)
+        return x, LayerState(att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v)
+
+
+# ------------------------------------------------------------------------------------- model
+class SpikeGPT(nn.Module):
+    """SpikeGPT language model: ``forward(idx, state=None, last_only=False) -> (logits, state)``."""
+
+    def __init__(self, cfg: SpikeGPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.emb_spike: Optional[BinarySpike] = BinarySpike(cfg.surrogate_alpha) if cfg.binary_embedding else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "auto" (naive for T == 1)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.cfg.tokenizer
+
+    def spike_sites(self) -> Iterator[tuple[str, nn.Module]]:
+        """(name, module) of every module whose forward output is spikes (or (spikes, membrane))."""
+        if self.emb_spike is not None:
+            yield "emb_spike", self.emb_spike
+        for i, blk in enumerate(self.blocks):
+            yield f"blocks.{i}.lif1", blk.lif1
+            yield f"blocks.{i}.lif2", blk.lif2
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        """Fresh state: zero shifts, empty WKV sums (``pp = EMPTY_PP``), membranes at U_reset = 0."""
+        device = device or self.emb.weight.device
+        dtype = dtype or self.emb.weight.dtype
+        B, C = batch_size, self.cfg.n_embd
+        wdt = _wkv_dtype(dtype)
+
+        def z(dt: torch.dtype) -> Tensor:
+            return torch.zeros(B, C, device=device, dtype=dt)
+
+        return [
+            LayerState(z(dtype), z(wdt), z(wdt), torch.full((B, C), EMPTY_PP, device=device, dtype=wdt), z(dtype), z(dtype), z(dtype))
+            for _ in self.blocks
+        ]
+
+    def forward(self, idx: Tensor, state: Optional[State] = None, last_only: bool = False) -> tuple[Tensor, State]:
+        """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with ``last_only``), new state."""
+        B, T = idx.shape
+        if state is None:
+            state = self.initial_state(B, idx.device)
+        x = self.emb(idx)  # (B, T, C)
+        if self.emb_spike is not None:
+            x = self.emb_spike(x)  # (B, T, C) in {0, 1}
+        new_state: State = []
+        for blk, s in zip(self.blocks, state):
+            x, s = blk(x, s, self.wkv_impl)
+            new_state.append(s)
+        if last_only:
+            x = x[:, -1:]  # generation needs only the last position: skip the head elsewhere
+        logits = self.head(self.ln_out(x))  # (B, T, V)
+        return logits, new_state
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> "SpikeGPT":
+        """Initialise for training from scratch: the SpikeGPT code's scheme (RWKV-4's), documented.
+
+        * Embedding: uniform in +-1e-4. With the binary embedding every entry sits where the ArcTan
+          surrogate derivative is largest (1 at 0), and the first updates decide the sign, i.e. the
+          spike pattern of each token.
+        * Decay ``time_decay[c] = -5 + 8 (c/(C-1))^(0.7 + 1.3 l/(L-1))``: channels range from slow
+          (-5: w = -exp(-5), the state keeps 99.3% per token) to fast (+3: keeps exp(-e^3) ~ 2e-9);
+          the exponent grows with depth, so deeper blocks have more slow channels.
+          Bonus ``time_first = ln 0.3 + 0.5 * zigzag`` (eq. 7's W_f = ln 0.3, de-symmetrised).
+        * Token-shift mixes from ``token_shift_init`` (as at construction).
+        * Zero: ``att.key``, ``att.receptance``, ``att.output``, ``ffn.receptance``, ``ffn.value``;
+          each block starts by adding nothing (the LIF neurons see 0 and stay silent, but the
+          surrogate still passes gradient: g'(0 - 1) = 1 / (1 + pi^2) ~ 0.09 for alpha = 2).
+        * Normal with the entry variance of the code's orthogonal init (cheaper to draw for the
+          50277 x 768 head; the singular values spread instead of all equal to the gain):
+          std ``1/sqrt(C)`` for ``att.value`` (gain 1) and ``ffn.key`` (gain 2 = sqrt(4C/C) on a
+          4C x C matrix), ``0.5/sqrt(C)`` for ``head``.
+        * LayerNorms: weight 1, bias 0.
+        """
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        cfg = self.cfg
+        L, C = cfg.n_layer, cfg.n_embd
+
+        def normal(w: Tensor, std: float) -> None:
+            w.copy_(torch.randn(w.shape, generator=g) * std)
+
+        self.emb.weight.copy_((torch.rand(self.emb.weight.shape, generator=g) * 2 - 1) * 1e-4)
+        normal(self.head.weight, 0.5 / math.sqrt(C))
+        c = torch.arange(C, dtype=torch.float32)
+        zigzag = ((c + 1) % 3 - 1) * 0.5
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+        for i, blk in enumerate(self.blocks):
+            r01 = i / max(1, L - 1)
+            att, ffn = blk.att, blk.ffn
+            att.time_decay.copy_(-5 + 8 * (c / max(1, C - 1)) ** (0.7 + 1.3 * r01))
+            att.time_first.copy_(math.log(0.3) + zigzag)
+            mixes = _shift_mix_init(cfg, i)
+            att.time_mix_k.copy_(mixes["att_k"])
+            att.time_mix_v.copy_(mixes["att_v"])
+            att.time_mix_r.copy_(mixes["att_r"])
+            ffn.time_mix_k.copy_(mixes["ffn_k"])
+            ffn.time_mix_r.copy_(mixes["ffn_r"])
+            for lin in (att.key, att.receptance, att.output, ffn.receptance, ffn.value):
+                lin.weight.zero_()
+            normal(att.value.weight, 1.0 / math.sqrt(C))
+            normal(ffn.key.weight, 1.0 / math.sqrt(C))
+        return self
+
+
+def build_spikegpt(cfg_dict: dict) -> SpikeGPT:
+    """Builder for spikelm-folder checkpoints (``config.json`` with ``kind: spikegpt``)."""
+    return SpikeGPT(SpikeGPTConfig.from_dict(cfg_dict))
