@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "init": "spikelm.checkpoint:cli_init",
     "convert": "spikelm.convert.to_spiking:cli_convert",
     "sweep": "spikelm.convert.sweep:cli_sweep",
+    "demo": "spikelm.demo:cli_demo",
     "data": "spikelm.data.corpora:cli_data",
     "train": "spikelm.train:cli_train",
     "eval": "spikelm.evaluate.perplexity:cli_eval",
