@@ -343,13 +343,13 @@ class TrainArgs(Config):
         m = dict(m)
         kind = m.get("kind")
         _require(isinstance(kind, str) and kind != "", "model.kind", "missing: name the model family, e.g. rwkv6")
+        # Every model family's config names its tokenizer (``model.tokenizer_name``): the data's.
+        m.setdefault("tokenizer", self.tokenizer)
+        _require(m["tokenizer"] == self.tokenizer, "model.tokenizer",
+                 f"{m['tokenizer']!r} differs from tokenizer {self.tokenizer!r} (the data's tokenizer)")
         cls = _model_config_class(kind)
-        if cls is None:  # a family whose config class lives elsewhere: its builder validates it
+        if cls is None:  # a family whose config class is not imported here (torch-free): its builder validates it
             return m
-        if "tokenizer" in cls.fields():
-            m.setdefault("tokenizer", self.tokenizer)
-            _require(m["tokenizer"] == self.tokenizer, "model.tokenizer",
-                     f"{m['tokenizer']!r} differs from tokenizer {self.tokenizer!r} (the data's tokenizer)")
         body = {k: v for k, v in m.items() if k != "kind"}
         try:
             checked = cls.from_dict(body).to_dict()

@@ -1,0 +1,148 @@
+"""Energy per arithmetic operation, with the source of every number.
+
+Both papers price their operations with one table: M. Horowitz, "1.1 Computing's energy problem
+(and what we can do about it)", IEEE ISSCC 2014, Digest of Technical Papers, pp. 10-14, the
+"rough energy costs for various operations in 45nm 0.9V" figure (cited as [28] in SpikeRWKV,
+Table 3: "E_MAC = 4.6 pJ and E_AC = 0.9 pJ", 32-bit float). That figure gives, per operation:
+
+=============  ===========  ===========
+operand        add (pJ)     mult (pJ)
+=============  ===========  ===========
+8-bit int      0.03         0.2
+16-bit int     0.05         --
+32-bit int     0.1          3.1
+16-bit float   0.4          1.1
+32-bit float   0.9          3.7
+=============  ===========  ===========
+
+and, for reference, memory reads that no table here charges (both papers exclude memory access,
+SpikeRWKV section 4.3: "excluding memory access energy"): 8 KB SRAM 10 pJ, 32 KB SRAM 20 pJ,
+1 MB SRAM 100 pJ per 64-bit word, DRAM 1.3-2.6 nJ.
+
+How operations are priced (see :mod:`spikelm.energy.counters` for what is counted):
+
+* ``mac`` (a dense multiply-accumulate, e.g. one weight times one real activation, summed):
+  ``E_MAC = E_mult + E_add`` (4.6 pJ for fp32, the papers' figure);
+* ``ac`` (an accumulate caused by a spike: the synaptic weight is added, nothing is multiplied):
+  ``E_AC = E_add`` (0.9 pJ for fp32);
+* ``mul`` / ``add`` (elementwise arithmetic on real values, comparisons counted as adds):
+  ``E_mult`` / ``E_add``;
+* ``special`` (exp, tanh, sigmoid, division, reciprocal square root): ``special_macs`` MACs each,
+  1 by default. Horowitz prices none of these; hardware computes them by a few multiply-adds of a
+  polynomial or a table look-up, so 1 MAC is a lower bound. The reports list the count of special
+  functions separately, so they can be re-priced.
+
+A user-supplied ``E_MAC`` / ``E_AC`` (``--e-mac``, ``--e-ac``) keeps that reading:
+``E_add = E_AC`` and ``E_mult = E_MAC - E_AC``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import SpikelmError
+
+__all__ = ["HOROWITZ_2014", "EnergyTable", "TABLES", "OP_KINDS", "energy_table"]
+
+HOROWITZ_2014 = (
+    "M. Horowitz, '1.1 Computing's energy problem (and what we can do about it)', "
+    "IEEE ISSCC 2014 Digest of Technical Papers, pp. 10-14 (45 nm, 0.9 V)"
+)
+
+# Operation kinds that the counters produce and a table prices. ``flag_ac``: accumulates that a
+# sign-flag spike would cost if it drove its own synaptic pass (priced at E_AC only when asked).
+OP_KINDS = ("mac", "ac", "flag_ac", "mul", "add", "special")
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    """Energy of one multiplication and one addition (pJ) at some precision and process node."""
+
+    name: str
+    e_mult: float
+    e_add: float
+    source: str
+    special_macs: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.e_mult >= 0.0 and self.e_add > 0.0 and self.special_macs >= 0.0):
+            raise SpikelmError(
+                f"energy table {self.name!r}: need E_mult >= 0, E_add > 0 and special_macs >= 0, "
+                f"got {self.e_mult}, {self.e_add}, {self.special_macs}"
+            )
+
+    @property
+    def e_mac(self) -> float:
+        """Multiply-accumulate: one multiplication and one addition."""
+        return self.e_mult + self.e_add
+
+    @property
+    def e_ac(self) -> float:
+        """Accumulate: one addition (what a spike costs per synapse)."""
+        return self.e_add
+
+    @property
+    def e_special(self) -> float:
+        return self.special_macs * self.e_mac
+
+    def price(self, kind: str, flag_acs: bool = False) -> float:
+        """pJ of one operation of ``kind`` (one of :data:`OP_KINDS`)."""
+        if kind == "mac":
+            return self.e_mac
+        if kind == "ac":
+            return self.e_ac
+        if kind == "flag_ac":
+            return self.e_ac if flag_acs else 0.0
+        if kind == "mul":
+            return self.e_mult
+        if kind == "add":
+            return self.e_add
+        if kind == "special":
+            return self.e_special
+        raise ValueError(f"unknown operation kind {kind!r}; kinds: {', '.join(OP_KINDS)}")
+
+    def energy(self, ops: dict[str, float], flag_acs: bool = False) -> float:
+        """pJ of a bag of operations ``{kind: count}``."""
+        return sum(n * self.price(k, flag_acs) for k, n in ops.items() if n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "e_mac": self.e_mac, "e_ac": self.e_ac, "e_mult": self.e_mult,
+            "e_add": self.e_add, "e_special": self.e_special, "special_macs": self.special_macs,
+            "source": self.source,
+        }
+
+
+_FIG = HOROWITZ_2014 + ", energy-per-operation figure"
+TABLES: dict[str, EnergyTable] = {
+    "45nm-fp32": EnergyTable("45nm-fp32", e_mult=3.7, e_add=0.9, source=_FIG + ": 32-bit float"),
+    "45nm-fp16": EnergyTable("45nm-fp16", e_mult=1.1, e_add=0.4, source=_FIG + ": 16-bit float"),
+    "45nm-int32": EnergyTable("45nm-int32", e_mult=3.1, e_add=0.1, source=_FIG + ": 32-bit int"),
+    "45nm-int8": EnergyTable("45nm-int8", e_mult=0.2, e_add=0.03, source=_FIG + ": 8-bit int"),
+}
+
+
+def energy_table(name: str = "45nm-fp32", e_mac: float = 0.0, e_ac: float = 0.0, special_macs: float = 1.0) -> EnergyTable:
+    """A named table, optionally with ``E_MAC`` and/or ``E_AC`` replaced (values <= 0 keep the table's).
+
+    Replacing keeps the reading of the module docstring: ``E_add = E_AC``, ``E_mult = E_MAC - E_AC``.
+    """
+    if name not in TABLES:
+        raise SpikelmError(f"unknown energy table {name!r}; tables: {', '.join(TABLES)}")
+    base = TABLES[name]
+    if e_mac <= 0.0 and e_ac <= 0.0 and special_macs == base.special_macs:
+        return base
+    mac = e_mac if e_mac > 0.0 else base.e_mac
+    ac = e_ac if e_ac > 0.0 else base.e_ac
+    if mac < ac:
+        raise SpikelmError(f"E_MAC ({mac} pJ) must be at least E_AC ({ac} pJ): a multiply-accumulate includes the accumulate")
+    parts = [f"E_MAC={mac:g}" if e_mac > 0.0 else "", f"E_AC={ac:g}" if e_ac > 0.0 else ""]
+    label = ", ".join(p for p in parts if p)
+    return EnergyTable(
+        name=f"{name} ({label})" if label else name,
+        e_mult=mac - ac,
+        e_add=ac,
+        source=base.source + (f"; user-supplied {label}" if label else ""),
+        special_macs=special_macs,
+    )

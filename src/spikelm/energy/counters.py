@@ -1,0 +1,657 @@
+"""Count every arithmetic operation of a model's forward pass, from outside, by hooks.
+
+``with EnergyCounter(model) as ec: model(idx)`` registers forward (pre-)hooks, reads shapes and
+spike-encoder inputs, and leaves the model's outputs bit-identical (the hooks return nothing and
+never touch a tensor the model uses). ``ec.counts`` holds one :class:`Row` per counted piece of
+work with the operations that actually ran (``ops``) and what the same rows would cost with dense
+activations, i.e. in the ANN (``ann_ops``); ``ec.report()`` prices them
+(:mod:`spikelm.energy.report`).
+
+Operation kinds (priced in :mod:`spikelm.energy.constants`): ``mac`` dense multiply-accumulate,
+``ac`` spike-driven accumulate, ``flag_ac`` accumulates a sign-flag spike would cost if it had
+its own synaptic pass, ``mul`` / ``add`` elementwise (a comparison, ReLU or clamp is one ``add``),
+``special`` exp / tanh / sigmoid / division / reciprocal square root.
+
+Linear layers (every ``nn.Linear``, and the LoRA matmuls of RWKV-6 that are plain ``@``)
+------------------------------------------------------------------------------------------
+Dense cost per token: ``C_in * C_out`` MACs. When the input is spikes the layer costs accumulates
+instead, read as follows (SpikeRWKV sec. 3.3-3.4, eq. 3-5):
+
+* **Multi-head spike encoding** (``SpikingLinear`` and the ``maa_in`` / ``decay_in`` encoders of a
+  converted RWKV-6): value ``x = sign * s / T * sum_j sum_i w_i * spike[j, i]``. One spike of
+  layer ``i`` at step ``j`` on input channel ``c`` adds column ``c`` of the weight, pre-scaled by
+  ``w_i`` (a power of two: a shift, or one stored copy per layer), to the ``C_out`` outputs:
+  ``C_out`` ACs. ``s`` and ``1/T`` fold into the weights (per tensor or per input column), so they
+  cost nothing per token. Hence ``ACs = layer spikes * C_out``, over all steps and layers.
+* **The sign flag** (sec. 3.3: it "determines the nature of the input value", replacing
+  inhibitory synapses) selects whether the accumulates of that channel's spikes add or subtract:
+  it costs no accumulate of its own. Flag spikes are counted anyway (``flag_ac`` = flag spikes *
+  ``C_out``), and a report may charge them (``flag_acs=True``: the reading in which a negative
+  value needs a separate pass through the synapses, an upper bound).
+* **Binary inputs** (any other ``nn.Linear`` whose input is exactly {0, 1}, e.g. spikes from an
+  IF/LIF neuron): ``ACs = nonzero inputs * C_out``, firing rate = nonzero / inputs (T = l = 1).
+  The check looks at 256 values first and scans the whole input only if those are binary.
+* A bias adds ``C_out`` adds per token in either case.
+
+Spike counts of encoders are recomputed in a forward pre-hook from the encoder's *input* by the
+exact closed form (:func:`encoder_stats`: the counts of ``mhse_closed_form(..., stats=True)``,
+which the conversion tests prove equal to the step-by-step IF cascade, without rebuilding the
+decoded values); the model's own forward is left alone.
+
+Everything else, per token (RWKV-6 ``TimeMix`` / ``ChannelMix`` / ``Block``; SpikeGPT
+``SpikingRWKV`` / ``SRFFN`` / ``Block``), counted from shapes in the module's pre-hook
+------------------------------------------------------------------------------------------
+C = n_embd, A = dim_att, H heads of N, F = dim_ffn, Dm / Dd the LoRA ranks.
+
+* RWKV-6 ``ddlerp``: shift difference C add; ``x + xx * maa_x`` C mul + C add; five mixes
+  ``x + xx * (maa_* + m_*)`` 5 x (C mul + 2C add); ``tanh`` of the LoRA 5Dm special.
+  LoRA matmuls: ``time_maa_w1`` C*5Dm, ``time_maa_w2`` 5*Dm*C, ``time_decay_w1`` C*Dd,
+  ``time_decay_w2`` Dd*A MACs (``w1`` rows are spike-driven when ``maa_in`` / ``decay_in`` are
+  encoders). ``decay``: tanh Dd + exp A special, ``+ time_decay`` and the clamp 2A add.
+  ``wkv`` (the recurrent form, per head, the arithmetic a token-by-token device performs,
+  whatever kernel computes it here): ``y = r S + (sum_i r_i u_i k_i) v`` is N^2 + N MACs,
+  2N mul, N add; ``S = diag(w) S + k v^T`` is 2N^2 mul and N^2 add; ``w = exp(logw)`` N special.
+  ``gate_act``: silu A special + A mul, ``y * g`` A mul.
+* RWKV-6 ``ChannelMix``: shift difference C add, two mixes 2 x (C mul + C add); ``relu`` F add,
+  square F mul, sigmoid C special, product C mul. ``Block`` residuals: 2C add.
+* SpikeGPT mixes ``x m + xx (1 - m)``: 2 mul + 1 add per channel (``1 - m`` is a constant), three
+  in the time mixing and two in the FFN. WKV-4, the numerically safe recurrence per channel:
+  12 add (incl. two max), 6 mul, 4 exp + 1 division special. ``sigmoid(r) * y`` C special + C mul.
+  SRFFN activations as RWKV-6's. The residual adds of the LIF spikes cost one AC per spike
+  (dense counterpart: C add).
+* ``LayerNorm`` / ``GroupNorm`` per element: mean and centring 2 add, variance 1 MAC,
+  normalisation 1 mul, affine 1 MAC; per normalised group: 2 mul (1/n), 1 add (eps),
+  1 special (rsqrt).
+* Spiking neurons (encoders, IF/LIF): an encoder value costs a sign test and a clip (2 add), and
+  per step a charge (1 add) and ``l`` threshold tests (l add), plus a soft-reset subtraction per
+  spike; ``|x| / s`` needs no multiplication (the scale folds into the thresholds ``s w_i``). LIF
+  (SpikeGPT eq. 13): charge 1 mul + 2 add (+1 add if ``v_reset != 0``), fire 1 add, hard reset is
+  a select; IF: charge and fire 2 add, soft reset 1 add per spike. A binary embedding spike: 1 add.
+* Embedding look-ups and the memory traffic of weights are not arithmetic and cost 0 here (both
+  papers exclude memory); the embedding appears as a row so nothing is hidden.
+
+Modules of any other type are listed in ``counts.uncounted`` (and logged): only their linear,
+norm and neuron children are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..spiking.encoding import SpikeStats, mhse_closed_form, mhse_simulate
+from ..spiking.neurons import IFNeuron, LIFNeuron, SpikingNeuron
+from .constants import OP_KINDS, EnergyTable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Row", "Counts", "EnergyCounter", "is_binary", "encoder_stats", "ROW_KINDS"]
+
+# What a row counts: a linear layer (``nn.Linear`` or a LoRA matmul), elementwise arithmetic, the
+# WKV recurrence, a normalisation, an encoder's neurons, other spiking neurons, residual adds, or
+# the embedding look-up.
+ROW_KINDS = ("linear", "elementwise", "wkv", "norm", "encode", "neuron", "residual", "embedding")
+
+_BINARY_PROBE = 256
+# Forward order of the rows inside each mixing module, for the report (rows are listed in the
+# order the forward pass first reaches them; a module's own rows would otherwise all come first).
+_RWKV6_TIMEMIX_ORDER = (
+    "ddlerp", "maa_in.encode", "time_maa_w1", "time_maa_w2", "receptance.encode", "receptance", "key.encode", "key",
+    "value.encode", "value", "gate.encode", "gate", "decay_in.encode", "time_decay_w1", "time_decay_w2", "decay", "wkv",
+    "ln_x", "gate_act", "output.encode", "output",
+)
+_CHANNELMIX_ORDER = ("mix", "key.encode", "key", "act", "receptance.encode", "receptance", "value.encode", "value")
+_SPIKEGPT_TIMEMIX_ORDER = ("mix", "key", "value", "receptance", "wkv", "gate_act", "output")
+_LORA_INPUTS = {"maa_in": "time_maa_w1", "decay_in": "time_decay_w1"}
+
+
+def _zero_ops() -> dict[str, int]:
+    return {k: 0 for k in OP_KINDS}
+
+
+def _layer_of(name: str) -> str:
+    """``blocks.3.att.key`` -> ``blocks.3``; ``head`` -> ``head``; the root -> ``model``."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[0] == "blocks":
+        return ".".join(parts[:2])
+    return parts[0] or "model"
+
+
+@dataclass
+class Row:
+    """Operations of one piece of work, summed over every forward call seen.
+
+    ``rows``: token vectors processed (B * T summed over calls). ``ops``: what ran; ``ann_ops``:
+    the dense counterpart (spike-driven accumulates replaced by the layer's dense MACs, no encoder
+    or neuron work). ``spikes``: spike counts of the row's input (linear rows fed by spikes) or
+    output (neuron rows), as :class:`~spikelm.spiking.encoding.SpikeStats`.
+    """
+
+    name: str
+    layer: str
+    kind: str
+    c_in: int = 0
+    c_out: int = 0
+    rows: int = 0
+    ops: dict[str, int] = field(default_factory=_zero_ops)
+    ann_ops: dict[str, int] = field(default_factory=_zero_ops)
+    spikes: SpikeStats | None = None
+    first_seen: int | None = None
+
+    @property
+    def spike_driven(self) -> bool:
+        """True when some of this row's work was accumulates caused by spikes."""
+        return self.ops["ac"] > 0 or (self.spikes is not None and self.kind in ("linear", "residual"))
+
+    def add(self, ops: dict[str, int] | None = None, ann: dict[str, int] | None = None) -> None:
+        for k, n in (ops or {}).items():
+            self.ops[k] += int(n)
+        for k, n in (ann or {}).items():
+            self.ann_ops[k] += int(n)
+
+    def add_spikes(self, st: SpikeStats) -> None:
+        self.spikes = st if self.spikes is None else self.spikes + st
+
+    def merged(self, other: Row) -> Row:
+        out = Row(self.name, self.layer, self.kind, self.c_in or other.c_in, self.c_out or other.c_out,
+                  self.rows + other.rows, dict(self.ops), dict(self.ann_ops), self.spikes,
+                  self.first_seen if self.first_seen is not None else other.first_seen)
+        out.add(other.ops, other.ann_ops)
+        if other.spikes is not None:
+            out.add_spikes(other.spikes)
+        return out
+
+
+@dataclass
+class Counts:
+    """All rows of one counter (or several merged), the number of tokens, and what was not counted."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+    tokens: int = 0
+    uncounted: list[str] = field(default_factory=list)
+    model: str = ""
+
+    def ordered(self) -> list[Row]:
+        """Rows in the order the forward pass first reached them (rows never reached last)."""
+        big = len(self.rows) + 10**9
+        return sorted(self.rows.values(), key=lambda r: (big if r.first_seen is None else r.first_seen))
+
+    def __add__(self, other: Counts) -> Counts:
+        rows = dict(self.rows)
+        for name, r in other.rows.items():
+            rows[name] = rows[name].merged(r) if name in rows else r
+        return Counts(rows, self.tokens + other.tokens, sorted(set(self.uncounted) | set(other.uncounted)),
+                      self.model or other.model)
+
+    def spiking_rows(self) -> list[Row]:
+        """Rows that carry spike counts (spike-driven linears, encoders' targets, neurons)."""
+        return [r for r in self.ordered() if r.spikes is not None]
+
+
+def is_binary(x: Tensor) -> bool:
+    """True when every value of ``x`` is exactly 0 or 1 (cheap rejection on the first values)."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return False
+    flat = x.detach().reshape(-1)
+    probe = flat[:_BINARY_PROBE]
+    if not bool(((probe == 0) | (probe == 1)).all()):
+        return False
+    return bool(((flat == 0) | (flat == 1)).all())
+
+
+def _binary_stats(x: Tensor) -> SpikeStats:
+    nnz = int(torch.count_nonzero(x.detach()))
+    return SpikeStats(torch.tensor([[nnz]], dtype=torch.int64), 0, 0, x.numel())
+
+
+def _floor_sums(u: Tensor, layers: int) -> list[int]:
+    """``S_b = sum(floor(u / 2**b))`` for ``b = 0..layers`` (``S_layers = 0`` as ``u < 2**layers``).
+
+    Exact: ``u / 2**b`` is exact in float32, and the float32 sums of integers are exact while they
+    stay below 2**24, which holds for sums along the last dimension when ``C * 2**l < 2**24``;
+    the row sums are then added in float64 (otherwise everything is summed in float64).
+    """
+    rows = u.reshape(-1, u.shape[-1]) if u.dim() else u.reshape(1, 1)
+    rows_exact = rows.shape[-1] * 2**layers < 2**24
+    t = torch.empty_like(rows)
+    sums = []
+    for b in range(layers):
+        torch.mul(rows, 2.0**-b, out=t)
+        t.floor_()
+        total = t.sum(-1).sum(dtype=torch.float64) if rows_exact else t.sum(dtype=torch.float64)
+        sums.append(int(total))
+    return sums + [0]
+
+
+def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
+                  init_half: bool = False) -> SpikeStats:
+    """Spike counts of encoding ``x``: equal to ``mhse_closed_form(..., stats=True)[1]``, cheaper.
+
+    A counter needs the spikes per layer, not the decoded values or a per-value histogram, so this
+    makes as few passes over memory as it can (it runs beside the model's own encoder, and its cost
+    is the counter's overhead). With ``u = |x| / (s w_l)`` the magnitude in units of the smallest
+    weight (clipped at ``2**l - 1``), one step (``T = 1``) emits ``q = floor(u)`` units, or
+    ``floor(u + 1/2)`` with ``init_half``, and layer ``i`` fires where bit ``l - i`` of ``q`` is
+    set. Summed over values, bit ``b`` is set ``S_b - 2 S_{b+1}`` times, with
+    ``S_b = sum floor(q / 2**b) = sum floor(u' / 2**b)`` (``u' = u`` or ``u + 1/2``): ``l``
+    vectorised passes instead of a histogram (``histc``/``bincount`` are serial on CPU).
+
+    Exactness, as in the closed form: the reference rounds ``|x| / s`` to float32 after a float64
+    division, which equals the correctly rounded float32 division (double rounding is innocuous
+    for division when 53 >= 2 * 24 + 2 bits), and scaling by the power of two ``2 ** (l - n_int)``
+    (folded into the divisor) is exact. ``fl(u + 1/2)`` may round, but never across an integer:
+    without a binade change ``u + 1/2`` is exact (``u < 2**23``); with one, ``u + 1/2 < k + 1/2``
+    for its floor ``k`` (a power of two above ``u``), more than half a unit (>= 1/2) below
+    ``k + 1``. For ``l = 1`` (rate coding) step ``j`` emits ``q_j - q_{j-1}`` spikes in total,
+    ``q_j = floor(j u + c)`` summed in float64; ``T > 1`` with ``l > 1`` histograms each step's
+    emission as the reference does. Falls back to the reference for other bases (the simulation),
+    float64 inputs, non-float32 scales and ``layers > 16``. ``tests/energy/test_counters.py``
+    checks equality, on values next to every bin edge too.
+    """
+    if base != 2.0:  # the closed form is exact for base 2 only
+        return mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
+    if x.dtype == torch.float64 or scale.dtype != torch.float32 or layers > 16:
+        st = mhse_closed_form(x, scale, T, layers, base, n_int, init_half, stats=True)[1]
+        assert st is not None
+        return st
+    x = x.detach()
+    unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
+    u = (x.abs() if x.dtype == torch.float32 else x.float().abs_()).div_(unit)  # |x| in units of w_l
+    flags = int(torch.count_nonzero(x < 0))
+    u_max = float(2**layers - 1)
+    clipped = 0
+    if u.numel() and float(u.amax()) > u_max:
+        clipped = int(torch.count_nonzero(u > u_max))
+        u.clamp_(max=u_max)
+    counts = torch.zeros((T, layers), dtype=torch.int64)
+    c = 0.5 if init_half else 0.0
+    if T == 1:
+        if init_half:
+            u.add_(0.5)
+        S = _floor_sums(u, layers)
+        counts[0] = torch.tensor([S[layers - i] - 2 * S[layers - i + 1] for i in range(1, layers + 1)])
+    elif layers == 1:
+        u64 = u.double()
+        q_prev = 0
+        for j in range(1, T + 1):
+            q_j = int(torch.floor(u64 * j + c).sum())
+            counts[j - 1, 0] = q_j - q_prev
+            q_prev = q_j
+    else:
+        bins = 2**layers
+        bits = (torch.arange(bins)[:, None] >> torch.arange(layers - 1, -1, -1)) & 1  # (2**l, l), layer 1 = MSB
+        u64 = u.double()
+        q_prev_t = torch.zeros_like(u64)
+        for j in range(1, T + 1):
+            q = torch.floor(u64 * j + c)
+            d = (q - q_prev_t).to(torch.int64)
+            counts[j - 1] = (torch.bincount(d.reshape(-1), minlength=bins)[:bins, None].cpu() * bits).sum(0)
+            q_prev_t = q
+    return SpikeStats(counts, flags, clipped, x.numel())
+
+
+def _spike_output(out: Any) -> Tensor | None:
+    """The spike tensor of a neuron's output: the tensor itself or the first of a tuple."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    return None
+
+
+def _norm_ops(n_elements: int, n_groups: int, affine: bool) -> dict[str, int]:
+    return {"add": 2 * n_elements + n_groups, "mac": n_elements * (2 if affine else 1),
+            "mul": n_elements + 2 * n_groups, "special": n_groups}
+
+
+def _neuron_ops(mod: nn.Module, numel: int, spikes: int) -> dict[str, int]:
+    if isinstance(mod, LIFNeuron):
+        extra = 1 if mod.v_reset != 0.0 else 0
+        add = numel * (3 + extra) + (spikes if mod.reset_mode == "subtract" else 0)
+        return {"mul": numel, "add": add}
+    if isinstance(mod, IFNeuron):
+        return {"add": 2 * numel + spikes}
+    return {"mul": numel, "add": 3 * numel}  # another leaky neuron: LIF-like
+
+
+class EnergyCounter:
+    """Context manager that counts operations, spikes and accumulates of ``model`` by hooks.
+
+    ``check_binary``: test the input of every plain ``nn.Linear`` for {0, 1} values (spike-driven
+    when so). Use as ``with EnergyCounter(model) as ec: model(idx)``; hooks are removed on exit,
+    and the counts stay readable (``ec.counts``, ``ec.report()``). Several forward calls add up.
+    """
+
+    def __init__(self, model: nn.Module, *, check_binary: bool = True) -> None:
+        self.model = model
+        self.check_binary = check_binary
+        self.counts = Counts(model=type(model).__name__)
+        self._handles: list[Any] = []
+        self._seen = 0
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> EnergyCounter:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    def attach(self) -> EnergyCounter:
+        if self._handles:
+            raise RuntimeError("EnergyCounter is already attached")
+        self._handles.append(self.model.register_forward_pre_hook(self._count_tokens, with_kwargs=True))
+        for name, mod in self.model.named_modules():
+            if not self._attach(name, mod):
+                what = f"{name or '(root)'} ({type(mod).__name__})"
+                self.counts.uncounted.append(what)
+                log.warning("energy: operations of %s are not counted (unknown module type); "
+                            "its linear/norm/neuron children are", what)
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def report(self, table: str | EnergyTable = "45nm-fp32", *, flag_acs: bool = False) -> Any:
+        """Price the counts: a :class:`spikelm.energy.report.FullReport`."""
+        from .report import full_report
+
+        return full_report(self.counts, table, flag_acs=flag_acs)
+
+    # ------------------------------------------------------------------ rows
+    def _row(self, name: str, kind: str, c_in: int = 0, c_out: int = 0) -> Row:
+        row = self.counts.rows.get(name)
+        if row is None:
+            row = Row(name, _layer_of(name), kind, c_in, c_out)
+            self.counts.rows[name] = row
+        elif row.kind != kind:
+            raise RuntimeError(f"energy row {name!r} is both {row.kind} and {kind}")
+        return row
+
+    def _touch_in_order(self, prefix: str, suffixes: Sequence[str]) -> None:
+        """Mark the rows of a module's children in forward order (the report lists rows that way)."""
+        for s in suffixes:
+            row = self.counts.rows.get(f"{prefix}.{s}")
+            if row is not None:
+                self._touch(row)
+
+    def _touch(self, row: Row, n_rows: int = 0) -> None:
+        if row.first_seen is None:
+            row.first_seen = self._seen
+            self._seen += 1
+        row.rows += n_rows
+
+    def _pre(self, mod: nn.Module, fn: Callable[[nn.Module, tuple], None]) -> None:
+        def hook(m: nn.Module, args: tuple) -> None:
+            with torch.no_grad():
+                fn(m, args)
+        self._handles.append(mod.register_forward_pre_hook(hook))
+
+    def _post(self, mod: nn.Module, fn: Callable[[nn.Module, tuple, Any], None]) -> None:
+        def hook(m: nn.Module, args: tuple, out: Any) -> None:
+            with torch.no_grad():
+                fn(m, args, out)
+        self._handles.append(mod.register_forward_hook(hook))
+
+    def _count_tokens(self, mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
+        if isinstance(x, Tensor):
+            # token ids (B, T), or for a bare layer one token per input vector
+            self.counts.tokens += x.numel() if not x.is_floating_point() else x.numel() // max(1, x.shape[-1])
+
+    # ------------------------------------------------------------------ dispatch
+    def _attach(self, name: str, mod: nn.Module) -> bool:
+        """Register the hooks that count ``mod``'s own work; False for an unknown module type."""
+        from ..convert.to_spiking import SpikeEncoder
+        from ..models import rwkv6
+
+        if isinstance(mod, SpikeEncoder):
+            self._attach_encoder(name, mod)
+        elif isinstance(mod, nn.Linear):
+            self._attach_linear(name, mod)
+        elif isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):
+            self._attach_norm(name, mod)
+        elif isinstance(mod, nn.Embedding):
+            row = self._row(name, "embedding", mod.num_embeddings, mod.embedding_dim)
+            self._pre(mod, lambda m, a: self._touch(row, a[0].numel()))
+        elif isinstance(mod, rwkv6.TimeMix):
+            self._attach_rwkv6_timemix(name, mod)
+        elif isinstance(mod, rwkv6.ChannelMix):
+            self._attach_rwkv6_channelmix(name, mod)
+        elif isinstance(mod, rwkv6.Block):
+            row = self._row(f"{name}.residual", "residual")
+            self._post(mod, lambda m, a, out: self._elementwise(row, a[0], add=2))
+        elif isinstance(mod, SpikingNeuron):
+            self._attach_neuron(name, mod)
+        elif isinstance(mod, (rwkv6.RWKV6, nn.Identity, nn.Dropout, nn.ModuleList, nn.Sequential)):
+            pass  # no arithmetic of their own
+        else:
+            return self._attach_spikegpt(name, mod)
+        return True
+
+    def _attach_spikegpt(self, name: str, mod: nn.Module) -> bool:
+        try:
+            from ..models import spikegpt
+        except ImportError:  # pragma: no cover - the module is part of the package
+            return False
+        if isinstance(mod, spikegpt.SpikeGPT):
+            return True
+        if isinstance(mod, spikegpt.BinarySpike):
+            row = self._row(name, "neuron")
+
+            def on_spikes(m: nn.Module, args: tuple, out: Any) -> None:
+                s = _spike_output(out)
+                st = _binary_stats(s)
+                self._touch(row, s.numel() // max(1, s.shape[-1]))
+                row.add({"add": s.numel()})
+                row.add_spikes(st)
+
+            self._post(mod, on_spikes)
+        elif isinstance(mod, spikegpt.SpikingRWKV):
+            mix, wkv, gate = (self._row(f"{name}.{r}", k) for r, k in
+                              (("mix", "elementwise"), ("wkv", "wkv"), ("gate_act", "elementwise")))
+
+            def att(m: nn.Module, a: tuple) -> None:
+                self._touch_in_order(name, _SPIKEGPT_TIMEMIX_ORDER)
+                self._elementwise(mix, a[0], mul=6, add=3)
+                self._elementwise(wkv, a[0], add=12, mul=6, special=5)
+                self._elementwise(gate, a[0], special=1, mul=1)
+
+            self._pre(mod, att)
+        elif isinstance(mod, spikegpt.SRFFN):
+            mix, act = self._row(f"{name}.mix", "elementwise"), self._row(f"{name}.act", "elementwise")
+            F_ = mod.key.out_features
+
+            def ffn(m: nn.Module, a: tuple) -> None:
+                C = a[0].shape[-1]
+                self._touch_in_order(name, _CHANNELMIX_ORDER)
+                self._elementwise(mix, a[0], mul=4, add=2)
+                self._elementwise(act, a[0], add=F_ / C, mul=(F_ + C) / C, special=1)
+
+            self._pre(mod, ffn)
+        elif isinstance(mod, spikegpt.Block):
+            row = self._row(f"{name}.residual", "residual")
+
+            def residual(m: nn.Module, args: tuple, out: Any) -> None:
+                s = _spike_output(out)
+                st = _binary_stats(s)
+                self._touch(row, s.numel() // max(1, s.shape[-1]))
+                nnz = int(st.spikes_per_layer_step.sum())
+                row.add({"ac": nnz}, {"add": s.numel()})  # one accumulate per spike into the residual
+                row.add_spikes(st)
+
+            for lif in (mod.lif1, mod.lif2):
+                self._post(lif, residual)
+        else:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ per type
+    def _elementwise(self, row: Row, x: Tensor, **per_channel: float) -> None:
+        """Add ``per_channel[kind] * C`` operations per token row of ``x`` (..., C), same in the ANN."""
+        C = x.shape[-1]
+        n = x.numel() // max(1, C)
+        self._touch(row, n)
+        ops = {k: round(v * C) * n for k, v in per_channel.items()}
+        row.add(ops, ops)
+
+    def _attach_linear(self, name: str, mod: nn.Linear) -> None:
+        from ..convert.to_spiking import SpikingLinear
+
+        row = self._row(name, "linear", mod.in_features, mod.out_features)
+        encoded = isinstance(mod, SpikingLinear)
+
+        def fn(m: nn.Linear, args: tuple) -> None:
+            x = args[0]
+            n = x.numel() // m.in_features
+            self._touch(row, n)
+            dense = n * m.in_features * m.out_features
+            bias = {"add": n * m.out_features} if m.bias is not None else {}
+            row.add(bias, {"mac": dense, **bias})
+            if encoded:
+                return  # accumulates come from the encoder's hook
+            if self.check_binary and is_binary(x):
+                st = _binary_stats(x)
+                row.add({"ac": int(st.spikes_per_layer_step.sum()) * m.out_features})
+                row.add_spikes(st)
+            else:
+                row.add({"mac": dense})
+
+        self._pre(mod, fn)
+
+    def _attach_encoder(self, name: str, enc: nn.Module) -> None:
+        site = name[: -len(".encoder")] if name.endswith(".encoder") else name
+        parent_name, _, leaf = site.rpartition(".")
+        target_name, c_out = site, 0
+        if name.endswith(".encoder"):
+            lin = self.model.get_submodule(site)
+            c_out = int(lin.out_features)
+        elif leaf in _LORA_INPUTS:  # RWKV-6 LoRA input: the matmul lives in the parent TimeMix
+            target_name = f"{parent_name}.{_LORA_INPUTS[leaf]}" if parent_name else _LORA_INPUTS[leaf]
+            c_out = int(getattr(self.model.get_submodule(parent_name), _LORA_INPUTS[leaf]).shape[1])
+        else:
+            log.warning("energy: encoder %s feeds no known linear layer; its spikes are counted, its accumulates are not", name)
+        channels = enc.scale.numel() if enc.scale.dim() else 0
+        target = self._row(target_name, "linear", channels, c_out)
+        enc_row = self._row(f"{site}.encode", "encode", channels, 0)
+
+        def fn(e: nn.Module, args: tuple) -> None:
+            x = args[0]
+            st = encoder_stats(x, e.scale, **e.encode_args())
+            n = x.numel() // max(1, x.shape[-1])
+            T, l = st.T, st.layers
+            spikes = st.layer_spikes
+            self._touch(enc_row, n)
+            enc_row.c_in = x.shape[-1]
+            enc_row.add({"add": st.numel * (2 + T + T * l) + spikes})
+            enc_row.add_spikes(st)
+            self._touch(target)
+            target.add({"ac": spikes * c_out, "flag_ac": st.flag_spikes * c_out})
+            target.add_spikes(st)
+
+        self._pre(enc, fn)
+
+    def _attach_norm(self, name: str, mod: nn.LayerNorm | nn.GroupNorm) -> None:
+        row = self._row(name, "norm")
+        if isinstance(mod, nn.GroupNorm):
+            def fn(m: nn.GroupNorm, args: tuple) -> None:
+                x = args[0]  # (B*T, A)
+                n = x.numel() // max(1, m.num_channels)
+                self._touch(row, n)
+                ops = _norm_ops(x.numel(), n * m.num_groups, m.affine)
+                row.add(ops, ops)
+        else:
+            def fn(m: nn.LayerNorm, args: tuple) -> None:
+                x = args[0]
+                width = 1
+                for d in m.normalized_shape:
+                    width *= d
+                n = x.numel() // max(1, width)
+                self._touch(row, n)
+                ops = _norm_ops(x.numel(), n, m.elementwise_affine)
+                row.add(ops, ops)
+        self._pre(mod, fn)
+
+    def _attach_neuron(self, name: str, mod: SpikingNeuron) -> None:
+        row = self._row(name, "neuron")
+
+        def fn(m: SpikingNeuron, args: tuple, out: Any) -> None:
+            s = _spike_output(out)
+            if s is None:
+                return
+            st = _binary_stats(s)
+            self._touch(row, s.numel() // max(1, s.shape[-1]))
+            row.add(_neuron_ops(m, s.numel(), int(st.spikes_per_layer_step.sum())))
+            row.add_spikes(st)
+
+        self._post(mod, fn)
+
+    def _attach_rwkv6_timemix(self, name: str, tm: nn.Module) -> None:
+        from ..convert.to_spiking import SpikeEncoder
+
+        C, five_dm = tm.time_maa_w1.shape
+        Dm = five_dm // 5
+        Dd, A = tm.time_decay_w2.shape
+        H, N = tm.n_head, tm.head_size
+        rows = {r: self._row(f"{name}.{r}", k, ci, co) for r, k, ci, co in (
+            ("ddlerp", "elementwise", 0, 0),
+            ("time_maa_w1", "linear", C, 5 * Dm),
+            ("time_maa_w2", "linear", Dm, C),
+            ("time_decay_w1", "linear", C, Dd),
+            ("time_decay_w2", "linear", Dd, A),
+            ("decay", "elementwise", 0, 0),
+            ("wkv", "wkv", 0, 0),
+            ("gate_act", "elementwise", 0, 0),
+        )}
+
+        def fn(m: nn.Module, args: tuple) -> None:
+            x = args[0]  # (B, T, C): the ln1 output
+            n = x.numel() // C
+            self._touch_in_order(name, _RWKV6_TIMEMIX_ORDER)
+            ew = {
+                "ddlerp": {"add": 12 * C, "mul": 6 * C, "special": 5 * Dm},
+                "decay": {"add": 2 * A, "special": Dd + A},
+                "wkv": {"mac": H * (N * N + N), "mul": H * (2 * N * N + 2 * N), "add": H * (N * N + N), "special": H * N},
+                "gate_act": {"special": A, "mul": 2 * A},
+            }
+            for r, ops in ew.items():
+                self._touch(rows[r], n)
+                per = {k: v * n for k, v in ops.items()}
+                rows[r].add(per, per)
+            lora = {
+                "time_maa_w1": (C * 5 * Dm, isinstance(m.maa_in, SpikeEncoder)),
+                "time_maa_w2": (5 * Dm * C, False),
+                "time_decay_w1": (C * Dd, isinstance(m.decay_in, SpikeEncoder)),
+                "time_decay_w2": (Dd * A, False),
+            }
+            for r, (macs, spiking) in lora.items():
+                self._touch(rows[r], n)
+                rows[r].add({} if spiking else {"mac": macs * n}, {"mac": macs * n})
+
+        self._pre(tm, fn)
+
+    def _attach_rwkv6_channelmix(self, name: str, cm: nn.Module) -> None:
+        mix, act = self._row(f"{name}.mix", "elementwise"), self._row(f"{name}.act", "elementwise")
+        F_ = cm.key.out_features
+
+        def fn(m: nn.Module, args: tuple) -> None:
+            x = args[0]
+            C = x.shape[-1]
+            self._touch_in_order(name, _CHANNELMIX_ORDER)
+            self._elementwise(mix, x, add=3, mul=2)
+            self._elementwise(act, x, add=F_ / C, mul=(F_ + C) / C, special=1)
+
+        self._pre(cm, fn)
+
+
+def iter_spiking_sites(counts: Counts) -> Iterator[tuple[str, SpikeStats]]:
+    """(row name, spike stats) of every row that carries spikes, in forward order."""
+    for r in counts.spiking_rows():
+        assert r.spikes is not None
+        yield r.name, r.spikes

@@ -1,0 +1,119 @@
+"""Plots of an energy report (matplotlib, an optional dependency imported inside each function).
+
+* :func:`plot_firing_rates`: firing rate per layer, one line per site (e.g. ``att.key``), so the
+  sites can be compared across depth;
+* :func:`plot_energy_per_layer`: pJ per token per layer, ANN beside the spiking network, with the
+  spike-driven part of the latter marked;
+* :func:`plot_tradeoff`: perplexity against energy per token for a list of configurations (a
+  sweep), with the Pareto front (no other point is both cheaper and better) drawn through them.
+
+Figures are built with ``matplotlib.figure.Figure`` and an Agg canvas, never ``pyplot``, so no
+global state or display backend is touched. Each function writes a PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import SpikelmError
+from .report import FullReport
+
+__all__ = ["plot_firing_rates", "plot_energy_per_layer", "plot_tradeoff", "pareto_front"]
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise SpikelmError("plots need matplotlib: pip install matplotlib") from None
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=120)
+    return p
+
+
+def plot_firing_rates(report: FullReport, path: str | Path) -> Path:
+    """Firing rate per layer (x) and site (one line each); sites outside blocks as single points."""
+    if not report.sites:
+        raise SpikelmError("the report has no spiking sites to plot")
+    series: dict[str, dict[int, float]] = {}
+    others: list[tuple[str, float]] = []
+    for s in report.sites:
+        m = _BLOCK.match(s.name)
+        if m:
+            series.setdefault(m.group(2), {})[int(m.group(1))] = s.firing_rate
+        else:
+            others.append((s.name, s.firing_rate))
+    fig, ax = _figure(8, 4.5)
+    for site, pts in series.items():
+        xs = sorted(pts)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", ms=3, label=site)
+    for i, (name, fr) in enumerate(others):
+        ax.scatter([-1 - i], [fr], marker="s", label=name)
+    ax.set_xlabel("layer (block index; other sites left of 0)")
+    ax.set_ylabel("firing rate (spikes / value / step / spike layer)")
+    ax.set_title(f"Firing rates: {report.model}")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return _save(fig, path)
+
+
+def plot_energy_per_layer(report: FullReport, path: str | Path) -> Path:
+    """Grouped bars per layer: ANN pJ/token and spiking pJ/token (spike-driven part hatched)."""
+    layers = report.layers()
+    names = [le.layer for le in layers]
+    xs = list(range(len(layers)))
+    w = 0.4
+    fig, ax = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
+    ax.bar([x - w / 2 for x in xs], [le.e_ann for le in layers], w, label="ANN (dense)", color="tab:gray")
+    ax.bar([x + w / 2 for x in xs], [le.e_snn - le.e_spike for le in layers], w, label="spiking: dense part", color="tab:blue")
+    ax.bar([x + w / 2 for x in xs], [le.e_spike for le in layers], w, bottom=[le.e_snn - le.e_spike for le in layers],
+           label="spiking: spike-driven ACs", color="tab:orange", hatch="//")
+    ax.set_xticks(xs, names, rotation=60, ha="right", fontsize="small")
+    ax.set_ylabel(f"energy per token (pJ, {report.table.name})")
+    ax.set_title(f"Energy per layer: ANN {report.total_ann:,.0f} pJ vs spiking {report.total_snn:,.0f} pJ per token")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """Points ``(name, ppl, energy)`` that no other point beats on both (lower is better), by energy."""
+    front = []
+    for p in sorted(points, key=lambda p: (p[2], p[1])):
+        if not front or p[1] < front[-1][1]:
+            front.append(p)
+    return front
+
+
+def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, log_energy: bool = False,
+                  title: str = "Perplexity vs energy per token") -> Path:
+    """Scatter of ``(name, perplexity, energy pJ/token)`` points, annotated, with the Pareto front."""
+    if not points:
+        raise SpikelmError("plot_tradeoff needs at least one (name, ppl, energy) point")
+    fig, ax = _figure(7, 4.5)
+    ax.scatter([p[2] for p in points], [p[1] for p in points], zorder=3)
+    for name, ppl, e in points:
+        ax.annotate(name, (e, ppl), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    front = pareto_front(points)
+    ax.plot([p[2] for p in front], [p[1] for p in front], "--", color="tab:red", label="Pareto front", zorder=2)
+    if log_energy:
+        ax.set_xscale("log")
+    ax.set_xlabel("energy per token (pJ)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)

@@ -1,0 +1,247 @@
+"""WKV6: the time-mixing recurrence of RWKV-6 ("Finch"), as a naive loop and a chunked form.
+
+Per head, with a state ``S`` of shape (N, N) indexed [key dim i, value dim j], for t in order::
+
+    a_t = k_t^T v_t                          # outer product, (N, N)
+    y_t = r_t @ (diag(u) a_t + S)            # y_t[j] = sum_i r_t[i] (u[i] k_t[i] v_t[j] + S[i, j])
+    S   = diag(w_t) S + a_t                  # data-dependent decay on the key dim, w_t = exp(logw_t)
+
+``logw`` is passed in log space (the model computes ``logw = -exp(time_decay + lora)``), so the
+decay ``w = exp(logw)`` matches the official ``w = exp(-exp(decay))`` without a lossy
+``log(exp(...))`` round trip, and so the chunked form can add decays as sums of logs.
+
+Both implementations share one signature and compute in float32 (float64 when given float64, which
+the gradient checks use); ``y`` comes back in the dtype of ``r``, the state in the compute dtype.
+``wkv6`` picks one: the loop for single-token decoding, the chunked form for everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["wkv6", "wkv6_naive", "wkv6_chunked", "LOG_DECAY_FLOOR"]
+
+# Per-step log-decays are clamped to this floor in the chunked form. A step then keeps e^-60 ~ 9e-27
+# of the state instead of (say) e^-1e4 = 0: both are far below float32 resolution relative to 1
+# (eps ~ 1.2e-7), so no result changes in practice. The floor keeps every cumulative sum finite
+# (with logw = -inf their differences would be (-inf) - (-inf) = NaN), and it bounds the local
+# cumulative decay of a sub-chunk by 60 * 8 = 480, which the float64 factorisation in
+# wkv6_chunked relies on (see _MAX_SUB_CHUNK).
+LOG_DECAY_FLOOR = -60.0
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64 (gradient checks); everything else is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_inputs(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None) -> None:
+    if r.dim() != 4:
+        raise ValueError(f"r must be (B, T, H, N), got shape {tuple(r.shape)}")
+    B, T, H, N = r.shape
+    for name, x in (("k", k), ("v", v), ("logw", logw)):
+        if x.shape != r.shape:
+            raise ValueError(f"{name} must have the shape of r {tuple(r.shape)}, got {tuple(x.shape)}")
+    if u.shape != (H, N):
+        raise ValueError(f"u must be (H, N) = {(H, N)}, got {tuple(u.shape)}")
+    if state is not None and state.shape != (B, H, N, N):
+        raise ValueError(f"state must be (B, H, N, N) = {(B, H, N, N)}, got {tuple(state.shape)}")
+    if T < 1:
+        raise ValueError("wkv6 needs at least one time step (T >= 1)")
+
+
+def _initial_state(state: Tensor | None, B: int, H: int, N: int, like: Tensor, dtype: torch.dtype) -> Tensor:
+    if state is None:
+        return torch.zeros(B, H, N, N, device=like.device, dtype=dtype)
+    return state.to(dtype)
+
+
+def wkv6_naive(
+    r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Token-by-token RWKV-6 recurrence: the reference the chunked form is tested against.
+
+    Args:
+        r, k, v, logw: (B, T, H, N); ``logw <= 0`` is the per-step log-decay of the key dim.
+        u: (H, N) bonus ("time_faaaa") applied to the current token only.
+        state: (B, H, N, N) [key, value] or None for zeros.
+
+    Returns:
+        y: (B, T, H, N) in r's dtype; the final state (B, H, N, N).
+    """
+    _check_inputs(r, k, v, logw, u, state)
+    B, T, H, N = r.shape
+    cdt = _compute_dtype(r)
+    r_, k_, v_ = r.to(cdt), k.to(cdt), v.to(cdt)
+    w_ = torch.exp(logw.to(cdt))  # exp(-inf) = 0 is fine here: no differences of logs are taken
+    u_ = u.to(cdt).unsqueeze(-1)  # (H, N, 1)
+    S = _initial_state(state, B, H, N, r, cdt)  # (B, H, N, N)
+    ys = []
+    for t in range(T):
+        a = k_[:, t].unsqueeze(-1) * v_[:, t].unsqueeze(-2)  # (B, H, N, N)
+        ys.append(torch.einsum("bhi,bhij->bhj", r_[:, t], u_ * a + S))  # (B, H, N)
+        S = w_[:, t].unsqueeze(-1) * S + a
+    y = torch.stack(ys, dim=1)  # (B, T, H, N)
+    return y.to(r.dtype), S
+
+
+# Sub-chunk length cap. Inside a sub-chunk the pairwise decays are factorised as
+# e^{c_ex[t]} * e^{-c_in[s]} in float64, where -c_in can reach -LOG_DECAY_FLOOR * l = 480 for l = 8:
+# e^480 ~ 1e208 is far inside float64 range (e^709), and e^-480 far above its underflow (e^-708).
+_MAX_SUB_CHUNK = 8
+
+
+def _sub_chunk_size(chunk_size: int) -> int:
+    """Largest divisor of ``chunk_size`` that is <= _MAX_SUB_CHUNK (the float64-safe span)."""
+    return max(d for d in range(1, min(_MAX_SUB_CHUNK, chunk_size) + 1) if chunk_size % d == 0)
+
+
+def wkv6_chunked(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    logw: Tensor,
+    u: Tensor,
+    state: Tensor | None = None,
+    chunk_size: int = 32,
+) -> tuple[Tensor, Tensor]:
+    """Chunk-parallel RWKV-6 recurrence: exact, with no exponent that can overflow.
+
+    Time is split into chunks of L = ``chunk_size`` (zero-padded at the end; a padded step has
+    k = 0 and logw = 0, so it leaves the state untouched). Inside a chunk, with b_t the inclusive
+    cumulative log-decay (b_0 = 0 before the chunk) and S_0 the state entering it, the recurrence
+    unrolls to::
+
+        y_t = (r_t * e^{b_{t-1}}) @ S_0                                   # from the carried state
+            + sum_{s<t} [sum_i r_t[i] k_s[i] e^{b_{t-1}[i] - b_s[i]}] v_s   # intra-chunk, causal
+            + (r_t . (u * k_t)) v_t                                       # bonus, current token
+        S_L = e^{b_L} * S_0 + sum_s (k_s * e^{b_L - b_s})^T v_s            # state after the chunk
+
+    b is non-increasing, so all of these exponents are <= 0. The trap is the intra-chunk score:
+    the textbook factorisation (r_t e^{b_{t-1}}) . (k_s e^{-b_s}) needs e^{-b_s}, which overflows
+    float32 as soon as the decays within a chunk sum below -88. So the chunk is cut into
+    sub-chunks of l <= 8 tokens. For sub-chunk a let ref_a be b just before its first token,
+    E_a be b at its last token, and c = b - ref_a the sub-chunk-local cumulative decay (c_ex its
+    exclusive version, c_{t-1}):
+
+    * s in the same sub-chunk: |c| <= 60 l <= 480 thanks to the logw floor, so the plain
+      factorisation (r_t e^{c_ex,t}) . (k_s e^{-c_s}) is safe *in float64* (range e^±709). It is
+      one small float64 matmul per sub-chunk, rounded to the compute dtype afterwards.
+    * s in an earlier sub-chunk a' < a: split the decay at two reference points,
+      e^{b_{t-1} - b_s} = e^{c_ex,t} * e^{ref_a - E_a'} * e^{E_a' - b_s}, three factors that are
+      each <= 1 (t-1 >= ref_a's token >= E_a''s token >= s). The middle one is a small
+      (a, a', N) table, and the scores are one batched matmul.
+    * the carried state and the state update reuse the same factors: e^{b_{t-1}} = e^{c_ex,t}
+      e^{ref_a}, and e^{b_L - b_s} = e^{E_a' - b_s} e^{b_L - E_a'}.
+
+    This is exact algebra, not an approximation: a factor can only underflow where the true
+    product is below the compute dtype's range anyway. Cumulative sums are taken in float64 and
+    locally (per sub-chunk, then across sub-chunks), so a weak decay after a very strong one keeps
+    full relative precision. logw is clamped to ``LOG_DECAY_FLOOR``.
+
+    The state is passed from chunk to chunk by a loop over the T / L chunks (cheap elementwise
+    work); everything else is batched over chunks. Gradients come from ordinary autograd.
+
+    Args and returns as :func:`wkv6_naive`; ``chunk_size`` >= 1 need not divide T (a multiple
+    of 8 is fastest).
+    """
+    _check_inputs(r, k, v, logw, u, state)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    B, T, H, N = r.shape
+    cdt = _compute_dtype(r)
+    f64 = torch.float64
+    L = chunk_size
+    l = _sub_chunk_size(L)
+    n_sub = L // l
+    C = -(-T // L)  # number of chunks
+    pad = C * L - T
+    dev = r.device
+    chunked = (B, H, C, L, N)
+    sub = (B, H, C, n_sub, l, N)
+
+    def to_chunks(x: Tensor, dtype: torch.dtype) -> Tensor:
+        x = x.to(dtype).transpose(1, 2)  # (B, H, T, N)
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))  # zeros: r = k = v = 0 and logw = 0 (decay 1) on padding
+        return x.reshape(chunked)
+
+    def exp_(x: Tensor) -> Tensor:
+        """exp of a float64 exponent (<= 0 by construction), evaluated in the compute dtype."""
+        return torch.exp(x.to(cdt))
+
+    r_, k_, v_ = to_chunks(r, cdt), to_chunks(k, cdt), to_chunks(v, cdt)  # (B, H, C, L, N)
+    lw = to_chunks(logw.clamp(min=LOG_DECAY_FLOOR), f64).reshape(sub)  # (B, H, C, n_sub, l, N)
+
+    # --- cumulative log-decays, float64: local within each sub-chunk, then across sub-chunks ---
+    c_in = lw.cumsum(dim=-2)  # b_s - ref_a, inclusive   (B, H, C, n_sub, l, N)
+    c_ex = c_in - lw  # b_{t-1} - ref_a, exclusive (exactly 0 at a sub-chunk's first token)
+    sub_total = c_in[..., -1:, :]  # decay across each sub-chunk   (B, H, C, n_sub, 1, N)
+    end = sub_total.cumsum(dim=3)  # E_a: b at each sub-chunk's last token
+    ref = end - sub_total  # ref_a: b just before each sub-chunk
+    chunk_total = end[:, :, :, -1:]  # b_L   (B, H, C, 1, 1, N)
+
+    # --- factors shared by all terms; float64 where a factor may exceed 1 ---
+    q64 = r_.reshape(sub).to(f64) * torch.exp(c_ex)  # r_t e^{c_ex,t}
+    k64 = k_.reshape(sub).to(f64) * torch.exp(-c_in)  # k_s e^{-c_s}, up to e^480: fine in float64
+    q = q64.to(cdt)
+    k_end = (k64 * torch.exp(sub_total)).to(cdt)  # k_s e^{E_a' - b_s}, <= |k_s|
+
+    # --- state passing between chunks: the only sequential part, C steps ---
+    k_chunk_end = (k_end * exp_(chunk_total - end)).reshape(chunked)  # k_s e^{b_L - b_s}
+    state_inc = k_chunk_end.transpose(-1, -2) @ v_  # what each chunk adds   (B, H, C, N, N)
+    chunk_decay = exp_(chunk_total).reshape(B, H, C, N, 1)
+    q_state = (q * exp_(ref)).reshape(chunked)  # r_t e^{b_{t-1}}   (B, H, C, L, N)
+    S = _initial_state(state, B, H, N, r, cdt)  # (B, H, N, N)
+    from_state = []  # read out inside the loop: no (B, H, C, N, N) stack of states in memory
+    for c in range(C):
+        from_state.append(q_state[:, :, c] @ S)  # (B, H, L, N)
+        S = chunk_decay[:, :, c] * S + state_inc[:, :, c]
+    y = torch.stack(from_state, dim=2)  # (B, H, C, L, N)
+
+    # --- intra-chunk scores, laid out as (sub-chunk a of t, sub-chunk a' of s, t, s) ---
+    # earlier sub-chunks; a' >= a would give positive exponents: clamped here, masked below
+    between = exp_((ref.unsqueeze(4) - end.unsqueeze(3)).clamp(max=0.0))  # e^{ref_a - E_a'}   (..., a, a', 1, N)
+    scores = (q.unsqueeze(4) * between) @ k_end.unsqueeze(3).transpose(-1, -2)  # (B, H, C, a, a', l, l)
+    # same sub-chunk (s < t), plus the bonus of the current token on the diagonal (s = t)
+    causal = torch.ones(l, l, dtype=torch.bool, device=dev).tril(-1)
+    scores_same = ((q64 @ k64.transpose(-1, -2)) * causal).to(cdt)  # (B, H, C, n_sub, l, l)
+    bonus = (r_ * u.to(cdt).view(1, H, 1, 1, N) * k_).sum(-1)  # r_t . (u * k_t)   (B, H, C, L)
+    scores_same = scores_same + torch.diag_embed(bonus.reshape(B, H, C, n_sub, l))
+
+    ia = torch.arange(n_sub, device=dev)
+    earlier = (ia.view(-1, 1) > ia.view(1, -1)).view(n_sub, n_sub, 1, 1)
+    same = (ia.view(-1, 1) == ia.view(1, -1)).view(n_sub, n_sub, 1, 1)
+    zero = torch.zeros((), dtype=cdt, device=dev)
+    scores = torch.where(same, scores_same.unsqueeze(4), torch.where(earlier, scores, zero))
+    scores = scores.transpose(4, 5).reshape(B, H, C, L, L)  # rows t, columns s
+    y = y + scores @ v_  # (B, H, C, L, N)
+
+    y = y.reshape(B, H, C * L, N)[:, :, :T].transpose(1, 2)  # (B, T, H, N)
+    return y.to(r.dtype), S
+
+
+def wkv6(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    logw: Tensor,
+    u: Tensor,
+    state: Tensor | None = None,
+    impl: str = "auto",
+    chunk_size: int = 32,
+) -> tuple[Tensor, Tensor]:
+    """RWKV-6 WKV with a choice of implementation.
+
+    ``impl="auto"`` uses the loop for T == 1 (token-by-token decoding, where chunking only adds
+    overhead) and the chunked form otherwise; "naive" and "chunked" force one.
+    """
+    if impl == "auto":
+        impl = "naive" if r.shape[1] == 1 else "chunked"
+    if impl == "naive":
+        return wkv6_naive(r, k, v, logw, u, state)
+    if impl == "chunked":
+        return wkv6_chunked(r, k, v, logw, u, state, chunk_size=chunk_size)
+    raise ValueError(f"impl must be 'auto', 'naive' or 'chunked', got {impl!r}")
