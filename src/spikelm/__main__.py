@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "data": "spikelm.data.corpora:cli_data",
     "train": "spikelm.train:cli_train",
     "eval": "spikelm.evaluate.perplexity:cli_eval",
+    "nlu": "spikelm.evaluate.multiple_choice:cli_nlu",
     "energy": "spikelm.energy.report:cli_energy",
 }
 

@@ -124,7 +124,7 @@ def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: bool
         "steps": res.steps, "tokens": res.tokens, "seconds": time.perf_counter() - t0,
         "tokens_per_second": res.tokens / max(1e-9, res.elapsed_s), "stopped_by": res.stopped_by,
         "params": sum(p.numel() for p in _load(res.final_path).parameters()),
-        "history": [{k: h.get(k) for k in ("step", "tokens", "loss", "val_loss", "elapsed")} for h in res.history],
+        "history": [{k: h.get(k) for k in ("step", "tokens", "loss", "val_loss", "elapsed_s")} for h in res.history],
     }
     _atomic_json(done, result)
     return result
@@ -139,9 +139,9 @@ def _load(path: str | Path):
 def _test_text(s: DemoSettings):
     from .data.corpora import prepare
     from .data.tokenizers import get_tokenizer
-    from .evaluate.perplexity import _load_text
+    from .evaluate.perplexity import load_eval_text
 
-    return _load_text("default", "test", get_tokenizer("bytes"), "bytes", s.eval_chars)
+    return load_eval_text("default", "test", get_tokenizer("bytes"), "bytes", s.eval_chars)
 
 
 def _calibration(model) -> list:

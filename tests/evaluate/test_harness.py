@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# Local JSON data only: never reach for the Hugging Face hub (set before datasets is imported).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'spikelm[eval]')")
 
 from spikelm.evaluate import multiple_choice as mc  # noqa: E402
@@ -20,10 +24,6 @@ from spikelm.evaluate.harness import MODEL_NAME, register  # noqa: E402
 from spikelm.evaluate.tasks import load_task  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
-
-# Local JSON data only; never reach for the Hugging Face hub.
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _yaml(name: str, data: Path, cache: Path, body: str) -> str:

@@ -88,13 +88,15 @@ def test_extreme_decays() -> None:
 @pytest.mark.parametrize("T", [1, 15, 16, 17, 50])
 @pytest.mark.parametrize("spread", [5.0, 1000.0])
 def test_blocked_log_prefix_sums(T: int, spread: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against torch.logcumsumexp, with an empty-state init of -1e38 in one batch row; spread 1000
-    forces the exact fallback (a block whose first term is e^-1000 below its maximum), spread 5
-    must take the blocked path (checked by the shapes torch.logcumsumexp is called with)."""
+    """Against one logsumexp per prefix, with an empty-state init of -1e38 in one batch row (its
+    gradient must survive; torch.logcumsumexp's backward loses it). Spread 1000 forces the exact
+    fallback (a block whose first term is e^-1000 below its maximum); spread 5 must take the
+    blocked path, checked by the lengths torch.logcumsumexp is called with."""
     g = torch.Generator().manual_seed(T)
     x = (spread * torch.randn(2, T, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
     init = torch.tensor([[0.5, -2.0, 1.0], [-1e38, -1e38, -1e38]], dtype=torch.float64, requires_grad=True)
-    ref = torch.logcumsumexp(torch.cat([init.unsqueeze(1), x], dim=1), dim=1)
+    seq = torch.cat([init.unsqueeze(1), x], dim=1)  # (B, T+1, C)
+    ref = torch.stack([torch.logsumexp(seq[:, : t + 1], dim=1) for t in range(T + 1)], dim=1)
     scanned_lengths: list[int] = []
     real_lcse = torch.logcumsumexp
     monkeypatch.setattr(
@@ -103,7 +105,7 @@ def test_blocked_log_prefix_sums(T: int, spread: float, monkeypatch: pytest.Monk
     before, total = wkv4_module._log_prefix_sums(x, init)
     monkeypatch.undo()
     if T > 1:  # with T = 1 the block carry has the same length as a full scan
-        assert (T + 1 in scanned_lengths) == (spread > 100)
+        assert (T in scanned_lengths) == (spread > 100)
     torch.testing.assert_close(before, ref[:, :T], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(total, ref[:, T], rtol=1e-12, atol=1e-12)
     weights = torch.randn(2, T + 1, 3, generator=g, dtype=torch.float64)
@@ -111,6 +113,7 @@ def test_blocked_log_prefix_sums(T: int, spread: float, monkeypatch: pytest.Monk
     g_new = torch.autograd.grad((before * weights[:, :T]).sum() + (total * weights[:, T]).sum(), (x, init))
     for a, b in zip(g_new, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g_new[1][1], weights[1, 0])  # d before[:, 0] / d init = 1, nothing else
 
 
 def test_segments_carry_state(monkeypatch: pytest.MonkeyPatch) -> None:

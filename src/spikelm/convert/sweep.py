@@ -84,7 +84,7 @@ def cli_sweep(checkpoint: str, data: str = "default", split: str = "test", prese
         device: torch device.
     """
     from ..checkpoint import load
-    from ..evaluate.perplexity import _load_text  # the text loading of `spikelm eval`
+    from ..evaluate.perplexity import load_eval_text  # the text loading of `spikelm eval`
 
     if presets == "all":
         names = list(PRESETS)
@@ -101,7 +101,7 @@ def cli_sweep(checkpoint: str, data: str = "default", split: str = "test", prese
     from ..data.tokenizers import get_tokenizer
 
     tok = get_tokenizer(model.tokenizer_name)
-    tokens, unit, n_chars, desc = _load_text(data, split, tok, model.tokenizer_name, max_chars)
+    tokens, unit, n_chars, desc = load_eval_text(data, split, tok, model.tokenizer_name, max_chars)
     calib = calibration_batches(calib_data or data, model.tokenizer_name)
     rows = sweep(model, tokens, n_chars, calib, settings, chunk=chunk, ctx=ctx, progress=not json_)
     if json_:

@@ -19,23 +19,28 @@ end-of-document token (how RWKV models see a document start; an empty context th
 a token to predict from). Context and continuation are then tokenized *separately* and
 concatenated. The harness's HF models instead tokenize ``context + continuation`` whole and cut
 at the length of the context's tokens; the two agree for the byte tokenizer and whenever no
-token straddles the boundary (the usual case for RWKV World and GPT-NeoX vocabularies at the
-space that starts a continuation). Separate tokenization makes the context tokens identical for
+token straddles the boundary -- with the RWKV World tokenizer, on every one of 4,101 requests
+checked (the first 300 items of each built-in task), since its continuations start with a space. Separate tokenization makes the context tokens identical for
 every choice, which is what lets the scorer share their computation, and it is also what the
 harness adapter in :mod:`.harness` does, so both report the same numbers.
 
 Recurrent state reuse. A recurrent model reads a shared prefix once: the scorer runs the longest
 common token prefix of an item's requests (the whole context for ordinary items, everything up
-to the blank for WinoGrande), copies the resulting state once per choice, and runs only the
-remaining tokens as one right-padded batch (pads come after the real tokens, so they cannot
-affect them; their positions are masked out of the sums). ``state_reuse=False`` scores every
-``context + continuation`` from scratch instead, as a transformer would; the two agree to
-float rounding (tests check 1e-5).
+to the blank for WinoGrande) and continues every choice from a copy of the resulting state, so
+only the choices' own tokens are run per choice. Batching: the prefixes of ``batch_size`` items
+(sorted by length) run as one batch *without padding* -- padding would enter a recurrent
+state -- by advancing all rows to the shortest length, releasing the rows that end there with
+their states, and going on with the rest; the continuations then run as right-padded batches
+(pads come after the real tokens, so they cannot affect them; their positions are masked out of
+the sums). ``state_reuse=False`` scores every ``context + continuation`` from scratch instead,
+as a transformer would; the two agree to float rounding (tests check 1e-5 in float64).
+With 5-shot prompts state reuse feeds the model 3.5x fewer token positions on ARC and
+HellaSwag, 1.6-1.9x fewer on PIQA, COPA and WinoGrande (two choices), and as many on LAMBADA.
 
 State contract. ``logits, state = model(idx, state)`` with ``idx`` (B, T); the state is a
 nested list / tuple / dict of tensors whose dimension 0 is the batch (RWKV: per layer, the token
-shift vectors (B, C) and the WKV state (B, H, N, N)). :func:`expand_state`, :func:`clone_state`
-and :func:`concat_states` rely on that and check it. A model's optional ``last_only=True``
+shift vectors (B, C) and the WKV state (B, H, N, N)). :func:`expand_state`, :func:`select_state`,
+:func:`concat_states` and :func:`clone_state` rely on that (and it is checked). A model's optional ``last_only=True``
 keyword (logits of the last position only) is used when present, to skip the head elsewhere.
 """
 
@@ -270,7 +275,7 @@ class Scorer:
             logits = _upcast(logits)  # (B, t, V)
             yt, mt = y[:, a : a + step], mask[:, a : a + step]
             logp = logits.gather(-1, yt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, t)
-            total += torch.where(mt, logp, torch.zeros_like(logp)).sum(dim=1).double()
+            total += torch.where(mt, logp, torch.zeros_like(logp)).double().sum(dim=1)
             greedy &= ~(mt & (logits.argmax(dim=-1) != yt)).any(dim=1)
         return [(float(total[b]), bool(greedy[b])) for b in range(B)]
 
@@ -561,7 +566,9 @@ def evaluate_tasks(
         task = load_task(spec, data_dir=data_dir)
         scores = score_task(scorer, task, shots=shots, limit=limit, seed=seed, progress=progress)
         results[spec] = scores.metrics()
-        log.info("%s: %s", spec, _json.dumps(results[spec]))
+        m = results[spec]
+        log.info("%s: acc %.2f%s (n=%d, %s split, %.1fs)", spec, 100 * m["acc"],
+                 f", acc_norm {100 * m['acc_norm']:.2f}" if "acc_norm" in m else "", m["n"], m["split"], m["seconds"])
     return results
 
 
@@ -690,7 +697,7 @@ def cli_nlu(
         print("acc in %; n items, split, few-shot source and seconds per task:")
         for task, m in results.items():
             extra = f", acc_norm {100 * m['acc_norm']:.2f}" if "acc_norm" in m else ""
-            extra += f", perplexity {m['perplexity']:.3f}" if "perplexity" in m else ""
+            extra += f", perplexity {m['perplexity']:.4g}" if "perplexity" in m else ""
             print(f"  {task}: n={m['n']} split={m['split']} shots={m['shots']} from {m['fewshot_split']}, "
                   f"{m['seconds']:.1f}s{extra}")
     return 0

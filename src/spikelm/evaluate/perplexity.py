@@ -45,7 +45,7 @@ from ..errors import DataError, SpikelmError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_lm", "cli_eval"]
+__all__ = ["evaluate_lm", "load_eval_text", "cli_eval"]
 
 
 def _bos_id(model: nn.Module, bos: int | None) -> int:
@@ -181,7 +181,7 @@ def _is_text_file(data: str) -> bool:
     return p.is_file() and not p.name.startswith("enwik8") and p.suffix != ".zip"
 
 
-def _load_text(data: str, split: str, tokenizer: Any, tokenizer_spec: str, max_chars: int) -> tuple[np.ndarray | list[int], str, int, str]:
+def load_eval_text(data: str, split: str, tokenizer: Any, tokenizer_spec: str, max_chars: int) -> tuple[np.ndarray | list[int], str, int, str]:
     """(tokens, unit, count of units, description) of what ``--data`` names."""
     byte_level = tokenizer.name == "bytes"
     if _is_text_file(data):
@@ -251,7 +251,7 @@ def cli_eval(ckpt: str, data: str = "default", split: str = "test", json_: bool 
         tokenizer = get_tokenizer(name)
     except (ValueError, OSError) as e:
         raise SpikelmError(f"{ckpt}: cannot load its tokenizer {name!r} ({e})") from None
-    tokens, unit, n_units, desc = _load_text(data, split, tokenizer, name, max_chars)
+    tokens, unit, n_units, desc = load_eval_text(data, split, tokenizer, name, max_chars)
     res = evaluate_lm(model, tokens, n_units, chunk=chunk, ctx=ctx, batch_size=batch_size, progress=progress)
     out = {"checkpoint": str(ckpt), "data": desc, "tokenizer": tokenizer.name, "bpc_unit": unit, **res}
     if json_:

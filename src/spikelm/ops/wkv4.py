@@ -139,8 +139,11 @@ def _log_prefix_sums(x: Tensor, init: Tensor) -> tuple[Tensor, Tensor]:
     xb = F.pad(x, (0, 0, 0, n * _BLOCK - T), value=-math.inf).view(B, n, _BLOCK, C)
     m = xb.amax(dim=2, keepdim=True).detach()  # a reference only: the result does not depend on it
     if bool((xb[:, :, :1] - m < math.log(_TINY)).any()):  # local sums are smallest at a block's start
-        full = torch.logcumsumexp(torch.cat([init.unsqueeze(1), x], dim=1), dim=1)  # (B, T+1, C)
-        return full[:, :T], full[:, T]
+        # init is added afterwards: torch.logcumsumexp's backward loses the gradient of a -1e38
+        # entry (it adds and subtracts 1e38), logaddexp's does not.
+        inclusive = torch.logcumsumexp(x, dim=1)  # (B, T, C)
+        exclusive = F.pad(inclusive[:, :-1], (0, 0, 1, 0), value=-math.inf)
+        return torch.logaddexp(init.unsqueeze(1), exclusive), torch.logaddexp(init, inclusive[:, -1])
     local = torch.cumsum(torch.exp(xb - m), dim=2)  # in [_TINY, _BLOCK]   (B, n, L, C)
     block_total = m.squeeze(2) + torch.log(local[:, :, -1])  # (B, n, C)
     carry = torch.logcumsumexp(torch.cat([init.unsqueeze(1), block_total], dim=1), dim=1)  # (B, n+1, C)
