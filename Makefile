@@ -41,8 +41,12 @@ test: data
 test-slow: data
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-bench: setup
+bench: data
 	$(PY) benchmarks/rwkv6_vs_reference.py
+	$(PY) benchmarks/wkv_ops.py
+	$(PY) benchmarks/spiking_forward.py
+	$(PY) benchmarks/tokenizer_speed.py
+	$(PY) benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
