@@ -185,7 +185,7 @@ def wkv6_chunked(
 
     # --- factors shared by all terms; float64 where a factor may exceed 1 ---
     q64 = r_.reshape(sub).to(f64) * torch.exp(c_ex)  # r_t e^{c_ex,t}
-    k64 = k_.reshape(sub).to(f64) * torch.exp(-c_in)  # k_s e^{-c_s}, up to e^480: fine in float64
+    k64 = k_.reshape(sub).to(f64) / torch.exp(c_in)  # k_s e^{-c_s}, up to e^480: fine in float64
     q = q64.to(cdt)
     k_end = (k64 * torch.exp(sub_total)).to(cdt)  # k_s e^{E_a' - b_s}, <= |k_s|
 
@@ -201,10 +201,14 @@ def wkv6_chunked(
         S = chunk_decay[:, :, c] * S + state_inc[:, :, c]
     y = torch.stack(from_state, dim=2)  # (B, H, C, L, N)
 
-    # --- intra-chunk scores, laid out as (sub-chunk a of t, sub-chunk a' of s, t, s) ---
-    # earlier sub-chunks; a' >= a would give positive exponents: clamped here, masked below
+    # --- intra-chunk scores, rows t = (a, i), columns s = (a', j): (B, H, C, a, l, a', l) ---
+    # earlier sub-chunks a' < a; a' >= a would give positive exponents: clamped here, masked below.
+    # The middle factor goes onto the keys, so that each sub-chunk a of queries meets all L keys
+    # of the chunk in one matmul: (l, N) @ (N, L).
     between = exp_((ref.unsqueeze(4) - end.unsqueeze(3)).clamp(max=0.0))  # e^{ref_a - E_a'}   (..., a, a', 1, N)
-    scores = (q.unsqueeze(4) * between) @ k_end.unsqueeze(3).transpose(-1, -2)  # (B, H, C, a, a', l, l)
+    keys = (k_end.unsqueeze(3) * between).reshape(B, H, C, n_sub, L, N)  # per query sub-chunk a
+    scores = torch.einsum("...tn,...sn->...ts", q, keys)  # (B, H, C, a, l, L); einsum avoids a copy of keys^T
+    scores = scores.view(B, H, C, n_sub, l, n_sub, l)
     # same sub-chunk (s < t), plus the bonus of the current token on the diagonal (s = t)
     causal = torch.ones(l, l, dtype=torch.bool, device=dev).tril(-1)
     scores_same = ((q64 @ k64.transpose(-1, -2)) * causal).to(cdt)  # (B, H, C, n_sub, l, l)
@@ -212,12 +216,11 @@ def wkv6_chunked(
     scores_same = scores_same + torch.diag_embed(bonus.reshape(B, H, C, n_sub, l))
 
     ia = torch.arange(n_sub, device=dev)
-    earlier = (ia.view(-1, 1) > ia.view(1, -1)).view(n_sub, n_sub, 1, 1)
-    same = (ia.view(-1, 1) == ia.view(1, -1)).view(n_sub, n_sub, 1, 1)
+    earlier = (ia.view(-1, 1, 1) > ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)  # a' < a
+    same = (ia.view(-1, 1, 1) == ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)
     zero = torch.zeros((), dtype=cdt, device=dev)
-    scores = torch.where(same, scores_same.unsqueeze(4), torch.where(earlier, scores, zero))
-    scores = scores.transpose(4, 5).reshape(B, H, C, L, L)  # rows t, columns s
-    y = y + scores @ v_  # (B, H, C, L, N)
+    scores = torch.where(same, scores_same.unsqueeze(-2), torch.where(earlier, scores, zero))
+    y = y + scores.reshape(B, H, C, L, L) @ v_  # (B, H, C, L, N)
 
     y = y.reshape(B, H, C * L, N)[:, :, :T].transpose(1, 2)  # (B, T, H, N)
     return y.to(r.dtype), S
