@@ -3,7 +3,9 @@
 Figures in docs/results.md are never typed by hand: each section is the verbatim output of the
 command it names, with the date and the machine, replaced whole when the command is rerun.
 
-    python benchmarks/record.py "RWKV-6 vs the rwkv package" -- python benchmarks/rwkv6_vs_reference.py
+    python benchmarks/record.py [--note TEXT] "RWKV-6 vs the rwkv package" -- python benchmarks/rwkv6_vs_reference.py
+
+(options go before the title: everything after the title is the command)
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ def energy_table(name: str = "45nm-fp32", e_mac: float = 0.0, e_ac: float = 0.0,
     mac = e_mac if e_mac > 0.0 else base.e_mac
     ac = e_ac if e_ac > 0.0 else base.e_ac
     if mac < ac:
-        raise SpikelmError(f"E_MAC ({mac} pJ) must be at least E_AC ({ac} pJ): a multiply-accumulate includes the accumulate")
+        raise SpikelmError(f"E_MAC ({mac} pJ) must be at least E_AC ({ac} pJ): "
+                           "a multiply-accumulate includes the accumulate")
     parts = [f"E_MAC={mac:g}" if e_mac > 0.0 else "", f"E_AC={ac:g}" if e_ac > 0.0 else ""]
     label = ", ".join(p for p in parts if p)
     return EnergyTable(

@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -145,7 +145,7 @@ class Row:
     @property
     def spike_driven(self) -> bool:
         """True when some of this row's work was accumulates caused by spikes."""
-        return self.ops["ac"] > 0 or (self.spikes is not None and self.kind in ("linear", "residual"))
+        return self.ops["ac"] > 0 or (self.spikes is not None and self.kind == "linear")
 
     def add(self, ops: dict[str, int] | None = None, ann: dict[str, int] | None = None) -> None:
         for k, n in (ops or {}).items():
@@ -208,49 +208,33 @@ def _binary_stats(x: Tensor) -> SpikeStats:
     return SpikeStats(torch.tensor([[nnz]], dtype=torch.int64), 0, 0, x.numel())
 
 
-def _floor_sums(u: Tensor, layers: int) -> list[int]:
-    """``S_b = sum(floor(u / 2**b))`` for ``b = 0..layers`` (``S_layers = 0`` as ``u < 2**layers``).
-
-    Exact: ``u / 2**b`` is exact in float32, and the float32 sums of integers are exact while they
-    stay below 2**24, which holds for sums along the last dimension when ``C * 2**l < 2**24``;
-    the row sums are then added in float64 (otherwise everything is summed in float64).
-    """
-    rows = u.reshape(-1, u.shape[-1]) if u.dim() else u.reshape(1, 1)
-    rows_exact = rows.shape[-1] * 2**layers < 2**24
-    t = torch.empty_like(rows)
-    sums = []
-    for b in range(layers):
-        torch.mul(rows, 2.0**-b, out=t)
-        t.floor_()
-        total = t.sum(-1).sum(dtype=torch.float64) if rows_exact else t.sum(dtype=torch.float64)
-        sums.append(int(total))
-    return sums + [0]
-
-
 def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
                   init_half: bool = False) -> SpikeStats:
     """Spike counts of encoding ``x``: equal to ``mhse_closed_form(..., stats=True)[1]``, cheaper.
 
-    A counter needs the spikes per layer, not the decoded values or a per-value histogram, so this
-    makes as few passes over memory as it can (it runs beside the model's own encoder, and its cost
-    is the counter's overhead). With ``u = |x| / (s w_l)`` the magnitude in units of the smallest
-    weight (clipped at ``2**l - 1``), one step (``T = 1``) emits ``q = floor(u)`` units, or
-    ``floor(u + 1/2)`` with ``init_half``, and layer ``i`` fires where bit ``l - i`` of ``q`` is
-    set. Summed over values, bit ``b`` is set ``S_b - 2 S_{b+1}`` times, with
-    ``S_b = sum floor(q / 2**b) = sum floor(u' / 2**b)`` (``u' = u`` or ``u + 1/2``): ``l``
-    vectorised passes instead of a histogram (``histc``/``bincount`` are serial on CPU).
+    A counter needs the spikes per layer, not the decoded values, so this makes as few passes over
+    memory as it can (it runs beside the model's own encoder, and its cost is the counter's
+    overhead). With ``u = |x| / (s w_l)``, the magnitude in units of the smallest weight clipped at
+    ``2**l - 1``, one step (``T = 1``) emits ``q = floor(u)`` units (``floor(u + 1/2)`` with
+    ``init_half``) and layer ``i`` fires where bit ``l - i`` of ``q`` is set: a histogram of ``q``
+    (an integer cast, which truncates = floors non-negative values, and ``bincount``) gives every
+    layer's count.
 
     Exactness, as in the closed form: the reference rounds ``|x| / s`` to float32 after a float64
     division, which equals the correctly rounded float32 division (double rounding is innocuous
     for division when 53 >= 2 * 24 + 2 bits), and scaling by the power of two ``2 ** (l - n_int)``
-    (folded into the divisor) is exact. ``fl(u + 1/2)`` may round, but never across an integer:
-    without a binade change ``u + 1/2`` is exact (``u < 2**23``); with one, ``u + 1/2 < k + 1/2``
-    for its floor ``k`` (a power of two above ``u``), more than half a unit (>= 1/2) below
-    ``k + 1``. For ``l = 1`` (rate coding) step ``j`` emits ``q_j - q_{j-1}`` spikes in total,
-    ``q_j = floor(j u + c)`` summed in float64; ``T > 1`` with ``l > 1`` histograms each step's
-    emission as the reference does. Falls back to the reference for other bases (the simulation),
-    float64 inputs, non-float32 scales and ``layers > 16``. ``tests/energy/test_counters.py``
-    checks equality, on values next to every bin edge too.
+    (folded into the divisor) is exact; ``u + 1/2`` is formed in float64, where it is exact (in
+    float32 it can round up to the next integer, e.g. ``u = 1/2 - 2**-25``). For
+    ``l = 1`` (rate coding, ``u <= 1``) step ``j`` emits ``q_j - q_{j-1}`` spikes in total, with
+    ``q_j = floor(j u + c)`` counted by comparing ``u`` with the thresholds ``(k - c) / j``: a
+    float32 ``u`` near a threshold ``p / q >= 1/128`` (``q <= 2T <= 128``) is a multiple of 2**-31,
+    so it either equals the fraction (then exact in float64 too) or lies at least
+    ``1 / (q 2**31) >= 2**-38`` from it, far beyond the float64 rounding of the threshold: the
+    comparisons are exact (``T <= 64``; beyond, the steps are summed one by one in float64).
+    ``T > 1`` with ``l > 1`` histograms each step's emission as the reference does. Falls back to
+    the reference for other bases (the simulation), float64 inputs, non-float32 scales and
+    ``layers > 16``. ``tests/energy/test_energy_counters.py`` checks equality, on values at and
+    next to every threshold too.
     """
     if base != 2.0:  # the closed form is exact for base 2 only
         return mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
@@ -262,18 +246,42 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
     unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
     u = (x.abs() if x.dtype == torch.float32 else x.float().abs_()).div_(unit)  # |x| in units of w_l
     flags = int(torch.count_nonzero(x < 0))
-    u_max = float(2**layers - 1)
+    bins = 2**layers
+    u_max = float(bins - 1)
     clipped = 0
     if u.numel() and float(u.amax()) > u_max:
         clipped = int(torch.count_nonzero(u > u_max))
         u.clamp_(max=u_max)
+    itype = torch.uint8 if layers <= 8 else torch.int32
+
+    def layer_totals(q: Tensor) -> list[int]:
+        """Spikes per layer (layer 1 = most significant bit) from a histogram of emissions."""
+        hist = torch.bincount(q.reshape(-1), minlength=bins)[:bins]
+        if bins <= 64:  # a few Python additions cost less than small tensor ops
+            h = hist.tolist()
+            return [sum(n for v, n in enumerate(h) if (v >> (layers - i)) & 1) for i in range(1, layers + 1)]
+        bits = (torch.arange(bins, device=hist.device)[:, None] >> torch.arange(layers - 1, -1, -1, device=hist.device)) & 1
+        return (hist[:, None] * bits).sum(0).tolist()
+
     counts = torch.zeros((T, layers), dtype=torch.int64)
     c = 0.5 if init_half else 0.0
     if T == 1:
-        if init_half:
-            u.add_(0.5)
-        S = _floor_sums(u, layers)
-        counts[0] = torch.tensor([S[layers - i] - 2 * S[layers - i + 1] for i in range(1, layers + 1)])
+        v = u.double().add_(0.5) if init_half else u  # u + 1/2 is exact in float64, not in float32
+        counts[0] = torch.tensor(layer_totals(v.to(itype)))  # the cast truncates: floor of v >= 0
+    elif layers == 1 and T <= 64:
+        # Rate coding: q_j = floor(j u + c) = #{k = 1..j : u >= (k - c) / j}, so one bucketize of u
+        # against the sorted thresholds (k - c) / j (float64; exact comparisons, see below) gives
+        # every q_j summed over the values, hence the spikes of each step, q_j - q_{j-1}.
+        thr = sorted({(k - c) / j for j in range(1, T + 1) for k in range(1, j + 1)})
+        hist = torch.bincount(torch.bucketize(u.double(), torch.tensor(thr, dtype=torch.float64, device=u.device),
+                                              right=True).reshape(-1), minlength=len(thr) + 1).tolist()
+        at_least = [sum(hist[i + 1:]) for i in range(len(thr))]  # values with u >= thr[i]
+        rank = {t: i for i, t in enumerate(thr)}
+        q_prev = 0
+        for j in range(1, T + 1):
+            q_j = sum(at_least[rank[(k - c) / j]] for k in range(1, j + 1))
+            counts[j - 1, 0] = q_j - q_prev
+            q_prev = q_j
     elif layers == 1:
         u64 = u.double()
         q_prev = 0
@@ -282,14 +290,11 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             counts[j - 1, 0] = q_j - q_prev
             q_prev = q_j
     else:
-        bins = 2**layers
-        bits = (torch.arange(bins)[:, None] >> torch.arange(layers - 1, -1, -1)) & 1  # (2**l, l), layer 1 = MSB
         u64 = u.double()
         q_prev_t = torch.zeros_like(u64)
         for j in range(1, T + 1):
             q = torch.floor(u64 * j + c)
-            d = (q - q_prev_t).to(torch.int64)
-            counts[j - 1] = (torch.bincount(d.reshape(-1), minlength=bins)[:bins, None].cpu() * bits).sum(0)
+            counts[j - 1] = torch.tensor(layer_totals((q - q_prev_t).to(itype)))
             q_prev_t = q
     return SpikeStats(counts, flags, clipped, x.numel())
 
@@ -480,11 +485,9 @@ class EnergyCounter:
 
             def residual(m: nn.Module, args: tuple, out: Any) -> None:
                 s = _spike_output(out)
-                st = _binary_stats(s)
                 self._touch(row, s.numel() // max(1, s.shape[-1]))
-                nnz = int(st.spikes_per_layer_step.sum())
-                row.add({"ac": nnz}, {"add": s.numel()})  # one accumulate per spike into the residual
-                row.add_spikes(st)
+                # one accumulate per spike into the residual; the spikes are listed under the neuron
+                row.add({"ac": int(torch.count_nonzero(s))}, {"add": s.numel()})
 
             for lif in (mod.lif1, mod.lif2):
                 self._post(lif, residual)
@@ -526,17 +529,20 @@ class EnergyCounter:
         self._pre(mod, fn)
 
     def _attach_encoder(self, name: str, enc: nn.Module) -> None:
-        site = name[: -len(".encoder")] if name.endswith(".encoder") else name
-        parent_name, _, leaf = site.rpartition(".")
-        target_name, c_out = site, 0
-        if name.endswith(".encoder"):
-            lin = self.model.get_submodule(site)
-            c_out = int(lin.out_features)
-        elif leaf in _LORA_INPUTS:  # RWKV-6 LoRA input: the matmul lives in the parent TimeMix
-            target_name = f"{parent_name}.{_LORA_INPUTS[leaf]}" if parent_name else _LORA_INPUTS[leaf]
-            c_out = int(getattr(self.model.get_submodule(parent_name), _LORA_INPUTS[leaf]).shape[1])
+        from ..convert.to_spiking import SpikingLinear
+
+        owner_name, _, leaf = name.rpartition(".")
+        owner = self.model.get_submodule(owner_name)
+        if leaf == "encoder" and isinstance(owner, SpikingLinear):  # the input encoder of a spiking linear
+            site, target_name, c_out = owner_name, owner_name, int(owner.out_features)
+        elif leaf in _LORA_INPUTS and hasattr(owner, _LORA_INPUTS[leaf]):  # RWKV-6 LoRA input (maa_in, decay_in)
+            lora = _LORA_INPUTS[leaf]
+            site, target_name = name, f"{owner_name}.{lora}" if owner_name else lora
+            c_out = int(getattr(owner, lora).shape[1])
         else:
-            log.warning("energy: encoder %s feeds no known linear layer; its spikes are counted, its accumulates are not", name)
+            site, target_name, c_out = name, name, 0
+            log.warning("energy: encoder %s feeds no known linear layer; its spikes are counted, "
+                        "its accumulates are not", name)
         channels = enc.scale.numel() if enc.scale.dim() else 0
         target = self._row(target_name, "linear", channels, c_out)
         enc_row = self._row(f"{site}.encode", "encode", channels, 0)
@@ -649,9 +655,3 @@ class EnergyCounter:
 
         self._pre(cm, fn)
 
-
-def iter_spiking_sites(counts: Counts) -> Iterator[tuple[str, SpikeStats]]:
-    """(row name, spike stats) of every row that carries spikes, in forward order."""
-    for r in counts.spiking_rows():
-        assert r.spikes is not None
-        yield r.name, r.spikes

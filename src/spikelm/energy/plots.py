@@ -61,6 +61,9 @@ def plot_firing_rates(report: FullReport, path: str | Path) -> Path:
         ax.plot(xs, [pts[x] for x in xs], marker="o", ms=3, label=site)
     for i, (name, fr) in enumerate(others):
         ax.scatter([-1 - i], [fr], marker="s", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (block index; other sites left of 0)")
     ax.set_ylabel("firing rate (spikes / value / step / spike layer)")
     ax.set_title(f"Firing rates: {report.model}")
@@ -78,12 +81,14 @@ def plot_energy_per_layer(report: FullReport, path: str | Path) -> Path:
     w = 0.4
     fig, ax = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
     ax.bar([x - w / 2 for x in xs], [le.e_ann for le in layers], w, label="ANN (dense)", color="tab:gray")
-    ax.bar([x + w / 2 for x in xs], [le.e_snn - le.e_spike for le in layers], w, label="spiking: dense part", color="tab:blue")
-    ax.bar([x + w / 2 for x in xs], [le.e_spike for le in layers], w, bottom=[le.e_snn - le.e_spike for le in layers],
+    dense = [le.e_snn - le.e_spike for le in layers]
+    ax.bar([x + w / 2 for x in xs], dense, w, label="spiking: dense part", color="tab:blue")
+    ax.bar([x + w / 2 for x in xs], [le.e_spike for le in layers], w, bottom=dense,
            label="spiking: spike-driven ACs", color="tab:orange", hatch="//")
     ax.set_xticks(xs, names, rotation=60, ha="right", fontsize="small")
     ax.set_ylabel(f"energy per token (pJ, {report.table.name})")
-    ax.set_title(f"Energy per layer: ANN {report.total_ann:,.0f} pJ vs spiking {report.total_snn:,.0f} pJ per token")
+    ax.set_title(f"Energy per token and layer\nANN {report.total_ann:,.0f} pJ, spiking {report.total_snn:,.0f} pJ "
+                 f"({100 * report.spike_share:.1f}% spike-driven)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
@@ -111,6 +116,7 @@ def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, 
     ax.plot([p[2] for p in front], [p[1] for p in front], "--", color="tab:red", label="Pareto front", zorder=2)
     if log_energy:
         ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the labels
     ax.set_xlabel("energy per token (pJ)")
     ax.set_ylabel("perplexity")
     ax.set_title(title)

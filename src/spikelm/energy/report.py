@@ -13,12 +13,13 @@ the energy of *one* neuron's input weighting: ``C_in`` inputs, each a MAC in the
 (spikes per neuron per time step per spike layer). The paper's Table 3 uses ``C_in = 2560`` (the
 width of RWKV-6 3B: ``11776 pJ / 4.6 pJ``), fp32 at 45 nm, and averages over tasks by the mean of
 the per-task energies, with ``EE`` of the average computed from the average energy.
-Reproducing the table from its own numbers (``tests/energy/test_report.py``) shows it *truncates*
-to the printed digits: all 27 EE cells and all five average energies match truncation, while
-rounding would change 11 EE cells and two averages; ``rounding="truncate"`` prints that way. The
-same check shows that the SNN-RWKV columns cannot come from eq. 5 with a firing rate <= 1: with
-``T = 3`` (4), ``l = 1`` they imply ``fr`` = 1.15-1.62 (0.97-1.25), e.g. ARC_test 11165.8 pJ
-needs ``fr = 1.615``; the SpikeRWKV columns imply 0.35 (3L), 0.49 (4L) and 0.57 (5L).
+Reproducing the table from its own numbers (``tests/energy/test_energy_report.py``) shows that
+it *truncates* to the printed digits: all 27 EE cells and all five average energies match
+truncation, while rounding would change 10 EE cells and four of the averages;
+``rounding="truncate"`` prints that way. The same check shows that the SNN-RWKV columns cannot
+come from eq. 5 with a firing rate <= 1: with ``T = 3`` (4) and ``l = 1`` they imply
+``fr`` = 1.15-1.62 (1.08-1.25), e.g. ARC_test's 11165.8 pJ needs ``fr = 1.615``; the SpikeRWKV
+columns imply 0.35 (3L), 0.49 (4L) and 0.57 (5L) on average.
 
 The formula leaves out everything but the spike-encoded weighting: the dense layers, LoRA,
 WKV, normalisation, nonlinearities, the head, the encoders' own neurons.
@@ -187,7 +188,8 @@ class FullReport:
     @property
     def total_spike(self) -> float:
         """pJ per token of spike-driven accumulates."""
-        return self.ops_total["ac"] * self.table.e_ac + (self.ops_total["flag_ac"] * self.table.e_ac if self.flag_acs else 0.0)
+        acs = self.ops_total["ac"] + (self.ops_total["flag_ac"] if self.flag_acs else 0.0)
+        return acs * self.table.e_ac
 
     @property
     def spike_share(self) -> float:
@@ -257,9 +259,11 @@ class FullReport:
                      " / ".join(f"{x:.3f}" for x in s.layer_rates), f"{s.flag_rate:.3f}", f"{100 * s.clipped_fraction:.3f}%"]
                     for s in self.sites]
             out += ["", "Firing rates (spikes per value per time step per spike layer):", "",
-                    _md_table(["site", "source", "T", "l", "fr", "fr per spike layer", "flag rate", "clipped"], body, "llrrrlrr")]
+                    _md_table(["site", "source", "T", "l", "fr", "fr per spike layer", "flag rate", "clipped"],
+                              body, "llrrrlrr")]
         if self.uncounted:
-            out += ["", "Not counted (unknown module types; their linear/norm/neuron children are): " + ", ".join(self.uncounted)]
+            out += ["", "Not counted (unknown module types; their linear/norm/neuron children are): "
+                    + ", ".join(self.uncounted)]
         return "\n".join(out)
 
 
@@ -369,7 +373,8 @@ class PaperTable:
             "c_in": self.c_in, "e_mac": self.table.e_mac, "e_ac": self.table.e_ac, "table": self.table.name,
             "e_ann_pj": self.e_ann,
             "methods": self.methods,
-            "tasks": {t: {m: self.cells[(t, m)].to_dict() for m in self.methods if (t, m) in self.cells} for t in self.tasks},
+            "tasks": {t: {m: self.cells[(t, m)].to_dict() for m in self.methods if (t, m) in self.cells}
+                      for t in self.tasks},
             "avg": {m: a.to_dict() for m in self.methods if (a := self.average(m)) is not None},
         }
 
@@ -510,7 +515,8 @@ def cli_energy(checkpoint: str, data: str = "default", preset: str = "", calib_d
 
     Args:
         checkpoint: a model: official RWKV-6 .pth, Hugging Face folder, or spikelm folder (converted or SpikeGPT).
-        data: comma-separated corpora (default, wikitext-2[:FOLDER], text:PATH...) whose valid split is used, or plain text files (used whole).
+        data: comma-separated corpora (default, wikitext-2[:FOLDER], text:PATH...) whose valid split
+            is used, or plain text files (used whole); one row per dataset in the paper table.
         preset: convert the ANN on the fly with this preset (SNN-RWKV-3, SNN-RWKV-4, SpikeRWKV-3L/4L/5L, spikelm-4L).
         calib_data: calibration text for --preset: a corpus name or a text file.
         tokens: tokens per dataset to run.
@@ -568,7 +574,8 @@ def cli_energy(checkpoint: str, data: str = "default", preset: str = "", calib_d
         print(json.dumps({"checkpoint": str(checkpoint), "method": method, "datasets": datasets, "paper": paper.to_dict(),
                           "full": full.to_dict(), "plots": plots}, indent=2))
         return 0
-    print(f"spikelm energy: {checkpoint} ({method}); " + "; ".join(f"{d['tokens']:,} tokens of {d['description']}" for d in datasets))
+    runs = "; ".join(f"{d['tokens']:,} tokens of {d['description']}" for d in datasets)
+    print(f"spikelm energy: {checkpoint} ({method}); {runs}")
     print()
     print("## " + paper.to_markdown())
     if not entries:

