@@ -537,6 +537,10 @@ def cli_energy(checkpoint: str, data: str = "default", preset: str = "", calib_d
     t = energy_table(table, e_mac, e_ac)
     model = load(checkpoint, device=device)
     if preset:
+        from ..models.rwkv6 import RWKV6
+
+        if not isinstance(model, RWKV6):
+            raise SpikelmError(f"--preset converts an RWKV-6 ANN; {checkpoint} holds a {type(model).__name__}")
         if any(True for _ in encoders(model)):
             raise SpikelmError(f"{checkpoint} is already spike-encoded; --preset converts an ANN")
         apply_preset(model, preset, calib_data)
