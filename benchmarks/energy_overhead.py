@@ -1,32 +1,70 @@
-import sys, time, statistics; sys.path.insert(0, "tests")
+"""Overhead of the energy counters: time spent inside their hooks / time of the model itself.
+
+The counters recompute spike statistics from each encoder's input, outside the model; this
+measures what that costs, median of --runs forward passes, in one run.
+
+    python benchmarks/energy_overhead.py [--width 512 --layers 4 --sites time_mix --preset SpikeRWKV-4L]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
 import torch
-torch.set_num_threads(int(__import__("os").environ.get("NT", "2")))
-from conftest import make_rwkv6
-from spikelm.energy import EnergyCounter
-from spikelm.energy import counters as K
-from spikelm.convert.to_spiking import convert, preset_config
-C = int(sys.argv[1]); L = int(sys.argv[2]); sites = sys.argv[3]; T = int(sys.argv[4]); preset = sys.argv[5]
-V = 257
-g = torch.Generator().manual_seed(0)
-bs = [torch.randint(0, V, (1, 128), generator=g) for _ in range(2)]
-m = make_rwkv6(n_layer=L, n_embd=C, head_size=64, vocab_size=V)
-if sites != "ann":
-    convert(m, preset_config(preset, sites), bs)
-x = torch.randint(0, V, (1, T), generator=g)
-spent = [0.0]
-op, oq = K.EnergyCounter._pre, K.EnergyCounter._post
-def timed(f):
-    def w(*a):
-        t = time.perf_counter(); f(*a); spent[0] += time.perf_counter() - t
-    return w
-K.EnergyCounter._pre = lambda self, mod, fn: op(self, mod, timed(fn))
-K.EnergyCounter._post = lambda self, mod, fn: oq(self, mod, timed(fn))
-rs = []
-for i in range(9):
-    spent[0] = 0.0
-    t = time.perf_counter()
-    with torch.no_grad(), EnergyCounter(m):
-        m(x)
-    tot = time.perf_counter() - t
-    rs.append(spent[0] / (tot - spent[0]))
-print(f"C={C} L={L} {sites} {preset} tokens={T}: hook time / model time = {100*statistics.median(rs):.1f}% (runs: {' '.join(f'{100*r:.1f}' for r in rs)})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--sites", default="time_mix", help="time_mix, all, or ann (no conversion)")
+    ap.add_argument("--preset", default="SpikeRWKV-4L")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import make_rwkv6
+
+    from spikelm.convert.to_spiking import convert, preset_config
+    from spikelm.energy import EnergyCounter
+    from spikelm.energy import counters as K
+
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randint(0, 257, (1, 128), generator=g) for _ in range(2)]
+    model = make_rwkv6(n_layer=args.layers, n_embd=args.width, head_size=64, vocab_size=257)
+    if args.sites != "ann":
+        convert(model, preset_config(args.preset, args.sites), calib)
+    x = torch.randint(0, 257, (1, args.tokens), generator=g)
+
+    spent = [0.0]
+    pre, post = K.EnergyCounter._pre, K.EnergyCounter._post
+
+    def timed(fn):
+        def wrapper(*a):
+            t0 = time.perf_counter()
+            fn(*a)
+            spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    K.EnergyCounter._pre = lambda self, mod, fn: pre(self, mod, timed(fn))
+    K.EnergyCounter._post = lambda self, mod, fn: post(self, mod, timed(fn))
+    ratios = []
+    for _ in range(args.runs):
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        with torch.no_grad(), EnergyCounter(model):
+            model(x)
+        total = time.perf_counter() - t0
+        ratios.append(spent[0] / (total - spent[0]))
+    print(f"C={args.width} L={args.layers} sites={args.sites} preset={args.preset} tokens={args.tokens}: "
+          f"hook time / model time = {100 * statistics.median(ratios):.1f}% (median of {args.runs})")
+
+
+if __name__ == "__main__":
+    main()
