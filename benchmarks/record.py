@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -25,23 +24,11 @@ HEADER = "# Results\n\nEvery section below is the verbatim output of the command
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
+    from spikelm.demo import machine_info  # the same description the demo report uses
 
-        tv = f", torch {torch.__version__}"
-        if torch.cuda.is_available():
-            tv += f", {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        tv = ""
-    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}{tv}"
+    m = machine_info()
+    return (f"{m['cpu']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}"
+            + (f", {m['cuda']}" if m["cuda"] else ""))
 
 
 def replace_section(text: str, title: str, body: str) -> str:

@@ -89,10 +89,6 @@ def _cached(cache: Path, name: str, key: str, compute: Callable[[], Any]) -> Any
     return out
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 # ------------------------------------------------------------------------------------ stages
 def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: bool) -> dict[str, Any]:
     """Train one model (cached by settings): returns its path and training history."""
@@ -137,7 +133,6 @@ def _load(path: str | Path):
 
 
 def _test_text(s: DemoSettings):
-    from .data.corpora import prepare
     from .data.tokenizers import get_tokenizer
     from .evaluate.perplexity import load_eval_text
 
@@ -292,7 +287,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     timings["total"] = time.perf_counter() - t_all
 
     results = {
-        "settings": asdict(s), "machine": _machine(), "corpus": corpus_info,
+        "settings": asdict(s), "machine": machine_info(), "corpus": corpus_info,
         "training": {"rwkv6": ann_run, "spikegpt": sg_run},
         "table1": t1, "table2": t2,
         "table3": {name: {k: v for k, v in e.items() if k not in ("markdown", "full")} for name, e in en.items()},
@@ -307,7 +302,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     return results
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on: CPU model, CPU count, torch version and threads, GPU."""
     import torch
 
     cpu = platform.processor() or platform.machine()
