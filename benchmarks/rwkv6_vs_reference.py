@@ -30,6 +30,33 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def matmul_floor(model, T: int, repeats: int) -> float:
+    """Time of the model's own matrix products alone on T tokens: every nn.Linear but the head
+    (prefill and decode ask for the last token's logits, so the head sees one row) and the two
+    LoRAs. With T = 1 this is the decode step's products, which are bound by memory bandwidth
+    (each weight is read once per token).
+
+    Both implementations must do these products, in the same fp32 GEMM library, so
+    reference_time / floor bounds the speed-up that any implementation of the rest could reach.
+    """
+    import torch.nn.functional as F
+
+    work = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            rows = 1 if name == "head" else T
+            work.append((torch.randn(rows, mod.in_features), mod.weight))
+    for blk in model.blocks:
+        att = blk.att
+        for w1 in (att.time_maa_w1, att.time_decay_w1):
+            work.append((torch.randn(T, w1.shape[0]), w1.t()))
+        for w2 in att.time_maa_w2:  # (5, Dm, C): one product per ddlerp target
+            work.append((torch.randn(T, w2.shape[0]), w2.t()))
+        work.append((torch.randn(T, att.time_decay_w2.shape[0]), att.time_decay_w2.t()))
+    work = [(x, w.contiguous()) for x, w in work]
+    return best_of(lambda: [F.linear(x, w) for x, w in work], repeats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=6)
@@ -71,6 +98,7 @@ def main() -> None:
 
         t_ours_prefill = best_of(lambda: ours(x, last_only=True), args.repeats)
         t_ref_prefill = best_of(lambda: ref.forward(prompt, None), args.repeats)
+        t_floor = matmul_floor(ours, args.prefill, args.repeats)
 
         _, st = ours(x[:, :16])
         _, rst = ref.forward(prompt[:16], None)
@@ -87,13 +115,20 @@ def main() -> None:
 
         t_ours_dec = best_of(dec_ours, args.repeats) / args.decode
         t_ref_dec = best_of(dec_ref, args.repeats) / args.decode
+        t_floor_dec = matmul_floor(ours, 1, args.repeats * 8)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
     print(f"model: RWKV-6 L={args.layers} C={args.width} V={args.vocab} fp32; last-logit max rel. diff vs reference {rel:.2e}")
     print(f"prefill {args.prefill} tokens: spikelm {t_ours_prefill*1e3:8.1f} ms   rwkv package {t_ref_prefill*1e3:8.1f} ms   "
           f"speed-up {t_ref_prefill / t_ours_prefill:5.2f}x")
+    print(f"prefill matmul floor (the model's matrix products alone): {t_floor*1e3:8.1f} ms = "
+          f"{t_floor / t_ours_prefill:.0%} of spikelm's prefill; no implementation can exceed "
+          f"{t_ref_prefill / t_floor:4.2f}x the rwkv package here")
     print(f"decode per token:   spikelm {t_ours_dec*1e3:8.2f} ms   rwkv package {t_ref_dec*1e3:8.2f} ms   "
           f"speed-up {t_ref_dec / t_ours_dec:5.2f}x")
+    print(f"decode matmul floor (the same products for one token):  {t_floor_dec*1e3:8.2f} ms = "
+          f"{t_floor_dec / t_ours_dec:.0%} of spikelm's step; no implementation can exceed "
+          f"{t_ref_dec / t_floor_dec:4.2f}x the rwkv package here")
 
 
 if __name__ == "__main__":
