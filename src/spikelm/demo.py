@@ -332,17 +332,20 @@ def _plots(out: Path, t1: dict, en: dict, ann_run: dict, sg_run: dict) -> dict[s
                                           title="Perplexity vs energy per token (test split, full count)"))
 
     fig, ax = _figure(8, 4.5)
+    series: dict[str, dict[str, list[float]]] = {}
     for name in ("SpikeRWKV-4L", "SNN-RWKV-4", "SpikeGPT"):
-        sites = en.get(name, {}).get("full", {}).get("sites", [])
-        layers: dict[str, list[float]] = {}
-        for site in sites:
+        for site in en.get(name, {}).get("full", {}).get("sites", []):
             parts = site["name"].split(".")
             layer = ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
-            layers.setdefault(layer, []).append(site["firing_rate"])
-        if layers:
-            names = list(layers)
-            ax.plot(range(len(names)), [sum(v) / len(v) for v in layers.values()], "o-", label=name)
-            ax.set_xticks(range(len(names)), names, rotation=30, fontsize="small")
+            series.setdefault(name, {}).setdefault(layer, []).append(site["firing_rate"])
+    # one shared x axis: what comes before the blocks (the embedding), the blocks in order, the rest
+    order = lambda k: (0, 0) if not k.startswith("blocks.") else (1, int(k.split(".")[1]))  # noqa: E731
+    cats = sorted({k for layers in series.values() for k in layers}, key=lambda k: (order(k), k))
+    for name, layers in series.items():
+        xs = [cats.index(k) for k in layers]
+        pts = sorted(zip(xs, [sum(v) / len(v) for v in layers.values()]))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+    ax.set_xticks(range(len(cats)), cats, rotation=30, fontsize="small")
     ax.set_ylabel("mean firing rate (spikes / neuron / step)")
     ax.set_title("Firing rate per layer")
     ax.grid(alpha=0.3)

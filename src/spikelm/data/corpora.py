@@ -96,6 +96,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid", "training": "train"}
+
+
+def canonical_split(split: str) -> str:
+    """A split name as the cache stores it: ``validation``, ``val`` and ``dev`` mean ``valid``."""
+    return SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
 FORMAT_VERSION = 1
 
 BROWN_VERSION = "1.9.80"
@@ -174,7 +180,7 @@ class Corpus:
         return self._tokenizer
 
     def _split(self, split: str) -> dict[str, Any]:
-        if split not in SPLITS:
+        if split not in SPLITS:  # callers pass canonical_split(name); aliases are for people
             raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return self.meta["splits"][split]
 

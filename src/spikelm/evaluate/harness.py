@@ -127,6 +127,12 @@ def _build_class() -> type:
             # The harness's CLI always passes its own batch_size / device (default 1 / None) next to
             # model_args; the base class would then see batch_size twice. model_args win.
             extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+            # lm_eval's --device defaults to "cuda": on a machine without CUDA, that default (not
+            # a device the user wrote in model_args) falls back to the CPU.
+            dev = str(extra.get("device", ""))
+            if dev.startswith("cuda") and "device" not in arg_dict and not torch.cuda.is_available():
+                log.warning("lm_eval --device %s: CUDA is not available here, evaluating on the CPU", dev)
+                extra["device"] = "cpu"
             return cls(**{**extra, **arg_dict})
 
         @property

@@ -1,8 +1,9 @@
 """SpikeGPT (Zhu, Zhao, Li, Eshraghian 2023): a spiking RWKV-4 language model trained directly.
 
-Read top to bottom: config and presets, the binary embedding spike, token shift, the spiking RWKV
-(time mixing, paper sec. 3.4, eq. 4 and 10-12), the spiking receptance FFN (SRFFN, sec. 3.5,
-eq. 14), the block with its two LIF neurons (eq. 13), and the model.
+Read top to bottom: the binary embedding spike, token shift, the spiking RWKV (time mixing,
+paper sec. 3.4, eq. 4 and 10-12), the spiking receptance FFN (SRFFN, sec. 3.5, eq. 14), the block
+with its two LIF neurons (eq. 13), and the model. Its config, ``SpikeGPTConfig``, and the named
+shapes ``SPIKEGPT_PRESETS`` live in :mod:`spikelm.config` with the other configs.
 
 Architecture (paper sec. 3, checked against the authors' code, ridgerchu/SpikeGPT ``src/model.py``
 and ``src/model_run.py``)::
@@ -89,88 +90,17 @@ and spike counters attach forward hooks there. The model itself counts nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar, Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, _require
+from ..config import SPIKEGPT_PRESETS, SpikeGPTConfig  # noqa: F401 (re-exported)
 from ..ops.wkv4 import EMPTY_PP, wkv4
 from ..spiking.neurons import LIFNeuron
 from ..spiking.surrogate import ArcTan
 
 __all__ = ["SpikeGPTConfig", "SPIKEGPT_PRESETS", "SpikeGPT", "LayerState", "BinarySpike", "build_spikegpt"]
-
-TOKEN_SHIFT_INITS = ("paper", "official")
-
-
-# ---------------------------------------------------------------------------------------- config
-@dataclass
-class SpikeGPTConfig(Config):
-    """Shape and spiking constants of a SpikeGPT model.
-
-    ``ffn_mult``: SRFFN hidden size is ``ffn_mult * n_embd`` (4, sec. 3.5). ``lif_beta``: the LIF
-    decay of eq. 13 (0.5, the code's ``tau = 2``); ``lif_threshold``: U_threshold (1); the reset
-    potential is 0. ``surrogate_alpha``: sharpness of the ArcTan surrogate (2 is eq. 1).
-    ``token_shift_init`` / ``learnable_shift``: see the module docstring. ``binary_embedding``:
-    Heaviside on the embedding output (sec. 3.2; off gives a real-valued embedding, an ablation).
-    ``ctx_len`` is the training context (the recurrent model itself accepts any length).
-    ``tokenizer``: ``bytes``, a GPT-NeoX ``tokenizer.json`` path (the 50277-token releases), or
-    ``char:<path to vocab.json>`` for the character-vocabulary models.
-    """
-
-    kind: ClassVar[str] = "spikegpt"
-
-    vocab_size: int = 257
-    n_layer: int = 12
-    n_embd: int = 512
-    ctx_len: int = 1024
-    ffn_mult: int = 4
-    lif_beta: float = 0.5
-    lif_threshold: float = 1.0
-    surrogate_alpha: float = 2.0
-    token_shift_init: str = "paper"
-    learnable_shift: bool = False
-    binary_embedding: bool = True
-    dropout: float = 0.0
-    tokenizer: str = "bytes"
-
-    def __post_init__(self) -> None:
-        for k in ("vocab_size", "n_layer", "n_embd", "ctx_len", "ffn_mult"):
-            v = getattr(self, k)
-            _require(isinstance(v, int) and v > 0, k, f"must be a positive integer, got {v!r}")
-        _require(0.0 < self.lif_beta <= 1.0, "lif_beta", f"the LIF decay must be in (0, 1], got {self.lif_beta!r}")
-        _require(self.lif_threshold > 0.0, "lif_threshold", f"must be > 0, got {self.lif_threshold!r}")
-        _require(self.surrogate_alpha > 0.0, "surrogate_alpha", f"must be > 0, got {self.surrogate_alpha!r}")
-        _require(self.token_shift_init in TOKEN_SHIFT_INITS, "token_shift_init",
-                 f"unknown init {self.token_shift_init!r}; choose one of {', '.join(TOKEN_SHIFT_INITS)}")
-        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
-        _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
-
-    @property
-    def dim_ffn(self) -> int:
-        return self.ffn_mult * self.n_embd
-
-
-# Named shapes. Parameter counts (emb + head untied, 13 C^2 per block) are in the comments.
-#   45M: the paper's enwik8 model (Table 1: L = 12, d = 512, T = 1024 or 3072). The code builds the
-#        character vocabulary from the unique characters of the training text; we use bytes
-#        (257 ids), the enwik8 bits-per-byte convention: 41.2M parameters (a few million more with
-#        the code's vocabulary, enwik8 read as UTF-8 text having thousands of distinct characters).
-#  125M: the paper's BookCorpus model ("125M", also "120M"). The paper gives no shape; we take the
-#        GPT-style "125M" shape 12 x 768 with the NeoX vocabulary: 169M parameters counted
-#        SpikeGPT's way (92M without embedding and head).
-#  216M: the released OpenWebText model (ridger/SpikeGPT-OpenWebText-216M): 18 x 768, NeoX
-#        vocabulary of 50277: 215.4M parameters.
-SPIKEGPT_PRESETS: dict[str, dict] = {
-    "tiny": dict(vocab_size=257, n_layer=2, n_embd=64, ctx_len=128, tokenizer="bytes"),
-    "small": dict(vocab_size=257, n_layer=4, n_embd=256, ctx_len=256, tokenizer="bytes"),
-    "45M": dict(vocab_size=257, n_layer=12, n_embd=512, ctx_len=1024, tokenizer="bytes"),
-    "45M-3072": dict(vocab_size=257, n_layer=12, n_embd=512, ctx_len=3072, tokenizer="bytes"),
-    "125M": dict(vocab_size=50277, n_layer=12, n_embd=768, ctx_len=1024, tokenizer="20B_tokenizer.json"),
-    "216M": dict(vocab_size=50277, n_layer=18, n_embd=768, ctx_len=1024, tokenizer="20B_tokenizer.json"),
-}
 
 
 # ------------------------------------------------------------------------------------ state
