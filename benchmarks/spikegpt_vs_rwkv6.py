@@ -27,7 +27,7 @@ def train_one(kind: str, a: argparse.Namespace, out: Path) -> dict:
     from spikelm.train import train
 
     model = {"kind": kind, "n_layer": a.layers, "n_embd": a.width}
-    model.update({"head_size": 64} if kind == "rwkv6" else {"ctx_len": a.ctx})
+    model.update({"head_size": min(a.head_size, a.width)} if kind == "rwkv6" else {"ctx_len": a.ctx})
     args = TrainArgs(
         model=model, data="default", tokenizer="bytes", ctx_len=a.ctx, batch_size=a.batch, max_steps=a.steps,
         lr=a.lr, min_lr=a.lr / 10, warmup_steps=50, eval_every=100, eval_batches=8, save_every=0,
@@ -50,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--head-size", type=int, default=32, help="RWKV-6 head size (SpikeGPT's RWKV-4 mixing has no heads)")
     ap.add_argument("--ctx", type=int, default=128, help="training context (tokens)")
     ap.add_argument("--batch", type=int, default=16, help="sequences per step")
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps: the token budget is steps x batch x ctx")

@@ -2,6 +2,8 @@
 
 The converted model computes the same linear layers on the decoded spike values, so its extra
 cost is the encoding itself. Prints milliseconds per forward and the ratios to the dense model.
+Each converted model is timed in alternation with the dense one (dense, spiking, dense, ...), the
+best of --repeats each, so that a slow phase of a shared machine cannot favour either side.
 
     python benchmarks/spiking_forward.py [--layers 6 --width 512 --tokens 256 --threads 2]
 """
@@ -17,14 +19,16 @@ from pathlib import Path
 import torch
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def timed_pair(dense, spiking, repeats: int) -> tuple[float, float]:
+    """Best times of ``dense`` and ``spiking``, run alternately after one warm-up each."""
+    dense(), spiking()
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        for i, fn in enumerate((dense, spiking)):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], best[1]
 
 
 def main() -> None:
@@ -51,21 +55,18 @@ def main() -> None:
     calib = [torch.randint(0, args.vocab, (2, 64), generator=g) for _ in range(2)]
 
     print(f"RWKV-6 L={args.layers} C={args.width}, batch {args.batch} x {args.tokens} tokens, fp32, {args.threads} threads")
-    with torch.inference_mode():
-        t_dense = timed(lambda: ann(x), args.repeats)
-        t_dense_s = timed(lambda: ann(xs), args.repeats)
-    print(f"{'model':28s} {'ms/forward':>11s} {'x dense':>8s}   {'sim ms (' + str(args.sim_tokens) + ' tok)':>18s} {'x dense':>8s}")
-    print(f"{'ANN (dense)':28s} {t_dense*1e3:11.1f} {1.0:8.2f}   {t_dense_s*1e3:18.1f} {1.0:8.2f}")
+    print(f"{'model':28s} {'dense ms':>9s} {'spiking ms':>10s} {'x dense':>8s}   "
+          f"{'sim: dense ms':>13s} {'sim ms':>8s} {'x dense':>8s}   (sim on {args.sim_tokens} tokens)")
     for name in PRESETS:
         for sites in ("time_mix", "all"):
             m = copy.deepcopy(ann)
             convert(m, preset_config(name, sites), calib)
             with torch.inference_mode():
-                t = timed(lambda: m(x), args.repeats)
+                td, t = timed_pair(lambda: ann(x), lambda: m(x), args.repeats)
                 set_method(m, "sim")
-                ts = timed(lambda: m(xs), max(1, args.repeats // 2))
-            print(f"{name + ' [' + sites + ']':28s} {t*1e3:11.1f} {t/t_dense:8.2f}   {ts*1e3:18.1f} {ts/t_dense_s:8.2f}")
-
+                tds, ts = timed_pair(lambda: ann(xs), lambda: m(xs), max(1, args.repeats // 2))
+            print(f"{name + ' [' + sites + ']':28s} {td*1e3:9.1f} {t*1e3:10.1f} {t/td:8.2f}   "
+                  f"{tds*1e3:13.1f} {ts*1e3:8.1f} {ts/tds:8.2f}")
 
 if __name__ == "__main__":
     main()

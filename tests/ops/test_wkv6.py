@@ -191,15 +191,16 @@ def test_low_precision_inputs_computed_in_float32() -> None:
 
 def test_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    naive, chunked = wkv6_module.wkv6_naive, wkv6_module.wkv6_chunked
+    naive, chunked, step = wkv6_module.wkv6_naive, wkv6_module.wkv6_chunked, wkv6_module.wkv6_step
     monkeypatch.setattr(wkv6_module, "wkv6_naive", lambda *a: calls.append("naive") or naive(*a))
+    monkeypatch.setattr(wkv6_module, "wkv6_step", lambda *a: calls.append("step") or step(*a))
     monkeypatch.setattr(wkv6_module, "wkv6_chunked", lambda *a, **kw: calls.append("chunked") or chunked(*a, **kw))
     one = make_inputs(1, 1, 1, 4)
     many = make_inputs(1, 3, 1, 4)
     wkv6_module.wkv6(*one)
     wkv6_module.wkv6(*many)
     wkv6_module.wkv6(*many, impl="naive")
-    assert calls == ["naive", "chunked", "naive"]
+    assert calls == ["step", "chunked", "naive"]
     with pytest.raises(ValueError, match="impl"):
         wkv6_module.wkv6(*many, impl="cuda")
 
@@ -212,3 +213,17 @@ def test_rejects_bad_shapes() -> None:
         wkv6_naive(r, k, v, logw, u, state[:, :1])
     with pytest.raises(ValueError, match="k must"):
         wkv6_chunked(r, k[:, :3], v, logw, u, state)
+
+
+@pytest.mark.parametrize("B,H,N", [(1, 1, 4), (2, 3, 8), (3, 8, 64)])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_step_matches_naive(B: int, H: int, N: int, with_state: bool) -> None:
+    """The single-token fast path of decoding equals the naive loop (strong decays included)."""
+    r, k, v, logw, u, state = make_inputs(B, 1, H, N, strong=True)
+    state = state if with_state else None
+    y0, s0 = wkv6_naive(r, k, v, logw, u, state)
+    y1, s1 = wkv6_module.wkv6_step(r, k, v, logw, u, state)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one time step"):
+        wkv6_module.wkv6_step(*make_inputs(1, 2, 1, 4))

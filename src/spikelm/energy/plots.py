@@ -13,6 +13,8 @@ global state or display backend is touched. Each function writes a PNG and retur
 
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -110,8 +112,17 @@ def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, 
         raise SpikelmError("plot_tradeoff needs at least one (name, ppl, energy) point")
     fig, ax = _figure(7, 4.5)
     ax.scatter([p[2] for p in points], [p[1] for p in points], zorder=3)
-    for name, ppl, e in points:
-        ax.annotate(name, (e, ppl), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    # Labels go above right of their point, or below right when an earlier label is close by
+    # (in axis fractions), so that nearly coinciding points stay readable.
+    tx = (lambda v: math.log(v)) if log_energy else (lambda v: v)  # noqa: E731
+    xs, ys = [tx(p[2]) for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for (name, ppl, e), x, y in sorted(zip(points, xs, ys), key=lambda t: t[1]):
+        fx, fy = (x - min(xs)) / span_x, (y - min(ys)) / span_y
+        crowded = any(abs(fx - px) < 0.12 and abs(fy - py) < 0.06 for px, py in placed)
+        ax.annotate(name, (e, ppl), textcoords="offset points", xytext=(4, -11 if crowded else 4), fontsize="small")
+        placed.append((fx, fy))
     front = pareto_front(points)
     ax.plot([p[2] for p in front], [p[1] for p in front], "--", color="tab:red", label="Pareto front", zorder=2)
     if log_energy:

@@ -327,7 +327,14 @@ class Scorer:
         for i in todo:
             by_group.setdefault(groups[i], []).append(i)
         shared: list[tuple[list[int], list[list[int]], int]] = []  # (members, token sequences, prefix length)
+        # A group of one request (LAMBADA, unconditioned requests) shares nothing: scored from
+        # scratch, all such requests batched together (copying a state would only cost time).
+        single = [m[0] for m in by_group.values() if len(m) == 1]
+        if single:
+            self._loglikelihood_scratch(pairs, single, out, False)
         for members in by_group.values():
+            if len(members) == 1:
+                continue
             seqs = [pairs[i][0] + pairs[i][1] for i in members]
             # The shared run must stop before the first scored token of every member.
             p = min(_common_prefix_len(seqs), min(len(pairs[i][0]) for i in members))

@@ -48,6 +48,8 @@ LOG_DECAY_FLOOR = -60.0
 
 def _token_shift(x: Tensor, last: Tensor) -> Tensor:
     """Previous token's vector for every position: (B, T, C) with ``last`` (B, C) in front."""
+    if x.shape[1] == 1:  # decoding: the previous token is the state itself (no copy)
+        return last.unsqueeze(1)
     return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
 
 
@@ -101,13 +103,10 @@ class TimeMix(nn.Module):
         xxx = x + xx * self.time_maa_x
         xxx = torch.tanh(self.maa_in(xxx) @ self.time_maa_w1)  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
-        xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C)
-        mw, mk, mv, mr, mg = xxx.unbind(0)
-        xw = x + xx * (self.time_maa_w + mw)
-        xk = x + xx * (self.time_maa_k + mk)
-        xv = x + xx * (self.time_maa_v + mv)
-        xr = x + xx * (self.time_maa_r + mr)
-        xg = x + xx * (self.time_maa_g + mg)
+        xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C)  # m_w, m_k, m_v, m_r, m_g
+        # x_* = x + xx * (time_maa_* + m_*) for the five targets at once (the same arithmetic)
+        maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
+        xw, xk, xv, xr, xg = (x + xx * (maa + xxx)).unbind(0)
 
         r = self.receptance(xr)  # (B, T, A)
         k = self.key(xk)
