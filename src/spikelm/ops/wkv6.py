@@ -208,7 +208,10 @@ def wkv6_chunked(
 
     # --- factors shared by all terms; float64 where a factor may exceed 1 ---
     q64 = r_.reshape(sub).to(f64) * torch.exp(c_ex)  # r_t e^{c_ex,t}
-    k64 = k_.reshape(sub).to(f64) / torch.exp(c_in)  # k_s e^{-c_s}, up to e^480: fine in float64
+    # k_s e^{-c_s}, up to e^480: fine in float64. A product, not k / e^{c_s}: autograd's quotient
+    # rule divides by (e^{c_s})^2, which underflows to 0 for c_s < -354 and made the gradient of
+    # the log-decays inf - inf = NaN (decays at the floor for 6+ tokens of a sub-chunk).
+    k64 = k_.reshape(sub).to(f64) * torch.exp(-c_in)
     q = q64.to(cdt)
     k_end = (k64 * torch.exp(sub_total)).to(cdt)  # k_s e^{E_a' - b_s}, <= |k_s|
 
