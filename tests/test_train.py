@@ -285,3 +285,17 @@ def test_tiny_rwkv6_learns_the_embedded_corpus(tmp_path, capsys):
               f"unigram entropy of the corpus {unigram:.3f} bits/token")
     assert math.isfinite(result.val_bits)
     assert result.val_bits < unigram - 0.75
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(config):
+    """Each YAML in configs/ parses into TrainArgs and its model config validates (the model is
+    built only for small shapes: the GPU configs would take seconds and gigabytes here)."""
+    from spikelm.checkpoint import build_model
+
+    args = load_train_args(config)
+    cfg = dict(args.model)
+    assert args.out_dir and cfg["kind"] in ("rwkv6", "spikegpt")
+    if cfg.get("n_layer", 99) * cfg.get("n_embd", 9999) ** 2 <= 4 * 256**2 * 6:
+        cfg.setdefault("vocab_size", 257)
+        assert build_model(cfg) is not None
