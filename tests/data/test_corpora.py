@@ -99,6 +99,12 @@ def test_folder_corpus_splits_checksums_and_text(cache, folder):
         for doc, (_, tok_start) in zip(expected[s], index, strict=True):
             assert tok.decode(list(ids[tok_start : tok_start + len(doc.encode())])) == doc
     assert c.tokens("train").dtype == np.uint16
+    # what people call the validation split reaches the stored "valid" one; other names fail
+    for alias in ("validation", "val", "dev", "Validation"):
+        assert np.array_equal(c.tokens(alias), c.tokens("valid")) and c.documents(alias) == c.documents("valid")
+        assert c.n_bytes(alias) == c.n_bytes("valid")
+    with pytest.raises(DataError, match="unknown split 'holdout'"):
+        c.tokens("holdout")
     counts = np.bincount(np.asarray(c.tokens("train")), minlength=257)
     p = counts[counts > 0] / counts.sum()
     assert c.meta["unigram_entropy_bits_per_token"] == pytest.approx(float(-(p * np.log2(p)).sum()))

@@ -179,31 +179,34 @@ class Corpus:
             self._tokenizer = _load_tokenizer(self.meta["tokenizer_spec"])
         return self._tokenizer
 
-    def _split(self, split: str) -> dict[str, Any]:
-        if split not in SPLITS:  # callers pass canonical_split(name); aliases are for people
+    def _split(self, split: str) -> str:
+        """The stored name of ``split`` (``validation``, ``val``, ``dev`` mean ``valid``); unknown names fail."""
+        name = canonical_split(split)
+        if name not in SPLITS:
             raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return self.meta["splits"][split]
+        return name
+
+    def _split_meta(self, split: str) -> dict[str, Any]:
+        return self.meta["splits"][self._split(split)]
 
     def tokens(self, split: str) -> np.memmap:
         """The split's token ids as a read-only memmap (pages are read only when touched)."""
-        self._split(split)
-        return np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
+        return np.memmap(self.path / f"{self._split(split)}.bin", dtype=self.dtype, mode="r")
 
     def n_tokens(self, split: str) -> int:
-        return int(self._split(split)["n_tokens"])
+        return int(self._split_meta(split)["n_tokens"])
 
     def n_chars(self, split: str) -> int:
         """Unicode characters of the split's text (bytes for byte-level sources such as enwik8)."""
-        return int(self._split(split)["n_chars"])
+        return int(self._split_meta(split)["n_chars"])
 
     def n_bytes(self, split: str) -> int:
         """UTF-8 bytes of the split's text."""
-        return int(self._split(split)["n_bytes"])
+        return int(self._split_meta(split)["n_bytes"])
 
     def text_bytes(self, split: str) -> bytes:
         """The split's original text, as stored (exact bytes, even where enwik8 cuts a character)."""
-        self._split(split)
-        return (self.path / f"{split}.txt").read_bytes()
+        return (self.path / f"{self._split(split)}.txt").read_bytes()
 
     def text(self, split: str) -> str:
         """The split's original text; the concatenation of its documents, no separators added.
@@ -214,8 +217,7 @@ class Corpus:
 
     def doc_index(self, split: str) -> np.ndarray:
         """(n_docs, 2) int64: byte offset of each document in the text, offset of its first token."""
-        self._split(split)
-        return np.load(self.path / f"{split}.docs.npy")
+        return np.load(self.path / f"{self._split(split)}.docs.npy")
 
     def documents(self, split: str) -> list[str]:
         """The split's documents as strings (the text cut at the document boundaries)."""

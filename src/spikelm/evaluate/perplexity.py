@@ -195,9 +195,8 @@ def load_eval_text(data: str, split: str, tokenizer: Any, tokenizer_spec: str, m
             raise DataError(f"{data}: the text is empty")
         n = len(text.encode("utf-8")) if byte_level else len(text)
         return tokenizer.encode(text), "byte" if byte_level else "char", n, f"{data} (whole file)"
-    from ..data.corpora import canonical_split, prepare
+    from ..data.corpora import prepare
 
-    split = canonical_split(split)
     corpus = prepare(data, tokenizer_spec)
     desc = f"{corpus.name} {split} split ({corpus.path})"
     if max_chars <= 0:
