@@ -23,9 +23,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .surrogate import ArcTan, Surrogate
+from .surrogate import ArcTan, Surrogate, step_function
 
 __all__ = ["SpikingNeuron", "IFNeuron", "LIFNeuron"]
+
+
+def _check_steps(x_seq: Tensor, dim: int) -> None:
+    if x_seq.shape[dim] == 0:
+        raise ValueError(f"multi_step needs at least one time step along dim {dim}, got shape {tuple(x_seq.shape)}")
 
 
 class SpikingNeuron(nn.Module):
@@ -72,14 +77,13 @@ class SpikingNeuron(nn.Module):
         membrane (``x_seq`` without ``dim``). Feed that membrane to the next call to continue.
 
         The fast path (``self.fused``, the default): the forward loop runs the very same
-        ``charge`` / ``fire`` / ``reset`` without recording an autograd graph (outputs are
-        bit-identical to :meth:`multi_step_reference`), and the backward pass is one reverse loop
-        of a single fused multiply-add per step (see :class:`_MultiStep`), instead of autograd
-        replaying some ten recorded operations per step."""
-        if x_seq.shape[dim] == 0:
-            raise ValueError(f"multi_step needs at least one time step along dim {dim}, got shape {tuple(x_seq.shape)}")
+        ``charge``, step function (``fire``'s forward) and ``reset`` without recording an
+        autograd graph (outputs are bit-identical to :meth:`multi_step_reference`), and the
+        backward pass is one reverse loop of a single fused multiply-add per step (see
+        :class:`_MultiStep`), instead of autograd replaying some ten recorded operations per step."""
         if not self.fused:
             return self.multi_step_reference(x_seq, v, dim)
+        _check_steps(x_seq, dim)
         x0 = x_seq.movedim(dim, 0)
         v0 = self.initial_v(x0[0]) if v is None else v
         if torch.is_grad_enabled() and (x0.requires_grad or v0.requires_grad):
@@ -91,8 +95,7 @@ class SpikingNeuron(nn.Module):
     def multi_step_reference(self, x_seq: Tensor, v: Tensor | None = None, dim: int = 0) -> tuple[Tensor, Tensor]:
         """``step`` in a plain loop with autograd recording every operation: the naive twin of
         the fused :meth:`multi_step`, which the tests compare it with (values and gradients)."""
-        if x_seq.shape[dim] == 0:
-            raise ValueError(f"multi_step needs at least one time step along dim {dim}, got shape {tuple(x_seq.shape)}")
+        _check_steps(x_seq, dim)
         spikes = []
         for x in x_seq.unbind(dim):  # each x: x_seq.shape without dim
             s, v = self.step(x, v)
@@ -106,7 +109,7 @@ class SpikingNeuron(nn.Module):
         with torch.no_grad():
             for x in x0.unbind(0):
                 u = self.charge(x, v)
-                s = (u - self.threshold >= 0).to(u.dtype)  # the surrogate's forward, H(0) = 1
+                s = step_function(u - self.threshold)  # fire's forward, without the autograd Function
                 v = self.reset(u, s)
                 spikes.append(s)
                 if keep_u:

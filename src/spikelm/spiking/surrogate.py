@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["Surrogate", "ArcTan", "Sigmoid", "SurrogateSpike", "make_surrogate", "heaviside"]
+__all__ = ["Surrogate", "ArcTan", "Sigmoid", "SurrogateSpike", "step_function", "make_surrogate", "heaviside"]
 
 
 class Surrogate:
@@ -95,6 +95,11 @@ class Sigmoid(Surrogate):
         return self.alpha * g * (1 - g)
 
 
+def step_function(x: Tensor) -> Tensor:
+    """``H(x)`` with ``H(0) = 1``, as float spikes in x's dtype: the forward of every surrogate."""
+    return (x >= 0).to(x.dtype)
+
+
 class SurrogateSpike(torch.autograd.Function):
     """Exact step forward; the given surrogate's derivative backward."""
 
@@ -102,7 +107,7 @@ class SurrogateSpike(torch.autograd.Function):
     def forward(ctx, x: Tensor, surrogate: Surrogate) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.surrogate = surrogate
-        return (x >= 0).to(x.dtype)
+        return step_function(x)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
