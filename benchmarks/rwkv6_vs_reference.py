@@ -13,34 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-
-def best_of_interleaved(fns, repeats: int) -> list[float]:
-    """Best time of each function, their runs alternating (a, b, a, b...) so that a slow phase of
-    a shared machine hits every contender alike instead of one of them."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from _timing import best_times
 
 
 def matmul_floor(model, T: int, repeats: int) -> float:
@@ -67,7 +45,7 @@ def matmul_floor(model, T: int, repeats: int) -> float:
             work.append((torch.randn(T, w2.shape[0]), w2.t()))
         work.append((torch.randn(T, att.time_decay_w2.shape[0]), att.time_decay_w2.t()))
     work = [(x, w.contiguous()) for x, w in work]
-    return best_of(lambda: [F.linear(x, w) for x, w in work], repeats)
+    return best_times(lambda: [F.linear(x, w) for x, w in work], repeats=repeats, warmup=False)[0]
 
 
 def main() -> None:
@@ -109,8 +87,9 @@ def main() -> None:
         b, _ = ref.forward(prompt, None)
         rel = ((a[0, -1] - b).abs().max() / b.abs().max()).item()
 
-        t_ours_prefill, t_ref_prefill = best_of_interleaved(
-            [lambda: ours(x, last_only=True), lambda: ref.forward(prompt, None)], args.repeats)
+        # both already ran once above (the correctness check): no separate warm-up
+        t_ours_prefill, t_ref_prefill = best_times(
+            lambda: ours(x, last_only=True), lambda: ref.forward(prompt, None), repeats=args.repeats, warmup=False)
         t_floor = matmul_floor(ours, args.prefill, args.repeats)
 
         _, st = ours(x[:, :16])
@@ -126,7 +105,7 @@ def main() -> None:
             for t in prompt[: args.decode]:
                 _, s = ref.forward([t], s)
 
-        t_ours_dec, t_ref_dec = (t / args.decode for t in best_of_interleaved([dec_ours, dec_ref], args.repeats))
+        t_ours_dec, t_ref_dec = (t / args.decode for t in best_times(dec_ours, dec_ref, repeats=args.repeats, warmup=False))
         t_floor_dec = matmul_floor(ours, 1, args.repeats * 8)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")

@@ -13,22 +13,10 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
-
-
-def timed_pair(dense, spiking, repeats: int) -> tuple[float, float]:
-    """Best times of ``dense`` and ``spiking``, run alternately after one warm-up each."""
-    dense(), spiking()
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for i, fn in enumerate((dense, spiking)):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best[0], best[1]
+from _timing import best_times
 
 
 def main() -> None:
@@ -62,9 +50,9 @@ def main() -> None:
             m = copy.deepcopy(ann)
             convert(m, preset_config(name, sites), calib)
             with torch.inference_mode():
-                td, t = timed_pair(lambda: ann(x), lambda: m(x), args.repeats)
+                td, t = best_times(lambda: ann(x), lambda: m(x), repeats=args.repeats)
                 set_method(m, "sim")
-                tds, ts = timed_pair(lambda: ann(xs), lambda: m(xs), max(1, args.repeats // 2))
+                tds, ts = best_times(lambda: ann(xs), lambda: m(xs), repeats=max(1, args.repeats // 2))
             print(f"{name + ' [' + sites + ']':28s} {td*1e3:9.1f} {t*1e3:10.1f} {t/td:8.2f}   "
                   f"{tds*1e3:13.1f} {ts*1e3:8.1f} {ts/tds:8.2f}")
 

@@ -7,30 +7,15 @@ by other load on the machine), and the ratios are naive time / fast time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
+from _timing import best_times
+
 from spikelm.ops import wkv4_naive, wkv4_parallel, wkv6_chunked, wkv6_naive
 
 REPEATS = 5
-
-
-def best_times(naive: Callable[[], object], fast: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Best wall times in seconds of the two functions, run alternately after one warm-up each.
-
-    Alternating and keeping the minimum makes the ratio robust to other load on the machine.
-    """
-    naive()
-    fast()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((naive, times[0]), (fast, times[1])):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
 
 
 def forward_and_backward(op: Callable[..., tuple], inputs: list[torch.Tensor]) -> Callable[[], None]:
@@ -61,10 +46,10 @@ def main() -> None:
     u = torch.randn(H, N, generator=g)
     wkv6_in = [r, k, v, logw, u]
     with torch.no_grad():
-        naive, fast = best_times(lambda: wkv6_naive(*wkv6_in), lambda: wkv6_chunked(*wkv6_in), REPEATS)
+        naive, fast = best_times(lambda: wkv6_naive(*wkv6_in), lambda: wkv6_chunked(*wkv6_in), repeats=REPEATS)
     report(f"WKV6 forward  B={B} T={T} H={H} N={N}", naive, fast)
     naive, fast = best_times(
-        forward_and_backward(wkv6_naive, wkv6_in), forward_and_backward(wkv6_chunked, wkv6_in), REPEATS
+        forward_and_backward(wkv6_naive, wkv6_in), forward_and_backward(wkv6_chunked, wkv6_in), repeats=REPEATS
     )
     report("WKV6 forward+backward", naive, fast)
 
@@ -75,10 +60,10 @@ def main() -> None:
     v4 = torch.randn(B, T, C, generator=g)
     wkv4_in = [w, u4, k4, v4]
     with torch.no_grad():
-        naive, fast = best_times(lambda: wkv4_naive(*wkv4_in), lambda: wkv4_parallel(*wkv4_in), REPEATS)
+        naive, fast = best_times(lambda: wkv4_naive(*wkv4_in), lambda: wkv4_parallel(*wkv4_in), repeats=REPEATS)
     report(f"WKV4 forward  B={B} T={T} C={C}", naive, fast)
     naive, fast = best_times(
-        forward_and_backward(wkv4_naive, wkv4_in), forward_and_backward(wkv4_parallel, wkv4_in), REPEATS
+        forward_and_backward(wkv4_naive, wkv4_in), forward_and_backward(wkv4_parallel, wkv4_in), repeats=REPEATS
     )
     report("WKV4 forward+backward", naive, fast)
 

@@ -1,0 +1,26 @@
+"""The timer the benchmarks share: best wall time of each contender, their runs alternating.
+
+Alternating (a, b, a, b, ...) makes a slow phase of a shared machine hit every contender alike,
+and keeping each one's minimum keeps the run least disturbed by other load. Scripts in this
+folder import it as ``from _timing import best_times`` (Python puts a script's folder on the path).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def best_times(*fns: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
+    """Best time in seconds of each function over ``repeats`` alternating rounds, after one
+    untimed call of each when ``warmup``."""
+    if warmup:
+        for fn in fns:
+            fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
