@@ -14,7 +14,6 @@ global state or display backend is touched. Each function writes a PNG and retur
 from __future__ import annotations
 
 import math
-
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,10 +115,11 @@ def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, 
     # (in axis fractions), so that nearly coinciding points stay readable.
     tx = (lambda v: math.log(v)) if log_energy else (lambda v: v)  # noqa: E731
     xs, ys = [tx(p[2]) for p in points], [p[1] for p in points]
-    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    x0, y0 = min(xs), min(ys)
+    span_x, span_y = (max(xs) - x0) or 1.0, (max(ys) - y0) or 1.0
     placed: list[tuple[float, float]] = []
     for (name, ppl, e), x, y in sorted(zip(points, xs, ys), key=lambda t: t[1]):
-        fx, fy = (x - min(xs)) / span_x, (y - min(ys)) / span_y
+        fx, fy = (x - x0) / span_x, (y - y0) / span_y
         crowded = any(abs(fx - px) < 0.12 and abs(fy - py) < 0.06 for px, py in placed)
         ax.annotate(name, (e, ppl), textcoords="offset points", xytext=(4, -11 if crowded else 4), fontsize="small")
         placed.append((fx, fy))

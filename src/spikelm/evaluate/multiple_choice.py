@@ -329,11 +329,10 @@ class Scorer:
         shared: list[tuple[list[int], list[list[int]], int]] = []  # (members, token sequences, prefix length)
         # A group of one request (LAMBADA, unconditioned requests) shares nothing: scored from
         # scratch, all such requests batched together (copying a state would only cost time).
-        single = [m[0] for m in by_group.values() if len(m) == 1]
-        if single:
-            self._loglikelihood_scratch(pairs, single, out, False)
+        single: list[int] = []
         for members in by_group.values():
             if len(members) == 1:
+                single.append(members[0])
                 continue
             seqs = [pairs[i][0] + pairs[i][1] for i in members]
             # The shared run must stop before the first scored token of every member.
@@ -342,6 +341,8 @@ class Scorer:
                 self._loglikelihood_scratch(pairs, members, out, False)
             else:
                 shared.append((members, seqs, p))
+        if single:
+            self._loglikelihood_scratch(pairs, single, out, False)
         shared.sort(key=lambda g: g[2])  # similar prefix lengths run together
 
         bar = _progress(None, progress, "scoring", total=len(shared))
