@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -28,10 +26,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_rwkv6
+    from spikelm.testing import make_rwkv6
 
-    from spikelm.convert.to_spiking import convert, preset_config
+    from spikelm.convert import convert, preset_config
     from spikelm.energy import EnergyCounter
     from spikelm.energy import counters as K
 

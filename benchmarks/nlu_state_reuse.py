@@ -28,7 +28,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     import spikelm
-    from spikelm.evaluate.multiple_choice import apply_encoding, evaluate_tasks
+    from spikelm.evaluate.multiple_choice import evaluate_tasks
+    from spikelm.evaluate.variants import apply_encoding
 
     model = apply_encoding(spikelm.load(a.checkpoint), a.encoding)
     tasks = [t for t in a.tasks.split(",") if t]

@@ -24,7 +24,7 @@ HEADER = "# Results\n\nEvery section below is the verbatim output of the command
 
 
 def machine() -> str:
-    from spikelm.demo import machine_info  # the same description the demo report uses
+    from spikelm.cli.demo import machine_info  # the same description the demo report uses
 
     m = machine_info()
     return (f"{m['cpu']}, {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
@@ -63,11 +62,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["RWKV_CUDA_ON"] = "0"
     os.environ["RWKV_JIT_ON"] = str(args.ref_jit)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_rwkv6  # random, non-trivial weights in the official layout
+    from spikelm.testing import make_rwkv6  # random, non-trivial weights in the official layout
 
     import spikelm
-    from spikelm.checkpoint import save_official
+    from spikelm.checkpoints import save_official
 
     model = make_rwkv6(n_layer=args.layers, n_embd=args.width, vocab_size=args.vocab, head_size=64, seed=0)
     with tempfile.TemporaryDirectory() as d:

@@ -63,11 +63,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from spikelm.checkpoint import load
-    from spikelm.data.tokenizers import get_tokenizer
-    from spikelm.evaluate.perplexity import evaluate_lm, load_eval_text
+    from spikelm.checkpoints import load
+    from spikelm.data.text import split_tokens
+    from spikelm.evaluate.perplexity import evaluate_lm
 
-    tokens, _, n_chars, _ = load_eval_text("default", a.split, get_tokenizer("bytes"), "bytes", a.eval_chars)
+    _t = split_tokens("default", a.split, "bytes", max_chars=a.eval_chars)
+    tokens, n_chars = _t.tokens, _t.n_units
     rows, curves = [], {}
     with tempfile.TemporaryDirectory() as d:
         for kind, label in (("rwkv6", "RWKV-6 (ANN)"), ("spikegpt", "SpikeGPT")):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import torch
 from _timing import best_times
@@ -31,10 +29,9 @@ def main() -> None:
     ap.add_argument("--sim-tokens", type=int, default=32, help="tokens for the (slow) simulation timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_rwkv6
+    from spikelm.testing import make_rwkv6
 
-    from spikelm.convert.to_spiking import PRESETS, convert, preset_config, set_method
+    from spikelm.convert import PRESETS, convert, preset_config, set_method
 
     ann = make_rwkv6(n_layer=args.layers, n_embd=args.width, vocab_size=args.vocab, head_size=64, seed=0)
     g = torch.Generator().manual_seed(0)

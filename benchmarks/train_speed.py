@@ -61,7 +61,7 @@ def main() -> None:
         result = train(targs, progress=False)
         rates = [r["tokens_per_s"] for r in result.history[1:]]
 
-        from spikelm.checkpoint import load, n_params
+        from spikelm.checkpoints import load, n_params
 
         model = load(result.final_path)
         x = torch.randint(0, 256, (args.batch, args.ctx))

@@ -9,8 +9,10 @@ import torch
 
 import spikelm
 from conftest import make_rwkv6
-from spikelm.checkpoint import CheckpointError, HF_KEY_MAP, load, save, save_official
-from spikelm.__main__ import main
+from spikelm.checkpoints import load, save, save_official
+from spikelm.checkpoints.rwkv6 import HF_KEY_MAP
+from spikelm.errors import CheckpointError
+from spikelm.cli import main
 
 
 def _same(a, b):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from spikelm.__main__ import main
+from spikelm.cli import main
 
 
 def _finite_numbers(obj, path=""):

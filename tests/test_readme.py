@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spikelm.__main__ import main
+from spikelm.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -60,12 +60,12 @@ def sandbox(tmp_path_factory):
     """A working folder with the README's stand-ins: my_text.txt (real English from the embedded
     corpus when it is prepared), the tiny official checkpoint, a local harness task."""
     from conftest import make_rwkv6
-    from spikelm.checkpoint import save_official
+    from spikelm.checkpoints import save_official
 
     d = tmp_path_factory.mktemp("readme")
     text = None
     try:
-        from spikelm.data.corpora import prepare
+        from spikelm.data.build import prepare
 
         text = (prepare("default").path / "valid.txt").read_text(encoding="utf-8")[:20_000]
     except Exception:  # noqa: BLE001 - no prepared corpus: any English will do
@@ -112,7 +112,7 @@ def _smoke(line: str, d: Path, monkeypatch) -> None:
         assert main(["-q", *argv[1:], *extra]) == 0, line
         return
     if argv[0] == "spikelm-lm-eval":
-        cmd = [sys.executable, "-m", "spikelm.evaluate.harness", *argv[1:], "--limit", "2"]
+        cmd = [sys.executable, "-m", "spikelm.cli.lm_eval", *argv[1:], "--limit", "2"]
         proc = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "my_task" in proc.stdout

@@ -16,17 +16,11 @@ import torch
 import yaml
 
 import spikelm
-from spikelm.__main__ import main
+from spikelm.cli import main
 from spikelm.config import ConfigError, TrainArgs
-from spikelm.train import (
-    TrainingDiverged,
-    _build_model,
-    latest_checkpoint,
-    load_train_args,
-    lr_at,
-    param_groups,
-    train,
-)
+from spikelm.config import load_train_args
+from spikelm.train import TrainingDiverged, latest_checkpoint, lr_at, param_groups, train
+from spikelm.train.loop import _build_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"kind": "rwkv6", "n_layer": 1, "n_embd": 32, "head_size": 16}
@@ -104,8 +98,8 @@ def test_cli_reports_bad_key(tmp_path, capsys):
 
 
 def test_help_lists_every_key():
-    from spikelm.__main__ import build_parser
-    from spikelm.train import cli_train
+    from spikelm.cli.parser import build_parser
+    from spikelm.cli.run import cmd_train as cli_train
 
     text = build_parser("train", cli_train)[0].format_help()
     for key in TrainArgs.fields():
@@ -194,7 +188,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_data, tmp_path):
 
 
 def test_crash_during_save_keeps_the_previous_checkpoint(tiny_data, tmp_path, monkeypatch):
-    import spikelm.train as T
+    import spikelm.train.checkpointing as T
 
     real = T._write_training_state
     saves = {"n": 0}
@@ -251,7 +245,7 @@ def test_time_budget_stops_gracefully(tiny_data, tmp_path):
 
 def test_two_processes_match_one(tiny_data, tmp_path):
     """torchrun with 2 CPU processes (gloo): same global batch, same losses as one process."""
-    from spikelm.data.corpora import prepare
+    from spikelm.data.build import prepare
 
     prepare(tiny_data)  # once, before the two ranks start
     args = tiny_args(tiny_data, tmp_path / "ddp", max_steps=5, eval_every=0)
@@ -274,7 +268,7 @@ def test_two_processes_match_one(tiny_data, tmp_path):
 # ---------------------------------------------------------------------------- it learns
 def test_tiny_rwkv6_learns_the_embedded_corpus(tmp_path, capsys):
     """Validation loss well below the unigram entropy of the corpus: the model uses context."""
-    from spikelm.data.corpora import prepare
+    from spikelm.data.build import prepare
 
     corpus = prepare("default")  # `make test` prepares it first; otherwise fetched once into the cache
     args = load_train_args(REPO / "configs" / "rwkv6-tiny.yaml", {"out_dir": str(tmp_path / "run"), "device": "cpu"})
@@ -291,7 +285,7 @@ def test_tiny_rwkv6_learns_the_embedded_corpus(tmp_path, capsys):
 def test_every_shipped_config_is_valid(config):
     """Each YAML in configs/ parses into TrainArgs and its model config validates (the model is
     built only for small shapes: the GPU configs would take seconds and gigabytes here)."""
-    from spikelm.checkpoint import build_model
+    from spikelm.checkpoints import build_model
 
     args = load_train_args(config)
     cfg = dict(args.model)

@@ -1,14 +1,17 @@
-"""Exceptions that the CLI turns into a one-line message (no traceback)."""
+"""The one error family: every error a user can cause is a :class:`SpikelmError`, which the CLI turns
+into a one-line message and exit code 2 (no traceback). Anything else escaping a command is a bug."""
 
 from __future__ import annotations
-
-from .config import ConfigError
 
 __all__ = ["SpikelmError", "CheckpointError", "DataError", "ConfigError"]
 
 
 class SpikelmError(Exception):
     """Base class of the errors a user can fix; the message says what is wrong and how to fix it."""
+
+
+class ConfigError(SpikelmError, ValueError):
+    """A configuration key or option is unknown or its value is invalid; the message names the key."""
 
 
 class CheckpointError(SpikelmError):

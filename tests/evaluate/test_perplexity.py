@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from conftest import make_rwkv6
-from spikelm.__main__ import _parse_docstring, build_parser, main
-from spikelm.checkpoint import save
-from spikelm.evaluate.perplexity import cli_eval, evaluate_lm
+from spikelm.cli import main
+from spikelm.cli.parser import _parse_docstring, build_parser
+from spikelm.checkpoints import save
+from spikelm.cli.measure import cmd_eval as cli_eval
+from spikelm.evaluate.perplexity import evaluate_lm
 
 EOD = 256  # the byte tokenizer's end-of-document id: the context of the first token
 
@@ -98,14 +100,14 @@ def test_cli_on_a_text_file(model, tmp_path, capsys):
     ckpt = save(model, tmp_path / "m")
     text = "Bits per character of a small text, with a non-ASCII character: caf\u00e9.\n" * 3
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
-    assert main(["eval", str(ckpt), "--data", str(tmp_path / "t.txt"), "--json", "--no-progress", "--chunk", "32"]) == 0
+    assert main(["eval", str(ckpt), "--data", str(tmp_path / "t.txt"), "--whole-file", "--json", "--no-progress", "--chunk", "32"]) == 0
     out = json.loads(capsys.readouterr().out)
     raw = text.encode("utf-8")
     assert out["bpc_unit"] == "byte" and out["tokens"] == len(raw) and out["chars"] == len(raw)
     direct = evaluate_lm(model, list(raw), len(raw), progress=False)
     assert out["bpc"] == pytest.approx(direct["bpc"], rel=1e-5)
     # --ctx gives the window mode, --max-chars a prefix
-    assert main(["eval", str(ckpt), "--data", str(tmp_path / "t.txt"), "--json", "--no-progress", "--ctx", "16", "--max-chars", "20"]) == 0
+    assert main(["eval", str(ckpt), "--data", str(tmp_path / "t.txt"), "--whole-file", "--json", "--no-progress", "--ctx", "16", "--max-chars", "20"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tokens"] == 20 and "windows of 16" in out["mode"]
 
@@ -115,7 +117,7 @@ def test_cli_on_a_corpus_split(model, tmp_path, monkeypatch, capsys):
     lines = [f"Line {i}: the quick brown fox jumps over {i % 7} lazy dogs." for i in range(300)]
     (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
     ckpt = save(model, tmp_path / "m")
-    from spikelm.data.corpora import prepare
+    from spikelm.data.build import prepare
 
     corpus = prepare(f"text:{tmp_path / 'c.txt'}")
     args = ["eval", str(ckpt), "--data", f"text:{tmp_path / 'c.txt'}", "--split", "valid", "--json", "--no-progress"]

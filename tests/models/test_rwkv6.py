@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import make_rwkv6
-from spikelm.checkpoint import save_official
+from spikelm.checkpoints import save_official
 
 
 def _reference(path):

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from spikelm.config import ConfigError
-from spikelm.convert.spikegpt_checkpoint import (
-    CharTokenizer,
+from spikelm.data.tokenizers import CharTokenizer
+from spikelm.checkpoints.spikegpt import (
     infer_spikegpt_config,
     is_spikegpt_state_dict,
     load_spikegpt,
 )
 from spikelm.errors import CheckpointError
 from spikelm.generate import generate_tokens
-from spikelm.models.spikegpt import SPIKEGPT_PRESETS, SpikeGPT, SpikeGPTConfig, build_spikegpt
+from spikelm.models.spikegpt import SPIKEGPT_PRESETS, SpikeGPT, SpikeGPTConfig
 
 
 @pytest.fixture(autouse=True)
@@ -268,9 +268,8 @@ def test_infer_config_picks_tokenizer(tmp_path):
 
 
 def test_spikelm_folder_round_trip(tmp_path):
-    from spikelm import checkpoint
+    from spikelm import checkpoints as checkpoint
 
-    checkpoint.register_builder("spikegpt", build_spikegpt)
     model = tiny(seed=5)
     checkpoint.save(model, tmp_path / "sg")
     loaded = checkpoint.load(tmp_path / "sg")

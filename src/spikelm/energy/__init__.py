@@ -4,7 +4,7 @@ their sources, and reports (SpikeRWKV's eq. 5 beside a full count of every opera
     from spikelm.energy import EnergyCounter
     with EnergyCounter(model) as ec:
         model(idx)
-    rep = ec.report("45nm-fp32")       # FullReport: rep.to_markdown(), rep.to_dict()
+    rep = full_report(ec.counts, "45nm-fp32")  # FullReport: rep.to_markdown(), rep.to_dict()
 """
 
 from .constants import HOROWITZ_2014, OP_KINDS, TABLES, EnergyTable, energy_table

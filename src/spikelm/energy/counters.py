@@ -4,7 +4,7 @@
 spike-encoder inputs, and leaves the model's outputs bit-identical (the hooks return nothing and
 never touch a tensor the model uses). ``ec.counts`` holds one :class:`Row` per counted piece of
 work with the operations that actually ran (``ops``) and what the same rows would cost with dense
-activations, i.e. in the ANN (``ann_ops``); ``ec.report()`` prices them
+activations, i.e. in the ANN (``ann_ops``); ``full_report(ec.counts)`` (:mod:`.report`) prices them
 (:mod:`spikelm.energy.report`).
 
 Operation kinds (priced in :mod:`spikelm.energy.constants`): ``mac`` dense multiply-accumulate,
@@ -83,9 +83,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..models import rwkv6, spikegpt
 from ..spiking.encoding import SpikeStats, mhse_closed_form, mhse_simulate
+from ..spiking.layers import SpikeEncoder, SpikingLinear
 from ..spiking.neurons import IFNeuron, LIFNeuron, SpikingNeuron
-from .constants import OP_KINDS, EnergyTable
+from .constants import OP_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +330,7 @@ class EnergyCounter:
 
     ``check_binary``: test the input of every plain ``nn.Linear`` for {0, 1} values (spike-driven
     when so). Use as ``with EnergyCounter(model) as ec: model(idx)``; hooks are removed on exit,
-    and the counts stay readable (``ec.counts``, ``ec.report()``). Several forward calls add up.
+    and the counts stay readable (``ec.counts``; :func:`.report.full_report` prices them). Several forward calls add up.
     """
 
     def __init__(self, model: nn.Module, *, check_binary: bool = True) -> None:
@@ -362,12 +364,6 @@ class EnergyCounter:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-
-    def report(self, table: str | EnergyTable = "45nm-fp32", *, flag_acs: bool = False) -> Any:
-        """Price the counts: a :class:`spikelm.energy.report.FullReport`."""
-        from .report import full_report
-
-        return full_report(self.counts, table, flag_acs=flag_acs)
 
     # ------------------------------------------------------------------ rows
     def _row(self, name: str, kind: str, c_in: int = 0, c_out: int = 0) -> Row:
@@ -413,9 +409,6 @@ class EnergyCounter:
     # ------------------------------------------------------------------ dispatch
     def _attach(self, name: str, mod: nn.Module) -> bool:
         """Register the hooks that count ``mod``'s own work; False for an unknown module type."""
-        from ..convert.to_spiking import SpikeEncoder
-        from ..models import rwkv6
-
         if isinstance(mod, SpikeEncoder):
             self._attach_encoder(name, mod)
         elif isinstance(mod, nn.Linear):
@@ -441,10 +434,6 @@ class EnergyCounter:
         return True
 
     def _attach_spikegpt(self, name: str, mod: nn.Module) -> bool:
-        try:
-            from ..models import spikegpt
-        except ImportError:  # pragma: no cover - the module is part of the package
-            return False
         if isinstance(mod, spikegpt.SpikeGPT):
             return True
         if isinstance(mod, spikegpt.BinarySpike):
@@ -505,8 +494,6 @@ class EnergyCounter:
         row.add(ops, ops)
 
     def _attach_linear(self, name: str, mod: nn.Linear) -> None:
-        from ..convert.to_spiking import SpikingLinear
-
         row = self._row(name, "linear", mod.in_features, mod.out_features)
         encoded = isinstance(mod, SpikingLinear)
 
@@ -529,8 +516,6 @@ class EnergyCounter:
         self._pre(mod, fn)
 
     def _attach_encoder(self, name: str, enc: nn.Module) -> None:
-        from ..convert.to_spiking import SpikingLinear
-
         owner_name, _, leaf = name.rpartition(".")
         owner = self.model.get_submodule(owner_name)
         if leaf == "encoder" and isinstance(owner, SpikingLinear):  # the input encoder of a spiking linear
@@ -599,8 +584,6 @@ class EnergyCounter:
         self._post(mod, fn)
 
     def _attach_rwkv6_timemix(self, name: str, tm: nn.Module) -> None:
-        from ..convert.to_spiking import SpikeEncoder
-
         C, five_dm = tm.time_maa_w1.shape
         Dm = five_dm // 5
         Dd, A = tm.time_decay_w2.shape

@@ -36,16 +36,18 @@ Both render as markdown (``to_markdown``) and as JSON-ready dicts (``to_dict``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+import numpy as np
+import torch
 from torch import nn
 
 from ..errors import SpikelmError
+from ..evaluate.stream import forward_chunks
+from ..markdown import md_table
 from .constants import OP_KINDS, EnergyTable, energy_table
 from .counters import Counts, EnergyCounter
 
@@ -65,7 +67,7 @@ __all__ = [
     "paper_table",
     "paper_entry",
     "count_model",
-    "cli_energy",
+    "method_name",
 ]
 
 
@@ -90,14 +92,6 @@ def _count(x: float) -> str:
     if abs(x - round(x)) < 1e-9:
         return f"{round(x):,}"
     return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3g}"
-
-
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> str:
-    align = align or "l" + "r" * (len(header) - 1)
-    sep = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # =============================================================================== full count
@@ -240,7 +234,7 @@ class FullReport:
                 f"{100 * le.spike_share:.1f}%", f"{le.e_ann / le.e_snn:.2f}" if le.e_snn else "-"] for le in self.layers()]
         lay.append(["**total**", f"{self.total_ann:,.1f}", f"{self.total_snn:,.1f}", f"{self.total_spike:,.1f}",
                     f"{100 * self.spike_share:.1f}%", f"{self.ee:.2f}"])
-        out.append(_md_table(["layer", "ANN pJ", "spiking pJ", "spike-driven pJ", "spike-driven share", "EE"], lay))
+        out.append(md_table(["layer", "ANN pJ", "spiking pJ", "spike-driven pJ", "spike-driven share", "EE"], lay))
         if rows:
             body = []
             for r in self.rows:
@@ -252,14 +246,14 @@ class FullReport:
             body.append(["**total**", "", "", _count(o["mac"]), _count(o["ac"]), _count(o["flag_ac"]), _count(o["mul"]),
                          _count(o["add"]), _count(o["special"]), f"{self.total_ann:,.1f}", f"{self.total_snn:,.1f}", ""])
             out += ["", "Operations per token, by row:", "",
-                    _md_table(["row", "kind", "C_in x C_out", "MAC", "AC", "flag AC", "mul", "add", "special",
+                    md_table(["row", "kind", "C_in x C_out", "MAC", "AC", "flag AC", "mul", "add", "special",
                                "ANN pJ", "spiking pJ", "fr"], body, "lllrrrrrrrrr")]
         if self.sites:
             body = [[s.name, s.kind, str(s.T), str(s.layers), f"{s.firing_rate:.4f}",
                      " / ".join(f"{x:.3f}" for x in s.layer_rates), f"{s.flag_rate:.3f}", f"{100 * s.clipped_fraction:.3f}%"]
                     for s in self.sites]
             out += ["", "Firing rates (spikes per value per time step per spike layer):", "",
-                    _md_table(["site", "source", "T", "l", "fr", "fr per spike layer", "flag rate", "clipped"],
+                    md_table(["site", "source", "T", "l", "fr", "fr per spike layer", "flag rate", "clipped"],
                               body, "llrrrlrr")]
         if self.uncounted:
             out += ["", "Not counted (unknown module types; their linear/norm/neuron children are): "
@@ -400,7 +394,7 @@ class PaperTable:
         title = (f"Paper formula (SpikeRWKV eq. 5): C_in = {self.c_in}, E_MAC = {t.e_mac:.3g} pJ, "
                  f"E_AC = {t.e_ac:.3g} pJ ({t.name}); T, l per method: "
                  + (", ".join(f"{m} T={self._tl(m)[0]} l={self._tl(m)[1]}" for m in self.methods) or "no spiking method"))
-        return title + "\n\n" + _md_table(header, body)
+        return title + "\n\n" + md_table(header, body)
 
     def _tl(self, method: str) -> tuple[int, int]:
         c = next(c for (t, m), c in self.cells.items() if m == method)
@@ -452,140 +446,20 @@ def paper_entry(counts: Counts, task: str, method: str) -> PaperEntry | None:
 # ============================================================================ running a model
 def count_model(model: nn.Module, tokens: Sequence[int], chunk: int = 512, counter: EnergyCounter | None = None) -> Counts:
     """Run ``model`` over ``tokens`` (one stream, state carried, chunks of ``chunk``) and count."""
-    import numpy as np
-    import torch
-
-    ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-    if ids.numel() == 0:
+    ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+    if ids.size == 0:
         raise SpikelmError("no tokens to run the model on")
-    dev = next(model.parameters()).device
     ec = counter or EnergyCounter(model)
-    state = None
     with ec, torch.no_grad():
-        for i in range(0, ids.numel(), chunk):
-            _, state = model(ids[i : i + chunk].view(1, -1).to(dev), state)
+        for _ in forward_chunks(model, ids, chunk):
+            pass
     return ec.counts
 
 
-def _method_name(model: nn.Module, preset: str) -> str:
+def method_name(model: nn.Module, preset: str) -> str:
     if preset:
         return preset
     enc = getattr(model, "encoding", None)
     if enc is not None:
         return f"{enc.encoding} T={enc.T} l={enc.layers}"
     return type(model).__name__
-
-
-def _eval_tokens(source: str, tokenizer_name: str, n: int) -> tuple[Any, str]:
-    """The first ``n`` tokens of a corpus's validation split, or of a whole plain text file."""
-    import numpy as np
-
-    from ..data.tokenizers import get_tokenizer
-
-    p = Path(source).expanduser()
-    if p.is_file() and not p.name.startswith("enwik8") and p.suffix != ".zip":
-        from ..errors import DataError
-
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{source}: not UTF-8 text ({e})") from None
-        ids = np.asarray(get_tokenizer(tokenizer_name).encode(text), dtype=np.int64)
-        desc = f"{source} (whole file)"
-    else:
-        from ..data.corpora import prepare
-
-        ids = prepare(source, tokenizer=tokenizer_name).tokens("valid")
-        desc = f"{source} valid split"
-    if len(ids) == 0:
-        raise SpikelmError(f"{source}: no tokens")
-    if len(ids) < n:
-        log.info("%s has %d tokens (< %d requested); using all", source, len(ids), n)
-    return np.asarray(ids[:n], dtype=np.int64), desc
-
-
-def cli_energy(checkpoint: str, data: str = "default", preset: str = "", calib_data: str = "default", tokens: int = 2048,
-               table: str = "45nm-fp32", e_mac: float = 0.0, e_ac: float = 0.0, json_: bool = False, plot: str = "",
-               flag_acs: bool = False, chunk: int = 512, device: str = "cpu") -> int:
-    """Count operations and spikes of a model over text and report energy per token, two ways.
-
-    The paper formula (SpikeRWKV eq. 5, Table 3 layout, one row per dataset) and a full count of
-    every operation (per row, per layer, total, spike-driven share), for the ANN, a converted
-    spikelm folder, or the ANN converted on the fly with --preset.
-
-    Args:
-        checkpoint: a model: official RWKV-6 .pth, Hugging Face folder, or spikelm folder (converted or SpikeGPT).
-        data: comma-separated corpora (default, wikitext-2[:FOLDER], text:PATH...) whose valid split
-            is used, or plain text files (used whole); one row per dataset in the paper table.
-        preset: convert the ANN on the fly with this preset (SNN-RWKV-3, SNN-RWKV-4, SpikeRWKV-3L/4L/5L, spikelm-4L).
-        calib_data: calibration text for --preset: a corpus name or a text file.
-        tokens: tokens per dataset to run.
-        table: energy table: 45nm-fp32, 45nm-fp16, 45nm-int32 or 45nm-int8 (Horowitz, ISSCC 2014).
-        e_mac: override E_MAC in pJ (0 keeps the table's).
-        e_ac: override E_AC in pJ (0 keeps the table's).
-        json_: print one JSON object with both reports instead of text.
-        plot: write PNG plots to PREFIX-firing.png and PREFIX-energy.png (needs matplotlib).
-        flag_acs: charge each sign-flag spike C_out accumulates (default: the flag only selects the sign).
-        chunk: tokens per forward call (the state is carried; counts do not depend on it).
-        device: torch device.
-    """
-    from ..checkpoint import load
-    from ..convert.to_spiking import apply_preset, encoders
-
-    if tokens <= 0:
-        raise SpikelmError("--tokens must be positive")
-    t = energy_table(table, e_mac, e_ac)
-    model = load(checkpoint, device=device)
-    if preset:
-        from ..models.rwkv6 import RWKV6
-
-        if not isinstance(model, RWKV6):
-            raise SpikelmError(f"--preset converts an RWKV-6 ANN; {checkpoint} holds a {type(model).__name__}")
-        if any(True for _ in encoders(model)):
-            raise SpikelmError(f"{checkpoint} is already spike-encoded; --preset converts an ANN")
-        apply_preset(model, preset, calib_data)
-    method = _method_name(model, preset)
-    tok_name = getattr(model, "tokenizer_name", "world")
-    c_in = int(model.cfg.n_embd)
-
-    sources = [s.strip() for s in data.split(",") if s.strip()]
-    if not sources:
-        raise SpikelmError("--data names no dataset")
-    total: Counts | None = None
-    entries: list[PaperEntry] = []
-    datasets = []
-    for src in sources:
-        ids, desc = _eval_tokens(src, tok_name, tokens)
-        counts = count_model(model, ids, chunk=max(1, chunk))
-        total = counts if total is None else total + counts
-        datasets.append({"name": src, "description": desc, "tokens": counts.tokens})
-        entry = paper_entry(counts, src, method)
-        if entry is not None:
-            entries.append(entry)
-    assert total is not None
-    full = full_report(total, t, flag_acs=flag_acs)
-    paper = paper_table(entries, c_in, t, tasks=sources)
-
-    plots: list[str] = []
-    if plot:
-        from .plots import plot_energy_per_layer, plot_firing_rates
-
-        plots.append(str(plot_energy_per_layer(full, f"{plot}-energy.png")))
-        if full.sites:
-            plots.append(str(plot_firing_rates(full, f"{plot}-firing.png")))
-
-    if json_:
-        print(json.dumps({"checkpoint": str(checkpoint), "method": method, "datasets": datasets, "paper": paper.to_dict(),
-                          "full": full.to_dict(), "plots": plots}, indent=2))
-        return 0
-    runs = "; ".join(f"{d['tokens']:,} tokens of {d['description']}" for d in datasets)
-    print(f"spikelm energy: {checkpoint} ({method}); {runs}")
-    print()
-    print("## " + paper.to_markdown())
-    if not entries:
-        print("\n(no linear layer is driven by spikes, so eq. 5 has no spiking column)")
-    print()
-    print("## " + full.to_markdown())
-    for p in plots:
-        print(f"\nwrote {p}")
-    return 0

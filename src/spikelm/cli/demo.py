@@ -27,9 +27,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from ..checkpoints import load
+from ..config import TrainArgs
+from ..convert import convert, preset_config
+from ..data.build import prepare
+from ..data.text import calibration_batches, split_tokens
+from ..energy.plots import _figure, _save, plot_tradeoff
+from ..energy.report import count_model, full_report, paper_entry
+from ..evaluate.multiple_choice import evaluate_tasks, format_table2
+from ..evaluate.perplexity import evaluate_lm
+from ..evaluate.sweep import format_table1
+from ..generate import generate
+from ..io import atomic_write_json, atomic_write_text
+from ..progress import ProgressFn
+from ..train import train
+from .options import progress_bars
+
 log = logging.getLogger(__name__)
 
-__all__ = ["DemoSettings", "run_demo", "cli_demo"]
+__all__ = ["DemoSettings", "run_demo", "cmd_demo", "machine_info"]
 
 PAPER_PRESETS = ["SNN-RWKV-3", "SNN-RWKV-4", "SpikeRWKV-3L", "SpikeRWKV-4L", "SpikeRWKV-5L"]
 OWN_PRESET = "spikelm-4L"
@@ -64,10 +82,7 @@ class DemoSettings:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=_jsonable)
 
 
 def _jsonable(o: Any) -> Any:
@@ -90,10 +105,8 @@ def _cached(cache: Path, name: str, key: str, compute: Callable[[], Any]) -> Any
 
 
 # ------------------------------------------------------------------------------------ stages
-def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: bool) -> dict[str, Any]:
+def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: ProgressFn | None) -> dict[str, Any]:
     """Train one model (cached by settings): returns its path and training history."""
-    from .config import TrainArgs
-    from .train import train
 
     if kind == "rwkv6":
         model_cfg = {"kind": "rwkv6", "n_layer": s.n_layer, "n_embd": s.n_embd, "head_size": s.head_size}
@@ -127,33 +140,24 @@ def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: bool
 
 
 def _load(path: str | Path):
-    from .checkpoint import load
-
     return load(path)
 
 
 def _test_text(s: DemoSettings):
-    from .data.tokenizers import get_tokenizer
-    from .evaluate.perplexity import load_eval_text
 
-    return load_eval_text("default", "test", get_tokenizer("bytes"), "bytes", s.eval_chars)
+    t = split_tokens("default", "test", "bytes", max_chars=s.eval_chars)
+    return t.tokens, t.unit, t.n_units, t.description
 
 
 def _calibration(model) -> list:
-    from .convert.to_spiking import calibration_batches
-
     return calibration_batches("default", model.tokenizer_name, n_batches=8, batch_size=4, ctx_len=128)
 
 
 def _convert(ann, preset: str, calib):
-    from .convert.to_spiking import convert, preset_config
-
     return convert(copy.deepcopy(ann), preset_config(preset), calib)
 
 
 def _energy(model, tokens, method: str) -> dict[str, Any]:
-    from .energy.report import count_model, full_report, paper_entry
-
     counts = count_model(model, tokens)
     rep = full_report(counts)
     entry = paper_entry(counts, "Brown test", method)
@@ -168,19 +172,14 @@ def _energy(model, tokens, method: str) -> dict[str, Any]:
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False,
-             progress: bool = True, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+             progress: ProgressFn | None = None, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run every stage (reusing cached ones) and write the report; returns results.json's content."""
-    import torch
-
-    from .convert.sweep import format_table1
-    from .data.corpora import prepare
-    from .evaluate.perplexity import evaluate_lm
-    from .generate import generate
 
     s = settings or DemoSettings()
     out = Path(out)
-    if fresh and out.exists():
-        shutil.rmtree(out)
+    if fresh:  # only what the demo itself wrote: its cache and trained models
+        for sub in ("cache", "models"):
+            shutil.rmtree(out / sub, ignore_errors=True)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -256,8 +255,6 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     t = stage(f"Table 2: {s.nlu_shots}-shot multiple choice, {s.nlu_limit} items per task")
 
     def table2():
-        from .evaluate.multiple_choice import evaluate_tasks
-
         rows = {}
         for name in list(models) + ["SpikeGPT"]:
             rows[name] = evaluate_tasks(get(name), s.nlu_tasks, shots=s.nlu_shots, limit=s.nlu_limit, seed=1234,
@@ -296,15 +293,12 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     }
     _atomic_json(out / "results.json", results)
     report = _report(results, en, format_table1)
-    tmp = out / f".report.md.tmp-{os.getpid()}"
-    tmp.write_text(report)
-    os.replace(tmp, out / "report.md")
+    atomic_write_text(out / "report.md", report)
     return results
 
 
 def machine_info() -> dict[str, Any]:
     """The machine a result was measured on: CPU model, CPU count, torch version and threads, GPU."""
-    import torch
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -324,8 +318,6 @@ def _plots(out: Path, t1: dict, en: dict, ann_run: dict, sg_run: dict) -> dict[s
     except ImportError:
         log.warning("demo: matplotlib is not installed; no plots (pip install 'spikelm[plot]')")
         return {}
-    from .energy.plots import _figure, _save, plot_tradeoff
-
     paths = {}
     points = [(r["model"], r["ppl"], en[r["model"]]["pj_per_token"]) for r in t1["rows"] if r["model"] in en]
     paths["tradeoff"] = str(plot_tradeoff(points, out / "tradeoff.png", log_energy=True,
@@ -368,8 +360,6 @@ def _plots(out: Path, t1: dict, en: dict, ann_run: dict, sg_run: dict) -> dict[s
 
 
 def _report(res: dict, en: dict, format_table1) -> str:
-    from .evaluate.multiple_choice import format_table2
-
     s, m, tr = res["settings"], res["machine"], res["training"]
     L = [
         "# spikelm demo report", "",
@@ -413,7 +403,7 @@ def _report(res: dict, en: dict, format_table1) -> str:
     return "\n".join(L)
 
 
-def cli_demo(out: str = "runs/demo", minutes: float = 9.0, fresh: bool = False, tiny: bool = False,
+def cmd_demo(out: str = "runs/demo", minutes: float = 9.0, fresh: bool = False, tiny: bool = False,
              progress: bool = True) -> int:
     """Run the main job at small scale and write report.md, results.json and plots.
 
@@ -423,16 +413,16 @@ def cli_demo(out: str = "runs/demo", minutes: float = 9.0, fresh: bool = False, 
     Args:
         out: output folder (report.md, results.json, PNGs, cache/ and models/).
         minutes: training budget of the two models together, in minutes.
-        fresh: delete the output folder's cache and trained models first.
+        fresh: delete the demo's own cache and trained models in the output folder first (nothing else there).
         tiny: a seconds-long smoke run (tiny models, few items): for tests and CI.
-        progress: show progress bars.
+        progress: show progress bars on stderr.
     """
     settings = DemoSettings(minutes=minutes)
     if tiny:
         settings = DemoSettings(minutes=minutes if minutes != 9.0 else 0.2, n_layer=1, n_embd=32, head_size=16, ctx_len=32,
                                 batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2, nlu_shots=1, energy_tokens=64,
                                 sample_tokens=16)
-    res = run_demo(out, settings, fresh=fresh, progress=progress, echo=print)
+    res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print)
     print(f"\nreport:  {Path(out) / 'report.md'}\nresults: {Path(out) / 'results.json'}")
     for name, p in res["plots"].items():
         print(f"plot:    {p}  ({name})")

@@ -1,4 +1,4 @@
-"""Training a language model from scratch: ``spikelm train CONFIG.yaml [--key value ...]``.
+"""The training loop: a language model from scratch (``spikelm train CONFIG.yaml [--key value ...]``).
 
 One loop serves a laptop CPU and a multi-GPU node:
 
@@ -16,29 +16,25 @@ One loop serves a laptop CPU and a multi-GPU node:
   batch (averaged across processes), so it does not depend on the number of processes.
 * **Precision**: autocast in bf16 (or fp16 with a gradient scaler) on GPUs, fp32 on CPU; the
   cross-entropy is always computed in fp32.
-* **Checkpoints**: every ``save_every`` steps a folder ``checkpoints/step_XXXXXX`` with the weights
-  (``model.safetensors`` + ``config.json``: loadable by ``spikelm.load``), the optimizer, the
-  gradient scaler, the RNG states and the sampler position. It is written under a temporary name
-  and renamed, and only then does the ``latest`` pointer move (``os.replace``), so a crash at any
-  moment leaves the previous checkpoint intact and pointed to. ``--resume`` continues bit for bit:
+* **Checkpoints** (:mod:`.checkpointing`): every ``save_every`` steps, atomically. ``--resume`` continues bit for bit:
   the batch at step k depends only on (seed, k), and the weights and optimizer state are restored
   exactly.
 * **Divergence**: a non-finite loss (or gradient norm) stops the run with an error naming the step,
   before the weights are updated; the last checkpoint stays the last good one.
 
-Only rank 0 writes files, logs and shows the progress bar.
+Only rank 0 writes files, logs and reports progress (:mod:`.distributed` sets the processes up).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,33 +43,34 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from .config import ConfigError, TrainArgs
-from .errors import CheckpointError, SpikelmError
+from ..checkpoints import build_model, save
+from ..config import ConfigError, TrainArgs
+from ..data.build import prepare
+from ..data.sampler import BatchSampler
+from ..errors import SpikelmError
+from ..io import atomic_write_json, atomic_write_text
+from ..progress import ProgressFn, report
+from .checkpointing import (
+    CHECKPOINTS,
+    LATEST,
+    TrainingDiverged,
+    check_args_match,
+    diverged_message,
+    latest_checkpoint,
+    remove_stale_temps,
+    restore,
+    save_checkpoint,
+)
+from ..devices import resolve_device
+from .distributed import Dist, autocast, resolve_precision, setup_distributed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("spikelm.train")
 
-__all__ = [
-    "TrainArgs",
-    "TrainResult",
-    "TrainingDiverged",
-    "train",
-    "load_train_args",
-    "param_groups",
-    "make_optimizer",
-    "lr_at",
-    "latest_checkpoint",
-    "cli_train",
-]
+__all__ = ["TrainResult", "train", "param_groups", "make_optimizer", "lr_at"]
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
-
-
-class TrainingDiverged(SpikelmError):
-    """The loss (or the gradient norm) became NaN or infinite."""
 
 
 @dataclass
@@ -95,86 +92,6 @@ class TrainResult:
         return None if self.val_loss is None else self.val_loss / math.log(2)
 
 
-# ---------------------------------------------------------------------------- processes and devices
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # we initialised the process group, so we tear it down
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.active:
-            torch.distributed.barrier()
-
-    def mean(self, x: Tensor) -> Tensor:
-        """Average a scalar tensor over the processes (identity in a single process)."""
-        if self.active:
-            x = x.clone()
-            torch.distributed.all_reduce(x)
-            x /= self.world_size
-        return x
-
-    def sum(self, x: Tensor) -> Tensor:
-        if self.active:
-            x = x.clone()
-            torch.distributed.all_reduce(x)
-        return x
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r} was asked for, but CUDA is not available; use --device cpu")
-        # Under torchrun every process takes the GPU of its local rank.
-        return torch.device("cuda", local_rank if name == "cuda" else int(name.split(":")[1]))
-    return torch.device(name)
-
-
-def _setup_distributed(device: torch.device) -> _Dist:
-    """Join the process group when launched by ``torchrun`` (RANK / WORLD_SIZE in the environment)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import torch.distributed as tdist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    owns = False
-    if not tdist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        tdist.init_process_group(backend=backend)
-        owns = True
-    return _Dist(rank=rank, world_size=world, local_rank=local, owns_group=owns)
-
-
-def _resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether to use a gradient scaler)."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ---------------------------------------------------------------------------- optimizer and schedule
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: decayed weight matrices, and everything else (see the module docstring)."""
     embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
@@ -223,8 +140,6 @@ def _model_config(args: TrainArgs, vocab_size: int) -> dict[str, Any]:
 
 
 def _build_model(args: TrainArgs, vocab_size: int) -> nn.Module:
-    from .checkpoint import build_model
-
     try:
         model = build_model(_model_config(args, vocab_size))
     except (TypeError, ValueError) as e:  # a builder that validates its own config dict
@@ -246,7 +161,7 @@ def _validation_starts(n_tokens: int, ctx_len: int, n_windows: int) -> np.ndarra
 
 @torch.no_grad()
 def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len: int, micro_batch: int,
-              device: torch.device, amp: torch.dtype | None, dist: _Dist) -> float:
+              device: torch.device, amp: torch.dtype | None, dist: Dist) -> float:
     """Mean next-token loss (nats) over the fixed windows; each process scores its share."""
     was_training = model.training
     model.eval()
@@ -255,7 +170,7 @@ def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len:
     for i in range(0, len(share), micro_batch):
         rows = np.stack([np.asarray(tokens[s : s + ctx_len + 1], dtype=np.int64) for s in share[i : i + micro_batch]])
         both = torch.from_numpy(rows).to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits, _ = model(both[:, :-1])
         nll = F.cross_entropy(logits.float().flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
         total[0] += nll.double()
@@ -265,124 +180,6 @@ def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len:
     return float(total[0] / total[1])
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def _complete(folder: Path) -> bool:
-    return (folder / "trainer_state.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint ``latest`` points to; if the pointer is missing or dangling, the newest complete one."""
-    root = Path(out_dir) / CHECKPOINTS
-    pointer = root / LATEST
-    if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if _complete(target):
-            return target
-        log.warning("%s points to %s, which is not a complete checkpoint; using the newest complete one", pointer, target)
-    candidates = sorted((p for p in root.glob("step_*") if _complete(p)), reverse=True) if root.is_dir() else []
-    return candidates[0] if candidates else None
-
-
-def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
-                          args: TrainArgs) -> None:
-    """Everything besides the weights that an exact resume needs."""
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, folder / "rng.pt")
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = dict(
-        state,
-        scaler=scaler.state_dict() if scaler.is_enabled() else None,
-        numpy_rng=[np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        python_rng=[py_state[0], list(py_state[1]), py_state[2]],
-    )
-    (folder / "train_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
-    # trainer_state.json last: _complete() looks for it (the rename below is what makes it atomic).
-    (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-
-
-def _save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                     state: dict[str, Any], args: TrainArgs) -> Path:
-    """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones."""
-    from .checkpoint import save
-
-    root = out_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / _step_dir_name(step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save(model, tmp)  # model.safetensors + config.json, itself written atomically
-        _write_training_state(tmp, optimizer, scaler, state, args)
-        if final.exists():  # left by a run that crashed before moving `latest`; never the one it points to
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _atomic_write_text(root / LATEST, final.name + "\n")
-    if args.keep_checkpoints > 0:
-        for old in sorted(root.glob("step_*"))[: -args.keep_checkpoints]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-    log.debug("saved checkpoint %s", final)
-    return final
-
-
-def _remove_stale_temps(out_dir: Path) -> None:
-    """Temporary folders of a save that was killed half-way (never pointed to, safe to delete)."""
-    root = out_dir / CHECKPOINTS
-    if root.is_dir():
-        for stale in root.glob(".*.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-
-
-def _restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-             device: torch.device) -> dict[str, Any]:
-    """Load weights, optimizer, scaler and RNG states from a checkpoint; return trainer_state."""
-    from .checkpoint import load_state_dict
-
-    sd, _ = load_state_dict(folder)
-    try:
-        model.load_state_dict({k: v.to(device) for k, v in sd.items()}, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{folder}: the weights do not fit this run's model ({str(e).splitlines()[0]}); "
-                              "resume with the model config the checkpoint was trained with") from None
-    try:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
-        state = json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{folder}: cannot read the training state ({e}); resume from an earlier checkpoint") from None
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    n = state["numpy_rng"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = state["python_rng"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    if state.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
-    return state
-
-
-# ---------------------------------------------------------------------------- logs
 class _RunLog:
     """``log.csv`` and ``log.jsonl`` in out_dir (rank 0 only); rows are flushed as they come."""
 
@@ -402,13 +199,12 @@ class _RunLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        _atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self.history))
-        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.history)
-        os.replace(tmp, self.csv_path)
+        atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self.history))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, LOG_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self.csv_path, buf.getvalue())
 
     def append(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -420,42 +216,27 @@ class _RunLog:
             csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore").writerow(row)
 
 
-# ---------------------------------------------------------------------------- the loop
-def _check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> None:
-    """Resuming with a different model is an error; other changes (longer runs) are allowed but noted."""
-    if saved.get("model") != args.model:
-        raise ConfigError(f"model: the checkpoint {folder} was trained with {saved.get('model')}, this run asks for {args.model}")
-    changed = sorted(k for k, v in args.to_dict().items() if k != "model" and saved.get(k) != v)
-    if changed:
-        log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))
-
-
-def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
+          progress: ProgressFn | None = None) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
     With ``resume`` the run continues from ``out_dir``'s latest checkpoint (or starts fresh if
     there is none). Raises :class:`TrainingDiverged` if the loss becomes NaN/inf.
     """
-    from tqdm import tqdm
-
-    from .checkpoint import save
-    from .data.corpora import prepare
-    from .data.sampler import BatchSampler
-
     out_dir = Path(args.out_dir)
-    device = _resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
-    dist = _setup_distributed(device)
+    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = setup_distributed(device)
     try:
         if dist.world_size > 1 and args.batch_size % (dist.world_size * args.grad_accum):
             raise ConfigError(f"batch_size: the global batch {args.batch_size} must be divisible by "
                               f"processes x grad_accum = {dist.world_size} x {args.grad_accum}")
-        amp, use_scaler = _resolve_precision(args.precision, device)
+        amp, use_scaler = resolve_precision(args.precision, device)
         if dist.is_main:
             if not resume and ((out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()):
                 raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, or choose another --out-dir")
             out_dir.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temps(out_dir)
+            remove_stale_temps(out_dir)
         dist.barrier()
 
         # Seed everything before building the model (init_weights has its own generator, but other
@@ -480,8 +261,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         if resume and last_ckpt is None:
             log.info("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINTS)
         if last_ckpt is not None:
-            _check_args_match(json.loads((last_ckpt / "train_args.json").read_text()), args, last_ckpt)
-            state = _restore(last_ckpt, raw, optimizer, scaler, device)
+            check_args_match(json.loads((last_ckpt / "train_args.json").read_text()), args, last_ckpt)
+            state = restore(last_ckpt, raw, optimizer, scaler, device)
             sampler.load_state_dict(state["sampler"])
             step, tokens_seen, elapsed_before = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
             val_loss = state.get("val_loss")
@@ -489,7 +270,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                 log.info("resumed from %s (step %d, %s tokens)", last_ckpt, step, f"{tokens_seen:,}")
         runlog = _RunLog(out_dir, dist.is_main, step if last_ckpt is not None else None)
         if dist.is_main:
-            _atomic_write_text(out_dir / "train_args.json", json.dumps(args.to_dict(), indent=2) + "\n")
+            atomic_write_json(out_dir / "train_args.json", args.to_dict())
 
         model = raw
         ddp = None
@@ -516,15 +297,17 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
 
         def save_ckpt() -> None:
             if dist.is_main:
-                _save_checkpoint(out_dir, step, raw, optimizer, scaler, checkpoint_state(), args)
+                save_checkpoint(out_dir, step, raw, optimizer, scaler, checkpoint_state(), args)
             dist.barrier()
 
-        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, disable=not (progress and dist.is_main),
-                   desc="train")
+        if not dist.is_main:
+            progress = None
+        budget_s = args.max_minutes * 60 if args.max_minutes > 0 else None
         model.train()
         t_start = time.perf_counter()
         t_mark, tokens_mark, paused = t_start, tokens_seen, 0.0  # paused: eval/save time, not counted in tokens/s
         losses_since: list[float] = []
+        postfix: dict[str, str] = {}
         stopped_by = "max_steps"
         try:
             while step < total:
@@ -540,7 +323,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                     if ddp is not None and i < args.grad_accum - 1:
                         sync = ddp.no_sync()  # accumulate locally; all-reduce on the last micro-batch
                     with sync:
-                        with _autocast(device, amp):
+                        with autocast(device, amp):
                             logits, _ = model(x)
                         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
                         scaler.scale(loss / args.grad_accum).backward()
@@ -548,20 +331,19 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                 step_loss = float(dist.mean(loss_sum / args.grad_accum))
                 if not math.isfinite(step_loss):
                     optimizer.zero_grad(set_to_none=True)
-                    raise TrainingDiverged(_diverged_message("loss", step_loss, step + 1, out_dir))
+                    raise TrainingDiverged(diverged_message("loss", step_loss, step + 1, out_dir))
                 scaler.unscale_(optimizer)
                 if args.grad_clip > 0:
                     gnorm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), args.grad_clip))
                     if not math.isfinite(gnorm) and not scaler.is_enabled():  # the fp16 scaler skips such steps itself
                         optimizer.zero_grad(set_to_none=True)
-                        raise TrainingDiverged(_diverged_message("gradient norm", gnorm, step + 1, out_dir))
+                        raise TrainingDiverged(diverged_message("gradient norm", gnorm, step + 1, out_dir))
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 tokens_seen += args.tokens_per_step
                 losses_since.append(step_loss)
-                bar.update(1)
 
                 elapsed = elapsed_before + (time.perf_counter() - t_start)
                 out_of_time = args.max_minutes > 0 and elapsed >= args.max_minutes * 60
@@ -583,20 +365,25 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                            "val_loss": row_val, "lr": lr, "tokens_per_s": round(tps, 1),
                            "elapsed_s": round(elapsed_before + now - t_start, 3)}
                     runlog.append(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", val=f"{val_loss:.4f}" if val_loss is not None else "-",
-                                    tok_s=f"{tps:,.0f}", refresh=False)
+                    postfix = {"loss": f"{row['loss']:.4f}", "val": f"{val_loss:.4f}" if val_loss is not None else "-",
+                               "tok_s": f"{tps:,.0f}"}
                     t_mark, tokens_mark, paused, losses_since = now, tokens_seen, 0.0, []
                 if args.save_every > 0 and (step % args.save_every == 0 or last):
                     t0 = time.perf_counter()
                     save_ckpt()
                     paused += time.perf_counter() - t0
+                # A time-budgeted run reports seconds against its budget (it may stop far before max_steps).
+                if budget_s is not None:
+                    report(progress, "train", min(elapsed, budget_s), budget_s, unit="s", step=step, **postfix)
+                else:
+                    report(progress, "train", step, total, unit="step", **postfix)
                 if out_of_time:
                     stopped_by = "max_minutes"
                     if dist.is_main:
                         log.info("stopping at step %d: the time budget of %g minutes is spent", step, args.max_minutes)
                     break
         finally:
-            bar.close()
+            report(progress, "train", step, step, unit="step", finished=True)
         if val_loss is None:  # no step was taken (a resumed run that had already finished)
             val_loss = validate()
         elapsed = elapsed_before + (time.perf_counter() - t_start)
@@ -610,7 +397,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
                        "world_size": dist.world_size, "device": str(device)}
-            _atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
                      step, val_loss if val_loss is not None else math.nan,
                      val_loss / math.log(2) if val_loss is not None else math.nan, final_path)
@@ -621,92 +408,3 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
     finally:
         if dist.owns_group:
             torch.distributed.destroy_process_group()
-
-
-def _diverged_message(what: str, value: float, step: int, out_dir: Path) -> str:
-    good = latest_checkpoint(out_dir)
-    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved (set save_every to keep one)"
-    return (f"the training {what} is {value} at step {step}; stopped before updating the weights. {where}; "
-            "lower lr, raise warmup_steps or grad_clip, and resume with --resume")
-
-
-# ---------------------------------------------------------------------------- command line
-def _parse_value(text: Any) -> Any:
-    """A command-line value as YAML reads it (so `--model.n_layer 4` gives an int)."""
-    if not isinstance(text, str):
-        return text
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def load_train_args(config: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> TrainArgs:
-    """Read a YAML/JSON training config and apply ``key: value`` overrides.
-
-    Dotted keys address the nested model config (``model.n_layer``); unknown keys and bad values
-    fail with a :class:`ConfigError` naming the key.
-    """
-    d: dict[str, Any] = {}
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        import yaml
-
-        try:
-            d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML/JSON ({e})") from None
-        d = d or {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values")
-        d.pop("kind", None)
-    d = dict(d)
-    model = dict(d.get("model") or {}) if isinstance(d.get("model", {}), dict) else d.get("model")
-    for key, value in (overrides or {}).items():
-        if key.startswith("model."):
-            if not isinstance(model, dict):
-                raise ConfigError("model: must be a mapping to set model.* keys")
-            sub = key[len("model."):]
-            if not sub or "." in sub:
-                raise ConfigError(f"{key}: model keys are one level deep (model.n_layer)")
-            model[sub] = _parse_value(value)
-        elif "." in key:
-            raise ConfigError(f"{key}: unknown key; only model.* keys are nested")
-        else:
-            d[key] = value
-    if model is not None and (model or "model" in d):
-        d["model"] = model
-    return TrainArgs.from_dict(d)
-
-
-def cli_train(config: str, resume: bool = False, progress: bool = True, **overrides: Any) -> int:
-    """Train a language model on a corpus, e.g. `spikelm train configs/rwkv6-tiny.yaml --max-steps 200`.
-
-    Any other --key value pair overrides a TrainArgs key (--lr 3e-4, --out-dir runs/x); nested model
-    keys are dotted (--model.n_layer 4). For several processes or GPUs launch it with
-    `torchrun --nproc-per-node N -m spikelm train CONFIG ...`. Writes out_dir/log.csv,
-    out_dir/log.jsonl, out_dir/summary.json, checkpoints under out_dir/checkpoints (save_every),
-    and the final model in out_dir/final (loadable by `spikelm eval` and spikelm.load).
-
-    Keys (TrainArgs): model.* (kind, n_layer, n_embd, ...), data, tokenizer, ctx_len, batch_size (global),
-    grad_accum, max_steps, max_tokens, max_minutes, lr, min_lr, warmup_steps, betas, eps, weight_decay,
-    grad_clip, eval_every, eval_batches, save_every, keep_checkpoints, out_dir, seed, precision
-    (auto, fp32, bf16, fp16), device (auto, cpu, cuda, cuda:N), compile, log_every.
-
-    Args:
-        config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).
-        resume: continue from the latest checkpoint in out_dir (starts fresh if there is none).
-        progress: show a progress bar.
-    """
-    args = load_train_args(config, overrides)
-    result = train(args, resume=resume, progress=progress)
-    if result.final_path is not None:
-        bits = result.val_bits
-        print(f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.1f} s; "
-              f"validation loss {result.val_loss:.4f} nats/token ({bits:.4f} bits/token); "
-              f"model: {result.final_path}")
-    return 0

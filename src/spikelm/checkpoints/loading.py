@@ -1,0 +1,202 @@
+"""Loading and saving models: the one front door, :func:`load`, and spikelm's own folders.
+
+:func:`load` recognises
+
+* an official RWKV-6 ``.pth`` / ``.safetensors`` or a Hugging Face RWKV-6 folder (:mod:`.rwkv6`);
+* a SpikeGPT release ``.pth`` (RWKV-4 layout, :mod:`.spikegpt`);
+* a spikelm folder: ``model.safetensors`` + ``config.json`` (written by :func:`save`), including
+  converted (spiking) models, whose encoders are attached before the calibrated scales load.
+
+Files are never unpickled as code (:mod:`.files`). Other RWKV generations and files already
+converted by the ``rwkv`` pip package are recognised and rejected with a message that says what
+they are.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config import EncodingConfig, RWKV6Config
+from ..convert import attach_encoders
+from ..errors import CheckpointError
+from ..io import atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
+from ..models.rwkv6 import RWKV6
+from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
+from .files import read_tensors
+from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
+from .spikegpt import SPIKEGPT_LAYOUT, infer_spikegpt_config, is_spikegpt_state_dict, spikegpt_from_state_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load", "save", "save_official", "load_state_dict", "build_model", "describe", "n_params"]
+
+MODEL_FILES = ("model.safetensors", "config.json")
+
+
+def _fit_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Check every key and shape, naming the first mismatch (then load with strict=True)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: keys do not match the inferred {type(model).__name__} "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}); "
+            f"{EXPECTED_LAYOUT if isinstance(model, RWKV6) else SPIKEGPT_LAYOUT}"
+        )
+    out = {}
+    for k, t in own.items():
+        v = sd[k]
+        if v.shape != t.shape:
+            if v.numel() == t.numel() and k.endswith(("time_decay", "time_faaaa", "time_state")):
+                v = v.reshape(t.shape)  # some exporters squeeze [1,1,C] -> [C]
+            else:
+                raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(t.shape)}")
+        out[k] = v
+    return out
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read any supported file/folder; return (official-name state dict, metadata)."""
+    p = Path(path)
+    meta: dict[str, Any] = {"path": str(p)}
+    if p.is_dir():
+        if (p / "config.json").exists() and (p / "model.safetensors").exists() and json.loads((p / "config.json").read_text()).get("kind"):
+            meta["spikelm_config"] = json.loads((p / "config.json").read_text())
+            meta["format"] = "spikelm"
+            sd = read_tensors(p / "model.safetensors")
+            return sd, meta
+        files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin")) or sorted(p.glob("*.pth"))
+        if not files:
+            raise CheckpointError(f"{p}: folder holds no model.safetensors, pytorch_model*.bin or .pth file")
+        sd = {}
+        for f in files:
+            sd.update(read_tensors(f))
+        if (p / "config.json").exists():
+            meta["hf_config"] = json.loads((p / "config.json").read_text())
+    else:
+        sd = read_tensors(p)
+    if any(k.startswith("rwkv.") for k in sd):
+        sd = from_hf_keys(sd)
+        meta["format"] = "hf"
+    else:
+        meta["format"] = "official"
+    if is_spikegpt_state_dict(sd):  # SpikeGPT releases (RWKV-4 layout): built by load() below
+        meta["format"] = "spikegpt"
+        return sd, meta
+    check_generation(sd, p)
+    return sd, meta
+
+
+def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
+    """Instantiate the model a saved ``config.json`` names (``kind``), with its encoders if converted."""
+    cfg_dict = dict(cfg_dict)
+    encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
+    kind = cfg_dict.get("kind", "rwkv6")
+    if kind == "rwkv6":
+        model: nn.Module = RWKV6(RWKV6Config.from_dict(cfg_dict))
+    elif kind == "spikegpt":
+        model = SpikeGPT(SpikeGPTConfig.from_dict(cfg_dict))
+    else:
+        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv6, spikegpt")
+    if encoding is not None:
+        attach_encoders(model, EncodingConfig.from_dict(encoding))
+    return model
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+         tokenizer: str | None = None) -> nn.Module:
+    """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast)."""
+    p = Path(path)
+    sd, meta = load_state_dict(p)
+    if meta["format"] == "spikegpt":
+        model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype)
+        model.to(device=device)
+        log.info("loaded %s (SpikeGPT release layout, %s)", p, model.cfg)
+        return model
+    if meta["format"] == "spikelm":
+        cfg = dict(meta["spikelm_config"])
+        if tokenizer:
+            cfg["tokenizer"] = tokenizer
+        model = build_model(cfg)
+    else:
+        model = RWKV6(infer_rwkv6_config(sd, tokenizer))
+    sd = _fit_shapes(model, sd, p)
+    target = dtype or torch.float32
+    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True)
+    model.to(device=device, dtype=target)
+    model.eval()
+    log.info("loaded %s (%s layout, %s)", p, meta["format"], getattr(model, "cfg", None))
+    return model
+
+
+def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
+         overwrite: bool = True) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (temp folder, rename).
+
+    An existing ``out_dir`` is replaced only when ``overwrite`` is True and it holds nothing but
+    spikelm's own files (:func:`spikelm.io.claim_dir`); a user's folder is never deleted.
+    """
+    out = claim_dir(out_dir, overwrite=overwrite)
+    cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
+    if getattr(model, "encoding", None) is not None:  # a converted (spiking) model
+        cfg["encoding"] = model.encoding.to_dict()
+    if extra:
+        cfg.update(extra)
+    tmp = make_temp_dir(out)
+    try:
+        sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp / "model.safetensors"))
+        atomic_write_json(tmp / "config.json", cfg)
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_official(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the state dict in the official RWKV-6 ``.pth`` layout (what RWKV-LM saves)."""
+    p = Path(path)
+    sd = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    return atomic_write(p, buf.getbuffer())
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """Layout, inferred configuration, parameter count and dtypes of a checkpoint, as a dict.
+
+    The shapes are checked against the inferred model as :func:`load` checks them (a file with a
+    wrong shape is a ``CheckpointError`` here too), without building the weights.
+    """
+    sd, meta = load_state_dict(path)
+    if meta["format"] == "spikelm":
+        cfg = meta["spikelm_config"]
+    elif meta["format"] == "spikegpt":
+        cfg = infer_spikegpt_config(sd, near=Path(path).parent).to_dict()
+    else:
+        cfg = infer_rwkv6_config(sd).to_dict()
+    with torch.device("meta"):
+        skeleton = build_model(cfg) if meta["format"] == "spikelm" else (
+            SpikeGPT(SpikeGPTConfig.from_dict(cfg)) if meta["format"] == "spikegpt" else RWKV6(RWKV6Config.from_dict(cfg)))
+    _fit_shapes(skeleton, sd, Path(path))
+    total = sum(v.numel() for v in sd.values() if hasattr(v, "numel"))
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if hasattr(v, "dtype")})
+    return {"path": str(path), "format": meta["format"], "config": cfg, "parameters": total, "dtypes": dtypes,
+            "tensors": len(sd)}

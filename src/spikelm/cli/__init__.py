@@ -1,0 +1,81 @@
+"""The ``spikelm`` command line: every command, its argument parsing, printing and progress bars.
+
+The library below never prints and never draws a progress bar; these commands call it, print its
+results, and turn every :class:`spikelm.errors.SpikelmError` into one line on stderr and exit code
+2 (a traceback would mean a bug). The options every command shares are in :mod:`.options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..errors import SpikelmError
+from .demo import cmd_demo
+from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
+from .models import cmd_convert, cmd_generate, cmd_info, cmd_init
+from .parser import build_parser, parse_overrides
+from .run import cmd_data, cmd_train
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "info": cmd_info,
+    "init": cmd_init,
+    "data": cmd_data,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "generate": cmd_generate,
+    "convert": cmd_convert,
+    "sweep": cmd_sweep,
+    "energy": cmd_energy,
+    "nlu": cmd_nlu,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog="spikelm",
+        description="Spiking language models: convert RWKV-6 to spikes (SpikeRWKV), train SpikeGPT, "
+        "and measure accuracy and energy side by side. `spikelm COMMAND --help` documents each command.",
+    )
+    top.add_argument("--version", action="version", version=f"spikelm {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    top.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
+    top.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
+    if not argv:
+        top.print_help()
+        return 2
+    ns = top.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.WARNING if ns.quiet else logging.INFO,
+        format="%(message)s" if not ns.verbose else "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    fn = COMMANDS[ns.command]
+    try:
+        parser, takes_overrides = build_parser(ns.command, fn)
+        if takes_overrides:
+            known, extra = parser.parse_known_args(ns.args)
+            kwargs = vars(known)
+            kwargs.update(parse_overrides(extra))
+        else:
+            kwargs = vars(parser.parse_args(ns.args))
+        result = fn(**kwargs)
+    except SpikelmError as e:
+        print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named: missing, unreadable, a folder for a file ...
+        print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nspikelm {ns.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) else 0

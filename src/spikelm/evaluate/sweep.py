@@ -1,0 +1,65 @@
+"""Sweep spike encodings over one pretrained RWKV-6: the paper's Table 1 (PPL and BPC per setting).
+
+Every setting is converted from the same ANN, calibrated on the same batches of the corpus's
+*train* split, and scored on the same held-out tokens, so the rows differ only in the encoding.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+from torch import nn
+
+from ..config import EncodingConfig
+from ..convert import PRESETS, convert, preset_config
+from ..errors import SpikelmError
+from ..markdown import md_table
+from ..progress import ProgressFn
+from .perplexity import evaluate_lm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["sweep", "settings", "format_table1"]
+
+
+def settings(presets: list[str], grid_T: list[int], grid_l: list[int], sites: str) -> list[tuple[str, EncodingConfig]]:
+    """(row name, encoding) for each named preset (``all``: every preset) and each (T, l) of an MHSE grid."""
+    if presets == ["all"]:
+        presets = list(PRESETS)
+    if not presets and not (grid_T and grid_l):
+        raise SpikelmError("nothing to sweep: give --presets and/or --grid-T with --grid-l")
+    out = [(name, preset_config(name, sites)) for name in presets]
+    for T in grid_T:
+        for layers in grid_l:
+            out.append((f"MHSE T={T} l={layers}", EncodingConfig(encoding="mhse", T=T, layers=layers, sites=sites)))
+    return out
+
+
+def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[str, EncodingConfig]],
+          chunk: int = 1024, ctx: int = 0, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Evaluate the ANN and each (name, encoding) on ``tokens``; one dict per row, ANN first."""
+    rows = []
+    t0 = time.perf_counter()
+    ann = evaluate_lm(model, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
+    rows.append({"model": "RWKV (ANN)", "encoding": "none", "T": None, "l": None, **ann, "ppl_gap_pct": 0.0,
+                 "bpc_gap_pct": 0.0})
+    log.info("ANN: ppl %.4f bpc %.4f (%.1f s)", ann["ppl"], ann["bpc"], time.perf_counter() - t0)
+    for name, enc in settings:
+        m = convert(copy.deepcopy(model), enc, calib)
+        r = evaluate_lm(m, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
+        rows.append({"model": name, "encoding": enc.encoding, "T": enc.T, "l": enc.layers, "sites": enc.sites, **r,
+                     "ppl_gap_pct": 100.0 * (r["ppl"] / ann["ppl"] - 1.0),
+                     "bpc_gap_pct": 100.0 * (r["bpc"] / ann["bpc"] - 1.0)})
+        log.info("%s: ppl %.4f bpc %.4f", name, r["ppl"], r["bpc"])
+        del m
+    return rows
+
+
+def format_table1(rows: list[dict[str, Any]], unit: str = "BPC") -> str:
+    """Markdown in the layout of the paper's Table 1: model, T, l, PPL, BPC and the gaps to the ANN."""
+    body = [[r["model"], "-" if r["T"] is None else r["T"], "-" if r["l"] is None else r["l"], f"{r['ppl']:.4f}",
+             f"{r['bpc']:.4f}", f"{r['ppl_gap_pct']:+.2f}%", f"{r['bpc_gap_pct']:+.2f}%"] for r in rows]
+    return md_table(["Model", "T", "l", "PPL", unit, "PPL gap to ANN", f"{unit} gap to ANN"], body, align="lrrrrrr")

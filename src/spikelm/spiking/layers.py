@@ -1,0 +1,70 @@
+"""Spiking layers a converted model is made of: :class:`SpikeEncoder` and :class:`SpikingLinear`.
+
+A linear layer driven by binary spikes with layer weights ``w_i`` and a sign flag computes exactly
+``W @ x_hat`` (accumulates of ``w_i``-weighted, sign-flipped synaptic weights), so running the
+dense layer on the decoded value ``x_hat`` is the same arithmetic; the spike counts, which set the
+energy, are measured from outside by ``spikelm.energy`` hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import EncodingConfig
+from .encoding import mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
+
+__all__ = ["SpikeEncoder", "SpikingLinear"]
+
+
+class SpikeEncoder(nn.Module):
+    """Encode a tensor into spikes and return the value the spikes decode to.
+
+    ``scale`` is a buffer (saved with the checkpoint): shape () per tensor or (C,) per channel.
+    ``method``: ``closed`` (fast, exact closed form) or ``sim`` (step-by-step IF cascade; slow,
+    the reference). Both give bit-identical outputs. ``straight_through`` passes gradients.
+    """
+
+    def __init__(self, enc: EncodingConfig, channels: int):
+        super().__init__()
+        self.encoding = enc.encoding
+        self.T, self.layers, self.base, self.n_int, self.init_half = enc.T, enc.layers, enc.base, enc.n_int, enc.init_half
+        self.register_buffer("scale", torch.ones(channels if enc.granularity == "channel" else ()))
+        self.method = "closed"
+        self.straight_through = False
+
+    @property
+    def a_max(self) -> float:
+        return 1.0 if self.encoding == "rate" else mhse_a_max(self.layers, self.base, self.n_int)
+
+    def encode_args(self) -> dict:
+        """Keyword arguments of the encoding functions for this site (rate = one layer of weight 1)."""
+        if self.encoding == "rate":
+            return dict(T=self.T, layers=1, base=2.0, n_int=1, init_half=self.init_half)
+        return dict(T=self.T, layers=self.layers, base=self.base, n_int=self.n_int, init_half=self.init_half)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.method == "sim":
+            x_hat, _, _, _ = mhse_simulate(x, self.scale, **self.encode_args())
+            return x_hat
+        if self.straight_through and torch.is_grad_enabled():
+            x_hat, _, _ = mhse_closed_form(x, self.scale, **self.encode_args(), stats=False, straight_through=True)
+            return x_hat
+        args = self.encode_args()
+        del args["base"]
+        return mhse_decode(x, self.scale, **args)
+
+    def extra_repr(self) -> str:
+        return f"{self.encoding}, T={self.T}, layers={self.layers}, method={self.method}, scale={tuple(self.scale.shape)}"
+
+
+class SpikingLinear(nn.Linear):
+    """``nn.Linear`` whose input is spike-encoded first; same ``weight`` name, plus ``encoder.scale``."""
+
+    def __init__(self, in_features: int, out_features: int, enc: EncodingConfig):
+        super().__init__(in_features, out_features, bias=False)
+        self.encoder = SpikeEncoder(enc, in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.encoder(x), self.weight, self.bias)
