@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._precision import outside_autocast
+
 __all__ = ["WKV4State", "wkv4", "wkv4_naive", "wkv4_parallel", "wkv4_empty_state", "EMPTY_PP"]
 
 WKV4State = tuple[Tensor, Tensor, Tensor]  # (aa, bb, pp), each (B, C)
@@ -85,6 +87,7 @@ def _initial_state(state: WKV4State | None, B: int, C: int, like: Tensor, dtype:
     return aa.to(dtype), bb.to(dtype), pp.to(dtype)
 
 
+@outside_autocast
 def wkv4_naive(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKV4State | None = None) -> tuple[Tensor, WKV4State]:
     """Token-by-token RWKV-4 recurrence, step for step as in the official CUDA kernel.
 
@@ -200,6 +203,7 @@ def _parallel_segment(
     return y, (aa_new, bb_new, pp_new)
 
 
+@outside_autocast
 def wkv4_parallel(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKV4State | None = None
 ) -> tuple[Tensor, WKV4State]:

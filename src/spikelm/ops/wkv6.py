@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._precision import outside_autocast
+
 __all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "LOG_DECAY_FLOOR"]
 
 # Per-step log-decays are clamped to this floor in the chunked form. A step then keeps e^-60 ~ 9e-27
@@ -58,6 +60,7 @@ def _initial_state(state: Tensor | None, B: int, H: int, N: int, like: Tensor, d
     return state.to(dtype)
 
 
+@outside_autocast
 def wkv6_naive(
     r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -87,6 +90,7 @@ def wkv6_naive(
     return y.to(r.dtype), S
 
 
+@outside_autocast
 def wkv6_step(
     r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -121,6 +125,7 @@ def _sub_chunk_size(chunk_size: int) -> int:
     return max(d for d in range(1, min(_MAX_SUB_CHUNK, chunk_size) + 1) if chunk_size % d == 0)
 
 
+@outside_autocast
 def wkv6_chunked(
     r: Tensor,
     k: Tensor,
