@@ -24,6 +24,9 @@ Calibration: scales ``s`` from a few batches of real text, per tensor or per inp
 either the maximum of ``|x|`` or a percentile of it; ``s = statistic / A_max``, so that the
 calibrated statistic lands on the largest value one time step can emit (``A_max = sum_i w_i``,
 1 for rate coding) and the top spike layer is used. Values beyond are clipped (saturation).
+(``s`` is rounded to float32 and nudged down by an ulp where that rounding would leave the
+statistic one grid step short of the top level: ``spiking.encoding.calibrated_scale``.) Scales are
+float32 buffers whatever the model's dtype (a bfloat16 scale is off by up to 2.8e-3 relative).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
-from ..spiking.encoding import mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
+from ..spiking.encoding import calibrated_scale, check_scale, mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,10 @@ def site_names(model: nn.Module, sites: str) -> list[str]:
 class SpikeEncoder(nn.Module):
     """Encode a tensor into spikes and return the value the spikes decode to.
 
-    ``scale`` is a buffer (saved with the checkpoint): shape () per tensor or (C,) per channel.
+    ``scale`` is a buffer (saved with the checkpoint): shape () per tensor or (C,) per channel,
+    always float32: casting the model (``.to(torch.bfloat16)``, ``.half()``) leaves it alone, and
+    the encoding computes in float32/float64 and returns the input's dtype. Loading refuses a
+    scale that is not finite and > 0 (checked here once, not on every forward).
     ``method``: ``closed`` (fast, exact closed form) or ``sim`` (step-by-step IF cascade; slow,
     the reference). Both give bit-identical outputs. ``straight_through`` passes gradients.
     """
@@ -100,6 +106,16 @@ class SpikeEncoder(nn.Module):
         self.register_buffer("scale", torch.ones(channels if enc.granularity == "channel" else ()))
         self.method = "closed"
         self.straight_through = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: check_scale(module.scale))
+
+    def _apply(self, fn, recurse=True):
+        # Module.to/half/bfloat16 all go through _apply: keep the scale's float32 value and take
+        # only the new device (a scale rounded to bfloat16 moves every decision threshold).
+        scale = self.scale
+        super()._apply(fn, recurse)
+        if self.scale.dtype != scale.dtype and scale.dtype == torch.float32:
+            self.scale = scale.to(self.scale.device)
+        return self
 
     @property
     def a_max(self) -> float:
@@ -240,7 +256,9 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, 
             stat = torch.quantile(rows, q, dim=0) if enc.granularity == "channel" else torch.quantile(rows.flatten()[: 2**24], q)
         else:
             stat = st.max
-        scales[n] = (stat / a_max).clamp(min=1e-8)
+        if not bool(torch.isfinite(stat).all()):
+            raise SpikelmError(f"calibration saw non-finite activations at {n}; cannot set its spike scale")
+        scales[n] = calibrated_scale(stat, a_max)
     return scales
 
 

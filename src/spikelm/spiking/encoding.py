@@ -92,6 +92,7 @@ __all__ = [
     "SpikeStats",
     "mhse_weights",
     "mhse_a_max",
+    "calibrated_scale",
     "mhse_simulate",
     "mhse_closed_form",
     "mhse_decode",
@@ -169,6 +170,34 @@ def mhse_a_max(layers: int, base: float = 2.0, n_int: int = 1) -> float:
     """Largest magnitude ``|x| / s`` one time step can emit: ``sum_i w_i`` (``2**n_int (1 - 2**-l)``
     for base 2). Larger magnitudes saturate."""
     return float(sum(mhse_weights(layers, base, n_int)))
+
+
+def calibrated_scale(stat: Tensor, a_max: float, floor: float = 1e-8) -> Tensor:
+    """The float32 scale that puts the calibration statistic on the top level: ``s ~ stat / A_max``.
+
+    Trap: ``s = stat / A_max`` is rounded to float32, and the encoder rounds ``|x| / s`` to float32
+    again, so ``stat / s`` lands one ulp *below* ``A_max`` in about one draw in ten; truncation then
+    decodes the calibrated maximum one grid step low. Where that happens ``s`` is lowered ulp by
+    ulp (once is enough in practice) until the encoder's own magnitude of ``stat`` reaches
+    ``A_max`` (it is clipped there). Elementwise, for per-tensor and per-channel statistics; scales
+    below ``floor`` (an all-zero site) are floored and left alone. Calibration time only: the
+    loop reads values back to the host.
+    """
+    stat = stat.detach().float()
+    s = (stat.double() / a_max).float().clamp(min=floor)
+    for _ in range(8):
+        # the encoder's magnitude: float64 quotient rounded to float32 (= the float32 quotient)
+        short = ((stat.double() / s.double()).float() < a_max) & (s > floor)
+        if not bool(short.any()):
+            break
+        s = torch.where(short, torch.nextafter(s, torch.zeros_like(s)), s)
+    return s
+
+
+def check_scale(scale: Tensor) -> None:
+    """Refuse a scale that is not finite and > 0 everywhere (a host sync: load and calibration time)."""
+    if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+        raise ValueError("every spike-encoding scale must be finite and > 0")
 
 
 def _check_layout(T: int, layers: int, base: float) -> None:
