@@ -28,7 +28,8 @@ def wkv4_inputs(B=2, T=40, C=16, seed=0):
 
 def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     assert torch.isfinite(a).all()
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
 
 
 WKV6_IMPLS = {
@@ -102,3 +103,40 @@ def test_rwkv6_time_mixing_wkv_under_autocast(monkeypatch: pytest.MonkeyPatch) -
     y_ref, s_ref = real(*(a.float() if a is not None else None for a in args), **kw)
     assert y.dtype == torch.float32 and s.dtype == torch.float32
     assert max_rel(y, y_ref) < 1e-5 and max_rel(s, s_ref) < 1e-5
+
+
+@pytest.mark.parametrize("pattern", ["floor", "alternating", "weak_after_strong", "inf_and_zero"])
+@pytest.mark.parametrize("chunk", [8, 32])
+def test_wkv6_chunked_float32_at_extreme_decays(pattern: str, chunk: int) -> None:
+    """The float32 chunked form (no float64 anywhere) against a float64 naive loop, outputs,
+    states and gradients, at decays where a difference of cumulative sums would lose precision
+    or an unbounded factor would overflow."""
+    B, T, H, N = 1, 45, 2, 8
+    r, k, v, logw, u, state = wkv6_inputs(B, T, H, N, seed=2)
+    t = torch.arange(T).view(1, T, 1, 1).expand_as(logw)
+    if pattern == "floor":
+        logw = torch.full_like(logw, -59.9)
+    elif pattern == "alternating":
+        logw = torch.where(t % 2 == 0, torch.full_like(logw, -60.0), torch.full_like(logw, -1e-4))
+    elif pattern == "weak_after_strong":
+        logw = torch.where(t < 13, torch.full_like(logw, -45.0), torch.full_like(logw, -1e-3))
+    else:
+        logw = torch.where(t % 3 == 0, torch.full_like(logw, -math.inf), torch.zeros_like(logw))
+    inputs = (r, k, v, logw, u, state)
+    wy = torch.randn(B, T, H, N, generator=torch.Generator().manual_seed(3))
+
+    def run(fn, dtype):
+        leaves = [x.to(dtype).clone().requires_grad_(True) for x in inputs]
+        y, s = fn(*leaves)
+        ((y * wy.to(dtype)).sum() + s.sum()).backward()
+        return y, s, [x.grad for x in leaves]
+
+    y64, s64, g64 = run(wkv6_naive, torch.float64)
+    y, s, g = run(lambda *a: wkv6_chunked(*a, chunk_size=chunk), torch.float32)
+    assert y.dtype == torch.float32
+    assert max_rel(y, y64) < 2e-6 and max_rel(s, s64) < 2e-6
+    for name, a, b in zip(["r", "k", "v", "logw", "u", "state"], g, g64):
+        if name == "logw" and pattern == "inf_and_zero":
+            b = torch.where(torch.isinf(logw), torch.zeros_like(b), b)  # clamped: no gradient at -inf
+            a = torch.where(torch.isinf(logw), torch.zeros_like(a), a)
+        assert max_rel(a, b) < 1e-5, name
