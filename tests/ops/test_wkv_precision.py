@@ -140,3 +140,32 @@ def test_wkv6_chunked_float32_at_extreme_decays(pattern: str, chunk: int) -> Non
             b = torch.where(torch.isinf(logw), torch.zeros_like(b), b)  # clamped: no gradient at -inf
             a = torch.where(torch.isinf(logw), torch.zeros_like(a), a)
         assert max_rel(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize("T", [5, 16, 45])
+def test_wkv4_parallel_float32_at_extreme_decays(T: int) -> None:
+    """The float32 parallel form (no float64 anywhere) against a float64 loop at w from -1e6 and
+    -inf to 0, with keys up to +-40 (e^k far outside float32) and a warm state: outputs, state
+    and gradients w.r.t. u, k, v."""
+    B, C = 2, 6
+    w, u, k, v = wkv4_inputs(B, T, C, seed=3)
+    w = torch.tensor([-1e6, -math.inf, 0.0, -1e4, -1e-5, -30.0])
+    k = k * 13.0
+    state = wkv4_naive(w, u, 13.0 * torch.randn(B, 9, C, generator=torch.Generator().manual_seed(4)), torch.randn(B, 9, C))[1]
+    wy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(5))
+
+    def run(dtype):
+        leaves = [x.to(dtype).clone().requires_grad_(True) for x in (u, k, v)]
+        y, s = wkv4_naive(w.to(dtype), *leaves, tuple(x.to(dtype) for x in state)) if dtype == torch.float64 else \
+            wkv4_parallel(w, *leaves, state)
+        ((y * wy.to(dtype)).sum() + s[0].sum() + s[1].sum()).backward()
+        return y, s, [x.grad for x in leaves]
+
+    y64, s64, g64 = run(torch.float64)
+    y, s, g = run(torch.float32)
+    assert y.dtype == torch.float32 and all(x.dtype == torch.float32 for x in s)
+    assert max_rel(y, y64) < 1e-5
+    assert max_rel(s[0], s64[0]) < 1e-5 and max_rel(s[1], s64[1]) < 1e-5
+    assert ((s[2].double() - s64[2]).abs() <= 1e-5 * s64[2].abs().clamp(min=1.0)).all()
+    for name, a, b in zip("ukv", g, g64):
+        assert max_rel(a, b) < 1e-4, name
