@@ -29,7 +29,7 @@ Wino_train  11776 10786.3 11494.2 2436.5 4.83 4501.4 2.61 6576.5 1.79
 Avg         11776 10007.0 10981   2412.3 4.88 4476.5 2.63 6551.6 1.79
 """
 # (method, column of E, column of EE or None, T, l); SpikeRWKV uses T = 1 with l spike layers
-# (the presets of spikelm.convert.to_spiking; the product T * l is what eq. 5 sees).
+# (the presets of spikelm.convert; the product T * l is what eq. 5 sees).
 METHODS = [("SNN-RWKV-3", 2, None, 3, 1), ("SNN-RWKV-4", 3, None, 4, 1), ("SpikeRWKV-3L", 4, 5, 1, 3),
            ("SpikeRWKV-4L", 6, 7, 1, 4), ("SpikeRWKV-5L", 8, 9, 1, 5)]
 C_IN = 2560  # RWKV-6 3B: 11776 pJ / 4.6 pJ

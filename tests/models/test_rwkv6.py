@@ -96,3 +96,28 @@ def test_time_state_matches_reference(tmp_path):
     with torch.no_grad():
         logits, _ = ours(torch.tensor([tokens]))
     assert _max_rel(logits[0], ref_logits.float()) <= 1e-4
+
+
+def test_time_state_receives_gradient():
+    """State tuning: time_state is a trained parameter. It used to enter through .detach() and
+    never got a gradient (and DDP failed on it as an unused parameter)."""
+    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, has_time_state=True, seed=4).train()
+    idx = torch.randint(0, 257, (2, 12), generator=torch.Generator().manual_seed(0))
+    logits, _ = model(idx)
+    logits.logsumexp(-1).mean().backward()
+    for blk in model.blocks:
+        g = blk.att.time_state.grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().max() > 0
+
+
+@pytest.mark.parametrize("T", [1, 9])
+def test_token_shift_states_own_their_memory(tiny_rwkv6, T):
+    """Token-shift states are (B, C) buffers of their own, not views keeping the (B, T, C)
+    LayerNorm outputs alive."""
+    B, C = 3, tiny_rwkv6.cfg.n_embd
+    with torch.no_grad():
+        _, state = tiny_rwkv6(torch.randint(0, 257, (B, T)))
+    for att_shift, _, ffn_shift in state:
+        for s in (att_shift, ffn_shift):
+            assert s.shape == (B, C)
+            assert s.untyped_storage().nbytes() == B * C * s.element_size()

@@ -321,3 +321,16 @@ def test_tiny_spikegpt_overfits_a_byte_string():
     assert losses[-1] < 0.25 * losses[0], losses
     fired = sum(s.sum().item() for k, v in seen.items() if "lif" in k for s in v)
     assert fired > 0  # the trained blocks contribute through spikes
+
+
+@pytest.mark.parametrize("T", [1, 9])
+def test_token_shift_states_own_their_memory(T):
+    """Every state tensor is a (B, C) buffer of its own, not a view of a (B, T, C) activation."""
+    model = tiny(seed=3)
+    B, C = 3, model.cfg.n_embd
+    with torch.no_grad():
+        _, state = model(torch.randint(0, 257, (B, T)))
+    for layer in state:
+        for name, s in zip(layer._fields, layer):
+            assert s.shape == (B, C), name
+            assert s.untyped_storage().nbytes() == B * C * s.element_size(), name

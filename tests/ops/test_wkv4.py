@@ -85,43 +85,15 @@ def test_extreme_decays() -> None:
     assert_state_close(s, s_ref, 1e-5)
 
 
-@pytest.mark.parametrize("T", [1, 15, 16, 17, 50])
-@pytest.mark.parametrize("spread", [5.0, 1000.0])
-def test_blocked_log_prefix_sums(T: int, spread: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against one logsumexp per prefix, with an empty-state init of -1e38 in one batch row (its
-    gradient must survive; torch.logcumsumexp's backward loses it). Spread 1000 forces the exact
-    fallback (a block whose first term is e^-1000 below its maximum); spread 5 must take the
-    blocked path, checked by the lengths torch.logcumsumexp is called with."""
-    g = torch.Generator().manual_seed(T)
-    x = (spread * torch.randn(2, T, 3, generator=g, dtype=torch.float64)).requires_grad_(True)
-    init = torch.tensor([[0.5, -2.0, 1.0], [-1e38, -1e38, -1e38]], dtype=torch.float64, requires_grad=True)
-    seq = torch.cat([init.unsqueeze(1), x], dim=1)  # (B, T+1, C)
-    ref = torch.stack([torch.logsumexp(seq[:, : t + 1], dim=1) for t in range(T + 1)], dim=1)
-    scanned_lengths: list[int] = []
-    real_lcse = torch.logcumsumexp
-    monkeypatch.setattr(
-        torch, "logcumsumexp", lambda t, dim: scanned_lengths.append(t.shape[dim]) or real_lcse(t, dim)
-    )
-    before, total = wkv4_module._log_prefix_sums(x, init)
-    monkeypatch.undo()
-    if T > 1:  # with T = 1 the block carry has the same length as a full scan
-        assert (T in scanned_lengths) == (spread > 100)
-    torch.testing.assert_close(before, ref[:, :T], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(total, ref[:, T], rtol=1e-12, atol=1e-12)
-    weights = torch.randn(2, T + 1, 3, generator=g, dtype=torch.float64)
-    g_ref = torch.autograd.grad((ref * weights).sum(), (x, init))
-    g_new = torch.autograd.grad((before * weights[:, :T]).sum() + (total * weights[:, T]).sum(), (x, init))
-    for a, b in zip(g_new, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(g_new[1][1], weights[1, 0])  # d before[:, 0] / d init = 1, nothing else
-
-
-def test_segments_carry_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Long sequences are cut into segments; a segment length of 7 exercises the hand-over cheaply."""
-    monkeypatch.setattr(wkv4_module, "_SEGMENT", 7)
+@pytest.mark.parametrize("warm", [False, True])
+def test_chunks_carry_state(monkeypatch: pytest.MonkeyPatch, warm: bool) -> None:
+    """Sequences are cut into chunks; a chunk length of 7 (T = 30: a short last chunk) exercises
+    the hand-over cheaply."""
+    monkeypatch.setattr(wkv4_module, "_CHUNK", 7)
     w, u, k, v = make_inputs(2, 30, 5, seed=5)
-    y_ref, s_ref = wkv4_naive(w, u, k, v)
-    y, s = wkv4_module.wkv4_parallel(w, u, k, v)
+    state = warm_state(w, u, 2, 5, seed=6) if warm else None
+    y_ref, s_ref = wkv4_naive(w, u, k, v, state)
+    y, s = wkv4_module.wkv4_parallel(w, u, k, v, state)
     assert_close_rel(y, y_ref, 1e-5)
     assert_state_close(s, s_ref, 1e-5)
 

@@ -252,3 +252,23 @@ def test_gradients_finite_with_decays_at_the_floor(dtype: torch.dtype) -> None:
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
         else:
             assert_close_rel(a, b, 1e-4)
+
+
+@pytest.mark.parametrize("T,chunk", [(37, 16), (64, 32), (5, 8)])
+def test_float32_chunked_form_matches_naive(T: int, chunk: int) -> None:
+    """The CUDA form (float32 throughout, recomputation in backward) against the loop: outputs, state, gradients."""
+    from spikelm.ops.wkv6 import wkv6_chunked_fp32
+
+    g = torch.Generator().manual_seed(T)
+    B, H, N = 2, 2, 8
+    r, k, v = (torch.randn(B, T, H, N, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    logw = (-torch.rand(B, T, H, N, generator=g, dtype=torch.float64) * 5).requires_grad_()
+    u = torch.randn(H, N, generator=g, dtype=torch.float64, requires_grad=True)
+    y0, s0 = wkv6_naive(r, k, v, logw, u)
+    y1, s1 = wkv6_chunked_fp32(r, k, v, logw, u, chunk_size=chunk)
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s1, s0, rtol=1e-9, atol=1e-9)
+    g0 = torch.autograd.grad((y0.square().sum() + s0.sum()), (r, k, v, logw, u))
+    g1 = torch.autograd.grad((y1.square().sum() + s1.sum()), (r, k, v, logw, u))
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

@@ -3,7 +3,9 @@
 Scales ``s`` per tensor or per input channel, from either the maximum of ``|x|`` or a percentile of
 it; ``s = statistic / A_max``, so that the calibrated statistic lands on the largest value one time
 step can emit (``A_max = sum_i w_i``, 1 for rate coding) and the top spike layer is used. Values
-beyond are clipped (saturation). The batches come from the caller (:mod:`spikelm.data.text` makes
+beyond are clipped (saturation). ``s`` is rounded to float32 and nudged down by an ulp where that
+rounding would leave the statistic one grid step short of the top level
+(``spiking.encoding.calibrated_scale``); scales are float32 buffers whatever the model's dtype. The batches come from the caller (:mod:`spikelm.data.text` makes
 them from a ``--calib-data`` argument): this module never fetches data.
 """
 
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from ..config import EncodingConfig
 from ..errors import SpikelmError
-from ..spiking.encoding import mhse_a_max
+from ..spiking.encoding import calibrated_scale, mhse_a_max
 from .sites import _get, site_names
 
 __all__ = ["calibrate"]
@@ -78,5 +80,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, 
             stat = torch.quantile(rows, q, dim=0) if enc.granularity == "channel" else torch.quantile(rows.flatten()[: 2**24], q)
         else:
             stat = st.max
-        scales[n] = (stat / a_max).clamp(min=1e-8)
+        if not bool(torch.isfinite(stat).all()):
+            raise SpikelmError(f"calibration saw non-finite activations at {n}; cannot set its spike scale")
+        scales[n] = calibrated_scale(stat, a_max)
     return scales

@@ -53,6 +53,14 @@ def _token_shift(x: Tensor, last: Tensor) -> Tensor:
     return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
 
 
+def _last_token(x: Tensor) -> Tensor:
+    """The token-shift state: x[:, -1] (B, C) as its own B*C buffer. A view would keep the whole
+    (B, T, C) LayerNorm output alive for as long as the state lives (a prefill's worth of memory
+    held by every carried state). With T = 1 the view's storage is already just B*C."""
+    last = x[:, -1]
+    return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
+
+
 class TimeMix(nn.Module):
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
@@ -91,7 +99,9 @@ class TimeMix(nn.Module):
     def initial_wkv(self, B: int, device: torch.device) -> Tensor:
         H, N = self.n_head, self.head_size
         if hasattr(self, "time_state"):
-            return self.time_state.detach().float().transpose(1, 2).unsqueeze(0).expand(B, H, N, N).contiguous()
+            # No detach: the state is a trained parameter (state tuning) and must receive a gradient
+            # (a detached copy left it untrained, and DDP failed on the unused parameter).
+            return self.time_state.float().transpose(1, 2).unsqueeze(0).expand(B, H, N, N).contiguous()
         return torch.zeros(B, H, N, N, device=device, dtype=torch.float32)
 
     def forward(self, x: Tensor, shift: Tensor, wkv_state: Tensor, wkv_impl: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
@@ -122,7 +132,7 @@ class TimeMix(nn.Module):
         y = y.reshape(B * T, H * N)
         y = self.ln_x(y.to(self.ln_x.weight.dtype)).view(B, T, H * N)  # GroupNorm per head
         out = self.output(y.to(x.dtype) * g)
-        return out, x[:, -1], wkv_state
+        return out, _last_token(x), wkv_state
 
 
 class ChannelMix(nn.Module):
@@ -140,7 +150,7 @@ class ChannelMix(nn.Module):
         xk = x + xx * self.time_maa_k
         xr = x + xx * self.time_maa_r
         k = torch.relu(self.key(xk)) ** 2  # (B, T, F)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
 
 
 class Block(nn.Module):

@@ -129,6 +129,13 @@ def _token_shift(x: Tensor, last: Tensor) -> Tensor:
     return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
 
 
+def _last_token(x: Tensor) -> Tensor:
+    """The token-shift state: x[:, -1] (B, C) as its own B*C buffer (a view would keep the whole
+    (B, T, C) LayerNorm output alive with the state). With T = 1 the view is already that small."""
+    last = x[:, -1]
+    return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
+
+
 def _mix(x: Tensor, xx: Tensor, m: Tensor) -> Tensor:
     """Eq. (2): ``m * x + (1 - m) * x_shifted``, m per channel."""
     return x * m + xx * (1 - m)
@@ -220,7 +227,7 @@ class SpikingRWKV(nn.Module):
         w = -torch.exp(self.time_decay.to(dt))  # (C,) log decay, < 0
         y, wkv_state = wkv4(w, self.time_first.to(dt), k.to(dt), v.to(dt), wkv_state, impl=wkv_impl)  # (B, T, C)
         out = self.output(torch.sigmoid(r) * y.to(r.dtype))  # eq. 10: sigma(R) * WKV, then M_O
-        return out, x[:, -1], wkv_state
+        return out, _last_token(x), wkv_state
 
 
 class SRFFN(nn.Module):
@@ -246,7 +253,7 @@ class SRFFN(nn.Module):
         xx = _token_shift(x, shift)
         k = torch.relu(self.key(_mix(x, xx, self.time_mix_k))) ** 2  # (B, T, 4C)
         r = torch.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r)))  # (B, T, C)
-        return r * self.value(k), x[:, -1]
+        return r * self.value(k), _last_token(x)
 
 
 # ------------------------------------------------------------------------------------- block

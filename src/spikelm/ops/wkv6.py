@@ -11,7 +11,7 @@ decay ``w = exp(logw)`` matches the official ``w = exp(-exp(decay))`` without a 
 ``log(exp(...))`` round trip, and so the chunked form can add decays as sums of logs.
 
 Both implementations share one signature and compute in float32 (float64 when given float64, which
-the gradient checks use); ``y`` comes back in the dtype of ``r``, the state in the compute dtype.
+the gradient checks use; nothing is promoted to float64), outside autocast; ``y`` comes back in the dtype of ``r``, the state in the compute dtype.
 ``wkv6`` picks one: the loop for single-token decoding, the chunked form for everything else.
 """
 
@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "LOG_DECAY_FLOOR"]
+from ._precision import outside_autocast
+
+__all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "wkv6_chunked_fp32", "LOG_DECAY_FLOOR"]
 
 # Per-step log-decays are clamped to this floor in the chunked form. A step then keeps e^-60 ~ 9e-27
 # of the state instead of (say) e^-1e4 = 0: both are far below float32 resolution relative to 1
 # (eps ~ 1.2e-7), so no result changes in practice. The floor keeps every cumulative sum finite
-# (with logw = -inf their differences would be (-inf) - (-inf) = NaN), and it bounds the local
-# cumulative decay of a sub-chunk by 60 * 8 = 480, which the float64 factorisation in
-# wkv6_chunked relies on (see _MAX_SUB_CHUNK).
+# (with logw = -inf a masked-out e^{-inf} times 0 would be NaN in the gradient).
 LOG_DECAY_FLOOR = -60.0
 
 
@@ -58,6 +58,7 @@ def _initial_state(state: Tensor | None, B: int, H: int, N: int, like: Tensor, d
     return state.to(dtype)
 
 
+@outside_autocast
 def wkv6_naive(
     r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -87,6 +88,7 @@ def wkv6_naive(
     return y.to(r.dtype), S
 
 
+@outside_autocast
 def wkv6_step(
     r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -110,17 +112,223 @@ def wkv6_step(
     return y.view(B, 1, H, N).to(r.dtype), S.view(B, H, N, N)
 
 
-# Sub-chunk length cap. Inside a sub-chunk the pairwise decays are factorised as
-# e^{c_ex[t]} * e^{-c_in[s]} in float64, where -c_in can reach -LOG_DECAY_FLOOR * l = 480 for l = 8:
-# e^480 ~ 1e208 is far inside float64 range (e^709), and e^-480 far above its underflow (e^-708).
+# Sub-chunk length. Tokens of one sub-chunk meet pairwise: their decays are formed as an (l, l, N)
+# tensor per sub-chunk (l times the size of r), recomputed in the backward pass instead of saved.
+# Between sub-chunks everything is a matmul. 8 balances the two.
 _MAX_SUB_CHUNK = 8
 
 
 def _sub_chunk_size(chunk_size: int) -> int:
-    """Largest divisor of ``chunk_size`` that is <= _MAX_SUB_CHUNK (the float64-safe span)."""
+    """Largest divisor of ``chunk_size`` that is <= _MAX_SUB_CHUNK."""
     return max(d for d in range(1, min(_MAX_SUB_CHUNK, chunk_size) + 1) if chunk_size % d == 0)
 
 
+def _shift(x: Tensor, dim: int, by: int) -> Tensor:
+    """x moved ``by`` = +1 (later) or -1 (earlier) positions along ``dim``, zero-filled."""
+    n = x.shape[dim]
+    zero = torch.zeros_like(x.narrow(dim, 0, 1))
+    if by > 0:
+        return torch.cat([zero, x.narrow(dim, 0, n - 1)], dim)
+    return torch.cat([x.narrow(dim, 1, n - 1), zero], dim)
+
+
+def _exclusive_cumsum(x: Tensor, dim: int) -> Tensor:
+    """sum_{j<t} x_j, as a sum of exactly those terms (no inclusive-minus-own-term cancellation)."""
+    return _shift(x, dim, +1).cumsum(dim)
+
+
+def _exclusive_suffix_sum(x: Tensor, dim: int) -> Tensor:
+    """sum_{j>t} x_j, again summing only those terms."""
+    return _shift(x, dim, -1).flip(dim).cumsum(dim).flip(dim)
+
+
+def _pair_sums(x: Tensor) -> Tensor:
+    """X[..., t, s, n] = sum_{s<j<t} x[..., j, n] for s < t (0 for s >= t); x is (..., l, n).
+
+    Each entry is a sum of exactly the terms between s and t, not a difference of two cumulative
+    sums: after a run of strong decays (cumulative -480) a later weak decay (-1e-3) keeps its full
+    float32 precision, where b_t - b_s would have lost it to the ulp of 480 (3e-5).
+    """
+    l = x.shape[-2]
+    idx = torch.arange(l, device=x.device)
+    keep = (idx.view(1, -1) >= idx.view(-1, 1) + 2).to(x.dtype)  # [s, t']: t' >= s + 2
+    # x_prev[t'] = x[t' - 1]; X[t, s] = sum_{s+2 <= t' <= t} x_prev[t'] = sum_{s<j<t} x_j
+    cum = (_shift(x, -2, +1).unsqueeze(-3) * keep.unsqueeze(-1)).cumsum(-2)  # (..., s, t, n)
+    return cum.transpose(-2, -3)  # (..., t, s, n)
+
+
+def _pair_decays(lw: Tensor) -> Tensor:
+    """e^{sum_{s<j<t} lw_j} for s < t and 0 for s >= t: (..., l, l, N), every exponent <= 0."""
+    l = lw.shape[-2]
+    causal = torch.ones(l, l, dtype=torch.bool, device=lw.device).tril(-1).unsqueeze(-1)  # [t, s]: s < t
+    return torch.exp(_pair_sums(lw)) * causal
+
+
+class _IntraSubChunk(torch.autograd.Function):
+    """Scores of the token pairs s < t inside one sub-chunk:
+    ``A[t, s] = sum_i r_t[i] k_s[i] e^{sum_{s<j<t} lw_j[i]}``, (..., l, l) from (..., l, N) inputs.
+
+    The pairwise decay tensor is l times the size of r; autograd would keep it (and products of
+    it) for backward. Here backward recomputes it from r, k and lw, which are all it saves. With
+    ``G = dA[t, s] e^{...}``: ``dr_t = sum_s G k_s``, ``dk_s = sum_t G r_t``, and lw_j collects
+    ``P[t, s] = G r_t k_s`` over the pairs s < j < t: a cumulative sum over s, a reverse one
+    over t, and the entries (t, s) = (j + 1, j - 1) of the result (plain sums, no cancellation).
+    """
+
+    @staticmethod
+    def forward(ctx, r: Tensor, k: Tensor, lw: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(r, k, lw)
+        return torch.einsum("...tn,...sn,...tsn->...ts", r, k, _pair_decays(lw))
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        r, k, lw = ctx.saved_tensors
+        G = g.unsqueeze(-1) * _pair_decays(lw)  # (..., t, s, N)
+        dr = torch.einsum("...tsn,...sn->...tn", G, k)
+        dk = torch.einsum("...tsn,...tn->...sn", G, r)
+        P = G * r.unsqueeze(-2) * k.unsqueeze(-3)  # (..., t, s, N)
+        R = P.cumsum(-2).flip(-3).cumsum(-3).flip(-3)  # R[t, s] = sum_{t' >= t, s' <= s} P[t', s']
+        inner = torch.diagonal(R, offset=-2, dim1=-3, dim2=-2).movedim(-1, -2)  # R[j + 1, j - 1], (..., l - 2, N)
+        dlw = F.pad(inner, (0, 0, 1, 1))  # j = 0 and j = l - 1 lie strictly between no pair
+        return dr, dk, dlw
+
+
+@outside_autocast
+def wkv6_chunked_fp32(
+    r: Tensor,
+    k: Tensor,
+    v: Tensor,
+    logw: Tensor,
+    u: Tensor,
+    state: Tensor | None = None,
+    chunk_size: int = 32,
+) -> tuple[Tensor, Tensor]:
+    """Chunk-parallel RWKV-6 recurrence: exact, in float32, with no exponent above 0.
+
+    Time is split into chunks of L = ``chunk_size`` (zero-padded at the end; a padded step has
+    k = 0 and logw = 0, so it leaves the state untouched). Inside a chunk, with b_t the inclusive
+    cumulative log-decay (b_0 = 0 before the chunk) and S_0 the state entering it, the recurrence
+    unrolls to::
+
+        y_t = (r_t * e^{b_{t-1}}) @ S_0                                   # from the carried state
+            + sum_{s<t} [sum_i r_t[i] k_s[i] e^{b_{t-1}[i] - b_s[i]}] v_s   # intra-chunk, causal
+            + (r_t . (u * k_t)) v_t                                       # bonus, current token
+        S_L = e^{b_L} * S_0 + sum_s (k_s * e^{b_L - b_s})^T v_s            # state after the chunk
+
+    b is non-increasing, so all of these exponents are <= 0. The trap is the intra-chunk score:
+    the textbook factorisation (r_t e^{b_{t-1}}) . (k_s e^{-b_s}) needs e^{-b_s}, which overflows
+    float32 as soon as the decays within a chunk sum below -88. So no factor here is ever > 1:
+    the chunk is cut into sub-chunks of l <= 8 tokens, and for sub-chunk a, ref_a is b just
+    before its first token and E_a b at its last:
+
+    * s in the same sub-chunk as t: the decay e^{sum_{s<j<t} lw_j} is formed for each pair
+      (an (l, l, N) tensor, recomputed in backward rather than saved; :class:`_IntraSubChunk`).
+    * s in an earlier sub-chunk a' < a: split the decay at two reference points,
+      e^{b_{t-1} - b_s} = e^{b_{t-1} - ref_a} * e^{ref_a - E_a'} * e^{E_a' - b_s}, three factors
+      that are each <= 1. The middle one is a small (a, a', N) table, and the scores are one
+      batched matmul.
+    * the carried state and the state update reuse the same factors: e^{b_{t-1}} =
+      e^{b_{t-1} - ref_a} e^{ref_a}, and e^{b_L - b_s} = e^{E_a' - b_s} e^{b_L - E_a'}.
+
+    This is exact algebra, not an approximation: a factor can only underflow where the true
+    product is below float32's range anyway. Precision: every exponent is a sum of exactly the
+    log-decays it spans (exclusive prefix and suffix sums, pair sums), never a difference of two
+    cumulative sums, so a weak decay after a very strong one keeps full float32 precision with no
+    float64 anywhere (float64 is 1/32-1/64 speed on most GPUs). logw is clamped to
+    ``LOG_DECAY_FLOOR`` (which keeps every sum finite).
+
+    The state is passed from chunk to chunk by a loop over the T / L chunks (cheap elementwise
+    work); everything else is batched over chunks. Gradients come from autograd, except the
+    intra-sub-chunk scores' hand-written backward.
+
+    Args and returns as :func:`wkv6_naive`; ``chunk_size`` >= 1 need not divide T (a multiple
+    of 8 is fastest).
+    """
+    _check_inputs(r, k, v, logw, u, state)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    B, T, H, N = r.shape
+    cdt = _compute_dtype(r)
+    L = chunk_size
+    l = _sub_chunk_size(L)
+    n_sub = L // l
+    C = -(-T // L)  # number of chunks
+    pad = C * L - T
+    dev = r.device
+    chunked = (B, H, C, L, N)
+    sub = (B, H, C, n_sub, l, N)
+
+    def to_chunks(x: Tensor) -> Tensor:
+        x = x.to(cdt).transpose(1, 2)  # (B, H, T, N)
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))  # zeros: r = k = v = 0 and logw = 0 (decay 1) on padding
+        return x.reshape(chunked)
+
+    r_, k_, v_ = to_chunks(r), to_chunks(k), to_chunks(v)  # (B, H, C, L, N)
+    lw = to_chunks(logw.clamp(min=LOG_DECAY_FLOOR)).reshape(sub)  # (B, H, C, n_sub, l, N)
+
+    # --- log-decays, each a sum of exactly the steps it spans (all <= 0) ---
+    c_ex = _exclusive_cumsum(lw, -2)  # b_{t-1} - ref_a   (B, H, C, n_sub, l, N)
+    to_end = _exclusive_suffix_sum(lw, -2)  # E_a - b_s
+    sub_total = lw.sum(-2)  # E_a - ref_a   (B, H, C, n_sub, N)
+    ref = _exclusive_cumsum(sub_total, -2).unsqueeze(-2)  # ref_a   (B, H, C, n_sub, 1, N)
+    after = _exclusive_suffix_sum(sub_total, -2).unsqueeze(-2)  # b_L - E_a
+    chunk_total = sub_total.sum(-2)  # b_L   (B, H, C, N)
+    between = _pair_sums(sub_total)  # ref_a - E_a' for a' < a   (B, H, C, a, a', N)
+
+    # --- factors, each <= 1 times r or k ---
+    q = r_.reshape(sub) * torch.exp(c_ex)  # r_t e^{b_{t-1} - ref_a}
+    k_end = k_.reshape(sub) * torch.exp(to_end)  # k_s e^{E_a' - b_s}
+
+    # --- state passing between chunks: the only sequential part, C steps ---
+    k_chunk_end = (k_end * torch.exp(after)).reshape(chunked)  # k_s e^{b_L - b_s}
+    state_inc = k_chunk_end.transpose(-1, -2) @ v_  # what each chunk adds   (B, H, C, N, N)
+    chunk_decay = torch.exp(chunk_total).unsqueeze(-1)  # (B, H, C, N, 1)
+    q_state = (q * torch.exp(ref)).reshape(chunked)  # r_t e^{b_{t-1}}   (B, H, C, L, N)
+    S = _initial_state(state, B, H, N, r, cdt)  # (B, H, N, N)
+    from_state = []  # read out inside the loop: no (B, H, C, N, N) stack of states in memory
+    for c in range(C):
+        from_state.append(q_state[:, :, c] @ S)  # (B, H, L, N)
+        S = chunk_decay[:, :, c] * S + state_inc[:, :, c]
+    y = torch.stack(from_state, dim=2)  # (B, H, C, L, N)
+
+    # --- intra-chunk scores, rows t = (a, i), columns s = (a', j): (B, H, C, a, l, a', l) ---
+    # earlier sub-chunks a' < a through the middle factor e^{ref_a - E_a'}, put onto the keys so
+    # that each sub-chunk a of queries meets all L keys of the chunk in one matmul: (l, N) @ (N, L).
+    # (Pairs a' >= a get e^0 here and are masked below.)
+    keys = (k_end.unsqueeze(3) * torch.exp(between).unsqueeze(-2)).reshape(B, H, C, n_sub, L, N)
+    scores = torch.einsum("...tn,...sn->...ts", q, keys)  # (B, H, C, a, l, L); einsum avoids a copy of keys^T
+    scores = scores.view(B, H, C, n_sub, l, n_sub, l)
+    # same sub-chunk (s < t), plus the bonus of the current token on the diagonal (s = t)
+    scores_same = _IntraSubChunk.apply(r_.reshape(sub), k_.reshape(sub), lw)  # (B, H, C, n_sub, l, l)
+    bonus = (r_ * u.to(cdt).view(1, H, 1, 1, N) * k_).sum(-1)  # r_t . (u * k_t)   (B, H, C, L)
+    scores_same = scores_same + torch.diag_embed(bonus.reshape(B, H, C, n_sub, l))
+
+    ia = torch.arange(n_sub, device=dev)
+    earlier = (ia.view(-1, 1, 1) > ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)  # a' < a
+    same = (ia.view(-1, 1, 1) == ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)
+    zero = torch.zeros((), dtype=cdt, device=dev)
+    scores = torch.where(same, scores_same.unsqueeze(-2), torch.where(earlier, scores, zero))
+    y = y + scores.reshape(B, H, C, L, L) @ v_  # (B, H, C, L, N)
+
+    y = y.reshape(B, H, C * L, N)[:, :, :T].transpose(1, 2)  # (B, T, H, N)
+    return y.to(r.dtype), S
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU reference form: float64 cumulative sums inside sub-chunks of at most 8 tokens. It rounds
+# like the single-token step to within float32 resolution, so a converted model's parallel forward
+# and its token-by-token decoding agree; on GPUs float64 runs at 1/32-1/64 speed, so CUDA inputs
+# take wkv6_chunked_fp32 (above) through the dispatcher.
+_MAX_SUB_CHUNK_F64 = 8
+
+
+def _sub_chunk_size_f64(chunk_size: int) -> int:
+    """Largest divisor of ``chunk_size`` that is <= _MAX_SUB_CHUNK_F64 (the float64-safe span)."""
+    return max(d for d in range(1, min(_MAX_SUB_CHUNK_F64, chunk_size) + 1) if chunk_size % d == 0)
+
+
+@outside_autocast
 def wkv6_chunked(
     r: Tensor,
     k: Tensor,
@@ -265,14 +473,17 @@ def wkv6(
     """RWKV-6 WKV with a choice of implementation.
 
     ``impl="auto"`` uses :func:`wkv6_step` for T == 1 (token-by-token decoding, where chunking
-    only adds overhead) and the chunked form otherwise; "naive" and "chunked" force one.
+    only adds overhead) and a chunked form otherwise: the float32 one on CUDA, the float64-accumulating
+    CPU reference elsewhere; "naive", "chunked" and "chunked_fp32" force one.
     """
     if impl == "auto":
         if r.shape[1] == 1:
             return wkv6_step(r, k, v, logw, u, state)
-        impl = "chunked"
+        impl = "chunked_fp32" if r.is_cuda else "chunked"
     if impl == "naive":
         return wkv6_naive(r, k, v, logw, u, state)
     if impl == "chunked":
         return wkv6_chunked(r, k, v, logw, u, state, chunk_size=chunk_size)
-    raise ValueError(f"impl must be 'auto', 'naive' or 'chunked', got {impl!r}")
+    if impl == "chunked_fp32":
+        return wkv6_chunked_fp32(r, k, v, logw, u, state, chunk_size=chunk_size)
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked' or 'chunked_fp32', got {impl!r}")

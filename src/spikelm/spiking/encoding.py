@@ -92,6 +92,7 @@ __all__ = [
     "SpikeStats",
     "mhse_weights",
     "mhse_a_max",
+    "calibrated_scale",
     "mhse_simulate",
     "mhse_closed_form",
     "mhse_decode",
@@ -171,6 +172,34 @@ def mhse_a_max(layers: int, base: float = 2.0, n_int: int = 1) -> float:
     return float(sum(mhse_weights(layers, base, n_int)))
 
 
+def calibrated_scale(stat: Tensor, a_max: float, floor: float = 1e-8) -> Tensor:
+    """The float32 scale that puts the calibration statistic on the top level: ``s ~ stat / A_max``.
+
+    Trap: ``s = stat / A_max`` is rounded to float32, and the encoder rounds ``|x| / s`` to float32
+    again, so ``stat / s`` lands one ulp *below* ``A_max`` in about one draw in ten; truncation then
+    decodes the calibrated maximum one grid step low. Where that happens ``s`` is lowered ulp by
+    ulp (once is enough in practice) until the encoder's own magnitude of ``stat`` reaches
+    ``A_max`` (it is clipped there). Elementwise, for per-tensor and per-channel statistics; scales
+    below ``floor`` (an all-zero site) are floored and left alone. Calibration time only: the
+    loop reads values back to the host.
+    """
+    stat = stat.detach().float()
+    s = (stat.double() / a_max).float().clamp(min=floor)
+    for _ in range(8):
+        # the encoder's magnitude: float64 quotient rounded to float32 (= the float32 quotient)
+        short = ((stat.double() / s.double()).float() < a_max) & (s > floor)
+        if not bool(short.any()):
+            break
+        s = torch.where(short, torch.nextafter(s, torch.zeros_like(s)), s)
+    return s
+
+
+def check_scale(scale: Tensor) -> None:
+    """Refuse a scale that is not finite and > 0 everywhere (a host sync: load and calibration time)."""
+    if not bool(((scale > 0) & torch.isfinite(scale)).all()):
+        raise ValueError("every spike-encoding scale must be finite and > 0")
+
+
 def _check_layout(T: int, layers: int, base: float) -> None:
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"the number of time steps T must be an integer >= 1, got {T!r}")
@@ -192,8 +221,10 @@ def _check_exact(T: int, layers: int, base: float) -> None:
         raise ValueError(f"exact encoding needs T <= {MAX_T} and layers <= {MAX_LAYERS}, got T={T}, layers={layers}")
 
 
-def _scale64(scale: float | Tensor, shape: torch.Size, device: torch.device) -> Tensor:
-    """The scale as float64 on ``device``, checked positive, finite and broadcastable to ``shape``."""
+def _scale64(scale: float | Tensor, shape: torch.Size, device: torch.device, validate: bool = True) -> Tensor:
+    """The scale as float64 on ``device``, checked broadcastable to ``shape`` and, if ``validate``,
+    positive and finite. The value check reads the tensor back to the host (a device sync), so the
+    hot paths skip it: a converted model's scales are checked once, at calibration and at load."""
     s = torch.as_tensor(scale, dtype=torch.float64, device=device).detach()
     try:
         broadcast_ok = torch.broadcast_shapes(shape, s.shape) == shape
@@ -201,20 +232,21 @@ def _scale64(scale: float | Tensor, shape: torch.Size, device: torch.device) -> 
         broadcast_ok = False
     if not broadcast_ok:
         raise ValueError(f"scale of shape {tuple(s.shape)} does not broadcast to values of shape {tuple(shape)}")
-    if not bool(((s > 0) & torch.isfinite(s)).all()):
+    if validate and not bool(((s > 0) & torch.isfinite(s)).all()):
         raise ValueError("every scale must be finite and > 0")
     return s
 
 
-def _magnitude(x: Tensor, s: Tensor, a_max: float) -> tuple[Tensor, Tensor, Tensor]:
+def _magnitude(x: Tensor, s: Tensor, a_max: float, check_nan: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """``a = min(|x| / s, A_max)`` in float64 holding a float32 value; the flags ``x < 0``; and the
-    mask of values inside the representable range (not clipped)."""
+    mask of values inside the representable range (not clipped). ``check_nan`` refuses NaN inputs
+    (a host sync; the training fast path skips it and lets NaN propagate)."""
     if not x.is_floating_point():
         raise TypeError(f"spike encoding takes a floating-point tensor, got {x.dtype}")
     x = x.detach()
     # Rounded to float32 once: the 24-bit significand is what makes every later step exact.
     a = (x.abs().to(torch.float64) / s).to(torch.float32).to(torch.float64)  # x.shape
-    if bool(torch.isnan(a).any()):
+    if check_nan and bool(torch.isnan(a).any()):
         raise ValueError("cannot spike-encode NaN values")
     inside = a <= a_max
     return a.clamp(max=a_max), x < 0, inside
@@ -269,21 +301,30 @@ def mhse_simulate(
 
     For inspection and teaching; any base > 1. Returns ``(x_hat, stats, spikes, flags)``: decoded
     values in ``x.dtype``, counts, spikes (T, l, *x.shape) bool, flags (*x.shape) bool.
+
+    Saturated values (``|x| / s >= A_max``) fire every layer at every step, as the exact cascade
+    does (charge ``A_max`` and the layers remove exactly ``sum_i w_i``, leaving the residual where
+    it was). They are not stepped in floats: for a base other than 2 the weights are inexact and
+    ``A_max - w_1 - w_2 ...`` in float64 can end just below ``w_l`` (base 3, 4 layers: the last
+    layer missed its spike, and every saturated value decoded one grid step low).
     """
     _check_layout(T, layers, base)
     weights = mhse_weights(layers, base, n_int)
+    a_max = mhse_a_max(layers, base, n_int)  # the same float sum that decode() adds up
     s = _scale64(scale, x.shape, x.device)
-    a, flags, inside = _magnitude(x, s, sum(weights))
+    a, flags, inside = _magnitude(x, s, a_max)
+    saturated = a >= a_max  # a is clipped, so this is a == A_max
 
     # Membrane in float64 (the same units as a): exact for base 2, see the module docstring.
     v = torch.full_like(a, weights[-1] / 2 if init_half else 0.0)  # x.shape
+    a = torch.where(saturated, 0.0, a)  # saturated membranes stay at their start (see above)
     spikes = torch.zeros((T, layers, *x.shape), dtype=torch.bool, device=x.device)
     for j in range(T):
         v = v + a  # charge
         for i, w in enumerate(weights):
             fired = v >= w  # fire: layer i's IF neuron, threshold w_i
             v = torch.where(fired, v - w, v)  # reset by subtraction: the residual goes on down
-            spikes[j, i] = fired
+            spikes[j, i] = fired | saturated
 
     stats = SpikeStats(
         spikes_per_layer_step=spikes.reshape(T, layers, -1).sum(-1).cpu(),
@@ -294,10 +335,12 @@ def mhse_simulate(
     return decode(spikes, flags, s, weights, x.dtype), stats, spikes, flags
 
 
-def _units(x: Tensor, scale: float | Tensor, layers: int, n_int: int, init_half: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+def _units(
+    x: Tensor, scale: float | Tensor, layers: int, n_int: int, init_half: bool, validate: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
     """Common start of the closed forms: (A in units of w_l, flags, inside mask, scale, offset c)."""
-    s = _scale64(scale, x.shape, x.device)
-    a, flags, inside = _magnitude(x, s, mhse_a_max(layers, 2.0, n_int))
+    s = _scale64(scale, x.shape, x.device, validate)
+    a, flags, inside = _magnitude(x, s, mhse_a_max(layers, 2.0, n_int), check_nan=validate)
     units = a * 2.0 ** (layers - n_int)  # exact power-of-two scaling; in [0, 2**l - 1]
     return units, flags, inside, s, 0.5 if init_half else 0.0
 
@@ -344,7 +387,9 @@ def mhse_closed_form(
     converted model; otherwise ``x_hat`` is detached. The scale receives no gradient.
     """
     _check_exact(T, layers, base)
-    units, flags, inside, s, c = _units(x, scale, layers, n_int, init_half)
+    # The checks of scale and NaN read values back to the host; with neither statistics nor spikes
+    # requested (the straight-through training path) they are skipped to keep the step sync-free.
+    units, flags, inside, s, c = _units(x, scale, layers, n_int, init_half, validate=stats or with_spikes)
     w_l = 2.0 ** (n_int - layers)
 
     q_T = _emitted(units, c, T)  # x.shape, integer-valued float64, <= T * (2**l - 1)
@@ -389,11 +434,15 @@ def mhse_decode(
     in float64 rounded once to float32, clipped at ``A_max`` (exact in float32 for ``l <= 24``),
     scaled to units of ``w_l`` (a power of two), ``floor(c + T * A)`` in float64, then
     ``q * w_l / T * s`` and the sign. Base 2 only.
+
+    No host syncs: it reads no value back to check it (one such read per encoded site stalled a
+    GPU twice per site and token). The scale is the caller's to validate (a converted model checks
+    its scales at calibration and at load); a NaN input decodes to NaN, as any layer would pass it on.
     """
     _check_exact(T, layers, 2.0)
     if not x.is_floating_point():
         raise TypeError(f"spike encoding takes a floating-point tensor, got {x.dtype}")
-    s = _scale64(scale, x.shape, x.device)
+    s = _scale64(scale, x.shape, x.device, validate=False)
     x = x.detach()
     a_max = mhse_a_max(layers, 2.0, n_int)
     if T == 1 and not init_half and x.dtype == torch.float32 and isinstance(scale, Tensor) and scale.dtype == torch.float32:
@@ -403,13 +452,9 @@ def mhse_decode(
         # float32 numbers is exact in float64, so rounding it once to float32 is the float32 product.
         s32 = scale.detach().to(x.device)
         a = x.abs().div_(s32)
-        if bool(torch.isnan(a).any()):
-            raise ValueError("cannot spike-encode NaN values")
         q = a.clamp_(max=a_max).mul_(2.0 ** (layers - n_int)).floor_().mul_(2.0 ** (n_int - layers)).mul_(s32)
         return torch.where(x < 0, q.neg(), q)
     a = x.to(torch.float64).abs_().div_(s).to(torch.float32)  # x.shape, the magnitude a
-    if bool(torch.isnan(a).any()):
-        raise ValueError("cannot spike-encode NaN values")
     a.clamp_(max=a_max)
     q = a.to(torch.float64).mul_(2.0 ** (layers - n_int))  # units of w_l
     if T != 1:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import EncodingConfig
-from .encoding import mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
+from .encoding import check_scale, mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
 
 __all__ = ["SpikeEncoder", "SpikingLinear"]
 
@@ -21,7 +21,10 @@ __all__ = ["SpikeEncoder", "SpikingLinear"]
 class SpikeEncoder(nn.Module):
     """Encode a tensor into spikes and return the value the spikes decode to.
 
-    ``scale`` is a buffer (saved with the checkpoint): shape () per tensor or (C,) per channel.
+    ``scale`` is a buffer (saved with the checkpoint): shape () per tensor or (C,) per channel,
+    always float32: casting the model (``.to(torch.bfloat16)``, ``.half()``) leaves it alone, and
+    the encoding computes in float32/float64 and returns the input's dtype. Loading refuses a
+    scale that is not finite and > 0 (checked here once, not on every forward).
     ``method``: ``closed`` (fast, exact closed form) or ``sim`` (step-by-step IF cascade; slow,
     the reference). Both give bit-identical outputs. ``straight_through`` passes gradients.
     """
@@ -33,6 +36,16 @@ class SpikeEncoder(nn.Module):
         self.register_buffer("scale", torch.ones(channels if enc.granularity == "channel" else ()))
         self.method = "closed"
         self.straight_through = False
+        self.register_load_state_dict_post_hook(lambda module, _keys: check_scale(module.scale))
+
+    def _apply(self, fn, recurse=True):
+        # Module.to/half/bfloat16 all go through _apply: keep the scale's float32 value and take
+        # only the new device (a scale rounded to bfloat16 moves every decision threshold).
+        scale = self.scale
+        super()._apply(fn, recurse)
+        if self.scale.dtype != scale.dtype and scale.dtype == torch.float32:
+            self.scale = scale.to(self.scale.device)
+        return self
 
     @property
     def a_max(self) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .surrogate import ArcTan, Surrogate, step_function
+from .surrogate import ArcTan, Surrogate
 
 __all__ = ["SpikingNeuron", "IFNeuron", "LIFNeuron"]
 
@@ -104,17 +104,26 @@ class SpikingNeuron(nn.Module):
         return torch.stack(spikes, dim), v
 
     def _loop(self, x0: Tensor, v: Tensor, keep_u: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Forward along dim 0 with no graph: (spikes, final membrane, pre-spike membranes or None)."""
-        spikes, us = [], []
+        """Forward along dim 0 with no graph: (spikes, final membrane, pre-spike membranes or None).
+
+        Per step only what must be sequential: ``charge``, one comparison and ``reset_fired`` (a
+        select), about five aten ops; spikes stay boolean until one conversion after the loop.
+        ``u >= threshold`` is ``step_function(u - threshold)`` (fire's forward) for finite u: a
+        float difference is >= 0 exactly when u >= threshold (gradual underflow)."""
+        fired, us = [], []
         with torch.no_grad():
             for x in x0.unbind(0):
                 u = self.charge(x, v)
-                s = step_function(u - self.threshold)  # fire's forward, without the autograd Function
-                v = self.reset(u, s)
-                spikes.append(s)
+                f = u >= self.threshold
+                v = self.reset_fired(u, f)
+                fired.append(f)
                 if keep_u:
                     us.append(u)
-        return torch.stack(spikes), v, (torch.stack(us) if keep_u else None)
+        return torch.stack(fired).to(x0.dtype), v, (torch.stack(us) if keep_u else None)
+
+    def reset_fired(self, u: Tensor, fired: Tensor) -> Tensor:
+        """``reset(u, s)`` for boolean spikes, without a graph: the same values as ``reset``."""
+        return self.reset(u, fired.to(u.dtype))
 
     def charge_coefficients(self) -> tuple[float, float]:
         """(du/dv, du/dx) of ``charge``: both neurons charge affinely."""
@@ -167,8 +176,9 @@ class _MultiStep(torch.autograd.Function):
         else:
             grad_u[-1] = p[-1]
         aq = q.mul_(a)
+        ps, aqs, gs = p.unbind(0), aq.unbind(0), grad_u.unbind(0)  # views made once, not per step
         for t in range(u.shape[0] - 2, -1, -1):
-            torch.addcmul(p[t], aq[t], grad_u[t + 1], out=grad_u[t])
+            torch.addcmul(ps[t], aqs[t], gs[t + 1], out=gs[t])
         return grad_u * b, grad_u[0] * a, None
 
 
@@ -198,6 +208,9 @@ class IFNeuron(SpikingNeuron):
     def reset(self, u: Tensor, s: Tensor) -> Tensor:
         s = s.detach() if self.detach_reset else s
         return u - self.threshold * s
+
+    def reset_fired(self, u: Tensor, fired: Tensor) -> Tensor:
+        return torch.where(fired, u - self.threshold, u)  # u - theta * 1 and u - theta * 0 = u
 
     def charge_coefficients(self) -> tuple[float, float]:
         return 1.0, 1.0
@@ -258,6 +271,8 @@ class LIFNeuron(SpikingNeuron):
         return torch.full_like(x, self.v_reset)
 
     def charge(self, x: Tensor, v: Tensor) -> Tensor:
+        if self.v_reset == 0.0:  # v - 0 is v exactly: one operation fewer per step, same values
+            return v + self.beta * (x - v)
         return v + self.beta * (x - (v - self.v_reset))
 
     def reset(self, u: Tensor, s: Tensor) -> Tensor:
@@ -265,6 +280,12 @@ class LIFNeuron(SpikingNeuron):
         if self.reset_mode == "zero":
             return u * (1 - s) + self.v_reset * s
         return u - self.threshold * s
+
+    def reset_fired(self, u: Tensor, fired: Tensor) -> Tensor:
+        # the values of reset() for s in {0, 1} (u * 0 + v_reset = v_reset and u * 1 + 0 = u, for finite u)
+        if self.reset_mode == "zero":
+            return torch.where(fired, self.v_reset, u)
+        return torch.where(fired, u - self.threshold, u)
 
     def charge_coefficients(self) -> tuple[float, float]:
         return 1.0 - self.beta, self.beta
