@@ -76,6 +76,8 @@ def site_names(model: nn.Module, sites: str) -> list[str]:
     """Qualified names of the modules whose input gets spike-encoded."""
     if sites not in ("time_mix", "all"):
         raise ConfigError(f"sites: unknown site set {sites!r}; choose time_mix or all")
+    if hasattr(model, "spike_sites"):  # a model that declares its own sites (RWKV-7)
+        return model.spike_sites(sites)
     names = []
     for i, _ in enumerate(model.blocks):
         names += [f"blocks.{i}.att.{n}" for n in _TIME_MIX_LINEARS]
