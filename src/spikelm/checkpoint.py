@@ -236,6 +236,16 @@ def _build_spikegpt(cfg_dict: dict[str, Any]) -> nn.Module:
 register_builder("spikegpt", _build_spikegpt)
 
 
+def _build_rwkv7(cfg_dict: dict[str, Any]) -> nn.Module:
+    from .config import RWKV7Config
+    from .models.rwkv7 import RWKV7
+
+    return RWKV7(RWKV7Config.from_dict(cfg_dict))
+
+
+register_builder("rwkv7", _build_rwkv7)
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
          tokenizer: str | None = None) -> nn.Module:
     """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast)."""
