@@ -87,7 +87,7 @@ def run_reference(jobs: list[dict], workdir: Path, timeout: float = 240.0) -> li
     job_file.write_text(json.dumps(jobs))
     env = dict(os.environ, RWKV_V7_ON="1", RWKV_JIT_ON="0", RWKV_CUDA_ON="0", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(REFERENCE_SCRIPT), str(job_file), str(out_file)],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"the rwkv reference failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return torch.load(out_file, weights_only=True)

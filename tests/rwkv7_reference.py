@@ -13,12 +13,14 @@ import torch
 assert os.environ.get("RWKV_V7_ON") == "1", "set RWKV_V7_ON=1 before the rwkv package is imported"
 torch.set_num_threads(1)
 
-from rwkv.model import RWKV  # noqa: E402  (after the environment check, by design)
+from rwkv.model import RWKV  # after the environment check, on purpose: the import reads RWKV_V7_ON
 
 
 def main(job_path: str, out_path: str) -> None:
+    with open(job_path) as f:
+        jobs = json.load(f)
     results = []
-    for job in json.load(open(job_path)):
+    for job in jobs:
         tokens, cut = job["tokens"], job["cut"]
         res = {}
         for strategy in job["strategies"]:

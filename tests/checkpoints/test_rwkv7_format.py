@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_rwkv6
 from rwkv7_helpers import official_rwkv7_state_dict
+
 from spikelm.checkpoints.rwkv7 import (
     from_official,
     infer_rwkv7_config,

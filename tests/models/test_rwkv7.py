@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from rwkv7_helpers import official_rwkv7_state_dict, run_reference
+
 from spikelm.checkpoints.rwkv7 import rwkv7_from_state_dict
 from spikelm.config import RWKV7Config
 from spikelm.models.rwkv7 import RWKV7, SPIKE_SITES
@@ -188,7 +188,12 @@ def test_spike_encoders_attach_to_declared_sites():
     encoders, linears become spiking linears, and with unit scales and 4 layers the model still
     runs (encoding is lossy, so only finiteness and a changed output are checked)."""
     from spikelm.config import EncodingConfig
-    from spikelm.convert.to_spiking import SpikeEncoder, SpikingLinear, attach_encoders, site_names
+    from spikelm.convert.to_spiking import (
+        SpikeEncoder,
+        SpikingLinear,
+        attach_encoders,
+        site_names,
+    )
 
     model = _model("2x64-h16")
     assert site_names(model, "time_mix") == model.spike_sites("time_mix")

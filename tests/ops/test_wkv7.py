@@ -209,7 +209,7 @@ def test_hand_computed_case(impl: str) -> None:
     S1 = [[0.5, 1], [0.25, 0]] + [[1, 0], [1, 0]] = [[1.5, 1], [1.25, 0]];  y = r S1 = [4, 1]
     """
     f = torch.float64
-    t = lambda *x: torch.tensor(x, dtype=f).view(1, 1, 1, 2)  # noqa: E731
+    t = lambda *x: torch.tensor(x, dtype=f).view(1, 1, 1, 2)
     r, k, v, w, a, b = t(1.0, 2.0), t(1.0, 1.0), t(1.0, 0.0), t(0.5, 0.25), t(1.0, 0.0), t(0.0, -0.5)
     state = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=f).view(1, 1, 2, 2)
     fn = {"naive": wkv7_naive, "chunked": wkv7_chunked, "step": wkv7_step}[impl]

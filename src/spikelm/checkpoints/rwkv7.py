@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,11 +36,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EXPECTED_LAYOUT",
-    "is_rwkv7_state_dict",
-    "infer_rwkv7_config",
     "from_official",
-    "to_official",
+    "infer_rwkv7_config",
+    "is_rwkv7_state_dict",
     "rwkv7_from_state_dict",
+    "to_official",
 ]
 
 EXPECTED_LAYOUT = (

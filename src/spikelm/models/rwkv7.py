@@ -40,7 +40,6 @@ used with ``@``), so their inputs pass through parameter-free identity modules `
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 from ..config import RWKV7Config
 from ..ops.wkv7 import wkv7
 
-__all__ = ["RWKV7", "TimeMix", "ChannelMix", "Block", "SPIKE_SITES", "State", "LayerState"]
+__all__ = ["RWKV7", "SPIKE_SITES", "Block", "ChannelMix", "LayerState", "State", "TimeMix"]
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32 [key, value], ffn shift (B, C))
 State = list[LayerState]
@@ -126,7 +125,7 @@ class TimeMix(nn.Module):
         self.g1_in = nn.Identity()
 
     def forward(
-        self, x: Tensor, shift: Tensor, wkv_state: Tensor, v_first: Optional[Tensor], wkv_impl: str = "auto"
+        self, x: Tensor, shift: Tensor, wkv_state: Tensor, v_first: Tensor | None, wkv_impl: str = "auto"
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
@@ -153,7 +152,7 @@ class TimeMix(nn.Module):
 
         # fp32 from here: the log-decay is <= 0 by construction and enters a long product
         logw = -_DECAY_SCALE * torch.sigmoid(z.float())  # (B, T, C), in [-0.607, 0]
-        heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
+        heads = lambda t: t.float().view(B, T, H, N)
         # S' = diag(w) S + (kk a) ((-kk)^T S) + k^T v, per head: the state forgets along kk at rate a
         y, wkv_state = wkv7(heads(r), heads(k), heads(v), heads(logw), heads(-kk), heads(kk * a), wkv_state, impl=wkv_impl)
 
@@ -189,7 +188,7 @@ class Block(nn.Module):
         self.ffn = ChannelMix(cfg, layer_id)
 
     def forward(
-        self, x: Tensor, state: LayerState, v_first: Optional[Tensor], wkv_impl: str = "auto"
+        self, x: Tensor, state: LayerState, v_first: Tensor | None, wkv_impl: str = "auto"
     ) -> tuple[Tensor, LayerState, Tensor]:
         att_shift, wkv_state, ffn_shift = state
         if hasattr(self, "ln0"):
@@ -243,13 +242,13 @@ class RWKV7(nn.Module):
             for _ in self.blocks
         ]
 
-    def forward(self, idx: Tensor, state: Optional[State] = None, last_only: bool = False) -> tuple[Tensor, State]:
+    def forward(self, idx: Tensor, state: State | None = None, last_only: bool = False) -> tuple[Tensor, State]:
         """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with ``last_only``), new state."""
-        B, T = idx.shape
+        B = idx.shape[0]
         if state is None:
             state = self.initial_state(B, idx.device)
         x = self.emb(idx)  # (B, T, C)
-        v_first: Optional[Tensor] = None
+        v_first: Tensor | None = None
         new_state: State = []
         for blk, s in zip(self.blocks, state):
             x, s, v_first = blk(x, s, v_first, self.wkv_impl)
@@ -261,7 +260,7 @@ class RWKV7(nn.Module):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def init_weights(self, seed: int | None = None) -> "RWKV7":
+    def init_weights(self, seed: int | None = None) -> RWKV7:
         """Initialise for training from scratch, following the shape of RWKV-LM v7's scheme.
 
         Token-shift mixes fade with depth; decays spread from fast to slow per channel with a

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["wkv7", "wkv7_naive", "wkv7_step", "wkv7_chunked", "LOG_DECAY_FLOOR"]
+__all__ = ["LOG_DECAY_FLOOR", "wkv7", "wkv7_chunked", "wkv7_naive", "wkv7_step"]
 
 # Per-step log-decays are clamped to this floor in the chunked form (as in wkv6): e^-60 ~ 9e-27 of
 # the state survives instead of exactly 0, far below float32 resolution, so no result changes; it
