@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "Config",
     "RWKV6Config",
+    "RWKV7Config",
     "EncodingConfig",
     "SpikeGPTConfig",
     "SPIKEGPT_PRESETS",
@@ -185,6 +186,57 @@ class RWKV6Config(Config):
     @property
     def n_head(self) -> int:
         return self.dim_att // self.head_size
+
+
+def _rwkv7_lora_dim(n_embd: int, factor: float, power: float = 0.5) -> int:
+    """RWKV-LM v7's suggested low-rank size: ``factor * C**power`` rounded to a multiple of 32, >= 32."""
+    return max(32, int(round(factor * n_embd**power / 32)) * 32)
+
+
+@dataclass
+class RWKV7Config(Config):
+    """Shape of an RWKV-7 ("Goose", x070) model, in the official names.
+
+    ``head_size`` is N (64 in every released model); ``n_head = n_embd // head_size`` is H (the
+    attention width is always ``n_embd`` in x070). ``dim_ffn`` defaults to ``4 * n_embd``. The
+    low-rank sizes are the second dimension of ``att.w1`` (decay), ``att.a1`` (in-context learning
+    rate), ``att.v1`` (value residual) and ``att.g1`` (output gate); they differ between released
+    sizes, so a checkpoint's are always read from its shapes. Their defaults are RWKV-LM's
+    ``RWKV-v7/train_temp`` suggestions, ``round(f * sqrt(C) / 32) * 32`` (at least 32) with f =
+    2.5, 2.5, 1.7, 5: 64, 64, 32, 128 for C = 768.
+    """
+
+    kind: ClassVar[str] = "rwkv7"
+
+    vocab_size: int = 65536
+    n_layer: int = 12
+    n_embd: int = 768
+    head_size: int = 64
+    dim_ffn: int = 0  # 0 -> 4 * n_embd
+    decay_lora_dim: int = 0  # att.w1 [C, D]; 0 -> RWKV-LM's suggestion
+    a_lora_dim: int = 0  # att.a1
+    v_lora_dim: int = 0  # att.v1 (layers >= 1: layer 0's value is the residual v_first)
+    gate_lora_dim: int = 0  # att.g1
+    tokenizer: str = "world"  # "world", "bytes", or a path to a tokenizer.json (GPT-NeoX BPE)
+
+    def __post_init__(self) -> None:
+        for k in ("vocab_size", "n_layer", "n_embd", "head_size"):
+            _require(isinstance(getattr(self, k), int) and getattr(self, k) > 0, k, f"must be a positive integer, got {getattr(self, k)!r}")
+        _require(self.n_embd % self.head_size == 0, "head_size", f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
+        if self.dim_ffn == 0:
+            self.dim_ffn = 4 * self.n_embd
+        suggested = {"decay_lora_dim": 2.5, "a_lora_dim": 2.5, "v_lora_dim": 1.7, "gate_lora_dim": 5.0}
+        for k, f in suggested.items():
+            if getattr(self, k) == 0:
+                setattr(self, k, _rwkv7_lora_dim(self.n_embd, f))
+        for k in ("dim_ffn", *suggested):
+            v = getattr(self, k)
+            _require(isinstance(v, int) and v > 0, k, f"must be a positive integer, got {v!r}")
+        _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
 
 
 ENCODINGS = ("mhse", "rate", "none")

@@ -26,14 +26,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..config import EncodingConfig, RWKV6Config
+from ..config import EncodingConfig, RWKV6Config, RWKV7Config
 from ..convert import attach_encoders
 from ..errors import CheckpointError
 from ..io import atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
 from ..models.rwkv6 import RWKV6
+from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
 from .files import read_tensors
 from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
+from .rwkv7 import from_official, infer_rwkv7_config, is_rwkv7_state_dict, rwkv7_from_state_dict
 from .spikegpt import SPIKEGPT_LAYOUT, infer_spikegpt_config, is_spikegpt_state_dict, spikegpt_from_state_dict
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def _fit_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> di
         raise CheckpointError(
             f"{path}: keys do not match the inferred {type(model).__name__} "
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}); "
-            f"{EXPECTED_LAYOUT if isinstance(model, RWKV6) else SPIKEGPT_LAYOUT}"
+            f"{SPIKEGPT_LAYOUT if isinstance(model, SpikeGPT) else EXPECTED_LAYOUT}"
         )
     out = {}
     for k, t in own.items():
@@ -94,6 +96,9 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if is_spikegpt_state_dict(sd):  # SpikeGPT releases (RWKV-4 layout): built by load() below
         meta["format"] = "spikegpt"
         return sd, meta
+    if is_rwkv7_state_dict(sd):  # official RWKV-7 (x070): built by load() below
+        meta["format"] = "rwkv7"
+        return sd, meta
     check_generation(sd, p)
     return sd, meta
 
@@ -107,8 +112,10 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
         model: nn.Module = RWKV6(RWKV6Config.from_dict(cfg_dict))
     elif kind == "spikegpt":
         model = SpikeGPT(SpikeGPTConfig.from_dict(cfg_dict))
+    elif kind == "rwkv7":
+        model = RWKV7(RWKV7Config.from_dict(cfg_dict))
     else:
-        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv6, spikegpt")
+        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv6, rwkv7, spikegpt")
     if encoding is not None:
         attach_encoders(model, EncodingConfig.from_dict(encoding))
     return model
@@ -123,6 +130,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
         model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype)
         model.to(device=device)
         log.info("loaded %s (SpikeGPT release layout, %s)", p, model.cfg)
+        return model
+    if meta["format"] == "rwkv7":
+        model = rwkv7_from_state_dict(sd, tokenizer=tokenizer, dtype=dtype or torch.float32).to(device=device)
+        log.info("loaded %s (RWKV-7 official layout, %s)", p, model.cfg)
         return model
     if meta["format"] == "spikelm":
         cfg = dict(meta["spikelm_config"])
@@ -190,12 +201,18 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         cfg = meta["spikelm_config"]
     elif meta["format"] == "spikegpt":
         cfg = infer_spikegpt_config(sd, near=Path(path).parent).to_dict()
+    elif meta["format"] == "rwkv7":
+        cfg = infer_rwkv7_config(sd).to_dict()
     else:
         cfg = infer_rwkv6_config(sd).to_dict()
+    if meta["format"] == "rwkv7":
+        sd_check = from_official(dict(sd))
+        cfg_build = dict(cfg, kind="rwkv7")
+    else:
+        sd_check, cfg_build = sd, dict(cfg, kind={"spikegpt": "spikegpt", "official": "rwkv6", "hf": "rwkv6"}.get(meta["format"], cfg.get("kind", "rwkv6")))
     with torch.device("meta"):
-        skeleton = build_model(cfg) if meta["format"] == "spikelm" else (
-            SpikeGPT(SpikeGPTConfig.from_dict(cfg)) if meta["format"] == "spikegpt" else RWKV6(RWKV6Config.from_dict(cfg)))
-    _fit_shapes(skeleton, sd, Path(path))
+        skeleton = build_model(cfg_build)
+    _fit_shapes(skeleton, sd_check, Path(path))
     total = sum(v.numel() for v in sd.values() if hasattr(v, "numel"))
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if hasattr(v, "dtype")})
     return {"path": str(path), "format": meta["format"], "config": cfg, "parameters": total, "dtypes": dtypes,

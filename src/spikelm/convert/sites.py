@@ -26,8 +26,8 @@ __all__ = ["site_names", "attach_encoders", "encoders", "set_method", "check_con
 def check_convertible(model: nn.Module) -> None:
     """Raise a named error for a model family the SpikeRWKV conversion does not apply to."""
     kind = getattr(getattr(model, "cfg", None), "kind", None)
-    if kind != "rwkv6":
-        raise SpikelmError(f"spike-encoding conversion applies to RWKV-6 models; this is a {kind or type(model).__name__} "
+    if kind not in ("rwkv6", "rwkv7"):
+        raise SpikelmError(f"spike-encoding conversion applies to RWKV-6 and RWKV-7 models; this is a {kind or type(model).__name__} "
                            "model (SpikeGPT is spiking already: evaluate it without --preset/--encoding)")
 
 
@@ -39,6 +39,8 @@ def site_names(model: nn.Module, sites: str) -> list[str]:
     if sites not in ("time_mix", "all"):
         raise ConfigError(f"sites: unknown site set {sites!r}; choose time_mix or all")
     check_convertible(model)
+    if hasattr(model, "spike_sites"):  # a model that declares its own sites (RWKV-7)
+        return model.spike_sites(sites)
     names = []
     for i, _ in enumerate(model.blocks):
         names += [f"blocks.{i}.att.{n}" for n in _TIME_MIX_LINEARS]
