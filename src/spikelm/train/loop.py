@@ -382,8 +382,12 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                     if dist.is_main:
                         log.info("stopping at step %d: the time budget of %g minutes is spent", step, args.max_minutes)
                     break
-        finally:
-            report(progress, "train", step, step, unit="step", finished=True)
+        finally:  # the last event keeps the unit and total of the others
+            if budget_s is not None:
+                spent = elapsed_before + (time.perf_counter() - t_start)
+                report(progress, "train", min(spent, budget_s), budget_s, unit="s", step=step, finished=True)
+            else:
+                report(progress, "train", step, step, unit="step", finished=True)
         if val_loss is None:  # no step was taken (a resumed run that had already finished)
             val_loss = validate()
         elapsed = elapsed_before + (time.perf_counter() - t_start)

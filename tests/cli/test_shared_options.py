@@ -1,0 +1,79 @@
+"""Every command spells and defaults the shared options the same way (cli/options.py)."""
+import argparse
+
+import pytest
+
+import spikelm
+from spikelm.cli import COMMANDS, main
+from spikelm.cli.options import SHARED_DEFAULTS
+from spikelm.cli.parser import build_parser
+
+
+def _flag(dest):
+    return "--" + dest.rstrip("_").replace("_", "-")
+
+
+def _actions(name):
+    parser, _ = build_parser(name, COMMANDS[name])
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def _shared(name):
+    return {d: a for d, a in _actions(name).items() if d in SHARED_DEFAULTS}
+
+
+# Commands that load a user's checkpoint. info only reads files; data, train and init load none;
+# demo trains its own models start to finish as train does (device "auto", like train's config).
+LOADS_MODEL = sorted(set(COMMANDS) - {"info", "data", "train", "init", "demo"})
+NEEDS = {
+    "device": LOADS_MODEL,
+    "dtype": LOADS_MODEL,
+    "data": ["eval", "sweep", "energy"],
+    "split": ["eval", "sweep", "energy"],
+    "whole_file": ["eval", "sweep", "energy"],
+    "calib_data": ["convert", "sweep", "energy", "nlu", "generate"],
+    "progress": ["data", "train", "eval", "sweep", "energy", "nlu", "convert", "demo"],
+    "json_": ["info", "eval", "sweep", "energy", "nlu", "generate", "convert"],
+}
+
+
+def test_commands_are_the_expected_set():
+    assert set(COMMANDS) == {"info", "init", "data", "train", "eval", "generate", "convert",
+                             "sweep", "energy", "nlu", "demo"}
+    assert set(NEEDS) == set(SHARED_DEFAULTS)
+    assert LOADS_MODEL == ["convert", "energy", "eval", "generate", "nlu", "sweep"]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_shared_options_have_the_shared_spelling_and_default(name):
+    for dest, action in _shared(name).items():
+        assert action.default == SHARED_DEFAULTS[dest], (name, dest, action.default)
+        assert _flag(dest) in action.option_strings, (name, dest, action.option_strings)
+        if isinstance(SHARED_DEFAULTS[dest], bool):
+            assert isinstance(action, argparse.BooleanOptionalAction), (name, dest)
+            assert "--no-" + _flag(dest)[2:] in action.option_strings, (name, dest)
+
+
+@pytest.mark.parametrize("dest", sorted(NEEDS))
+def test_commands_that_need_a_shared_option_have_it(dest):
+    missing = [name for name in NEEDS[dest] if dest not in _actions(name)]
+    assert not missing, f"{_flag(dest)} missing on: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_mentions_every_shared_flag(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert f"spikelm {name}" in out
+    for dest, action in _shared(name).items():
+        for flag in action.option_strings:
+            assert flag in out, (name, flag)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code in (0, None)
+    assert capsys.readouterr().out.strip() == f"spikelm {spikelm.__version__}"
