@@ -247,7 +247,13 @@ class SpikeGPTConfig(Config):
     decay of eq. 13 (0.5, the code's ``tau = 2``); ``lif_threshold``: U_threshold (1); the reset
     potential is 0. ``surrogate_alpha``: sharpness of the ArcTan surrogate (2 is eq. 1).
     ``token_shift_init`` / ``learnable_shift``: see the module docstring. ``binary_embedding``:
-    Heaviside on the embedding output (sec. 3.2; off gives a real-valued embedding, an ablation).
+    Heaviside on the embedding output (sec. 3.2; off gives a real-valued embedding). True for
+    models spikelm trains (the paper); a released checkpoint gets the public run code's rule
+    (on for the 77-character vocabulary only, see :mod:`spikelm.convert.spikegpt_checkpoint`).
+    ``rescale_every``: 0 (the training model) or k > 0, the public run code's
+    ``RWKV_RESCALE_LAYER`` (6): block i's LIF inputs are scaled by ``2 ** -(i // k)`` and the
+    residual stream is halved after every k-th block. Harmless for an ANN (LayerNorm is scale
+    invariant), not for SpikeGPT: the LIF threshold sees smaller inputs. Released checkpoints get 6.
     ``ctx_len`` is the training context (the recurrent model itself accepts any length).
     ``tokenizer``: ``bytes``, a GPT-NeoX ``tokenizer.json`` path (the 50277-token releases), or
     ``char:<path to vocab.json>`` for the character-vocabulary models.
@@ -266,6 +272,7 @@ class SpikeGPTConfig(Config):
     token_shift_init: str = "paper"
     learnable_shift: bool = False
     binary_embedding: bool = True
+    rescale_every: int = 0
     dropout: float = 0.0
     tokenizer: str = "bytes"
 
@@ -279,6 +286,8 @@ class SpikeGPTConfig(Config):
         _require(self.token_shift_init in TOKEN_SHIFT_INITS, "token_shift_init",
                  f"unknown init {self.token_shift_init!r}; choose one of {', '.join(TOKEN_SHIFT_INITS)}")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.rescale_every, int) and self.rescale_every >= 0, "rescale_every",
+                 f"must be 0 (off) or a positive block count, got {self.rescale_every!r}")
         _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
 
     @property
