@@ -236,6 +236,15 @@ def _build_spikegpt(cfg_dict: dict[str, Any]) -> nn.Module:
 register_builder("spikegpt", _build_spikegpt)
 
 
+def _build_rwkv4(cfg_dict: dict[str, Any]) -> nn.Module:
+    from .models.rwkv4 import build_rwkv4
+
+    return build_rwkv4(cfg_dict)
+
+
+register_builder("rwkv4", _build_rwkv4)
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
          tokenizer: str | None = None) -> nn.Module:
     """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast)."""

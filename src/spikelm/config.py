@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 __all__ = [
     "ConfigError",
     "Config",
+    "RWKV4Config",
     "RWKV6Config",
     "EncodingConfig",
     "SpikeGPTConfig",
@@ -183,6 +184,38 @@ class RWKV6Config(Config):
     @property
     def n_head(self) -> int:
         return self.dim_att // self.head_size
+
+
+@dataclass
+class RWKV4Config(Config):
+    """Shape of an RWKV-4 model (BlinkDL's ``RWKV-4-Pile-*`` / ``RWKV-4-World-*`` releases), in the
+    official names; SpikeGPT's architecture without spikes (:mod:`spikelm.models.rwkv4`).
+
+    ``dim_att`` (the width of key/value/receptance, n_att in the ``rwkv`` package) defaults to
+    ``n_embd``; ``dim_ffn`` to ``4 * n_embd``, as in every release. ``tokenizer``: a GPT-NeoX
+    ``tokenizer.json`` path (``20B_tokenizer.json``: the Pile models, 50277 ids), ``world`` (the
+    World models, 65536 ids) or ``bytes``.
+    """
+
+    kind: ClassVar[str] = "rwkv4"
+
+    vocab_size: int = 50277
+    n_layer: int = 12
+    n_embd: int = 768
+    dim_att: int = 0  # 0 -> n_embd
+    dim_ffn: int = 0  # 0 -> 4 * n_embd
+    tokenizer: str = "20B_tokenizer.json"
+
+    def __post_init__(self) -> None:
+        for k in ("vocab_size", "n_layer", "n_embd"):
+            _require(isinstance(getattr(self, k), int) and getattr(self, k) > 0, k, f"must be a positive integer, got {getattr(self, k)!r}")
+        for k in ("dim_att", "dim_ffn"):
+            _require(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, k, f"must be 0 (default) or a positive integer, got {getattr(self, k)!r}")
+        if self.dim_att == 0:
+            self.dim_att = self.n_embd
+        if self.dim_ffn == 0:
+            self.dim_ffn = 4 * self.n_embd
+        _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
 
 
 ENCODINGS = ("mhse", "rate", "none")
