@@ -83,7 +83,7 @@ def main() -> None:
     os.environ.setdefault("RWKV_RUN_DEVICE", "cpu")
     sys.path.insert(0, str(Path(args.spikegpt).resolve()))
     with contextlib.redirect_stdout(io.StringIO()):
-        import src.model_run as model_run  # their package is named "src"
+        from src import model_run  # their package is named "src"
 
     V, L, C = args.vocab, args.layers, args.width
     sd = random_release_state_dict(V, L, C)

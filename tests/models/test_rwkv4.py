@@ -8,7 +8,11 @@ import os
 import pytest
 import torch
 
-from spikelm.checkpoints.rwkv4 import infer_rwkv4_config, is_rwkv4_state_dict, rwkv4_from_state_dict
+from spikelm.checkpoints.rwkv4 import (
+    infer_rwkv4_config,
+    is_rwkv4_state_dict,
+    rwkv4_from_state_dict,
+)
 from spikelm.config import ConfigError, RWKV4Config
 from spikelm.errors import CheckpointError
 from spikelm.models.rwkv4 import RWKV4, build_rwkv4

@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikelm.convert.spikegpt_checkpoint import infer_spikegpt_config, load_spikegpt, spikegpt_from_state_dict
+from spikelm.convert.spikegpt_checkpoint import (
+    infer_spikegpt_config,
+    load_spikegpt,
+    spikegpt_from_state_dict,
+)
 from spikelm.errors import CheckpointError
 from spikelm.models.spikegpt import SpikeGPT, SpikeGPTConfig
 

@@ -41,7 +41,7 @@ from ..config import RWKV4Config
 from ..errors import CheckpointError
 from ..models.rwkv4 import RWKV4
 
-__all__ = ["RWKV4_LAYOUT", "is_rwkv4_state_dict", "infer_rwkv4_config", "rwkv4_from_state_dict"]
+__all__ = ["RWKV4_LAYOUT", "infer_rwkv4_config", "is_rwkv4_state_dict", "rwkv4_from_state_dict"]
 
 RWKV4_LAYOUT = (
     "expected an RWKV-4 state dict: emb.weight, blocks.0.ln0, blocks.{i}.ln1/ln2, "

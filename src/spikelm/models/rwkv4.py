@@ -44,7 +44,7 @@ The ``rwkv`` pip package's inference (strategy ``cpu fp32``) computes the same l
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from ..config import RWKV4Config
 from ..ops.wkv4 import EMPTY_PP, wkv4
 
-__all__ = ["RWKV4Config", "RWKV4", "LayerState", "build_rwkv4"]
+__all__ = ["RWKV4", "LayerState", "RWKV4Config", "build_rwkv4"]
 
 
 class LayerState(NamedTuple):
@@ -195,11 +195,10 @@ class RWKV4(nn.Module):
             for _ in self.blocks
         ]
 
-    def forward(self, idx: Tensor, state: Optional[State] = None, last_only: bool = False) -> tuple[Tensor, State]:
+    def forward(self, idx: Tensor, state: State | None = None, last_only: bool = False) -> tuple[Tensor, State]:
         """idx (B, T) int64 -> logits (B, T, V) (or (B, 1, V) with ``last_only``), new state."""
-        B, T = idx.shape
         if state is None:
-            state = self.initial_state(B, idx.device)
+            state = self.initial_state(idx.shape[0], idx.device)
         x = self.emb(idx)  # (B, T, C)
         new_state: State = []
         for blk, s in zip(self.blocks, state):
@@ -212,7 +211,7 @@ class RWKV4(nn.Module):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def init_weights(self, seed: int | None = None) -> "RWKV4":
+    def init_weights(self, seed: int | None = None) -> RWKV4:
         """Initialise for training from scratch: RWKV-LM v4's scheme.
 
         * Embedding uniform in +-1e-4; LayerNorms weight 1, bias 0.

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RWKV_RUN_DEVICE", "cpu")
     sys.path.insert(0, str(root))
     with contextlib.redirect_stdout(io.StringIO()):
-        import src.model_run as model_run  # noqa: E402  (their package is named "src")
+        from src import model_run  # their package is named "src"
 
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
