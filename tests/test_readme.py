@@ -10,7 +10,6 @@ CI runs and ``tests/test_demo.py`` runs ``spikelm demo`` with tiny settings.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -20,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from spikelm.cli import main
 

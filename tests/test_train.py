@@ -289,7 +289,7 @@ def test_every_shipped_config_is_valid(config):
 
     args = load_train_args(config)
     cfg = dict(args.model)
-    assert args.out_dir and cfg["kind"] in ("rwkv6", "rwkv7", "spikegpt")
+    assert args.out_dir and cfg["kind"] in ("rwkv4", "rwkv6", "rwkv7", "spikegpt")
     if cfg.get("n_layer", 99) * cfg.get("n_embd", 9999) ** 2 <= 4 * 256**2 * 6:
         cfg.setdefault("vocab_size", 257)
         assert build_model(cfg) is not None

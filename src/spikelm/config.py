@@ -24,6 +24,7 @@ __all__ = [
     "load_train_args",
     "ConfigError",
     "Config",
+    "RWKV4Config",
     "RWKV6Config",
     "RWKV7Config",
     "EncodingConfig",
@@ -239,6 +240,39 @@ class RWKV7Config(Config):
         return self.n_embd // self.head_size
 
 
+
+@dataclass
+class RWKV4Config(Config):
+    """Shape of an RWKV-4 model (BlinkDL's ``RWKV-4-Pile-*`` / ``RWKV-4-World-*`` releases), in the
+    official names; SpikeGPT's architecture without spikes (:mod:`spikelm.models.rwkv4`).
+
+    ``dim_att`` (the width of key/value/receptance, n_att in the ``rwkv`` package) defaults to
+    ``n_embd``; ``dim_ffn`` to ``4 * n_embd``, as in every release. ``tokenizer``: a GPT-NeoX
+    ``tokenizer.json`` path (``20B_tokenizer.json``: the Pile models, 50277 ids), ``world`` (the
+    World models, 65536 ids) or ``bytes``.
+    """
+
+    kind: ClassVar[str] = "rwkv4"
+
+    vocab_size: int = 50277
+    n_layer: int = 12
+    n_embd: int = 768
+    dim_att: int = 0  # 0 -> n_embd
+    dim_ffn: int = 0  # 0 -> 4 * n_embd
+    tokenizer: str = "20B_tokenizer.json"
+
+    def __post_init__(self) -> None:
+        for k in ("vocab_size", "n_layer", "n_embd"):
+            _require(isinstance(getattr(self, k), int) and getattr(self, k) > 0, k, f"must be a positive integer, got {getattr(self, k)!r}")
+        for k in ("dim_att", "dim_ffn"):
+            _require(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, k, f"must be 0 (default) or a positive integer, got {getattr(self, k)!r}")
+        if self.dim_att == 0:
+            self.dim_att = self.n_embd
+        if self.dim_ffn == 0:
+            self.dim_ffn = 4 * self.n_embd
+        _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
+
+
 ENCODINGS = ("mhse", "rate", "none")
 SITES = ("time_mix", "all")
 SATURATIONS = ("clip",)
@@ -301,7 +335,13 @@ class SpikeGPTConfig(Config):
     decay of eq. 13 (0.5, the code's ``tau = 2``); ``lif_threshold``: U_threshold (1); the reset
     potential is 0. ``surrogate_alpha``: sharpness of the ArcTan surrogate (2 is eq. 1).
     ``token_shift_init`` / ``learnable_shift``: see the module docstring. ``binary_embedding``:
-    Heaviside on the embedding output (sec. 3.2; off gives a real-valued embedding, an ablation).
+    Heaviside on the embedding output (sec. 3.2; off gives a real-valued embedding). True for
+    models spikelm trains (the paper); a released checkpoint gets the public run code's rule
+    (on for the 77-character vocabulary only, see :mod:`spikelm.checkpoints.spikegpt`).
+    ``rescale_every``: 0 (the training model) or k > 0, the public run code's
+    ``RWKV_RESCALE_LAYER`` (6): block i's LIF inputs are scaled by ``2 ** -(i // k)`` and the
+    residual stream is halved after every k-th block. Harmless for an ANN (LayerNorm is scale
+    invariant), not for SpikeGPT: the LIF threshold sees smaller inputs. Released checkpoints get 6.
     ``ctx_len`` is the training context (the recurrent model itself accepts any length).
     ``tokenizer``: ``bytes``, a GPT-NeoX ``tokenizer.json`` path (the 50277-token releases), or
     ``char:<path to vocab.json>`` for the character-vocabulary models.
@@ -320,6 +360,7 @@ class SpikeGPTConfig(Config):
     token_shift_init: str = "paper"
     learnable_shift: bool = False
     binary_embedding: bool = True
+    rescale_every: int = 0
     dropout: float = 0.0
     tokenizer: str = "bytes"
 
@@ -333,6 +374,8 @@ class SpikeGPTConfig(Config):
         _require(self.token_shift_init in TOKEN_SHIFT_INITS, "token_shift_init",
                  f"unknown init {self.token_shift_init!r}; choose one of {', '.join(TOKEN_SHIFT_INITS)}")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.rescale_every, int) and self.rescale_every >= 0, "rescale_every",
+                 f"must be 0 (off) or a positive block count, got {self.rescale_every!r}")
         _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")
 
     @property

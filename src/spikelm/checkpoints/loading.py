@@ -26,10 +26,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..config import EncodingConfig, RWKV6Config, RWKV7Config
+from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config
 from ..convert import attach_encoders
 from ..errors import CheckpointError
 from ..io import atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
+from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
@@ -114,8 +115,10 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
         model = SpikeGPT(SpikeGPTConfig.from_dict(cfg_dict))
     elif kind == "rwkv7":
         model = RWKV7(RWKV7Config.from_dict(cfg_dict))
+    elif kind == "rwkv4":
+        model = RWKV4(RWKV4Config.from_dict(cfg_dict))
     else:
-        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv6, rwkv7, spikegpt")
+        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv4, rwkv6, rwkv7, spikegpt")
     if encoding is not None:
         attach_encoders(model, EncodingConfig.from_dict(encoding))
     return model

@@ -28,6 +28,33 @@ Tokenizers (:func:`infer_spikegpt_config`):
   ``char:<path>`` in the config and read by :class:`CharTokenizer`. Without a given path, the
   loader looks for ``vocab.json`` beside the checkpoint.
 
+**The public run code's behaviour** (``src/model_run.py``, which the repository's ``run.py`` uses
+with the released models) differs from the training model in two ways that change the output; the
+loader reproduces it by default and each can be overridden (``binary_embedding=`` /
+``rescale_every=`` of :func:`infer_spikegpt_config`, :func:`spikegpt_from_state_dict`,
+:func:`load_spikegpt`):
+
+* Binary embedding. The run code applies the Heaviside to the embedding only when
+  ``vocab_size == 77`` (``if self.args.vocab_size == 77``: the enwik8 character model); for
+  every other vocabulary -- the released 216M OpenWebText model (NeoX, 50277) included -- block 0
+  receives the real-valued embedding. ``binary_embedding=None`` follows that rule, ``"on"`` /
+  ``True`` and ``"off"`` / ``False`` force it. (Its training code, ``src/model.py``, always
+  binarises; models spikelm trains record ``binary_embedding`` in their ``config.json``, default
+  true, and keep it: this rule is applied to release-layout files only.)
+* Layer rescaling. ``RWKV_RESCALE_LAYER = 6``: the LIF inputs of block i are scaled by
+  ``2^-(i // 6)`` and the residual stream is halved after every 6th block (see
+  :class:`~spikelm.models.spikegpt.Block`). ``rescale_every=None`` gives 6 (the run code), ``0``
+  the training model's computation. It only matters for models of more than 6 blocks.
+
+Both are checked against the run code itself by ``tests/models/test_spikegpt_oracle.py`` (fixture
+written by ``tests/models/oracle/make_spikegpt_fixture.py``).
+
+**RWKV-4 or SpikeGPT?** The weights cannot tell (see above). ``is_spikegpt_state_dict`` is true
+for both, and spikelm's default for this layout stays SpikeGPT. A caller that knows it holds a
+plain RWKV-4 (e.g. a BlinkDL ``RWKV-4-Pile-*.pth``) says so explicitly -- a ``family="rwkv4"``
+argument of the front-door loader, or :func:`spikelm.checkpoints.rwkv4.rwkv4_from_state_dict`
+directly -- rather than by a guess from names or statistics.
+
 Not supported (rejected with a message): the code's ``RWKV-ffnPre`` variant (``blocks.0.ffnPre``,
 no time mixing in block 0) and ``RWKV_HEAD_QK_DIM > 0`` (``head_q`` / ``head_k``).
 """
@@ -50,6 +77,7 @@ __all__ = [
     "NEOX_VOCAB_SIZE",
     "is_spikegpt_state_dict",
     "infer_spikegpt_config",
+    "official_binary_embedding",
     "spikegpt_from_state_dict",
     "load_spikegpt",
 ]
@@ -61,6 +89,27 @@ SPIKEGPT_LAYOUT = (
 )
 NEOX_VOCAB_SIZE = 50277
 NEOX_TOKENIZER_FILE = "20B_tokenizer.json"
+# The public run code (src/model_run.py): `if self.args.vocab_size == 77:` binarises the embedding;
+# RWKV_RESCALE_LAYER = 6.
+RUN_CODE_BINARY_VOCAB = 77
+RUN_CODE_RESCALE_EVERY = 6
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
+def official_binary_embedding(vocab_size: int) -> bool:
+    """The public run code's rule: binary embedding for the 77-character vocabulary only."""
+    return vocab_size == RUN_CODE_BINARY_VOCAB
+
+
+def _binary_embedding_setting(value: bool | str | None, vocab_size: int) -> bool:
+    """``None`` -> the run code's rule; ``"on"``/``True`` or ``"off"``/``False`` -> forced."""
+    if value is None:
+        return official_binary_embedding(vocab_size)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _ON + _OFF:
+        return value.strip().lower() in _ON
+    raise CheckpointError(f"binary_embedding must be 'on', 'off' or None (the public run code's rule), got {value!r}")
 
 
 # ----------------------------------------------------------------------------- layout
@@ -107,15 +156,18 @@ def _resolve_tokenizer(V: int, tokenizer: str | None, near: Path | None) -> str:
 
 
 # ----------------------------------------------------------------------------- config + load
-def infer_spikegpt_config(sd: dict[str, Any], tokenizer: str | None = None, near: str | os.PathLike[str] | None = None) -> SpikeGPTConfig:
+def infer_spikegpt_config(sd: dict[str, Any], tokenizer: str | None = None, near: str | os.PathLike[str] | None = None,
+                          binary_embedding: bool | str | None = None, rescale_every: int | None = None) -> SpikeGPTConfig:
     """Infer V, L, C and the FFN width from a SpikeGPT-layout state dict.
 
     ``tokenizer``: a name (``bytes``, a tokenizer.json path, ``char:<vocab.json>``) or a path to a
     character ``vocab.json``; None picks one from V (and looks in folder ``near`` for the file).
     What the weights cannot tell is set to the SpikeGPT code's values: ``ctx_len`` 1024, LIF
-    ``beta`` 0.5 / threshold 1, ArcTan alpha 2, binary embedding on, and ``token_shift_init``
-    ``official`` / ``learnable_shift`` true (the released mixes were trained; these two only matter
-    for re-initialisation and fine-tuning).
+    ``beta`` 0.5 / threshold 1, ArcTan alpha 2, ``token_shift_init`` ``official`` /
+    ``learnable_shift`` true (the released mixes were trained; these two only matter for
+    re-initialisation and fine-tuning), and the public run code's binary-embedding rule and layer
+    rescaling (module docstring): ``binary_embedding`` None = on iff V == 77, ``"on"``/``"off"``
+    forces it; ``rescale_every`` None = 6, 0 = off.
     """
     _check_supported(sd, "state dict")
     try:
@@ -131,23 +183,28 @@ def infer_spikegpt_config(sd: dict[str, Any], tokenizer: str | None = None, near
     return SpikeGPTConfig(
         vocab_size=int(V), n_layer=int(L), n_embd=int(C), ffn_mult=int(Fh // C),
         token_shift_init="official", learnable_shift=True,
+        binary_embedding=_binary_embedding_setting(binary_embedding, int(V)),
+        rescale_every=RUN_CODE_RESCALE_EVERY if rescale_every is None else int(rescale_every),
         tokenizer=_resolve_tokenizer(int(V), tokenizer, Path(near) if near is not None else None),
     )
 
 
 def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, source: str | os.PathLike[str] | None = None,
-                             dtype: torch.dtype | None = None) -> SpikeGPT:
+                             dtype: torch.dtype | None = None, binary_embedding: bool | str | None = None,
+                             rescale_every: int | None = None) -> SpikeGPT:
     """Build a :class:`SpikeGPT` from a released state dict and load it with ``strict=True``.
 
     ``source``: the file the state dict came from (for messages and to find a tokenizer beside it).
     Tensors are cast to ``dtype`` (default fp32; the releases are often fp16/bf16).
+    ``binary_embedding`` / ``rescale_every``: None reproduces the public run code (binary embedding
+    for the 77-character vocabulary only; rescaling every 6 blocks); see the module docstring.
     """
     where = str(source) if source is not None else "state dict"
     _check_supported(sd, where)
     near = None
     if source is not None:
         near = Path(source) if Path(source).is_dir() else Path(source).parent
-    cfg = infer_spikegpt_config(sd, tokenizer, near)
+    cfg = infer_spikegpt_config(sd, tokenizer, near, binary_embedding=binary_embedding, rescale_every=rescale_every)
     model = SpikeGPT(cfg)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
@@ -174,8 +231,14 @@ def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, s
 
 
 def load_spikegpt(path: str | os.PathLike[str], tokenizer: str | None = None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype | None = None) -> SpikeGPT:
-    """Load a released SpikeGPT ``.pth`` (or ``.safetensors``), or a folder holding exactly one."""
+                  dtype: torch.dtype | None = None, binary_embedding: bool | str | None = None,
+                  rescale_every: int | None = None) -> SpikeGPT:
+    """Load a released SpikeGPT ``.pth`` (or ``.safetensors``), or a folder holding exactly one.
+
+    By default the model computes what the public run code computes on this file (binary embedding
+    only for the 77-character vocabulary, layer rescaling every 6 blocks); ``binary_embedding=``
+    ``"on"``/``"off"`` and ``rescale_every=0`` select the training model's computation instead.
+    """
     p = Path(path)
     if p.is_dir():
         files = sorted(p.glob("*.pth")) + sorted(p.glob("*.safetensors"))
@@ -183,4 +246,5 @@ def load_spikegpt(path: str | os.PathLike[str], tokenizer: str | None = None, de
             raise CheckpointError(f"{p}: expected exactly one .pth or .safetensors file in the folder, found {len(files)}")
         p = files[0]
     sd = read_tensors(p)
-    return spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype).to(device)
+    return spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype, binary_embedding=binary_embedding,
+                                    rescale_every=rescale_every).to(device)

@@ -9,6 +9,7 @@ Architecture (paper sec. 3, checked against the authors' code, ridgerchu/SpikeGP
 and ``src/model_run.py``)::
 
     x = H(emb[idx])                               binary embedding (sec. 3.2): spikes {0, 1}
+                                                  (optional: cfg.binary_embedding)
     x = ln0(x)                                    block 0 only
     for each block:
         x = x + LIF1( SRWKV( ln1(x) ) )           spiking RWKV, then a LIF neuron per channel
@@ -57,20 +58,31 @@ Where paper and public code differ (we follow the code unless a config option sa
   i.e. :class:`~spikelm.spiking.neurons.LIFNeuron` with ``beta = 1/tau = 0.5`` (see its docstring
   for how eq. 13 is read), hard reset to 0, ArcTan surrogate with alpha = 2 (eq. 1), gradient
   through the reset not detached (SpikingJelly's default).
-* Recurrent inference. The code's inference file (``model_run.py``) departs from its training
-  model: its parallel ``RWKV_GPT`` has neither the binary embedding nor the neurons, and its RNN
-  runner has just two LIF nodes, one for all time-mixing outputs and one for all FFN outputs,
-  shared by every layer and never reset between prompts. Here every block owns its two neurons
-  and their membranes are part of the
-  recurrent state, so feeding a sequence at once or token by token gives the same result (the
-  training model's computation).
+* Recurrent inference. The code's inference file (``src/model_run.py``, which ``run.py`` uses
+  with the released models) departs from its training model (``src/model.py``) in two ways that
+  change the output; both are config options here, off for models spikelm trains and set to the
+  run code's values when a released checkpoint is loaded
+  (:mod:`spikelm.checkpoints.spikegpt`):
+
+  - ``binary_embedding``: the run code binarises the embedding only when ``vocab_size == 77``
+    (the enwik8 character model); every other vocabulary, the released 216M NeoX model included,
+    feeds the real-valued embedding into ``ln0``. The training model always binarises.
+  - ``rescale_every``: the run code's ``RWKV_RESCALE_LAYER = 6`` divides ``att.output`` and
+    ``ffn.value`` of block i by ``2^(i // 6)`` and halves the residual stream after every 6th
+    block. For RWKV-4 (an fp16 overflow guard) this changes nothing; here the LIF neurons see
+    inputs 2x / 4x smaller in blocks 6-11 / 12-17 and spike less.
+
+  Its RNN runner gives each layer its own two ``LIFNode``s (earlier versions shared two across
+  layers) and carries their membranes from token to token, never resetting them between prompts.
+  Here every block owns its two neurons and their membranes are part of the recurrent state, so
+  feeding a sequence at once or token by token gives the same result.
 * Dropout: the code applies ``Dropout(0.03)`` to the residual stream after every block during
   training. ``dropout`` (default 0) does the same.
 * Not implemented: the code's ``RWKV-ffnPre`` variant (block 0 uses an FFN instead of time mixing)
   and its ``RWKV_HEAD_QK_DIM > 0`` copy head (0 in the code and in the releases).
 
 Parameter names and shapes are those of the released checkpoints (the RWKV-4 layout), so they
-load with ``strict=True`` (see :mod:`spikelm.convert.spikegpt_checkpoint`)::
+load with ``strict=True`` (see :mod:`spikelm.checkpoints.spikegpt`)::
 
     emb.weight [V, C]                         blocks.0.ln0.{weight,bias} [C] (block 0 only)
     blocks.i.ln1 / ln2.{weight,bias} [C]      blocks.i.att.time_decay [C], time_first [C]
@@ -275,6 +287,13 @@ class Block(nn.Module):
         self.lif1 = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif)
         self.lif2 = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif)
         self.drop = nn.Dropout(cfg.dropout)
+        # The public run code's RWKV_RESCALE_LAYER (cfg.rescale_every = k, 0 = off): it divides
+        # att.output / ffn.value of block i by 2^(i // k) and halves x after every k-th block. We
+        # scale the LIF inputs instead of the weights (the same numbers: powers of two are exact),
+        # so the state dict stays the released one.
+        k = cfg.rescale_every
+        self.lif_in_scale = 2.0 ** -(layer_id // k) if k else 1.0
+        self.halve_after = bool(k) and (layer_id + 1) % k == 0
 
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
         att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v = state
@@ -282,11 +301,17 @@ class Block(nn.Module):
             x = self.ln0(x)
         # Token shift works on the LayerNorm output: the state keeps the last ln1 / ln2 outputs.
         y, att_shift, (aa, bb, pp) = self.att(self.ln1(x), att_shift, (aa, bb, pp), wkv_impl)
+        if self.lif_in_scale != 1.0:
+            y = y * self.lif_in_scale
         s, att_v = self.lif1(y, att_v)  # (B, T, C) spikes in {0, 1}
         x = x + s
         y, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        if self.lif_in_scale != 1.0:
+            y = y * self.lif_in_scale
         s, ffn_v = self.lif2(y, ffn_v)
         x = self.drop(x + s)
+        if self.halve_after:
+            x = x / 2
         return x, LayerState(att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v)
 
 
