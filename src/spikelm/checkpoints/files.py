@@ -29,6 +29,14 @@ def read_tensors(path: Path) -> dict[str, Any]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e}); the file may be truncated or corrupt") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK"):  # torch.save writes a zip archive; older files are a pickle (0x80 ...)
+        if not head.startswith(b"\x80"):
+            raise CheckpointError(f"{path}: cannot read it as a PyTorch weights file: it is neither a zip archive nor a pickle; "
+                                  "the file may be corrupt, or of another format (use .safetensors for safetensors files)")
+        raise CheckpointError(f"{path}: cannot read it: a legacy (pre-zip) PyTorch file cannot be memory-mapped; "
+                              "re-save it with a current torch.save, or convert it to .safetensors")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for truncated/corrupt/pickled-code files
