@@ -123,6 +123,34 @@ def _sub_chunk_size(chunk_size: int) -> int:
     return max(d for d in range(1, min(_MAX_SUB_CHUNK, chunk_size) + 1) if chunk_size % d == 0)
 
 
+class _Chunks:
+    """The chunk layout both chunked forms share: T split into C chunks of L tokens (zero-padded
+    at the end: r = k = v = 0 and logw = 0, a decay of 1, so padding leaves the state untouched),
+    each cut into ``n_sub`` sub-chunks of ``l`` tokens."""
+
+    def __init__(self, r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None,
+                 chunk_size: int) -> None:
+        _check_inputs(r, k, v, logw, u, state)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.B, self.T, self.H, self.N = r.shape
+        self.cdt = _compute_dtype(r)
+        self.L = chunk_size
+        self.l = _sub_chunk_size(chunk_size)
+        self.n_sub = self.L // self.l
+        self.C = -(-self.T // self.L)  # number of chunks
+        self.pad = self.C * self.L - self.T
+        self.shape = (self.B, self.H, self.C, self.L, self.N)
+        self.sub = (self.B, self.H, self.C, self.n_sub, self.l, self.N)
+
+    def split(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """(B, T, H, N) -> (B, H, C, L, N) in ``dtype``, zero-padded."""
+        x = x.to(dtype).transpose(1, 2)  # (B, H, T, N)
+        if self.pad:
+            x = F.pad(x, (0, 0, 0, self.pad))
+        return x.reshape(self.shape)
+
+
 def _shift(x: Tensor, dim: int, by: int) -> Tensor:
     """x moved ``by`` = +1 (later) or -1 (earlier) positions along ``dim``, zero-filled."""
     n = x.shape[dim]
@@ -244,28 +272,12 @@ def wkv6_chunked_fp32(
     Args and returns as :func:`wkv6_naive`; ``chunk_size`` >= 1 need not divide T (a multiple
     of 8 is fastest).
     """
-    _check_inputs(r, k, v, logw, u, state)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    B, T, H, N = r.shape
-    cdt = _compute_dtype(r)
-    L = chunk_size
-    l = _sub_chunk_size(L)
-    n_sub = L // l
-    C = -(-T // L)  # number of chunks
-    pad = C * L - T
+    ch = _Chunks(r, k, v, logw, u, state, chunk_size)
+    B, T, H, N, cdt, L, l, n_sub, C = ch.B, ch.T, ch.H, ch.N, ch.cdt, ch.L, ch.l, ch.n_sub, ch.C
     dev = r.device
-    chunked = (B, H, C, L, N)
-    sub = (B, H, C, n_sub, l, N)
-
-    def to_chunks(x: Tensor) -> Tensor:
-        x = x.to(cdt).transpose(1, 2)  # (B, H, T, N)
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))  # zeros: r = k = v = 0 and logw = 0 (decay 1) on padding
-        return x.reshape(chunked)
-
-    r_, k_, v_ = to_chunks(r), to_chunks(k), to_chunks(v)  # (B, H, C, L, N)
-    lw = to_chunks(logw.clamp(min=LOG_DECAY_FLOOR)).reshape(sub)  # (B, H, C, n_sub, l, N)
+    chunked, sub = ch.shape, ch.sub
+    r_, k_, v_ = ch.split(r, cdt), ch.split(k, cdt), ch.split(v, cdt)  # (B, H, C, L, N)
+    lw = ch.split(logw.clamp(min=LOG_DECAY_FLOOR), cdt).reshape(sub)  # (B, H, C, n_sub, l, N)
 
     # --- log-decays, each a sum of exactly the steps it spans (all <= 0) ---
     c_ex = _exclusive_cumsum(lw, -2)  # b_{t-1} - ref_a   (B, H, C, n_sub, l, N)
@@ -320,13 +332,6 @@ def wkv6_chunked_fp32(
 # like the single-token step to within float32 resolution, so a converted model's parallel forward
 # and its token-by-token decoding agree; on GPUs float64 runs at 1/32-1/64 speed, so CUDA inputs
 # take wkv6_chunked_fp32 (above) through the dispatcher.
-_MAX_SUB_CHUNK_F64 = 8
-
-
-def _sub_chunk_size_f64(chunk_size: int) -> int:
-    """Largest divisor of ``chunk_size`` that is <= _MAX_SUB_CHUNK_F64 (the float64-safe span)."""
-    return max(d for d in range(1, min(_MAX_SUB_CHUNK_F64, chunk_size) + 1) if chunk_size % d == 0)
-
 
 @outside_autocast
 def wkv6_chunked(
@@ -378,26 +383,12 @@ def wkv6_chunked(
     Args and returns as :func:`wkv6_naive`; ``chunk_size`` >= 1 need not divide T (a multiple
     of 8 is fastest).
     """
-    _check_inputs(r, k, v, logw, u, state)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    B, T, H, N = r.shape
-    cdt = _compute_dtype(r)
+    ch = _Chunks(r, k, v, logw, u, state, chunk_size)
+    B, T, H, N, cdt, L, l, n_sub, C = ch.B, ch.T, ch.H, ch.N, ch.cdt, ch.L, ch.l, ch.n_sub, ch.C
     f64 = torch.float64
-    L = chunk_size
-    l = _sub_chunk_size(L)
-    n_sub = L // l
-    C = -(-T // L)  # number of chunks
-    pad = C * L - T
     dev = r.device
-    chunked = (B, H, C, L, N)
-    sub = (B, H, C, n_sub, l, N)
-
-    def to_chunks(x: Tensor, dtype: torch.dtype) -> Tensor:
-        x = x.to(dtype).transpose(1, 2)  # (B, H, T, N)
-        if pad:
-            x = F.pad(x, (0, 0, 0, pad))  # zeros: r = k = v = 0 and logw = 0 (decay 1) on padding
-        return x.reshape(chunked)
+    chunked, sub = ch.shape, ch.sub
+    to_chunks = ch.split
 
     def exp_(x: Tensor) -> Tensor:
         """exp of a float64 exponent (<= 0 by construction), evaluated in the compute dtype."""
