@@ -9,12 +9,13 @@ PIP        := $(PY) -m pip
 SPIKELM    := $(VENV)/bin/spikelm
 PYTEST_ARGS ?=
 
-.PHONY: help setup data demo test test-slow bench clean
+.PHONY: help setup data demo test test-slow test-gpu bench clean
 
 help:
 	@echo "make demo       set up .venv, fetch the embedded corpus and run the main job (spikelm demo)"
 	@echo "make test       set up .venv and run the test suite (fast tests, ~minutes on 2 CPU cores)"
 	@echo "make test-slow  the tests marked slow"
+	@echo "make test-gpu   the CUDA tests (skipped without a GPU): bf16/fp16 forward and training, conversion, two-process NCCL"
 	@echo "make bench      speed benchmarks (printed as ratios measured in one run)"
 	@echo "variables: PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) VENV=$(VENV)"
 
@@ -40,6 +41,9 @@ test: data
 
 test-slow: data
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-gpu: data
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 bench: data
 	$(PY) benchmarks/rwkv6_vs_reference.py
