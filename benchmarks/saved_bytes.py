@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from spikelm.ops import wkv4_naive, wkv4_parallel, wkv6_chunked, wkv6_naive
+from spikelm.ops.wkv6 import wkv6_chunked_fp32
 
 
 def saved_bytes(fn, inputs: list[torch.Tensor]) -> tuple[int, int]:
@@ -51,6 +52,7 @@ def main() -> None:
     unit = k.numel() * k.element_size()
     print(f"WKV6 B={B} T={T} H={H} N={N} float32 (one input = {unit / 2**20:.2f} MiB)")
     report("  wkv6_chunked", wkv6_chunked, [r, k, v, logw, u, state], unit)
+    report("  wkv6_chunked_fp32", wkv6_chunked_fp32, [r, k, v, logw, u, state], unit)
     report("  wkv6_naive", wkv6_naive, [r, k, v, logw, u, state], unit)
 
     B, T, C = 2, 256, 256
