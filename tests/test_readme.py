@@ -5,7 +5,7 @@ smoke test here fails ``test_every_readme_command_has_a_smoke_test``. Each smoke
 README line itself with its placeholders (a 1.6B checkpoint, the user's text, output folders)
 replaced by tiny local stand-ins and a few options appended that shrink the work (later options
 win in argparse). ``make demo`` / ``make test`` are the Makefile's targets: ``make test`` is what
-CI runs and ``tests/test_demo.py`` runs ``spikelm demo`` with tiny settings.
+CI runs and ``tests/cli/test_demo.py`` runs ``spikelm demo`` with tiny settings.
 """
 
 from __future__ import annotations

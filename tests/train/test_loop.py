@@ -22,7 +22,7 @@ from spikelm.config import load_train_args
 from spikelm.train import TrainingDiverged, latest_checkpoint, lr_at, param_groups, train
 from spikelm.train.loop import _build_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"kind": "rwkv6", "n_layer": 1, "n_embd": 32, "head_size": 16}
 
 
