@@ -380,8 +380,9 @@ def diverged_message(what: str, step: int, out_dir: Path, vocab_size: int, save_
                  f"warmup_steps or grad_clip, and resume with --resume-from {_step_of(good)}")
     elif save_every <= 0:
         where = "no checkpoint was saved (set save_every to keep one); lower lr, raise warmup_steps or grad_clip, and start again"
-    elif not _kept(out_dir):
-        where = (f"no checkpoint was saved (save_every={save_every} was not reached); lower lr, raise warmup_steps "
+    elif not _kept(out_dir) and step <= save_every:
+        why = "was not reached" if step < save_every else "came with the blow-up"
+        where = (f"no checkpoint was saved (save_every={save_every} {why}); lower lr, raise warmup_steps "
                  "or grad_clip, and start again")
     else:
         where = ("no kept checkpoint has a healthy recorded validation loss; lower lr, raise warmup_steps or "
