@@ -14,6 +14,8 @@ import yaml
 
 from train_helpers import child_env, same_weights, tiny_args
 
+pytest_plugins = ["train_helpers"]  # its fixtures (a conftest.py here would shadow tests/conftest.py)
+
 pytestmark = pytest.mark.slow  # three torchrun launches: about a minute on 2 shared cores
 
 

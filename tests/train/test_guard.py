@@ -18,6 +18,8 @@ from spikelm.train.loop import _build_model
 
 from train_helpers import same_weights, tiny_args
 
+pytest_plugins = ["train_helpers"]  # its fixtures (a conftest.py here would shadow tests/conftest.py)
+
 
 def test_blow_up_thresholds():
     lnv = math.log(257)

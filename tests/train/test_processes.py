@@ -17,6 +17,8 @@ import yaml
 from spikelm.train import latest_checkpoint, train
 from train_helpers import child_env, same_weights, tiny_args
 
+pytest_plugins = ["train_helpers"]  # its fixtures (a conftest.py here would shadow tests/conftest.py)
+
 pytestmark = pytest.mark.slow  # each starts Python processes that import torch: 10-30 s on 2 shared cores
 
 HERE = Path(__file__).resolve().parent

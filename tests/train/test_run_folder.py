@@ -22,6 +22,8 @@ from spikelm.train.distributed import train_device
 from spikelm.train.loop import _build_model, make_optimizer
 from train_helpers import tiny_args
 
+pytest_plugins = ["train_helpers"]  # its fixtures (a conftest.py here would shadow tests/conftest.py)
+
 
 # ---------------------------------------------------------------------------- the lock
 def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path, caplog):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from spikelm.config import TrainArgs
@@ -27,6 +28,31 @@ def make_text(n_sentences: int = 1500, seed: int = 0) -> str:
         s = f"{subj[rng.integers(len(subj))]} {verb[rng.integers(len(verb))]} {obj[rng.integers(len(obj))]}{end[rng.integers(len(end))]}"
         out.append(s[0].upper() + s[1:] + ("\n" if i % 6 == 5 else " "))
     return "".join(out)
+
+
+# Fixtures (imported by the test modules: a conftest.py here would shadow tests/conftest.py, which
+# other test folders import by name).
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> tuple[str, Path]:
+    """(data source string, cache folder) of a prepared tiny corpus, shared by the session."""
+    from spikelm.data.build import prepare
+
+    root = tmp_path_factory.mktemp("train-data")
+    (root / "tiny.txt").write_text(make_text())
+    cache = root / "cache"
+    old = os.environ.get("SPIKELM_CACHE")
+    os.environ["SPIKELM_CACHE"] = str(cache)
+    try:
+        prepare(f"text:{root / 'tiny.txt'}")  # once, before any child process starts
+    finally:
+        os.environ.pop("SPIKELM_CACHE") if old is None else os.environ.__setitem__("SPIKELM_CACHE", old)
+    return f"text:{root / 'tiny.txt'}", cache
+
+
+@pytest.fixture
+def tiny_data(data_root, monkeypatch) -> str:
+    monkeypatch.setenv("SPIKELM_CACHE", str(data_root[1]))
+    return data_root[0]
 
 
 def tiny_args(data: str, out_dir: Path, **kw) -> TrainArgs:
