@@ -290,6 +290,9 @@ def test_every_shipped_config_is_valid(config):
     args = load_train_args(config)
     cfg = dict(args.model)
     assert args.out_dir and cfg["kind"] in ("rwkv4", "rwkv6", "rwkv7", "spikegpt")
+    # every shipped config checkpoints (--resume after a kill must not start from scratch), at least twice a run
+    assert 0 < args.save_every <= args.total_steps // 2, args.save_every
+    assert args.warmup_steps < args.total_steps
     if cfg.get("n_layer", 99) * cfg.get("n_embd", 9999) ** 2 <= 4 * 256**2 * 6:
         cfg.setdefault("vocab_size", 257)
         assert build_model(cfg) is not None

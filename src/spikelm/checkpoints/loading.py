@@ -29,7 +29,7 @@ from torch import nn
 from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config
 from ..convert import attach_encoders
 from ..errors import CheckpointError
-from ..io import atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
+from ..io import _umask, atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
 from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
@@ -172,6 +172,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     try:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"))
+        os.chmod(tmp / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0o600, whatever the umask
         atomic_write_json(tmp / "config.json", cfg)
         publish_dir(tmp, out)
     except BaseException:

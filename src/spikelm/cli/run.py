@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from ..config import load_train_args
 from ..data.build import corpus_path, prepare
 from ..data.corpus import SPLITS, Corpus
 from ..errors import DataError
-from ..train import train
+from ..train import TrainingInterrupted, train
 from .options import progress_bars
 
 __all__ = ["cmd_data", "cmd_train"]
@@ -57,7 +58,8 @@ def cmd_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = F
     raise DataError(f"unknown action {action!r}; use `prepare` or `info`")
 
 
-def cmd_train(config: str, resume: bool = False, progress: bool = True, **overrides: Any) -> int:
+def cmd_train(config: str, resume: bool = False, resume_from: str | None = None, progress: bool = True,
+              **overrides: Any) -> int:
     """Train a language model on a corpus, e.g. `spikelm train configs/rwkv6-tiny.yaml --max-steps 200`.
 
     Any other --key value pair overrides a TrainArgs key (--lr 3e-4, --out-dir runs/x); nested model
@@ -65,6 +67,11 @@ def cmd_train(config: str, resume: bool = False, progress: bool = True, **overri
     `torchrun --nproc-per-node N -m spikelm train CONFIG ...`. Writes out_dir/log.csv,
     out_dir/log.jsonl, out_dir/summary.json, checkpoints under out_dir/checkpoints (save_every),
     and the final model in out_dir/final (loadable by `spikelm eval` and spikelm.load).
+
+    A run holds a lock on out_dir (a second training there exits 2, naming the first). It stops
+    with exit code 2 when the loss becomes NaN/inf or the validation loss blows up (more than
+    1 nat above ln V, or 2 nats above the run's best), naming the last healthy checkpoint.
+    SIGINT/SIGTERM save a checkpoint of the step in progress, then exit 130/143.
 
     Keys (TrainArgs): model.* (kind, n_layer, n_embd, ...), data, tokenizer, ctx_len, batch_size (global),
     grad_accum, max_steps, max_tokens, max_minutes, lr, min_lr, warmup_steps, betas, eps, weight_decay,
@@ -74,10 +81,16 @@ def cmd_train(config: str, resume: bool = False, progress: bool = True, **overri
     Args:
         config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).
         resume: continue from the latest checkpoint in out_dir (starts fresh if there is none).
+        resume_from: continue from this checkpoint instead: a step number (e.g. 400), a folder name
+            in out_dir/checkpoints (step_000400) or a path to a checkpoint folder.
         progress: show progress bars on stderr.
     """
     args = load_train_args(config, overrides)
-    result = train(args, resume=resume, progress=progress_bars(progress))
+    try:
+        result = train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress))
+    except TrainingInterrupted as e:  # the checkpoint is saved: 130 (SIGINT) or 143 (SIGTERM), as a shell reports
+        print(f"spikelm train: interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     if result.final_path is not None:
         print(f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.1f} s; "
               f"validation loss {result.val_loss:.4f} nats/token ({result.val_bits:.4f} bits/token); "

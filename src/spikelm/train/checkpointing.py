@@ -1,18 +1,25 @@
-"""Training checkpoints: atomic ``checkpoints/step_XXXXXX`` folders, the ``latest`` pointer, exact resume.
+"""Training checkpoints: atomic ``checkpoints/step_XXXXXX`` folders, the ``latest`` pointer, exact
+resume, the lock on a run folder and the divergence guard.
 
 Each checkpoint holds the weights (``model.safetensors`` + ``config.json``: loadable by
-``spikelm.load``), the optimizer, the gradient scaler, the RNG states and the sampler position. It
-is written under a temporary name and renamed, and only then does the ``latest`` pointer move
+``spikelm.load``), the optimizer, the gradient scaler, every process's RNG states
+(``rng_rank{r}.pt``), the sampler position and the validation loss at that step. It is written
+under a temporary name and renamed, and only then does the ``latest`` pointer move
 (``os.replace``), so a crash at any moment leaves the previous checkpoint intact and pointed to.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import math
 import os
 import random
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +34,141 @@ from ..io import atomic_write_text
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["CHECKPOINTS", "LATEST", "TrainingDiverged", "latest_checkpoint", "save_checkpoint", "restore",
-           "remove_stale_temps", "check_args_match", "diverged_message"]
+__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
+           "save_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
+           "rng_state", "set_rng_state", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
+           "UNIFORM_MARGIN_NATS", "RISE_MARGIN_NATS"]
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+LOCK = ".spikelm-train.lock"
+
+# The divergence guard (see blow_up). A model that guesses uniformly over V tokens scores ln V
+# nats; an initialised model sits near it and training only goes down from there, so a loss a
+# full nat above ln V (2.7x the uniform guess's perplexity) is a blow-up, never an under-trained
+# smoke run. A validation loss 2 nats above the best this run reached (7.4x its best perplexity)
+# is a blow-up too: over-fitting raises validation loss slowly, by tenths of a nat, not by 2 nats.
+UNIFORM_MARGIN_NATS = 1.0
+RISE_MARGIN_NATS = 2.0
 
 
 class TrainingDiverged(SpikelmError):
-    """The loss (or the gradient norm) became NaN or infinite."""
+    """The loss or the gradient norm became NaN or infinite, or the validation loss blew up."""
 
 
+class RunLocked(SpikelmError):
+    """Another training holds the lock on this ``out_dir``."""
+
+
+# ---------------------------------------------------------------------------- the lock on out_dir
+class RunLock:
+    """An advisory lock on a run folder: ``out_dir/.spikelm-train.lock`` holds the owner's pid, host
+    and start time, and the owner keeps an exclusive ``flock`` on it for the whole run.
+
+    The kernel drops a ``flock`` when its process dies, however it dies (SIGKILL included), so a
+    lock file left by a dead run is *stale*: the next run takes it over (and logs whose it was).
+    A lock held by a live process makes :meth:`acquire` raise :class:`RunLocked` naming that
+    process. Where the file system refuses ``flock``, a lock file naming a pid on this host that
+    no longer exists is stale, and any other is held.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / LOCK
+        self._fd: int | None = None
+
+    @staticmethod
+    def _describe(info: dict[str, Any]) -> str:
+        return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):  # retried only when the file was replaced under us
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunLocked(self._held_message(self._read())) from None
+                self._fallback_pid_check()  # no flock on this file system
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            # The holder may have removed the file between our open and our flock: then we hold a
+            # lock on a deleted file, and must try again on the new one.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            old = self._read()
+            if old.get("pid") not in (None, os.getpid()):
+                log.warning("%s: taking over the stale lock of %s (that run is no longer alive)", self.path, self._describe(old))
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            self._fd = fd
+            return self
+        raise RunLocked(f"{self.path}: could not take the lock (it keeps being replaced); is another run starting?")
+
+    def _held_message(self, info: dict[str, Any]) -> str:
+        return (f"{self.path.parent} is in use by another training ({self._describe(info)}); wait for it to end, "
+                f"or choose another --out-dir (a lock file of a run that is surely dead may be deleted: {self.path})")
+
+    def _fallback_pid_check(self) -> None:
+        info = self._read()
+        pid, host = info.get("pid"), info.get("host")
+        if not isinstance(pid, int) or pid == os.getpid():
+            return
+        if host != socket.gethostname():
+            raise RunLocked(self._held_message(info))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # stale: that process is gone
+        except PermissionError:
+            pass  # alive, someone else's
+        raise RunLocked(self._held_message(info))
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Remove the file while still holding the lock, so a waiting run never sees our record.
+        if self._read().get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # drops the flock
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------------------- folders
 def _step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def _step_of(folder: Path) -> int:
+    return int(folder.name.split("_", 1)[1])
+
+
 def _complete(folder: Path) -> bool:
     return (folder / "trainer_state.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _kept(out_dir: Path) -> list[Path]:
+    """The complete checkpoints in out_dir, oldest first."""
+    root = Path(out_dir) / CHECKPOINTS
+    return sorted(p for p in root.glob("step_*") if p.name[5:].isdigit() and _complete(p)) if root.is_dir() else []
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
@@ -55,34 +180,73 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
         if _complete(target):
             return target
         log.warning("%s points to %s, which is not a complete checkpoint; using the newest complete one", pointer, target)
-    candidates = sorted((p for p in root.glob("step_*") if _complete(p)), reverse=True) if root.is_dir() else []
-    return candidates[0] if candidates else None
+    kept = _kept(Path(out_dir))
+    return kept[-1] if kept else None
 
 
-def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
-                          args: TrainArgs) -> None:
-    """Everything besides the weights that an exact resume needs."""
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, folder / "rng.pt")
+def resolve_resume_from(value: str | os.PathLike, out_dir: Path) -> Path:
+    """The checkpoint ``--resume-from`` names: a step number (``4``), a folder name in
+    ``out_dir/checkpoints`` (``step_000004``) or a path to a checkpoint folder."""
+    text = str(value).strip()
+    root = Path(out_dir) / CHECKPOINTS
+    if text.isdigit():
+        cand = root / _step_dir_name(int(text))
+    elif Path(text).exists():
+        cand = Path(text)
+    else:
+        cand = root / text
+    if not _complete(cand):
+        have = ", ".join(p.name for p in _kept(out_dir)) or "none"
+        raise CheckpointError(f"--resume-from {text}: {cand} is not a complete training checkpoint "
+                              f"(kept in {root}: {have}); name one of those, by folder or step number")
+    return cand
+
+
+# ---------------------------------------------------------------------------- RNG states
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG states (torch CPU, this process's CUDA device, numpy, python), in types
+    that ``torch.load(weights_only=True)`` reads back."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    state = dict(
-        state,
-        scaler=scaler.state_dict() if scaler.is_enabled() else None,
-        numpy_rng=[np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        python_rng=[py_state[0], list(py_state[1]), py_state[2]],
-    )
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---------------------------------------------------------------------------- save and restore
+def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
+                          args: TrainArgs, rng_states: list[dict[str, Any]]) -> None:
+    """Everything besides the weights that an exact resume needs."""
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    for rank, rng in enumerate(rng_states):
+        torch.save(rng, folder / f"rng_rank{rank}.pt")
+    state = dict(state, scaler=scaler.state_dict() if scaler.is_enabled() else None)
     (folder / "train_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
     # trainer_state.json last: _complete() looks for it (the rename below is what makes it atomic).
     (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
 
 
 def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                     state: dict[str, Any], args: TrainArgs) -> Path:
-    """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones."""
+                    state: dict[str, Any], args: TrainArgs, rng_states: list[dict[str, Any]]) -> Path:
+    """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones.
+
+    ``rng_states`` holds every process's RNG states, rank by rank.
+    """
     root = out_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / _step_dir_name(step)
@@ -90,8 +254,8 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save(model, tmp)  # model.safetensors + config.json, itself written atomically
-        _write_training_state(tmp, optimizer, scaler, state, args)
-        if final.exists():  # left by a run that crashed before moving `latest`; never the one it points to
+        _write_training_state(tmp, optimizer, scaler, state, args, rng_states)
+        if final.exists():  # left by a run that crashed before moving `latest`, or by a branch abandoned by --resume-from
             shutil.rmtree(final)
         os.rename(tmp, final)
     except BaseException:
@@ -99,15 +263,24 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch
         raise
     atomic_write_text(root / LATEST, final.name + "\n")
     if args.keep_checkpoints > 0:
-        for old in sorted(root.glob("step_*"))[: -args.keep_checkpoints]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        # Only this trajectory's checkpoints count: later steps belong to a branch that
+        # --resume-from abandoned, and are replaced when this run reaches them.
+        mine = [p for p in _kept(out_dir) if _step_of(p) <= step]
+        for old in mine[: -args.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
     log.debug("saved checkpoint %s", final)
     return final
 
 
+def point_latest_at(folder: Path) -> None:
+    """Make ``latest`` name ``folder`` (a ``--resume-from`` run continues from there)."""
+    atomic_write_text(folder.parent / LATEST, folder.name + "\n")
+
+
 def remove_stale_temps(out_dir: Path) -> None:
-    """Temporary folders of a save that was killed half-way (never pointed to, safe to delete)."""
+    """Temporary folders of a save that was killed half-way (never pointed to, safe to delete).
+
+    Called under the run lock, so no live run is writing them."""
     root = out_dir / CHECKPOINTS
     if root.is_dir():
         for stale in root.glob(".*.tmp-*"):
@@ -115,8 +288,13 @@ def remove_stale_temps(out_dir: Path) -> None:
 
 
 def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-             device: torch.device) -> dict[str, Any]:
-    """Load weights, optimizer, scaler and RNG states from a checkpoint; return trainer_state."""
+            device: torch.device, rank: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Load weights, optimizer, scaler and this rank's RNG states from a checkpoint; return trainer_state.
+
+    A rank the checkpoint has no RNG file for (it was written by fewer processes) is seeded from
+    ``(seed, rank, step)`` instead, with a warning: its dropout masks then differ from an
+    uninterrupted run, the data order does not (it depends only on the seed and the step).
+    """
     sd, _ = load_state_dict(folder)
     try:
         model.load_state_dict({k: v.to(device) for k, v in sd.items()}, strict=True)
@@ -125,17 +303,23 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
                               "resume with the model config the checkpoint was trained with") from None
     try:
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-        rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
         state = json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, RuntimeError, ValueError) as e:
+        rng_file = folder / f"rng_rank{rank}.pt"
+        rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
+        if rng is None and rank == 0 and (folder / "rng.pt").is_file():  # written before per-rank states
+            old = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+            rng = {"torch": old["torch"], "numpy": state["numpy_rng"], "python": state["python_rng"]}
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{folder}: cannot read the training state ({e}); resume from an earlier checkpoint") from None
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    n = state["numpy_rng"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = state["python_rng"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
+    if rng is not None:
+        set_rng_state(rng, device)
+    else:
+        log.warning("%s holds no RNG state for rank %d (it was saved by fewer processes); seeding that rank afresh",
+                    folder, rank)
+        s = seed * 1_000_003 + rank * 10_007 + int(state["step"])
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
     if state.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(state["scaler"])
     return state
@@ -150,8 +334,57 @@ def check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> No
         log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))
 
 
-def diverged_message(what: str, value: float, step: int, out_dir: Path) -> str:
-    good = latest_checkpoint(out_dir)
-    where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved (set save_every to keep one)"
-    return (f"the training {what} is {value} at step {step}; stopped before updating the weights. {where}; "
-            "lower lr, raise warmup_steps or grad_clip, and resume with --resume")
+# ---------------------------------------------------------------------------- the divergence guard
+def blow_up(val_loss: float, vocab_size: int, best: float | None) -> str | None:
+    """Why ``val_loss`` (nats per token) means the run blew up, or None if it is healthy.
+
+    Non-finite; above ``ln V + UNIFORM_MARGIN_NATS`` (clearly worse than a uniform guess over the
+    vocabulary, which an initialised model already matches); or ``RISE_MARGIN_NATS`` above the
+    best validation loss this run reached. An under-trained run sits near ln V and passes.
+    """
+    if not math.isfinite(val_loss):
+        return f"the validation loss is {val_loss}"
+    uniform = math.log(vocab_size)
+    if val_loss > uniform + UNIFORM_MARGIN_NATS:
+        return (f"the validation loss {val_loss:.4g} nats is more than {UNIFORM_MARGIN_NATS:g} nat above "
+                f"ln V = {uniform:.4g} (a uniform guess over the {vocab_size} tokens)")
+    if best is not None and val_loss > best + RISE_MARGIN_NATS:
+        return (f"the validation loss {val_loss:.4g} nats rose more than {RISE_MARGIN_NATS:g} nats above "
+                f"the best this run reached ({best:.4g})")
+    return None
+
+
+def _recorded_health(folder: Path, vocab_size: int) -> bool:
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    val = state.get("val_loss")
+    return isinstance(val, (int, float)) and blow_up(float(val), vocab_size, state.get("best_val_loss")) is None
+
+
+def last_healthy_checkpoint(out_dir: Path, vocab_size: int) -> Path | None:
+    """The newest kept checkpoint whose recorded validation loss passes :func:`blow_up` (a
+    checkpoint without a recorded validation loss is not known to be healthy)."""
+    for folder in reversed(_kept(out_dir)):
+        if _recorded_health(folder, vocab_size):
+            return folder
+    return None
+
+
+def diverged_message(what: str, step: int, out_dir: Path, vocab_size: int, save_every: int) -> str:
+    """The one-line message of :class:`TrainingDiverged`: what happened, where to resume, what to change."""
+    good = last_healthy_checkpoint(out_dir, vocab_size)
+    if good is not None:
+        where = (f"the last healthy checkpoint (by its recorded validation loss) is {good}; lower lr, raise "
+                 f"warmup_steps or grad_clip, and resume with --resume-from {_step_of(good)}")
+    elif save_every <= 0:
+        where = "no checkpoint was saved (set save_every to keep one); lower lr, raise warmup_steps or grad_clip, and start again"
+    elif not _kept(out_dir) and step <= save_every:
+        why = "was not reached" if step < save_every else "came with the blow-up"
+        where = (f"no checkpoint was saved (save_every={save_every} {why}); lower lr, raise warmup_steps "
+                 "or grad_clip, and start again")
+    else:
+        where = ("no kept checkpoint has a healthy recorded validation loss; lower lr, raise warmup_steps or "
+                 "grad_clip, and start again in a new --out-dir")
+    return f"{what} at step {step}; the run stopped without saving that step. {where}"

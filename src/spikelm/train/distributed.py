@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor
 
+from ..config import ConfigError
+from ..devices import resolve_device
 
-__all__ = ["Dist", "setup_distributed", "resolve_precision", "autocast"]
+__all__ = ["Dist", "setup_distributed", "resolve_precision", "autocast", "train_device"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,6 +52,51 @@ class Dist:
             x = x.clone()
             torch.distributed.all_reduce(x)
         return x
+
+    def max(self, x: Tensor) -> Tensor:
+        if self.active:
+            x = x.clone()
+            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
+        return x
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and give every rank its result, or raise its error on every rank.
+
+        A decision about the file system (is out_dir locked? does it hold an earlier run?) is made
+        once; were each rank to decide, or only rank 0 to raise, the other ranks would die on a
+        reset connection instead of reporting the named error.
+        """
+        if not self.active:
+            return fn()
+        payload: list[Any] = [None]
+        if self.is_main:
+            try:
+                payload[0] = ("ok", fn())
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                payload[0] = ("error", e)
+        tdist.broadcast_object_list(payload, src=0)
+        kind, value = payload[0]
+        if kind == "error":
+            raise value
+        return value
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, rank by rank (on every rank)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
+
+def train_device(name: str, local_rank: int, world_size: int) -> torch.device:
+    """The device of this training process. Under ``torchrun`` (``WORLD_SIZE > 1``) ``cuda`` and
+    ``auto`` take the GPU of the process's ``LOCAL_RANK``; ``cuda:N`` names one GPU for all the
+    processes, which NCCL rejects, so it is an error there."""
+    if world_size > 1 and re.fullmatch(r"\s*cuda:\d+\s*", str(name)):
+        raise ConfigError(f"device: {name} puts all {world_size} torchrun processes on one GPU; use device: cuda "
+                          "(each process takes the GPU of its LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES)")
+    return resolve_device(name, local_rank)
 
 
 def setup_distributed(device: torch.device) -> Dist:

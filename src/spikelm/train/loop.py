@@ -35,6 +35,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,20 +57,24 @@ from ..progress import ProgressFn, report
 from .checkpointing import (
     CHECKPOINTS,
     LATEST,
+    RunLock,
     TrainingDiverged,
+    blow_up,
     check_args_match,
     diverged_message,
     latest_checkpoint,
+    point_latest_at,
     remove_stale_temps,
+    resolve_resume_from,
     restore,
+    rng_state,
     save_checkpoint,
 )
-from ..devices import resolve_device
-from .distributed import Dist, autocast, resolve_precision, setup_distributed
+from .distributed import Dist, autocast, resolve_precision, setup_distributed, train_device
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["TrainResult", "train", "param_groups", "make_optimizer", "lr_at"]
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "param_groups", "make_optimizer", "lr_at"]
 
 LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
@@ -216,199 +222,353 @@ class _RunLog:
             csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore").writerow(row)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint; ``exit_code`` is 128 + the signal
+    number (130 for Ctrl-C, 143 for SIGTERM), what a shell reports for a process the signal ended."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum, self.checkpoint = signum, checkpoint
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {_step_of_name(checkpoint)}; saved {checkpoint}; continue with --resume"
+                         if checkpoint else f"{name}; nothing saved")
+
+
+def _step_of_name(folder: Path | None) -> str:
+    return folder.name.split("_", 1)[1].lstrip("0") or "0" if folder else "?"
+
+
+class _StopSignals:
+    """While training: the first SIGINT/SIGTERM only sets ``signum`` (the loop finishes its step,
+    saves a checkpoint and raises :class:`TrainingInterrupted`); a second one interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            raise TrainingInterrupted(signum, None)
+        self.signum = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@dataclass
+class _Counters:
+    """What the loop counts; saved in every checkpoint's trainer_state.json and restored on resume."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_before: float = 0.0  # training seconds of earlier sessions of this run
+    val_loss: float | None = None  # the latest validation loss
+    best_val_loss: float | None = None
+    pending_losses: list[float] = field(default_factory=list)  # step losses not yet in a log row
+
+
+class _Run:
+    """One training session: the model, its optimizer and data, and the small steps ``train`` takes.
+
+    Every process builds one. The methods are the units of the loop: :meth:`step` (one optimizer
+    step over ``grad_accum`` micro-batches), :meth:`validate`, :meth:`check_health` (the divergence
+    guard), :meth:`log_row` and :meth:`save`.
+    """
+
+    def __init__(self, args: TrainArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
+                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path) -> None:
+        self.args, self.raw, self.dist, self.device, self.amp = args, raw, dist, device, amp
+        self.out_dir, self.vocab = out_dir, vocab
+        self.optimizer = make_optimizer(raw, args)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.sampler = BatchSampler(corpus.tokens("train"), args.batch_size, args.ctx_len, args.seed, dist.rank, dist.world_size)
+        self.val_tokens = corpus.tokens("valid")
+        self.val_starts = _validation_starts(len(self.val_tokens), args.ctx_len, args.eval_batches * args.batch_size)
+        # Training and validation micro-batches are the same size: validation needs no more memory.
+        self.micro = args.batch_size // dist.world_size // args.grad_accum
+        self.c = _Counters()
+        self.model: nn.Module = raw
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self.t_start = time.perf_counter()
+
+    def wrap(self) -> None:
+        """DDP (several processes) and torch.compile, after any restore into the raw model."""
+        if self.dist.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = self.ddp = nn.parallel.DistributedDataParallel(self.raw, device_ids=ids)
+        if self.args.compile:
+            self.model = torch.compile(self.model)
+
+    def elapsed(self) -> float:
+        return self.c.elapsed_before + (time.perf_counter() - self.t_start)
+
+    # ------------------------------------------------------------ resume
+    def restore(self, folder: Path) -> None:
+        check_args_match(json.loads((folder / "train_args.json").read_text()), self.args, folder)
+        state = restore(folder, self.raw, self.optimizer, self.scaler, self.device, self.dist.rank, self.args.seed)
+        self.sampler.load_state_dict(state["sampler"])
+        self.c = _Counters(step=int(state["step"]), tokens=int(state["tokens"]), elapsed_before=float(state["elapsed_s"]),
+                           val_loss=state.get("val_loss"), best_val_loss=state.get("best_val_loss"),
+                           pending_losses=[float(x) for x in state.get("pending_losses", [])])
+
+    # ------------------------------------------------------------ one optimizer step
+    def step(self, lr: float) -> float:
+        """Forward and backward over this process's rows in ``grad_accum`` micro-batches, then the
+        optimizer step; returns the loss averaged over the global batch. A non-finite loss or
+        gradient norm raises :class:`TrainingDiverged` before the weights change."""
+        args, c = self.args, self.c
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        assert self.sampler.step == c.step, "sampler and optimizer steps disagree"
+        xs, ys = next(self.sampler)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(zip(xs.split(self.micro), ys.split(self.micro))):
+            x, y = x.to(self.device), y.to(self.device)
+            sync = contextlib.nullcontext()
+            if self.ddp is not None and i < args.grad_accum - 1:
+                sync = self.ddp.no_sync()  # accumulate locally; all-reduce on the last micro-batch
+            with sync:
+                with autocast(self.device, self.amp):
+                    logits, _ = self.model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                self.scaler.scale(loss / args.grad_accum).backward()
+            loss_sum += loss.detach()
+        step_loss = float(self.dist.mean(loss_sum / args.grad_accum))
+        if not math.isfinite(step_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.diverged(f"the training loss is {step_loss}", c.step + 1)
+        self.scaler.unscale_(self.optimizer)
+        if args.grad_clip > 0:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip))
+            if not math.isfinite(gnorm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
+                self.optimizer.zero_grad(set_to_none=True)
+                self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        c.step += 1
+        c.tokens += args.tokens_per_step
+        c.pending_losses.append(step_loss)
+        return step_loss
+
+    # ------------------------------------------------------------ validation and the guard
+    def validate(self) -> float:
+        return _validate(self.raw, self.val_tokens, self.val_starts, self.args.ctx_len, self.micro,
+                         self.device, self.amp, self.dist)
+
+    def diverged(self, what: str, step: int) -> None:
+        raise TrainingDiverged(diverged_message(what, step, self.out_dir, self.vocab, self.args.save_every))
+
+    def check_health(self, val: float) -> None:
+        """The divergence guard on a fresh validation loss (the same value on every process, so
+        every process stops together); a healthy one becomes the latest and maybe the best."""
+        why = blow_up(val, self.vocab, self.c.best_val_loss)
+        if why is not None:
+            self.diverged(why, self.c.step)
+        self.c.val_loss = val
+        self.c.best_val_loss = val if self.c.best_val_loss is None else min(self.c.best_val_loss, val)
+
+    # ------------------------------------------------------------ log rows and checkpoints
+    def log_row(self, lr: float, val: float | None, tokens_per_s: float) -> dict[str, Any]:
+        """The log row of this step: the mean training loss since the previous row (carried across
+        resumes in the checkpoint, so the row is the same whether or not the run was resumed)."""
+        c = self.c
+        row = {"step": c.step, "tokens": c.tokens, "loss": sum(c.pending_losses) / len(c.pending_losses),
+               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3)}
+        c.pending_losses = []
+        return row
+
+    def save(self) -> Path | None:
+        """A checkpoint of this step: rank 0 writes it, with every rank's RNG states; all wait for it."""
+        c = self.c
+        rngs = self.dist.gather(rng_state(self.device))
+        state = {"step": c.step, "tokens": c.tokens, "elapsed_s": self.elapsed(), "val_loss": c.val_loss,
+                 "best_val_loss": c.best_val_loss, "pending_losses": c.pending_losses,
+                 "sampler": self.sampler.state_dict(), "world_size": self.dist.world_size}
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.out_dir, c.step, self.raw, self.optimizer, self.scaler, state, self.args, rngs)
+        self.dist.barrier()
+        return path
+
+
+def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
+    """Rank 0's checks before a run starts: take the lock on out_dir, refuse to start over an earlier
+    run unless resuming, clear half-written checkpoints; return the checkpoint to resume from."""
+    out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
+    lock.acquire()
+    try:
+        if resume_from is not None:
+            folder = resolve_resume_from(resume_from, out_dir)
+            if folder.parent == out_dir / CHECKPOINTS:
+                point_latest_at(folder)  # an interrupted --resume-from run continues on the new branch
+        else:
+            if not resume and ((out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()):
+                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, or choose another --out-dir")
+            folder = latest_checkpoint(out_dir) if resume else None
+        remove_stale_temps(out_dir)
+        return folder
+    except BaseException:
+        lock.release()
+        raise
+
+
 def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
-          progress: ProgressFn | None = None) -> TrainResult:
+          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
     With ``resume`` the run continues from ``out_dir``'s latest checkpoint (or starts fresh if
-    there is none). Raises :class:`TrainingDiverged` if the loss becomes NaN/inf.
+    there is none); ``resume_from`` (a step number, a checkpoint folder name or path) continues
+    from that checkpoint instead. Raises :class:`TrainingDiverged` if the loss becomes NaN/inf or
+    the validation loss blows up (:func:`.checkpointing.blow_up`), :class:`RunLocked` if another
+    run holds ``out_dir``, and :class:`TrainingInterrupted` after SIGINT/SIGTERM (once the
+    checkpoint of the step in progress is saved).
     """
     out_dir = Path(args.out_dir)
-    device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = train_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), world)
     dist = setup_distributed(device)
+    lock = RunLock(out_dir)
     try:
         if dist.world_size > 1 and args.batch_size % (dist.world_size * args.grad_accum):
             raise ConfigError(f"batch_size: the global batch {args.batch_size} must be divisible by "
                               f"processes x grad_accum = {dist.world_size} x {args.grad_accum}")
         amp, use_scaler = resolve_precision(args.precision, device)
-        if dist.is_main:
-            if not resume and ((out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()):
-                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, or choose another --out-dir")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(out_dir)
-        dist.barrier()
+        start_from = dist.on_main(lambda: _claim_out_dir(out_dir, lock, resume, resume_from))
 
-        # Seed everything before building the model (init_weights has its own generator, but other
-        # model families may draw from the global one).
-        torch.manual_seed(args.seed)
-        np.random.seed(args.seed)
-        random.seed(args.seed)
-
+        # Seed before building the model (init_weights has its own generator, but other model
+        # families may draw from the global one): every process builds the same model.
+        _seed_everything(args.seed)
         corpus = prepare(args.data, args.tokenizer)
-        vocab = int(corpus.meta["vocab_size"])
         if model is None:
-            model = _build_model(args, vocab)
+            model = _build_model(args, int(corpus.meta["vocab_size"]))
         raw = model.to(device)
-        optimizer = make_optimizer(raw, args)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        sampler = BatchSampler(corpus.tokens("train"), args.batch_size, args.ctx_len, args.seed, dist.rank, dist.world_size)
-        val_tokens = corpus.tokens("valid")
-        val_starts = _validation_starts(len(val_tokens), args.ctx_len, args.eval_batches * args.batch_size)
-
-        step, tokens_seen, elapsed_before, val_loss = 0, 0, 0.0, None
-        last_ckpt = latest_checkpoint(out_dir) if resume else None
-        if resume and last_ckpt is None:
+        # Then each process draws its own random numbers (dropout masks differ across processes);
+        # the data order depends only on (seed, step), never on these.
+        _seed_everything(args.seed + dist.rank)
+        vocab = int(getattr(getattr(raw, "cfg", None), "vocab_size", corpus.meta["vocab_size"]))
+        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir)
+        if start_from is None and (resume or resume_from is not None):
             log.info("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINTS)
-        if last_ckpt is not None:
-            check_args_match(json.loads((last_ckpt / "train_args.json").read_text()), args, last_ckpt)
-            state = restore(last_ckpt, raw, optimizer, scaler, device)
-            sampler.load_state_dict(state["sampler"])
-            step, tokens_seen, elapsed_before = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
-            val_loss = state.get("val_loss")
+        if start_from is not None:
+            run.restore(start_from)
             if dist.is_main:
-                log.info("resumed from %s (step %d, %s tokens)", last_ckpt, step, f"{tokens_seen:,}")
-        runlog = _RunLog(out_dir, dist.is_main, step if last_ckpt is not None else None)
+                log.info("resumed from %s (step %d, %s tokens)", start_from, run.c.step, f"{run.c.tokens:,}")
+        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None)
         if dist.is_main:
             atomic_write_json(out_dir / "train_args.json", args.to_dict())
-
-        model = raw
-        ddp = None
-        if dist.active:
-            model = ddp = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-        if args.compile:
-            model = torch.compile(model)
+        run.wrap()
 
         total = args.total_steps
-        micro = args.batch_size // dist.world_size // args.grad_accum
         n_params = sum(p.numel() for p in raw.parameters())
         if dist.is_main:
             log.info("training %s (%s parameters) on %s x %d, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
                      type(raw).__name__, f"{n_params:,}", device, dist.world_size, "fp32" if amp is None else str(amp).split(".")[-1],
-                     total, f"{args.tokens_per_step:,}", micro, args.ctx_len, args.grad_accum)
+                     total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
+            if args.warmup_steps >= total:
+                log.warning("warmup_steps=%d >= the run's %d steps: the learning rate only warms up and never decays; "
+                            "lower warmup_steps (about 10%% of the steps)", args.warmup_steps, total)
+        stopped_by = _loop(run, runlog, total, progress if dist.is_main else None)
 
-        def validate() -> float:
-            return _validate(raw, val_tokens, val_starts, args.ctx_len, args.batch_size // dist.world_size, device, amp, dist)
-
-        def checkpoint_state() -> dict[str, Any]:
-            return {"step": step, "tokens": tokens_seen, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-                    "val_loss": val_loss, "sampler": sampler.state_dict(), "world_size": dist.world_size}
-
-        def save_ckpt() -> None:
-            if dist.is_main:
-                save_checkpoint(out_dir, step, raw, optimizer, scaler, checkpoint_state(), args)
-            dist.barrier()
-
-        if not dist.is_main:
-            progress = None
-        budget_s = args.max_minutes * 60 if args.max_minutes > 0 else None
-        model.train()
-        t_start = time.perf_counter()
-        t_mark, tokens_mark, paused = t_start, tokens_seen, 0.0  # paused: eval/save time, not counted in tokens/s
-        losses_since: list[float] = []
-        postfix: dict[str, str] = {}
-        stopped_by = "max_steps"
-        try:
-            while step < total:
-                lr = lr_at(step, args, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                assert sampler.step == step, "sampler and optimizer steps disagree"
-                xs, ys = next(sampler)
-                loss_sum = torch.zeros((), device=device)
-                for i, (x, y) in enumerate(zip(xs.split(micro), ys.split(micro))):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    sync = contextlib.nullcontext()
-                    if ddp is not None and i < args.grad_accum - 1:
-                        sync = ddp.no_sync()  # accumulate locally; all-reduce on the last micro-batch
-                    with sync:
-                        with autocast(device, amp):
-                            logits, _ = model(x)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                        scaler.scale(loss / args.grad_accum).backward()
-                    loss_sum += loss.detach()
-                step_loss = float(dist.mean(loss_sum / args.grad_accum))
-                if not math.isfinite(step_loss):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise TrainingDiverged(diverged_message("loss", step_loss, step + 1, out_dir))
-                scaler.unscale_(optimizer)
-                if args.grad_clip > 0:
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(raw.parameters(), args.grad_clip))
-                    if not math.isfinite(gnorm) and not scaler.is_enabled():  # the fp16 scaler skips such steps itself
-                        optimizer.zero_grad(set_to_none=True)
-                        raise TrainingDiverged(diverged_message("gradient norm", gnorm, step + 1, out_dir))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens_seen += args.tokens_per_step
-                losses_since.append(step_loss)
-
-                elapsed = elapsed_before + (time.perf_counter() - t_start)
-                out_of_time = args.max_minutes > 0 and elapsed >= args.max_minutes * 60
-                if dist.active and args.max_minutes > 0:  # every process must stop at the same step
-                    flag = torch.tensor([float(out_of_time)], device=device)
-                    torch.distributed.broadcast(flag, 0)
-                    out_of_time = bool(flag.item())
-                last = step >= total or out_of_time
-                do_eval = last or (args.eval_every > 0 and step % args.eval_every == 0)
-                row_val = None
-                if do_eval:
-                    t0 = time.perf_counter()
-                    val_loss = row_val = validate()
-                    paused += time.perf_counter() - t0
-                if do_eval or last or step % args.log_every == 0:
-                    now = time.perf_counter()
-                    tps = (tokens_seen - tokens_mark) / max(1e-9, now - t_mark - paused)
-                    row = {"step": step, "tokens": tokens_seen, "loss": sum(losses_since) / len(losses_since),
-                           "val_loss": row_val, "lr": lr, "tokens_per_s": round(tps, 1),
-                           "elapsed_s": round(elapsed_before + now - t_start, 3)}
-                    runlog.append(row)
-                    postfix = {"loss": f"{row['loss']:.4f}", "val": f"{val_loss:.4f}" if val_loss is not None else "-",
-                               "tok_s": f"{tps:,.0f}"}
-                    t_mark, tokens_mark, paused, losses_since = now, tokens_seen, 0.0, []
-                if args.save_every > 0 and (step % args.save_every == 0 or last):
-                    t0 = time.perf_counter()
-                    save_ckpt()
-                    paused += time.perf_counter() - t0
-                # A time-budgeted run reports seconds against its budget (it may stop far before max_steps).
-                if budget_s is not None:
-                    report(progress, "train", min(elapsed, budget_s), budget_s, unit="s", step=step, **postfix)
-                else:
-                    report(progress, "train", step, total, unit="step", **postfix)
-                if out_of_time:
-                    stopped_by = "max_minutes"
-                    if dist.is_main:
-                        log.info("stopping at step %d: the time budget of %g minutes is spent", step, args.max_minutes)
-                    break
-        finally:  # the last event keeps the unit and total of the others
-            if budget_s is not None:
-                spent = elapsed_before + (time.perf_counter() - t_start)
-                report(progress, "train", min(spent, budget_s), budget_s, unit="s", step=step, finished=True)
-            else:
-                report(progress, "train", step, step, unit="step", finished=True)
-        if val_loss is None:  # no step was taken (a resumed run that had already finished)
-            val_loss = validate()
-        elapsed = elapsed_before + (time.perf_counter() - t_start)
+        c = run.c
+        if c.val_loss is None:  # no step was taken (a resumed run that had already finished)
+            run.check_health(run.validate())
+        val_loss, elapsed = c.val_loss, run.elapsed()
         raw.eval()
-
         final_path = None
         if dist.is_main:
             final_path = save(raw, out_dir / "final")
-            summary = {"final": str(final_path), "steps": step, "tokens": tokens_seen, "val_loss": val_loss,
+            summary = {"final": str(final_path), "steps": c.step, "tokens": c.tokens, "val_loss": val_loss,
                        "val_bits_per_token": None if val_loss is None else val_loss / math.log(2),
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
                        "world_size": dist.world_size, "device": str(device)}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
-                     step, val_loss if val_loss is not None else math.nan,
-                     val_loss / math.log(2) if val_loss is not None else math.nan, final_path)
+                     c.step, val_loss, val_loss / math.log(2), final_path)
         dist.barrier()
-        return TrainResult(final_path=final_path, val_loss=val_loss, history=runlog.history, steps=step,
-                           tokens=tokens_seen, elapsed_s=elapsed, stopped_by=stopped_by,
+        return TrainResult(final_path=final_path, val_loss=val_loss, history=runlog.history, steps=c.step,
+                           tokens=c.tokens, elapsed_s=elapsed, stopped_by=stopped_by,
                            checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None)
     finally:
+        lock.release()
         if dist.owns_group:
             torch.distributed.destroy_process_group()
+
+
+def _loop(run: _Run, runlog: _RunLog, total: int, progress: ProgressFn | None) -> str:
+    """Steps until ``total`` (or the time budget, or a signal); returns what stopped the run."""
+    args, dist, c = run.args, run.dist, run.c
+    budget_s = args.max_minutes * 60 if args.max_minutes > 0 else None
+    run.model.train()
+    run.t_start = time.perf_counter()
+    t_mark, tokens_mark, paused = run.t_start, c.tokens, 0.0  # paused: eval/save time, not counted in tokens/s
+    postfix: dict[str, str] = {}
+    try:
+        with _StopSignals() as signals:
+            while c.step < total:
+                lr = lr_at(c.step, args, total)
+                run.step(lr)
+                # Every process stops at the same step: the flags are agreed on (max over processes).
+                out_of_time = budget_s is not None and run.elapsed() >= budget_s
+                flags = torch.tensor([float(out_of_time), float(signals.signum)])
+                if dist.active:
+                    flags = dist.max(flags.to(run.device)).cpu()
+                out_of_time, signum = bool(flags[0]), int(flags[1])
+                last = c.step >= total or out_of_time
+                scheduled_save = args.save_every > 0 and (c.step % args.save_every == 0 or last)
+                scheduled_eval = last or (args.eval_every > 0 and c.step % args.eval_every == 0) or scheduled_save
+
+                t0 = time.perf_counter()
+                row_val = None
+                if scheduled_eval or signum:  # every checkpoint records its validation loss
+                    val = run.validate()
+                    run.check_health(val)
+                    row_val = val if scheduled_eval else None  # an interrupt leaves the log rows as they would be
+                paused += time.perf_counter() - t0
+                if scheduled_eval or last or c.step % args.log_every == 0:
+                    now = time.perf_counter()
+                    tps = (c.tokens - tokens_mark) / max(1e-9, now - t_mark - paused)
+                    runlog.append(run.log_row(lr, row_val, tps))
+                    postfix = {"loss": f"{runlog.history[-1]['loss']:.4f}", "tok_s": f"{tps:,.0f}",
+                               "val": f"{c.val_loss:.4f}" if c.val_loss is not None else "-"}
+                    t_mark, tokens_mark, paused = now, c.tokens, 0.0
+                t0 = time.perf_counter()
+                saved = run.save() if scheduled_save or signum else None
+                paused += time.perf_counter() - t0
+                # A time-budgeted run reports seconds against its budget (it may stop far before max_steps).
+                if budget_s is not None:
+                    report(progress, "train", min(run.elapsed(), budget_s), budget_s, unit="s", step=c.step, **postfix)
+                else:
+                    report(progress, "train", c.step, total, unit="step", **postfix)
+                if signum:
+                    if dist.is_main:
+                        log.warning("%s: saved %s at step %d; continue with --resume", signal.Signals(signum).name, saved, c.step)
+                    raise TrainingInterrupted(signum, saved if dist.is_main else latest_checkpoint(run.out_dir))
+                if out_of_time:
+                    if dist.is_main:
+                        log.info("stopping at step %d: the time budget of %g minutes is spent", c.step, args.max_minutes)
+                    return "max_minutes"
+    finally:  # the last event keeps the unit and total of the others
+        if budget_s is not None:
+            report(progress, "train", min(run.elapsed(), budget_s), budget_s, unit="s", step=c.step, finished=True)
+        else:
+            report(progress, "train", c.step, c.step, unit="step", finished=True)
+    return "max_steps"
