@@ -60,6 +60,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}")
     os.environ["RWKV_CUDA_ON"] = "0"
     os.environ["RWKV_JIT_ON"] = str(args.ref_jit)
     from spikelm.testing import make_rwkv6  # random, non-trivial weights in the official layout

@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}")
 
     from spikelm.checkpoints import load
     from spikelm.data.text import split_tokens

@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps (plus one warm-up step)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}")
 
     from spikelm.config import TrainArgs
     from spikelm.train import train

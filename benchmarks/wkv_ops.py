@@ -38,6 +38,7 @@ def report(name: str, naive: float, fast: float) -> None:
 
 def main() -> None:
     torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}")
     g = torch.Generator().manual_seed(0)
 
     B, T, H, N = 1, 512, 8, 64

@@ -300,3 +300,32 @@ def test_neox_tokenizer(neox_path):
     # An emoji spans two tokens; their bytes concatenate to the text even though neither is UTF-8.
     assert b"".join(tok.decode_bytes([i]) for i in ids) == text.encode()
     assert tok.decode_bytes([tok.eod_id] + ids) == text.encode()  # specials decode to nothing
+
+
+# ------------------------------------------------------------------- optional fast path (Rust)
+
+
+def test_world_fast_path_gives_the_reference_ids(world):
+    """pyrwkv-tokenizer (optional) against spikelm's own matcher (the reference) on mixed text:
+    every sample text, random Unicode, valid-UTF-8 random texts; lone surrogates fall back."""
+    pytest.importorskip("pyrwkv_tokenizer", reason="the optional fast World tokenizer is not installed")
+    assert world._fast is not None
+    rng = random.Random(3)
+    texts = list(TEXTS.values()) + ["".join(TEXTS.values()) * 5]
+    texts += [d.decode("utf-8") for d in _random_texts(2, world) if _is_utf8(d)]
+    for _ in range(30):  # any code point except surrogates
+        texts.append("".join(chr(c if not 0xD800 <= c < 0xE000 else 0x41) for c in
+                             (rng.randrange(0x110000) for _ in range(rng.randint(1, 60)))))
+    for text in texts:
+        assert world.encode(text) == world.encode_bytes(text.encode()), text[:40]
+    for text in ["\ud800", "a\udfffb", "x\udc80\udcff\n"]:  # not UTF-8: the reference matcher, round trip
+        assert world.encode(text) == world.encode_bytes(text.encode("utf-8", "surrogatepass"))
+        assert world.decode(world.encode(text)) == text
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

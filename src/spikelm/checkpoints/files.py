@@ -2,20 +2,32 @@
 
 ``torch.load(..., weights_only=True, mmap=True)``: no pickled code is ever run, and the tensors of
 a large file are paged in on demand instead of being read into memory at once.
+
+:func:`assign_weights` is the one way a loader turns such a state dict into a model without a
+second copy: the model is built on the meta device (no storage), and each tensor of the file is
+cast to the dtype the model wants for it, moved, and *assigned* (``load_state_dict(assign=True)``)
+one at a time, popped from the source dict as it goes. A tensor whose file dtype already matches
+is used as it is (on the CPU it stays memory-mapped), so the peak is the model in its dtype plus
+one tensor.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 
-__all__ = ["read_tensors"]
+__all__ = ["read_tensors", "assign_weights"]
 
 
 def read_tensors(path: Path) -> dict[str, Any]:
@@ -49,3 +61,81 @@ def read_tensors(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected a dict of tensor names to tensors")
     return obj
+
+
+def assign_weights(build: Callable[[], nn.Module], sd: dict[str, Any], dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu", where: str = "state dict") -> nn.Module:
+    """Build the model ``build()`` makes on the meta device and fill it from ``sd`` (consumed).
+
+    ``sd`` must hold exactly the model's keys with its shapes (the caller checks and reshapes). The
+    dtype of each tensor is the one the skeleton has after ``.to(dtype)``: floating weights take
+    ``dtype`` (None: fp32), while modules that keep a float32 value whatever the model's dtype (the
+    spike encoders' scales, :class:`spikelm.spiking.layers.SpikeEncoder`) keep it. Integer tensors
+    keep theirs. Returns the model in eval mode.
+    """
+    target = dtype or torch.float32
+    release = _PageRelease()
+    with torch.device("meta"):
+        model = build()
+    model.to(dtype=target)  # on meta: free; tells which tensors keep float32
+    own = model.state_dict(keep_vars=True)
+    fitted: dict[str, torch.Tensor] = {}
+    for k in list(sd):
+        v = sd.pop(k)
+        ref = own.get(k)
+        want = ref.dtype if (ref is not None and v.is_floating_point()) else v.dtype
+        out = v.to(device=device, dtype=want)
+        if out.data_ptr() != v.data_ptr():  # a copy was made: the file's pages are not needed any more
+            release(v)
+        fitted[k] = out
+    try:
+        model.load_state_dict(fitted, strict=True, assign=True)
+    except RuntimeError as e:  # a shape the caller did not check, or a key it did not map
+        raise CheckpointError(f"{where}: the weights do not fit the inferred model: {str(e).splitlines()[0]}") from None
+    del fitted
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a tensor the state dict does not carry (none today): fail loudly, not at forward time
+        raise CheckpointError(f"{where}: {left[:3]} were not in the file; the model cannot be built without them")
+    return model.eval()
+
+
+class _PageRelease:
+    """Drop the resident pages of a memory-mapped source tensor once it has been copied.
+
+    A cast (bf16 file -> fp32 model) reads every page of the file; those pages stay counted in the
+    process's resident memory until the mapping goes, so the peak would be the model plus the whole
+    file. ``madvise(MADV_DONTNEED)`` on the pages that lie wholly inside a copied tensor returns them
+    to the page cache. Only pages of *private file-backed* mappings are released (re-reading them
+    gives the file's bytes again, so no tensor can change); anonymous memory is never touched.
+    Linux only; elsewhere a no-op.
+    """
+
+    def __init__(self) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self.madvise = None
+        if not sys.platform.startswith("linux"):
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self.madvise = libc.madvise
+            self.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 6 and parts[1].endswith("p") and parts[5].startswith("/"):
+                        a, b = (int(x, 16) for x in parts[0].split("-"))
+                        self.ranges.append((a, b))
+        except (OSError, AttributeError, ValueError):
+            self.madvise = None
+
+    def __call__(self, t: torch.Tensor) -> None:
+        if self.madvise is None or t.device.type != "cpu" or not t.is_contiguous():
+            return
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        if not any(a <= start and end <= b for a, b in self.ranges):
+            return
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, (end // page) * page
+        if hi > lo:
+            self.madvise(lo, hi - lo, 4)  # MADV_DONTNEED

@@ -34,7 +34,7 @@ from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from .files import read_tensors
+from .files import assign_weights, read_tensors
 from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
 from .rwkv7 import from_official, infer_rwkv7_config, is_rwkv7_state_dict, rwkv7_from_state_dict
 from .spikegpt import SPIKEGPT_LAYOUT, infer_spikegpt_config, is_spikegpt_state_dict, spikegpt_from_state_dict
@@ -126,31 +126,33 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
          tokenizer: str | None = None) -> nn.Module:
-    """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast)."""
+    """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast).
+
+    Memory-lean: the model is built on the meta device and each tensor of the (memory-mapped) file
+    is cast and assigned one at a time (:func:`.files.assign_weights`), so no second copy of the
+    model exists at any point; a converted model's spike scales stay float32.
+    """
     p = Path(path)
     sd, meta = load_state_dict(p)
     if meta["format"] == "spikegpt":
-        model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype)
-        model.to(device=device)
+        model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype, device=device)
         log.info("loaded %s (SpikeGPT release layout, %s)", p, model.cfg)
         return model
     if meta["format"] == "rwkv7":
-        model = rwkv7_from_state_dict(sd, tokenizer=tokenizer, dtype=dtype or torch.float32).to(device=device)
+        model = rwkv7_from_state_dict(sd, tokenizer=tokenizer, dtype=dtype or torch.float32, device=device)
         log.info("loaded %s (RWKV-7 official layout, %s)", p, model.cfg)
         return model
     if meta["format"] == "spikelm":
         cfg = dict(meta["spikelm_config"])
         if tokenizer:
             cfg["tokenizer"] = tokenizer
-        model = build_model(cfg)
     else:
-        model = RWKV6(infer_rwkv6_config(sd, tokenizer))
-    sd = _fit_shapes(model, sd, p)
-    target = dtype or torch.float32
-    sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True)
-    model.to(device=device, dtype=target)
-    model.eval()
+        cfg = dict(infer_rwkv6_config(sd, tokenizer).to_dict(), kind="rwkv6")
+    with torch.device("meta"):
+        skeleton = build_model(cfg)
+    sd = _fit_shapes(skeleton, sd, p)
+    del skeleton
+    model = assign_weights(lambda: build_model(cfg), sd, dtype=dtype, device=device, where=str(p))
     log.info("loaded %s (%s layout, %s)", p, meta["format"], getattr(model, "cfg", None))
     return model
 

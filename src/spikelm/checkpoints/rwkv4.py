@@ -39,6 +39,7 @@ import torch
 
 from ..config import RWKV4Config
 from ..errors import CheckpointError
+from .files import assign_weights
 from ..models.rwkv4 import RWKV4
 
 __all__ = ["RWKV4_LAYOUT", "infer_rwkv4_config", "is_rwkv4_state_dict", "rwkv4_from_state_dict"]
@@ -107,7 +108,7 @@ def infer_rwkv4_config(sd: dict[str, Any], tokenizer: str | None = None) -> RWKV
 
 
 def rwkv4_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, source: str | None = None,
-                          dtype: torch.dtype | None = None) -> RWKV4:
+                          dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> RWKV4:
     """Build an :class:`RWKV4` from an official state dict and load it with ``strict=True``.
 
     Tensors are cast to ``dtype`` (default fp32; the releases are bf16/fp16). ``time_decay`` /
@@ -116,8 +117,8 @@ def rwkv4_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, sour
     where = str(source) if source is not None else "state dict"
     _check_supported(sd, where)
     cfg = infer_rwkv4_config(sd, tokenizer)
-    model = RWKV4(cfg)
-    own = model.state_dict()
+    with torch.device("meta"):  # shapes only: the weights are assigned from the file below
+        own = RWKV4(cfg).state_dict()
     missing = sorted(set(own) - set(sd))
     extra = sorted(set(sd) - set(own))
     if missing or extra:
@@ -126,7 +127,6 @@ def rwkv4_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, sour
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}); "
             f"{RWKV4_LAYOUT}"
         )
-    target = dtype or torch.float32
     fitted = {}
     for k, t in own.items():
         v = sd[k]
@@ -135,6 +135,5 @@ def rwkv4_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, sour
                 v = v.reshape(t.shape)
             else:
                 raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, expected {tuple(t.shape)}")
-        fitted[k] = v.to(target)
-    model.load_state_dict(fitted, strict=True)
-    return model.to(target).eval()
+        fitted[k] = v
+    return assign_weights(lambda: RWKV4(cfg), fitted, dtype=dtype, device=device, where=where)

@@ -31,6 +31,7 @@ from torch import Tensor
 from ..config import RWKV7Config
 from ..errors import CheckpointError
 from ..models.rwkv7 import RWKV7
+from .files import assign_weights
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,11 @@ def infer_rwkv7_config(sd: Mapping[str, Any], tokenizer: str | None = None) -> R
     return RWKV7Config(vocab_size=V, n_layer=L, n_embd=C, head_size=N, dim_ffn=Fh, tokenizer=tokenizer, **dims)
 
 
-def from_official(sd: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def from_official(sd: dict[str, Tensor], dtype: torch.dtype | None = torch.float32) -> dict[str, Tensor]:
     """Official x070 names -> :class:`RWKV7` state dict, cast to ``dtype`` tensor by tensor.
 
     Consumes ``sd`` (each tensor is popped as it is converted: with a memory-mapped bf16 file the
-    peak is one fp32 copy plus one tensor). Drops layer 0's unused ``att.v0/v1/v2``. A file
+    peak is one fp32 copy plus one tensor; ``dtype`` None keeps each tensor's). Drops layer 0's unused ``att.v0/v1/v2``. A file
     converted by the ``rwkv`` pip package (transposed, ``_strategy`` key) is refused.
     """
     if "_strategy" in sd or "_version" in sd:
@@ -125,7 +126,7 @@ def from_official(sd: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> 
         if key in _LAYER0_VALUE_LORA:
             dropped.append(key)
             continue
-        out[key] = t.to(dtype) if t.is_floating_point() else t
+        out[key] = t.to(dtype) if (dtype is not None and t.is_floating_point()) else t
     if dropped:
         log.debug("dropped layer 0's unused value-residual parameters %s", ", ".join(dropped))
     return out
@@ -149,13 +150,19 @@ def to_official(model_or_sd: RWKV7 | Mapping[str, Tensor], dtype: torch.dtype = 
 
 
 def rwkv7_from_state_dict(
-    sd: dict[str, Tensor], tokenizer: str | None = None, dtype: torch.dtype = torch.float32
+    sd: dict[str, Tensor], tokenizer: str | None = None, dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> RWKV7:
-    """Build an :class:`RWKV7` from an official state dict (consumed) and load it with ``strict=True``."""
+    """Build an :class:`RWKV7` from an official state dict (consumed) and load it with ``strict=True``.
+
+    Built on the meta device and filled tensor by tensor (:func:`.files.assign_weights`): no
+    second copy of the model exists while loading.
+    """
     cfg = infer_rwkv7_config(sd, tokenizer)
-    model = RWKV7(cfg)
-    try:
-        model.load_state_dict(from_official(sd, dtype=torch.float32), strict=True)
-    except RuntimeError as e:  # wrong shapes in a later layer, unexpected or missing keys
-        raise CheckpointError(f"the RWKV-7 state dict does not fit the inferred config {cfg}: {e}") from None
-    return model.to(dtype).eval()
+    with torch.device("meta"):
+        own = RWKV7(cfg).state_dict()
+    fitted = from_official(sd, dtype=None)
+    bad = sorted(set(own) ^ set(fitted)) or [k for k in own if tuple(own[k].shape) != tuple(fitted[k].shape)]
+    if bad:  # wrong shapes in a later layer, unexpected or missing keys
+        raise CheckpointError(f"the RWKV-7 state dict does not fit the inferred config {cfg}: first mismatch at {bad[:3]}")
+    return assign_weights(lambda: RWKV7(cfg), fitted, dtype=dtype, device=device, where="RWKV-7 state dict")

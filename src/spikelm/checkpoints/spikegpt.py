@@ -70,7 +70,7 @@ import torch
 from ..data.tokenizers import CHAR_PREFIX, CHAR_VOCAB_FILE, is_char_vocab
 from ..errors import CheckpointError
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from .files import read_tensors
+from .files import assign_weights, read_tensors
 
 __all__ = [
     "SPIKEGPT_LAYOUT",
@@ -191,7 +191,7 @@ def infer_spikegpt_config(sd: dict[str, Any], tokenizer: str | None = None, near
 
 def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, source: str | os.PathLike[str] | None = None,
                              dtype: torch.dtype | None = None, binary_embedding: bool | str | None = None,
-                             rescale_every: int | None = None) -> SpikeGPT:
+                             rescale_every: int | None = None, device: str | torch.device = "cpu") -> SpikeGPT:
     """Build a :class:`SpikeGPT` from a released state dict and load it with ``strict=True``.
 
     ``source``: the file the state dict came from (for messages and to find a tokenizer beside it).
@@ -205,8 +205,8 @@ def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, s
     if source is not None:
         near = Path(source) if Path(source).is_dir() else Path(source).parent
     cfg = infer_spikegpt_config(sd, tokenizer, near, binary_embedding=binary_embedding, rescale_every=rescale_every)
-    model = SpikeGPT(cfg)
-    own = model.state_dict()
+    with torch.device("meta"):  # shapes only: the weights are assigned from the file below
+        own = SpikeGPT(cfg).state_dict()
     missing = sorted(set(own) - set(sd))
     extra = sorted(set(sd) - set(own))
     if missing or extra:
@@ -215,7 +215,6 @@ def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, s
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}); "
             f"{SPIKEGPT_LAYOUT}"
         )
-    target = dtype or torch.float32
     fitted = {}
     for k, t in own.items():
         v = sd[k]
@@ -225,9 +224,8 @@ def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, s
                 v = v.reshape(t.shape)
             else:
                 raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, expected {tuple(t.shape)}")
-        fitted[k] = v.to(target)
-    model.load_state_dict(fitted, strict=True)
-    return model.to(target).eval()
+        fitted[k] = v
+    return assign_weights(lambda: SpikeGPT(cfg), fitted, dtype=dtype, device=device, where=where)
 
 
 def load_spikegpt(path: str | os.PathLike[str], tokenizer: str | None = None, device: str | torch.device = "cpu",

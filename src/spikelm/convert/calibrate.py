@@ -7,6 +7,15 @@ beyond are clipped (saturation). ``s`` is rounded to float32 and nudged down by 
 rounding would leave the statistic one grid step short of the top level
 (``spiking.encoding.calibrated_scale``); scales are float32 buffers whatever the model's dtype. The batches come from the caller (:mod:`spikelm.data.text` makes
 them from a ``--calib-data`` argument): this module never fetches data.
+
+Memory is bounded by a fixed budget, whatever the number of sites: the percentile statistic is
+computed on a sample of at most ``budget_floats / (sites x channels)`` rows per site (and at most
+``max_rows``), trimmed after every batch, so 96 sites x 2048 channels hold ``budget_floats``
+floats (256 MiB by default), not rows x C x sites. Below the budget the sample is exactly the one
+a budget-free run keeps. With ``n`` rows kept, the empirical quantile is an order statistic of the
+sample: for ``q`` above ``1 - 1/n`` it is the sample maximum, i.e. a percentile between
+``100 (1 - 1/n)`` and 100 of the subsampled rows (e.g. n = 341 rows at 96 x 2048: between the
+99.7th percentile and the maximum). The ``max`` statistic is a running maximum: C floats per site.
 """
 
 from __future__ import annotations
@@ -32,16 +41,37 @@ class _SiteStats:
     n_rows: int = 0
 
 
+def _keep_rows(st: _SiteStats, x: Tensor, rows_cap: int, gen: torch.Generator) -> None:
+    """Add a uniform subsample of ``x`` (rows, C) to the site's sample; hold at most ``rows_cap`` rows."""
+    keep = min(x.shape[0], max(1, rows_cap // 4))
+    idx = torch.randperm(x.shape[0], generator=gen)[:keep]
+    st.samples.append(x[idx.to(x.device)].cpu())
+    st.n_rows += keep
+    if st.n_rows > rows_cap:  # keep only what the final statistic reads: the last rows_cap rows
+        st.samples = [torch.cat(st.samples)[-rows_cap:]]
+        st.n_rows = rows_cap
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, max_rows: int = 8192) -> dict[str, Tensor]:
+def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, max_rows: int = 8192,
+              budget_floats: int = 2**26) -> dict[str, Tensor]:
     """Per-site scale from the inputs the sites see on ``batches`` (each (B, T) token ids).
 
     ``max``: the largest ``|x|`` (per tensor or per channel). ``percentile``: that percentile of
-    ``|x|``, computed on up to ``max_rows`` token rows kept per site (uniformly subsampled).
+    ``|x|``, computed on the last ``rows_cap`` token rows kept per site (each batch contributes a
+    uniform subsample of ``rows_cap // 4`` rows), where ``rows_cap = min(max_rows,
+    budget_floats // (sites x C))``: all sites together never hold more than ``budget_floats``
+    floats of samples (see the module docstring for what that costs in precision).
     """
     names = site_names(model, enc.sites)
     stats = {n: _SiteStats(samples=[]) for n in names}
     gen = torch.Generator().manual_seed(0)
+    caps: dict[str, int] = {}
+
+    def cap(name: str, channels: int) -> int:
+        if name not in caps:
+            caps[name] = max(1, min(max_rows, budget_floats // max(1, len(names) * channels)))
+        return caps[name]
 
     def hook(name):
         def fn(_mod, args):
@@ -50,10 +80,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, 
             m = x.amax(0) if enc.granularity == "channel" else x.amax()
             st.max = m if st.max is None else torch.maximum(st.max, m)
             if enc.calibration == "percentile":
-                keep = min(x.shape[0], max(1, max_rows // 4))
-                idx = torch.randperm(x.shape[0], generator=gen)[:keep]
-                st.samples.append(x[idx.to(x.device)].cpu())
-                st.n_rows += keep
+                _keep_rows(st, x, cap(name, x.shape[1]), gen)
         return fn
 
     handles = [_get(model, n).register_forward_pre_hook(hook(n)) for n in names]
@@ -75,7 +102,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, 
     scales = {}
     for n, st in stats.items():
         if enc.calibration == "percentile":
-            rows = torch.cat(st.samples)[-max_rows:]
+            rows = torch.cat(st.samples)[-caps[n]:]
             q = enc.percentile / 100.0
             stat = torch.quantile(rows, q, dim=0) if enc.granularity == "channel" else torch.quantile(rows.flatten()[: 2**24], q)
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from ..config import ConfigError, EncodingConfig
@@ -73,8 +74,10 @@ def attach_encoders(model: nn.Module, enc: EncodingConfig) -> nn.Module:
         if isinstance(mod, (SpikingLinear, SpikeEncoder)):
             raise SpikelmError(f"{name} is already spike-encoded; convert the original ANN instead")
         if isinstance(mod, nn.Linear):
-            new = SpikingLinear(mod.in_features, mod.out_features, enc).to(mod.weight.device, mod.weight.dtype)
+            with torch.device("meta"):  # no throw-away weight: the original one is reused below
+                new = SpikingLinear(mod.in_features, mod.out_features, enc)
             new.weight = mod.weight
+            new.encoder = SpikeEncoder(enc, mod.in_features).to(mod.weight.device)
             _set(model, name, new)
         else:
             _set(model, name, SpikeEncoder(enc, _in_features(model, name)).to(model.emb.weight.device))
