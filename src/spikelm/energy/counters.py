@@ -116,6 +116,11 @@ class Row:
     ann_ops: dict[str, int] = field(default_factory=_zero_ops)
     spikes: SpikeStats | None = None
     first_seen: int | None = None
+    # spike-driven inputs: values that fetched their weight column (at least one spike over the
+    # T steps and l layers; flags alone fetch nothing), and whether they came from an MHSE/rate
+    # encoder (spike trains plus a sign flag) rather than a binary {0, 1} input
+    active: int = 0
+    encoded: bool = False
 
     @property
     def spike_driven(self) -> bool:
@@ -134,7 +139,8 @@ class Row:
     def merged(self, other: Row) -> Row:
         out = Row(self.name, self.layer, self.kind, self.c_in or other.c_in, self.c_out or other.c_out,
                   self.rows + other.rows, dict(self.ops), dict(self.ann_ops), self.spikes,
-                  self.first_seen if self.first_seen is not None else other.first_seen)
+                  self.first_seen if self.first_seen is not None else other.first_seen,
+                  self.active + other.active, self.encoded or other.encoded)
         out.add(other.ops, other.ann_ops)
         if other.spikes is not None:
             out.add_spikes(other.spikes)
@@ -272,6 +278,20 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             counts[j - 1] = torch.tensor(layer_totals((q - q_prev_t).to(itype)))
             q_prev_t = q
     return SpikeStats(counts, flags, clipped, x.numel())
+
+
+def active_inputs(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
+                  init_half: bool = False) -> int:
+    """Values of ``x`` that emit at least one spike over the ``T`` steps (any layer).
+
+    Over ``T`` steps an encoder emits ``floor(T u + c)`` units of its smallest weight ``s w_l`` in
+    total (``u = |x| / (s w_l)``, ``c = 1/2`` with ``init_half``), so a value fires iff
+    ``T |x| >= (1 - c) s w_l``; a silent value needs no weight fetch. Compared in float64 (ties at
+    the threshold may differ from the float32 reference by one value; it prices memory only).
+    """
+    unit = scale.detach().to(x.device).double() * float(base) ** (n_int - layers)
+    c = 0.5 if init_half else 0.0
+    return int(torch.count_nonzero(x.detach().double().abs_().mul_(T) >= unit * (1.0 - c)))
 
 
 def _spike_output(out: Any) -> Tensor | None:
@@ -429,6 +449,7 @@ class EnergyCounter:
                 st = _binary_stats(x)
                 row.add({"ac": int(st.spikes_per_layer_step.sum()) * m.out_features})
                 row.add_spikes(st)
+                row.active += int(st.spikes_per_layer_step.sum())  # each spike fetches its column
             else:
                 row.add({"mac": dense})
 
@@ -452,7 +473,8 @@ class EnergyCounter:
 
         def fn(e: nn.Module, args: tuple) -> None:
             x = args[0]
-            st = encoder_stats(x, e.scale, **e.encode_args())
+            args_ = e.encode_args()
+            st = encoder_stats(x, e.scale, **args_)
             n = x.numel() // max(1, x.shape[-1])
             T, l = st.T, st.layers
             spikes = st.layer_spikes
@@ -463,6 +485,8 @@ class EnergyCounter:
             self._touch(target)
             target.add({"ac": spikes * c_out, "flag_ac": st.flag_spikes * c_out})
             target.add_spikes(st)
+            target.active += active_inputs(x, e.scale, **args_)
+            target.encoded = True
 
         self._pre(enc, fn)
 
