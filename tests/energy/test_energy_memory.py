@@ -149,3 +149,15 @@ def test_summary_parts_sum_to_totals_and_baselines_are_priced_by_hand():
     assert s.eq5 is not None and s.eq5_c_in == 32
     md = s.to_markdown()
     assert "paper's convention" in md and "EE DRAM B=4" in md
+
+
+def test_worked_example_of_docs_energy_md():
+    from spikelm.energy import full_report
+    net, counts = _tiny_binary()
+    rep = full_report(counts)
+    assert rep.total_ann == pytest.approx(55.2) and rep.total_snn == pytest.approx(2.7)
+    sram, dram = (memory_report(net, counts, m) for m in ("sram", "dram"))
+    assert (sram.e_ann, sram.e_snn) == (pytest.approx(95.0), pytest.approx(30.625))
+    assert (dram.e_ann, dram.e_snn) == (pytest.approx(7835.0), pytest.approx(1965.625))
+    assert (rep.total_ann + sram.e_ann) / (rep.total_snn + sram.e_snn) == pytest.approx(4.507, abs=1e-3)
+    assert (rep.total_ann + dram.e_ann) / (rep.total_snn + dram.e_snn) == pytest.approx(4.009, abs=1e-3)

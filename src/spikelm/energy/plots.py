@@ -139,23 +139,27 @@ def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, 
     return _save(fig, path)
 
 
-def plot_energy_parts(summary: EnergySummary, path: str | Path, title: str = "") -> Path:
-    """Stacked bars of pJ per token: the spiking network and each baseline, memory as SRAM and as DRAM."""
-    nets = [summary.snn, *summary.baselines]
+def plot_energy_parts(summary: EnergySummary | dict, path: str | Path, title: str = "") -> Path:
+    """Stacked bars of pJ per token: the spiking network and each baseline, memory as SRAM and as DRAM.
+
+    ``summary``: an :class:`EnergySummary` or its ``to_dict()`` (as cached by the demo).
+    """
+    d = summary.to_dict() if isinstance(summary, EnergySummary) else summary
+    nets = [d["snn"], *d["baselines"]]
     fig, _ = _figure(max(8.0, 1.6 * len(nets) * 2), 5)
     fig.clear()
     axes = fig.subplots(1, 2, sharey=False)
     colors = ("#4c72b0", "#dd8452", "#55a868", "#8172b3")
-    for ax, which, label in ((axes[0], "parts_sram", "SRAM"), (axes[1], "parts_dram", f"DRAM B={summary.batch}")):
+    for ax, which, label in ((axes[0], "parts_sram", "SRAM"), (axes[1], "parts_dram", f"DRAM B={d['batch']}")):
         bottom = [0.0] * len(nets)
         for part, color in zip(PARTS, colors):
-            vals = [getattr(n, which)[part] for n in nets]
+            vals = [n[which][part] for n in nets]
             ax.bar(range(len(nets)), vals, bottom=bottom, color=color, label=part)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_xticks(range(len(nets)))
-        ax.set_xticklabels([n.name.replace(" (", "\n(") for n in nets], rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels([n["name"].replace(" (", "\n(") for n in nets], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("pJ per token")
         ax.set_title(f"compute + memory ({label})")
     axes[0].legend(fontsize=7)
-    fig.suptitle(title or f"Energy per token: {summary.model}")
+    fig.suptitle(title or f"Energy per token: {d['model']}")
     return _save(fig, path)
