@@ -161,3 +161,18 @@ def test_worked_example_of_docs_energy_md():
     assert (dram.e_ann, dram.e_snn) == (pytest.approx(7835.0), pytest.approx(1965.625))
     assert (rep.total_ann + sram.e_ann) / (rep.total_snn + sram.e_snn) == pytest.approx(4.507, abs=1e-3)
     assert (rep.total_ann + dram.e_ann) / (rep.total_snn + dram.e_snn) == pytest.approx(4.009, abs=1e-3)
+
+
+@pytest.mark.parametrize("T,layers,init_half", [(1, 4, False), (1, 3, True), (3, 1, False), (4, 1, True), (2, 3, False),
+                                                (70, 1, False)])
+def test_active_inputs_of_the_fast_path_equal_the_reference(T, layers, init_half):
+    from spikelm.energy.counters import active_inputs, encoder_counts
+    g = torch.Generator().manual_seed(T * 10 + layers)
+    scale = torch.tensor(0.5)
+    unit = 0.5 * 2.0 ** (1 - layers)
+    c = 0.5 if init_half else 0.0
+    edge = torch.tensor([(1 - c) * unit / T, (1 - c) * unit / T * (1 - 1e-6), 0.0, -unit])  # at and below the threshold
+    x = torch.cat([torch.randn(2000, generator=g) * unit * 2, edge]).float()
+    st, active = encoder_counts(x, scale, T, layers, init_half=init_half)
+    assert active == active_inputs(x, scale, T, layers, init_half=init_half)
+    assert 0 < active < x.numel() and active <= st.layer_spikes

@@ -191,6 +191,12 @@ def _binary_stats(x: Tensor) -> SpikeStats:
 
 def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
                   init_half: bool = False) -> SpikeStats:
+    """Spike counts of encoding ``x`` (see :func:`encoder_counts`)."""
+    return encoder_counts(x, scale, T, layers, base, n_int, init_half)[0]
+
+
+def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
+                   init_half: bool = False) -> tuple[SpikeStats, int]:
     """Spike counts of encoding ``x``: equal to ``mhse_closed_form(..., stats=True)[1]``, cheaper.
 
     A counter needs the spikes per layer, not the decoded values, so this makes as few passes over
@@ -218,11 +224,12 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
     next to every threshold too.
     """
     if base != 2.0:  # the closed form is exact for base 2 only
-        return mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
+        st = mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
+        return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
     if x.dtype == torch.float64 or scale.dtype != torch.float32 or layers > 16:
         st = mhse_closed_form(x, scale, T, layers, base, n_int, init_half, stats=True)[1]
         assert st is not None
-        return st
+        return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
     x = x.detach()
     unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
     u = (x.abs() if x.dtype == torch.float32 else x.float().abs_()).div_(unit)  # |x| in units of w_l
@@ -235,9 +242,12 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
         u.clamp_(max=u_max)
     itype = torch.uint8 if layers <= 8 else torch.int32
 
+    silent = [0]  # values that emit nothing over the T steps (T = 1: from the histogram)
+
     def layer_totals(q: Tensor) -> list[int]:
         """Spikes per layer (layer 1 = most significant bit) from a histogram of emissions."""
         hist = torch.bincount(q.reshape(-1), minlength=bins)[:bins]
+        silent[0] = int(hist[0])
         if bins <= 64:  # a few Python additions cost less than small tensor ops
             h = hist.tolist()
             return [sum(n for v, n in enumerate(h) if (v >> (layers - i)) & 1) for i in range(1, layers + 1)]
@@ -249,6 +259,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
     if T == 1:
         v = u.double().add_(0.5) if init_half else u  # u + 1/2 is exact in float64, not in float32
         counts[0] = torch.tensor(layer_totals(v.to(itype)))  # the cast truncates: floor of v >= 0
+        active = x.numel() - silent[0]
     elif layers == 1 and T <= 64:
         # Rate coding: q_j = floor(j u + c) = #{k = 1..j : u >= (k - c) / j}, so one bucketize of u
         # against the sorted thresholds (k - c) / j (float64; exact comparisons, see below) gives
@@ -263,6 +274,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             q_j = sum(at_least[rank[(k - c) / j]] for k in range(1, j + 1))
             counts[j - 1, 0] = q_j - q_prev
             q_prev = q_j
+        active = at_least[rank[(1 - c) / T]]  # q_T = floor(T u + c) >= 1
     elif layers == 1:
         u64 = u.double()
         q_prev = 0
@@ -270,6 +282,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             q_j = int(torch.floor(u64 * j + c).sum())
             counts[j - 1, 0] = q_j - q_prev
             q_prev = q_j
+        active = int(torch.count_nonzero(torch.floor(u64 * T + c)))
     else:
         u64 = u.double()
         q_prev_t = torch.zeros_like(u64)
@@ -277,7 +290,8 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             q = torch.floor(u64 * j + c)
             counts[j - 1] = torch.tensor(layer_totals((q - q_prev_t).to(itype)))
             q_prev_t = q
-    return SpikeStats(counts, flags, clipped, x.numel())
+        active = int(torch.count_nonzero(q_prev_t))
+    return SpikeStats(counts, flags, clipped, x.numel()), active
 
 
 def active_inputs(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
@@ -474,7 +488,7 @@ class EnergyCounter:
         def fn(e: nn.Module, args: tuple) -> None:
             x = args[0]
             args_ = e.encode_args()
-            st = encoder_stats(x, e.scale, **args_)
+            st, active = encoder_counts(x, e.scale, **args_)
             n = x.numel() // max(1, x.shape[-1])
             T, l = st.T, st.layers
             spikes = st.layer_spikes
@@ -485,7 +499,7 @@ class EnergyCounter:
             self._touch(target)
             target.add({"ac": spikes * c_out, "flag_ac": st.flag_spikes * c_out})
             target.add_spikes(st)
-            target.active += active_inputs(x, e.scale, **args_)
+            target.active += active
             target.encoded = True
 
         self._pre(enc, fn)
