@@ -60,7 +60,8 @@ def main() -> None:
             model(x)
         total = time.perf_counter() - t0
         ratios.append(spent[0] / (total - spent[0]))
-    print(f"C={args.width} L={args.layers} sites={args.sites} preset={args.preset} tokens={args.tokens}: "
+    print(f"threads={torch.get_num_threads()} dtype=fp32 C={args.width} L={args.layers} sites={args.sites} "
+          f"preset={args.preset} tokens={args.tokens}: "
           f"hook time / model time = {100 * statistics.median(ratios):.1f}% (median of {args.runs})")
 
 

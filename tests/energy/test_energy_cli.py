@@ -76,3 +76,33 @@ def test_tradeoff_plot_and_pareto_front(tmp_path):
     assert [p[0] for p in pareto_front(pts)] == ["3L", "4L", "ANN"]
     p = plot_tradeoff(pts, tmp_path / "t.png", log_energy=True)
     assert p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_energy_summary_and_stacked_bars(files, capsys):
+    tmp, pth, txt = files
+    prefix = tmp / "p" / "tiny"
+    assert main(["-q", "energy", str(pth), "--data", str(txt), "--preset", "SpikeRWKV-3L", "--calib-data", str(txt),
+                 "--whole-file", "--tokens", "64", "--json", "--plot", str(prefix), "--batch", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s = out["summary"]
+    assert s["batch"] == 4 and s["quantised_bits"] == 4 and s["eq5"]["ee"] > 1
+    names = [b["name"] for b in s["baselines"]]
+    assert names[:3] == ["ANN fp32", "ANN fp16/bf16", "ANN int8 (W8A8)"] and names[3].startswith("quantised ANN (W8A4")
+    assert s["snn"]["compute"] < s["snn"]["sram"] < s["snn"]["dram"]
+    assert open(out["parts_plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main(["-q", "energy", str(pth), "--data", str(txt), "--whole-file", "--tokens", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "EE compute" in text and "quantised ANN" not in text  # an ANN has no spike code to match
+
+
+def test_cli_sweep_with_energy_at_both_site_sets(files, capsys):
+    tmp, pth, txt = files
+    assert main(["-q", "sweep", str(pth), "--data", str(txt), "--whole-file", "--presets", "SpikeRWKV-3L",
+                 "--calib-data", str(txt), "--sites", "both", "--energy", "--energy-tokens", "32", "--max-chars", "400",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-3L (time_mix)", "SpikeRWKV-3L (all)"]
+    assert rows[0]["ee_compute"] == pytest.approx(1.0) and rows[0]["ee_quantised_compute"] is None
+    # encoding the feed-forward too (all) drives more MACs by spikes than the time mixing alone
+    assert rows[2]["e_compute_pj"] < rows[1]["e_compute_pj"] < rows[0]["e_compute_pj"]
+    assert all(r["quantised_bits"] == 4 for r in rows[1:])

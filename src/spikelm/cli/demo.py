@@ -34,8 +34,10 @@ from ..config import TrainArgs
 from ..convert import convert, preset_config
 from ..data.build import prepare
 from ..data.text import calibration_batches, split_tokens
-from ..energy.plots import _figure, _save, plot_tradeoff
+from ..energy.plots import _figure, _save, plot_energy_parts, plot_tradeoff
 from ..energy.report import count_model, full_report, paper_entry
+from ..energy.summary import energy_summary
+from ..energy.tradeoff import energy_columns
 from ..evaluate.multiple_choice import evaluate_tasks, format_table2
 from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1
@@ -161,7 +163,10 @@ def _energy(model, tokens, method: str) -> dict[str, Any]:
     counts = count_model(model, tokens)
     rep = full_report(counts)
     entry = paper_entry(counts, "Brown test", method)
+    summary = energy_summary(model, counts)  # every energy beside the baselines (docs/energy.md)
     return {
+        "summary": summary.to_dict(),
+        "every_energy": energy_columns(summary),
         "full": rep.to_dict(),
         "pj_per_token": rep.total_snn,
         "pj_per_token_ann": rep.total_ann,
@@ -248,7 +253,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
         e_tokens = list(tokens[: s.energy_tokens])
         return {name: _energy(get(name), e_tokens, name) for name in list(models) + ["SpikeGPT"]}
 
-    en = _cached(cache, "energy", f"{ann_key}-{sg_key}-{s.key('energy_tokens', 'eval_chars')}", energy)
+    en = _cached(cache, "energy", f"{ann_key}-{sg_key}-{s.key('energy_tokens', 'eval_chars')}-summary1", energy)
     timings["energy"] = time.perf_counter() - t
 
     # Table 2: few-shot multiple choice
@@ -287,7 +292,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
         "settings": asdict(s), "machine": machine_info(), "corpus": corpus_info,
         "training": {"rwkv6": ann_run, "spikegpt": sg_run},
         "table1": t1, "table2": t2,
-        "table3": {name: {k: v for k, v in e.items() if k not in ("markdown", "full")} for name, e in en.items()},
+        "table3": {name: {k: v for k, v in e.items() if k not in ("markdown", "full", "summary")} for name, e in en.items()},
+        "energy_summary": {name: e["summary"] for name, e in en.items()},
         "energy_full": {name: e["full"] for name, e in en.items()},
         "samples": smp, "plots": plots, "timings": timings,
     }
@@ -322,6 +328,13 @@ def _plots(out: Path, t1: dict, en: dict, ann_run: dict, sg_run: dict) -> dict[s
     points = [(r["model"], r["ppl"], en[r["model"]]["pj_per_token"]) for r in t1["rows"] if r["model"] in en]
     paths["tradeoff"] = str(plot_tradeoff(points, out / "tradeoff.png", log_energy=True,
                                           title="Perplexity vs energy per token (test split, full count)"))
+    points = [(r["model"], r["ppl"], en[r["model"]]["summary"]["snn"]["sram"]) for r in t1["rows"] if r["model"] in en]
+    paths["tradeoff_sram"] = str(plot_tradeoff(points, out / "tradeoff_sram.png", log_energy=True,
+                                               title="Perplexity vs energy per token (full count with flags + SRAM)"))
+    for name, e in en.items():
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+        paths[f"parts:{name}"] = str(plot_energy_parts(e["summary"], out / f"energy_parts_{slug}.png",
+                                                       f"Energy per token: {name}"))
 
     fig, ax = _figure(8, 4.5)
     series: dict[str, dict[str, list[float]]] = {}
@@ -393,7 +406,25 @@ def _report(res: dict, en: dict, format_table1) -> str:
         ee5 = (4.6 / (p["fr"] * p["T"] * p["l"] * 0.9)) if p and p["fr"] > 0 else None
         L.append(f"| {name} | {e['pj_per_token']:,.0f} | {e['pj_per_token_ann']:,.0f} | {e['pj_per_token_ann'] / e['pj_per_token']:.2f} | "
                  f"{100 * e['spike_share']:.1f}% | " + (f"{p['fr']:.3f} | {p['T']}x{p['l']} | {ee5:.2f} |" if p else "- | - | - |"))
-    L += ["", "![PPL vs energy](tradeoff.png)", "", "![firing rates](firing_rates.png)", ""]
+    L += ["", "Every energy (docs/energy.md): the full count now charges the sign-flag spikes; memory per token as "
+          "SRAM (weights on chip) or DRAM (batch 1: every weight read per token); EE = baseline / model, against the "
+          "ANN at fp32 and against the equal-information quantised ANN (int8 weights, activations with as many levels "
+          "as the spike code).", "",
+          "| model | eq. 5 EE (paper) | EE compute | EE +SRAM | EE +DRAM B=1 | quantised ANN bits | EE vs quant. ANN compute "
+          "| EE vs quant. ANN +SRAM | pJ/token +SRAM |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(x: Any, fmt: str = ".2f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    for name, e in res["table3"].items():
+        c = e["every_energy"]
+        L.append(f"| {name} | {f(c['ee_eq5'])} | {f(c['ee_compute'])} | {f(c['ee_sram'])} | {f(c['ee_dram'])} | "
+                 f"{f(c['quantised_bits'], 'd')} | {f(c['ee_quantised_compute'])} | {f(c['ee_quantised_sram'])} | "
+                 f"{c['e_sram_pj']:,.0f} |")
+    L += ["", "![PPL vs energy](tradeoff.png)", "", "![PPL vs energy with SRAM](tradeoff_sram.png)", "",
+          "![firing rates](firing_rates.png)", ""]
+    L += [f"![energy parts: {name}]({Path(p).name})" for key, p in res["plots"].items() if key.startswith("parts:")
+          for name in [key[6:]]] + [""]
     L += ["## Samples", ""]
     for name, smp in res["samples"].items():
         L += [f"**{name}** ({smp['tokens_per_second']:.0f} tokens/s):", "", "```", smp["prompt"] + smp["text"], "```", ""]

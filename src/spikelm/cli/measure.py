@@ -8,8 +8,10 @@ from pathlib import Path
 from ..convert import encoders
 from ..data.text import calibration_batches, split_tokens
 from ..energy.constants import energy_table
-from ..energy.plots import plot_energy_per_layer, plot_firing_rates
+from ..energy.plots import plot_energy_parts, plot_energy_per_layer, plot_firing_rates
 from ..energy.report import Counts, PaperEntry, count_model, full_report, method_name, paper_entry, paper_table
+from ..energy.summary import energy_summary
+from ..energy.tradeoff import energy_sweep, format_energy_sweep
 from ..errors import ConfigError, DataError, SpikelmError
 from ..evaluate.multiple_choice import evaluate_tasks, format_table2
 from ..evaluate.perplexity import evaluate_lm
@@ -75,8 +77,8 @@ def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: 
 
 def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, presets: str = "all",
               grid_T: str = "", grid_l: str = "", sites: str = "time_mix", calib_data: str = "default",
-              max_chars: int = 0, chunk: int = 1024, ctx: int = 0, json_: bool = False, device: str = "auto",
-              dtype: str = "auto", progress: bool = True) -> int:
+              max_chars: int = 0, chunk: int = 1024, ctx: int = 0, energy: bool = False, energy_tokens: int = 512,
+              batch: int = 1, json_: bool = False, device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
     """Evaluate the ANN and spiking conversions of it side by side (the paper's Table 1 layout).
 
     Every row is converted from the same ANN, calibrated on the same batches of --calib-data's train
@@ -90,29 +92,44 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
         presets: comma-separated preset names, "all" (every preset), or "none".
         grid_T: comma-separated T values for an extra MHSE grid (with --grid-l), e.g. 1,2.
         grid_l: comma-separated spike-layer counts for the MHSE grid, e.g. 3,4,5,6.
-        sites: time_mix (the paper) or all.
+        sites: time_mix (the paper), all, or both (every setting at each site set).
         calib_data: text the spike scales are calibrated on (its train split): a corpus name or a text file.
         max_chars: score only the first N characters of the split (0: all).
         chunk: tokens per forward call (state carried between calls).
         ctx: 0 for one stream with carried state; N for independent windows of N tokens.
+        energy: add every energy of each setting (full count with sign-flag spikes, compute only, +SRAM, +DRAM, EE vs the fp32 ANN and vs the equal-information quantised ANN); see docs/energy.md.
+        energy_tokens: tokens of the split each setting's energy is counted on (with --energy).
+        batch: tokens that share one DRAM weight read (with --energy).
         json_: print one JSON object instead of text.
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         progress: show progress bars on stderr.
     """
     names = [] if presets in ("", "none") else [p.strip() for p in presets.split(",") if p.strip()]
-    rows_settings = settings(names, _ints(grid_T, "--grid-T"), _ints(grid_l, "--grid-l"), sites)
+    if energy_tokens <= 0 or batch <= 0:
+        raise ConfigError(f"--energy-tokens and --batch must be positive (got {energy_tokens}, {batch})")
+    rows_settings = []
+    for ss in (("time_mix", "all") if sites == "both" else (sites,)):
+        for name, enc in settings(names, _ints(grid_T, "--grid-T"), _ints(grid_l, "--grid-l"), ss):
+            rows_settings.append((f"{name} ({ss})" if sites == "both" else name, enc))
     model = load_model(checkpoint, device, dtype)
     bars = progress_bars(progress and not json_)
     text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
     calib = calibration_batches(calib_data, model.tokenizer_name, progress=bars)
-    rows = sweep(model, text.tokens, text.n_units, calib, rows_settings, chunk=chunk, ctx=ctx, progress=bars)
+    if energy:
+        rows = energy_sweep(model, text.tokens, text.n_units, calib, rows_settings, energy_tokens=energy_tokens,
+                            batch=batch, chunk=chunk, ctx=ctx, progress=bars)
+    else:
+        rows = sweep(model, text.tokens, text.n_units, calib, rows_settings, chunk=chunk, ctx=ctx, progress=bars)
     if json_:
         print_json(rows)
     else:
         print(f"{checkpoint} on {text.description}: {len(text.tokens):,} tokens; BPC = bits per {text.unit}; "
               f"calibrated on {calib_data} (train split)")
         print(format_table1(rows, "BPC"))
+        if energy:
+            print(f"\nEnergy per token (first {min(energy_tokens, len(text.tokens)):,} tokens; fp32 at 45 nm):\n")
+            print(format_energy_sweep(rows, batch))
     return 0
 
 
@@ -173,12 +190,15 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
 def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, preset: str = "",
                sites: str = "time_mix", calib_data: str = "default", tokens: int = 2048, table: str = "45nm-fp32",
                e_mac: float = 0.0, e_ac: float = 0.0, json_: bool = False, plot: str = "", flag_acs: bool = False,
-               chunk: int = 512, device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
+               batch: int = 1, chunk: int = 512, device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
     """Count operations and spikes of a model over text and report energy per token, two ways.
 
     The paper formula (SpikeRWKV eq. 5, Table 3 layout, one row per dataset) and a full count of
     every operation (per row, per layer, total, spike-driven share), for the ANN, a converted
-    spikelm folder, a SpikeGPT, or the ANN converted on the fly with --preset.
+    spikelm folder, a SpikeGPT, or the ANN converted on the fly with --preset. Then a summary
+    beside the fair baselines (the same ANN at fp32, fp16 and int8, the equal-information
+    quantised ANN): eq. 5 EE, compute-only EE, compute + memory EE (SRAM, DRAM at --batch); see
+    docs/energy.md.
 
     Args:
         checkpoint: a model: official RWKV-6 .pth, Hugging Face folder, or spikelm folder (converted or SpikeGPT).
@@ -193,8 +213,9 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
         e_mac: override E_MAC in pJ (0 keeps the table's).
         e_ac: override E_AC in pJ (0 keeps the table's).
         json_: print one JSON object instead of text.
-        plot: write PNG plots to PREFIX-firing.png and PREFIX-energy.png (needs matplotlib).
-        flag_acs: charge each sign-flag spike C_out accumulates (default: the flag only selects the sign).
+        plot: write PNG plots to PREFIX-firing.png, PREFIX-energy.png and PREFIX-parts.png (stacked bars; needs matplotlib).
+        flag_acs: charge each sign-flag spike C_out accumulates in the full count (default: the flag only selects the sign; the summary always charges them).
+        batch: tokens that share one DRAM weight read in the summary's DRAM column (1: every weight is read for every token).
         chunk: tokens per forward call (the state is carried; counts do not depend on it).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
@@ -227,15 +248,19 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
     assert total is not None
     full = full_report(total, t, flag_acs=flag_acs)
     paper = paper_table(entries, int(model.cfg.n_embd), t, tasks=sources)
+    summary = energy_summary(model, total, t, batch=batch)
     plots: list[str] = []
+    parts_plot = ""  # the stacked bars of the summary (listed apart from the count's own plots)
     if plot:
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         plots.append(str(plot_energy_per_layer(full, f"{plot}-energy.png")))
         if full.sites:
             plots.append(str(plot_firing_rates(full, f"{plot}-firing.png")))
+        parts_plot = str(plot_energy_parts(summary, f"{plot}-parts.png", f"Energy per token: {method}"))
     if json_:
         print_json({"checkpoint": str(checkpoint), "method": method, "datasets": datasets, "paper": paper.to_dict(),
-                    "full": full.to_dict(), "plots": plots})
+                    "full": full.to_dict(), "summary": summary.to_dict(), "plots": plots,
+                    "parts_plot": parts_plot})
         return 0
     runs = "; ".join(f"{d['tokens']:,} tokens of {d['description']}" for d in datasets)
     print(f"spikelm energy: {checkpoint} ({method}); {runs}")
@@ -245,6 +270,8 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
         print("\n(no linear layer is driven by spikes, so eq. 5 has no spiking column)")
     print()
     print("## " + full.to_markdown())
-    for p in plots:
+    print()
+    print("## " + summary.to_markdown())
+    for p in plots + ([parts_plot] if parts_plot else []):
         print(f"\nwrote {p}")
     return 0

@@ -5,10 +5,12 @@ their sources, and reports (SpikeRWKV's eq. 5 beside a full count of every opera
     with EnergyCounter(model) as ec:
         model(idx)
     rep = full_report(ec.counts, "45nm-fp32")  # FullReport: rep.to_markdown(), rep.to_dict()
+    summary = energy_summary(model, ec.counts, batch=1)  # + memory, fair baselines (docs/energy.md)
 """
 
 from .constants import HOROWITZ_2014, OP_KINDS, TABLES, EnergyTable, energy_table
 from .counters import Counts, EnergyCounter, Row, is_binary
+from .memory import MemoryModel, MemoryReport, memory_report
 from .report import (
     FullReport,
     PaperEntry,
@@ -20,6 +22,7 @@ from .report import (
     paper_entry,
     paper_table,
 )
+from .summary import EnergySummary, code_bits, energy_summary, quantised_activations
 
 __all__ = [
     "HOROWITZ_2014",
@@ -40,4 +43,11 @@ __all__ = [
     "implied_firing_rate",
     "paper_entry",
     "paper_table",
+    "MemoryModel",
+    "MemoryReport",
+    "memory_report",
+    "EnergySummary",
+    "code_bits",
+    "energy_summary",
+    "quantised_activations",
 ]

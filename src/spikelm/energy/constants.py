@@ -15,9 +15,10 @@ operand        add (pJ)     mult (pJ)
 32-bit float   0.9          3.7
 =============  ===========  ===========
 
-and, for reference, memory reads that no table here charges (both papers exclude memory access,
-SpikeRWKV section 4.3: "excluding memory access energy"): 8 KB SRAM 10 pJ, 32 KB SRAM 20 pJ,
-1 MB SRAM 100 pJ per 64-bit word, DRAM 1.3-2.6 nJ.
+and memory reads, which both papers exclude (SpikeRWKV section 4.3: "excluding memory access
+energy") and :mod:`spikelm.energy.memory` charges when asked (:data:`SRAM_PJ_PER_64B`,
+:data:`DRAM_PJ_PER_64B`): 8 KB SRAM 10 pJ, 32 KB SRAM 20 pJ, 1 MB SRAM 100 pJ per 64-bit word,
+DRAM 1.3-2.6 nJ per 64-bit access.
 
 How operations are priced (see :mod:`spikelm.energy.counters` for what is counted):
 
@@ -43,12 +44,33 @@ from typing import Any
 
 from ..errors import SpikelmError
 
-__all__ = ["HOROWITZ_2014", "EnergyTable", "TABLES", "OP_KINDS", "energy_table"]
+__all__ = ["HOROWITZ_2014", "LEMAIRE_2022", "DAMPFHOFFER_2023", "YAN_2024", "EnergyTable", "TABLES", "OP_KINDS",
+           "energy_table", "SRAM_PJ_PER_64B", "DRAM_PJ_PER_64B", "quantised_table"]
 
 HOROWITZ_2014 = (
     "M. Horowitz, '1.1 Computing's energy problem (and what we can do about it)', "
     "IEEE ISSCC 2014 Digest of Technical Papers, pp. 10-14 (45 nm, 0.9 V)"
 )
+
+LEMAIRE_2022 = (
+    "E. Lemaire et al., 'An analytical estimation of spiking neural networks energy efficiency', "
+    "ICONIP 2022 (E = operations + addressing + memory: weights, activations, neuron state)"
+)
+DAMPFHOFFER_2023 = (
+    "M. Dampfhoffer et al., 'Are SNNs really more energy-efficient than ANNs? An in-depth hardware-aware "
+    "study', IEEE TETCI 7(3), 2023 (with memory counted, IF SNNs compete only below ~0.15-1.38 spikes "
+    "per synapse per inference)"
+)
+YAN_2024 = (
+    "Z. Yan et al., arXiv 2409.08290 (2024) (the fair baseline: a quantised ANN whose activations carry "
+    "as many levels as the spike code)"
+)
+
+# SRAM read energy per 64-bit word by array size (bytes, pJ), Horowitz 2014's memory figure. An
+# array larger than the largest listed is priced as the largest (a lower bound).
+SRAM_PJ_PER_64B: tuple[tuple[int, float], ...] = ((8 * 1024, 10.0), (32 * 1024, 20.0), (1024 * 1024, 100.0))
+# DRAM per 64-bit access: Horowitz gives 1.3-2.6 nJ; the low end, so memory is never overcharged.
+DRAM_PJ_PER_64B = 1300.0
 
 # Operation kinds that the counters produce and a table prices. ``flag_ac``: accumulates that a
 # sign-flag spike would cost if it drove its own synaptic pass (priced at E_AC only when asked).
@@ -64,6 +86,7 @@ class EnergyTable:
     e_add: float
     source: str
     special_macs: float = 1.0
+    bits: int = 32  # operand width: the bytes a weight or an activation occupies in memory
 
     def __post_init__(self) -> None:
         if not (self.e_mult >= 0.0 and self.e_add > 0.0 and self.special_macs >= 0.0):
@@ -110,17 +133,30 @@ class EnergyTable:
         return {
             "name": self.name, "e_mac": self.e_mac, "e_ac": self.e_ac, "e_mult": self.e_mult,
             "e_add": self.e_add, "e_special": self.e_special, "special_macs": self.special_macs,
-            "source": self.source,
+            "bits": self.bits, "source": self.source,
         }
 
 
 _FIG = HOROWITZ_2014 + ", energy-per-operation figure"
 TABLES: dict[str, EnergyTable] = {
     "45nm-fp32": EnergyTable("45nm-fp32", e_mult=3.7, e_add=0.9, source=_FIG + ": 32-bit float"),
-    "45nm-fp16": EnergyTable("45nm-fp16", e_mult=1.1, e_add=0.4, source=_FIG + ": 16-bit float"),
+    "45nm-fp16": EnergyTable("45nm-fp16", e_mult=1.1, e_add=0.4, source=_FIG + ": 16-bit float", bits=16),
     "45nm-int32": EnergyTable("45nm-int32", e_mult=3.1, e_add=0.1, source=_FIG + ": 32-bit int"),
-    "45nm-int8": EnergyTable("45nm-int8", e_mult=0.2, e_add=0.03, source=_FIG + ": 8-bit int"),
+    "45nm-int8": EnergyTable("45nm-int8", e_mult=0.2, e_add=0.03, source=_FIG + ": 8-bit int", bits=8),
 }
+
+
+def quantised_table(act_bits: int) -> EnergyTable:
+    """Int8 weights times ``act_bits``-bit activations (the equal-information ANN of Yan et al.).
+
+    An array multiplier's energy grows with the product of its operand widths, so the 8 x 8-bit
+    multiply (0.2 pJ) scales by ``act_bits / 8``; the accumulate stays the 8-bit add (0.03 pJ).
+    Weights occupy 8 bits in memory.
+    """
+    if act_bits < 1:
+        raise SpikelmError(f"activation bits must be >= 1, got {act_bits}")
+    return EnergyTable(f"W8A{act_bits}", e_mult=0.2 * act_bits / 8, e_add=0.03,
+                       source=_FIG + f": 8-bit int, multiply scaled by {act_bits}/8 ({YAN_2024})", bits=8)
 
 
 def energy_table(name: str = "45nm-fp32", e_mac: float = 0.0, e_ac: float = 0.0, special_macs: float = 1.0) -> EnergyTable:
@@ -146,4 +182,5 @@ def energy_table(name: str = "45nm-fp32", e_mac: float = 0.0, e_ac: float = 0.0,
         e_add=ac,
         source=base.source + (f"; user-supplied {label}" if label else ""),
         special_macs=special_macs,
+        bits=base.bits,
     )

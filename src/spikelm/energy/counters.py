@@ -38,31 +38,21 @@ exact closed form (:func:`encoder_stats`: the counts of ``mhse_closed_form(..., 
 which the conversion tests prove equal to the step-by-step IF cascade, without rebuilding the
 decoded values); the model's own forward is left alone.
 
-Everything else, per token (RWKV-6 ``TimeMix`` / ``ChannelMix`` / ``Block``; SpikeGPT
-``SpikingRWKV`` / ``SRFFN`` / ``Block``), counted from shapes in the module's pre-hook
+Everything else, per token: the op tables the models declare next to their blocks
 ------------------------------------------------------------------------------------------
-C = n_embd, A = dim_att, H heads of N, F = dim_ffn, Dm / Dd the LoRA ranks.
+A block with arithmetic of its own (token shift and mixes, LoRA matmuls, the WKV recurrence,
+gates, residual adds) declares it in ``energy_ops()`` (:mod:`spikelm.models.optable`; see the
+docstrings of ``energy_ops`` in ``models/rwkv4.py``, ``rwkv6.py``, ``rwkv7.py``, ``spikegpt.py``
+for each block's conventions). The counter is generic over them: a pre-hook (``ENERGY_WHEN =
+"post"``: a post-hook) adds each row's per-token ops times the tokens of the block's input; a bare
+matmul row whose ``encoder`` point holds a spike encoder keeps only its dense counterpart (its
+accumulates come from the encoder's spikes); a row with ``spike_inputs`` costs one accumulate per
+spike those children emit (dense counterpart: the row's ops).
 
-* RWKV-6 ``ddlerp``: shift difference C add; ``x + xx * maa_x`` C mul + C add; five mixes
-  ``x + xx * (maa_* + m_*)`` 5 x (C mul + 2C add); ``tanh`` of the LoRA 5Dm special.
-  LoRA matmuls: ``time_maa_w1`` C*5Dm, ``time_maa_w2`` 5*Dm*C, ``time_decay_w1`` C*Dd,
-  ``time_decay_w2`` Dd*A MACs (``w1`` rows are spike-driven when ``maa_in`` / ``decay_in`` are
-  encoders). ``decay``: tanh Dd + exp A special, ``+ time_decay`` and the clamp 2A add.
-  ``wkv`` (the recurrent form, per head, the arithmetic a token-by-token device performs,
-  whatever kernel computes it here): ``y = r S + (sum_i r_i u_i k_i) v`` is N^2 + N MACs,
-  2N mul, N add; ``S = diag(w) S + k v^T`` is 2N^2 mul and N^2 add; ``w = exp(logw)`` N special.
-  ``gate_act``: silu A special + A mul, ``y * g`` A mul.
-* RWKV-6 ``ChannelMix``: shift difference C add, two mixes 2 x (C mul + C add); ``relu`` F add,
-  square F mul, sigmoid C special, product C mul. ``Block`` residuals: 2C add.
-* SpikeGPT mixes ``x m + xx (1 - m)``: 2 mul + 1 add per channel (``1 - m`` is a constant), three
-  in the time mixing and two in the FFN. WKV-4, the numerically safe recurrence per channel:
-  12 add (incl. two max), 6 mul, 4 exp + 1 division special. ``sigmoid(r) * y`` C special + C mul.
-  SRFFN activations as RWKV-6's. The residual adds of the LIF spikes cost one AC per spike
-  (dense counterpart: C add).
 * ``LayerNorm`` / ``GroupNorm`` per element: mean and centring 2 add, variance 1 MAC,
   normalisation 1 mul, affine 1 MAC; per normalised group: 2 mul (1/n), 1 add (eps),
   1 special (rsqrt).
-* Spiking neurons (encoders, IF/LIF): an encoder value costs a sign test and a clip (2 add), and
+* Spiking neurons (encoders, IF/LIF, or any module with ``energy_neuron_ops(numel, spikes)``): an encoder value costs a sign test and a clip (2 add), and
   per step a charge (1 add) and ``l`` threshold tests (l add), plus a soft-reset subtraction per
   spike; ``|x| / s`` needs no multiplication (the scale folds into the thresholds ``s w_i``). LIF
   (SpikeGPT eq. 13): charge 1 mul + 2 add (+1 add if ``v_reset != 0``), fire 1 add, hard reset is
@@ -83,7 +73,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..models import rwkv6, spikegpt
+from ..models.optable import ROW_KINDS, OpRow
 from ..spiking.encoding import SpikeStats, mhse_closed_form, mhse_simulate
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 from ..spiking.neurons import IFNeuron, LIFNeuron, SpikingNeuron
@@ -93,24 +83,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Row", "Counts", "EnergyCounter", "is_binary", "encoder_stats", "ROW_KINDS"]
 
-# What a row counts: a linear layer (``nn.Linear`` or a LoRA matmul), elementwise arithmetic, the
-# WKV recurrence, a normalisation, an encoder's neurons, other spiking neurons, residual adds, or
-# the embedding look-up.
-ROW_KINDS = ("linear", "elementwise", "wkv", "norm", "encode", "neuron", "residual", "embedding")
-
 _BINARY_PROBE = 256
-# Forward order of the rows inside each mixing module, for the report (rows are listed in the
-# order the forward pass first reaches them; a module's own rows would otherwise all come first).
-_RWKV6_TIMEMIX_ORDER = (
-    "ddlerp", "maa_in.encode", "time_maa_w1", "time_maa_w2", "receptance.encode", "receptance", "key.encode", "key",
-    "value.encode", "value", "gate.encode", "gate", "decay_in.encode", "time_decay_w1", "time_decay_w2", "decay", "wkv",
-    "ln_x", "gate_act", "output.encode", "output",
-)
-_CHANNELMIX_ORDER = ("mix", "key.encode", "key", "act", "receptance.encode", "receptance", "value.encode", "value")
-_SPIKEGPT_TIMEMIX_ORDER = ("mix", "key", "value", "receptance", "wkv", "gate_act", "output")
-_LORA_INPUTS = {"maa_in": "time_maa_w1", "decay_in": "time_decay_w1"}
-
-
 def _zero_ops() -> dict[str, int]:
     return {k: 0 for k in OP_KINDS}
 
@@ -143,6 +116,11 @@ class Row:
     ann_ops: dict[str, int] = field(default_factory=_zero_ops)
     spikes: SpikeStats | None = None
     first_seen: int | None = None
+    # spike-driven inputs: values that fetched their weight column (at least one spike over the
+    # T steps and l layers; flags alone fetch nothing), and whether they came from an MHSE/rate
+    # encoder (spike trains plus a sign flag) rather than a binary {0, 1} input
+    active: int = 0
+    encoded: bool = False
 
     @property
     def spike_driven(self) -> bool:
@@ -161,7 +139,8 @@ class Row:
     def merged(self, other: Row) -> Row:
         out = Row(self.name, self.layer, self.kind, self.c_in or other.c_in, self.c_out or other.c_out,
                   self.rows + other.rows, dict(self.ops), dict(self.ann_ops), self.spikes,
-                  self.first_seen if self.first_seen is not None else other.first_seen)
+                  self.first_seen if self.first_seen is not None else other.first_seen,
+                  self.active + other.active, self.encoded or other.encoded)
         out.add(other.ops, other.ann_ops)
         if other.spikes is not None:
             out.add_spikes(other.spikes)
@@ -212,6 +191,12 @@ def _binary_stats(x: Tensor) -> SpikeStats:
 
 def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
                   init_half: bool = False) -> SpikeStats:
+    """Spike counts of encoding ``x`` (see :func:`encoder_counts`)."""
+    return encoder_counts(x, scale, T, layers, base, n_int, init_half)[0]
+
+
+def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
+                   init_half: bool = False) -> tuple[SpikeStats, int]:
     """Spike counts of encoding ``x``: equal to ``mhse_closed_form(..., stats=True)[1]``, cheaper.
 
     A counter needs the spikes per layer, not the decoded values, so this makes as few passes over
@@ -239,11 +224,12 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
     next to every threshold too.
     """
     if base != 2.0:  # the closed form is exact for base 2 only
-        return mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
+        st = mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
+        return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
     if x.dtype == torch.float64 or scale.dtype != torch.float32 or layers > 16:
         st = mhse_closed_form(x, scale, T, layers, base, n_int, init_half, stats=True)[1]
         assert st is not None
-        return st
+        return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
     x = x.detach()
     unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
     u = (x.abs() if x.dtype == torch.float32 else x.float().abs_()).div_(unit)  # |x| in units of w_l
@@ -256,9 +242,12 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
         u.clamp_(max=u_max)
     itype = torch.uint8 if layers <= 8 else torch.int32
 
+    silent = [0]  # values that emit nothing over the T steps (T = 1: from the histogram)
+
     def layer_totals(q: Tensor) -> list[int]:
         """Spikes per layer (layer 1 = most significant bit) from a histogram of emissions."""
         hist = torch.bincount(q.reshape(-1), minlength=bins)[:bins]
+        silent[0] = int(hist[0])
         if bins <= 64:  # a few Python additions cost less than small tensor ops
             h = hist.tolist()
             return [sum(n for v, n in enumerate(h) if (v >> (layers - i)) & 1) for i in range(1, layers + 1)]
@@ -270,6 +259,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
     if T == 1:
         v = u.double().add_(0.5) if init_half else u  # u + 1/2 is exact in float64, not in float32
         counts[0] = torch.tensor(layer_totals(v.to(itype)))  # the cast truncates: floor of v >= 0
+        active = x.numel() - silent[0]
     elif layers == 1 and T <= 64:
         # Rate coding: q_j = floor(j u + c) = #{k = 1..j : u >= (k - c) / j}, so one bucketize of u
         # against the sorted thresholds (k - c) / j (float64; exact comparisons, see below) gives
@@ -284,6 +274,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             q_j = sum(at_least[rank[(k - c) / j]] for k in range(1, j + 1))
             counts[j - 1, 0] = q_j - q_prev
             q_prev = q_j
+        active = at_least[rank[(1 - c) / T]]  # q_T = floor(T u + c) >= 1
     elif layers == 1:
         u64 = u.double()
         q_prev = 0
@@ -291,6 +282,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             q_j = int(torch.floor(u64 * j + c).sum())
             counts[j - 1, 0] = q_j - q_prev
             q_prev = q_j
+        active = int(torch.count_nonzero(torch.floor(u64 * T + c)))
     else:
         u64 = u.double()
         q_prev_t = torch.zeros_like(u64)
@@ -298,7 +290,22 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
             q = torch.floor(u64 * j + c)
             counts[j - 1] = torch.tensor(layer_totals((q - q_prev_t).to(itype)))
             q_prev_t = q
-    return SpikeStats(counts, flags, clipped, x.numel())
+        active = int(torch.count_nonzero(q_prev_t))
+    return SpikeStats(counts, flags, clipped, x.numel()), active
+
+
+def active_inputs(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
+                  init_half: bool = False) -> int:
+    """Values of ``x`` that emit at least one spike over the ``T`` steps (any layer).
+
+    Over ``T`` steps an encoder emits ``floor(T u + c)`` units of its smallest weight ``s w_l`` in
+    total (``u = |x| / (s w_l)``, ``c = 1/2`` with ``init_half``), so a value fires iff
+    ``T |x| >= (1 - c) s w_l``; a silent value needs no weight fetch. Compared in float64 (ties at
+    the threshold may differ from the float32 reference by one value; it prices memory only).
+    """
+    unit = scale.detach().to(x.device).double() * float(base) ** (n_int - layers)
+    c = 0.5 if init_half else 0.0
+    return int(torch.count_nonzero(x.detach().double().abs_().mul_(T) >= unit * (1.0 - c)))
 
 
 def _spike_output(out: Any) -> Tensor | None:
@@ -316,6 +323,8 @@ def _norm_ops(n_elements: int, n_groups: int, affine: bool) -> dict[str, int]:
 
 
 def _neuron_ops(mod: nn.Module, numel: int, spikes: int) -> dict[str, int]:
+    if callable(getattr(mod, "energy_neuron_ops", None)):
+        return mod.energy_neuron_ops(numel, spikes)
     if isinstance(mod, LIFNeuron):
         extra = 1 if mod.v_reset != 0.0 else 0
         add = numel * (3 + extra) + (spikes if mod.reset_mode == "subtract" else 0)
@@ -418,68 +427,12 @@ class EnergyCounter:
         elif isinstance(mod, nn.Embedding):
             row = self._row(name, "embedding", mod.num_embeddings, mod.embedding_dim)
             self._pre(mod, lambda m, a: self._touch(row, a[0].numel()))
-        elif isinstance(mod, rwkv6.TimeMix):
-            self._attach_rwkv6_timemix(name, mod)
-        elif isinstance(mod, rwkv6.ChannelMix):
-            self._attach_rwkv6_channelmix(name, mod)
-        elif isinstance(mod, rwkv6.Block):
-            row = self._row(f"{name}.residual", "residual")
-            self._post(mod, lambda m, a, out: self._elementwise(row, a[0], add=2))
-        elif isinstance(mod, SpikingNeuron):
+        elif callable(getattr(mod, "energy_ops", None)):
+            self._attach_table(name, mod)
+        elif callable(getattr(mod, "energy_neuron_ops", None)) or isinstance(mod, SpikingNeuron):
             self._attach_neuron(name, mod)
-        elif isinstance(mod, (rwkv6.RWKV6, nn.Identity, nn.Dropout, nn.ModuleList, nn.Sequential)):
+        elif mod is self.model or isinstance(mod, (nn.Identity, nn.Dropout, nn.ModuleList, nn.Sequential)):
             pass  # no arithmetic of their own
-        else:
-            return self._attach_spikegpt(name, mod)
-        return True
-
-    def _attach_spikegpt(self, name: str, mod: nn.Module) -> bool:
-        if isinstance(mod, spikegpt.SpikeGPT):
-            return True
-        if isinstance(mod, spikegpt.BinarySpike):
-            row = self._row(name, "neuron")
-
-            def on_spikes(m: nn.Module, args: tuple, out: Any) -> None:
-                s = _spike_output(out)
-                st = _binary_stats(s)
-                self._touch(row, s.numel() // max(1, s.shape[-1]))
-                row.add({"add": s.numel()})
-                row.add_spikes(st)
-
-            self._post(mod, on_spikes)
-        elif isinstance(mod, spikegpt.SpikingRWKV):
-            mix, wkv, gate = (self._row(f"{name}.{r}", k) for r, k in
-                              (("mix", "elementwise"), ("wkv", "wkv"), ("gate_act", "elementwise")))
-
-            def att(m: nn.Module, a: tuple) -> None:
-                self._touch_in_order(name, _SPIKEGPT_TIMEMIX_ORDER)
-                self._elementwise(mix, a[0], mul=6, add=3)
-                self._elementwise(wkv, a[0], add=12, mul=6, special=5)
-                self._elementwise(gate, a[0], special=1, mul=1)
-
-            self._pre(mod, att)
-        elif isinstance(mod, spikegpt.SRFFN):
-            mix, act = self._row(f"{name}.mix", "elementwise"), self._row(f"{name}.act", "elementwise")
-            F_ = mod.key.out_features
-
-            def ffn(m: nn.Module, a: tuple) -> None:
-                C = a[0].shape[-1]
-                self._touch_in_order(name, _CHANNELMIX_ORDER)
-                self._elementwise(mix, a[0], mul=4, add=2)
-                self._elementwise(act, a[0], add=F_ / C, mul=(F_ + C) / C, special=1)
-
-            self._pre(mod, ffn)
-        elif isinstance(mod, spikegpt.Block):
-            row = self._row(f"{name}.residual", "residual")
-
-            def residual(m: nn.Module, args: tuple, out: Any) -> None:
-                s = _spike_output(out)
-                self._touch(row, s.numel() // max(1, s.shape[-1]))
-                # one accumulate per spike into the residual; the spikes are listed under the neuron
-                row.add({"ac": int(torch.count_nonzero(s))}, {"add": s.numel()})
-
-            for lif in (mod.lif1, mod.lif2):
-                self._post(lif, residual)
         else:
             return False
         return True
@@ -510,6 +463,7 @@ class EnergyCounter:
                 st = _binary_stats(x)
                 row.add({"ac": int(st.spikes_per_layer_step.sum()) * m.out_features})
                 row.add_spikes(st)
+                row.active += int(st.spikes_per_layer_step.sum())  # each spike fetches its column
             else:
                 row.add({"mac": dense})
 
@@ -520,10 +474,9 @@ class EnergyCounter:
         owner = self.model.get_submodule(owner_name)
         if leaf == "encoder" and isinstance(owner, SpikingLinear):  # the input encoder of a spiking linear
             site, target_name, c_out = owner_name, owner_name, int(owner.out_features)
-        elif leaf in _LORA_INPUTS and hasattr(owner, _LORA_INPUTS[leaf]):  # RWKV-6 LoRA input (maa_in, decay_in)
-            lora = _LORA_INPUTS[leaf]
-            site, target_name = name, f"{owner_name}.{lora}" if owner_name else lora
-            c_out = int(getattr(owner, lora).shape[1])
+        elif (lora := _encoded_matmul(owner, leaf)) is not None:  # a bare matmul's input (RWKV-6 maa_in, ...)
+            site, target_name = name, f"{owner_name}.{lora[0]}" if owner_name else lora[0]
+            c_out = lora[1].c_out
         else:
             site, target_name, c_out = name, name, 0
             log.warning("energy: encoder %s feeds no known linear layer; its spikes are counted, "
@@ -534,7 +487,8 @@ class EnergyCounter:
 
         def fn(e: nn.Module, args: tuple) -> None:
             x = args[0]
-            st = encoder_stats(x, e.scale, **e.encode_args())
+            args_ = e.encode_args()
+            st, active = encoder_counts(x, e.scale, **args_)
             n = x.numel() // max(1, x.shape[-1])
             T, l = st.T, st.layers
             spikes = st.layer_spikes
@@ -545,6 +499,8 @@ class EnergyCounter:
             self._touch(target)
             target.add({"ac": spikes * c_out, "flag_ac": st.flag_spikes * c_out})
             target.add_spikes(st)
+            target.active += active
+            target.encoded = True
 
         self._pre(enc, fn)
 
@@ -583,58 +539,44 @@ class EnergyCounter:
 
         self._post(mod, fn)
 
-    def _attach_rwkv6_timemix(self, name: str, tm: nn.Module) -> None:
-        C, five_dm = tm.time_maa_w1.shape
-        Dm = five_dm // 5
-        Dd, A = tm.time_decay_w2.shape
-        H, N = tm.n_head, tm.head_size
-        rows = {r: self._row(f"{name}.{r}", k, ci, co) for r, k, ci, co in (
-            ("ddlerp", "elementwise", 0, 0),
-            ("time_maa_w1", "linear", C, 5 * Dm),
-            ("time_maa_w2", "linear", Dm, C),
-            ("time_decay_w1", "linear", C, Dd),
-            ("time_decay_w2", "linear", Dd, A),
-            ("decay", "elementwise", 0, 0),
-            ("wkv", "wkv", 0, 0),
-            ("gate_act", "elementwise", 0, 0),
-        )}
+    def _attach_table(self, name: str, mod: nn.Module) -> None:
+        """Count ``mod.energy_ops()`` (per token) for every token of the block's input."""
+        order = getattr(mod, "ENERGY_ORDER", ())
+        table: dict[str, OpRow] = mod.energy_ops()
+        rows = {r: self._row(f"{name}.{r}" if name else r, op.kind, op.c_in, op.c_out) for r, op in table.items()}
+        for r, op in table.items():
+            for child in op.spike_inputs:  # spikes added into the residual: one AC per spike
+                self._post(mod.get_submodule(child), self._spike_residual(rows[r], op))
 
-        def fn(m: nn.Module, args: tuple) -> None:
-            x = args[0]  # (B, T, C): the ln1 output
-            n = x.numel() // C
-            self._touch_in_order(name, _RWKV6_TIMEMIX_ORDER)
-            ew = {
-                "ddlerp": {"add": 12 * C, "mul": 6 * C, "special": 5 * Dm},
-                "decay": {"add": 2 * A, "special": Dd + A},
-                "wkv": {"mac": H * (N * N + N), "mul": H * (2 * N * N + 2 * N), "add": H * (N * N + N), "special": H * N},
-                "gate_act": {"special": A, "mul": 2 * A},
-            }
-            for r, ops in ew.items():
-                self._touch(rows[r], n)
-                per = {k: v * n for k, v in ops.items()}
-                rows[r].add(per, per)
-            lora = {
-                "time_maa_w1": (C * 5 * Dm, isinstance(m.maa_in, SpikeEncoder)),
-                "time_maa_w2": (5 * Dm * C, False),
-                "time_decay_w1": (C * Dd, isinstance(m.decay_in, SpikeEncoder)),
-                "time_decay_w2": (Dd * A, False),
-            }
-            for r, (macs, spiking) in lora.items():
-                self._touch(rows[r], n)
-                rows[r].add({} if spiking else {"mac": macs * n}, {"mac": macs * n})
-
-        self._pre(tm, fn)
-
-    def _attach_rwkv6_channelmix(self, name: str, cm: nn.Module) -> None:
-        mix, act = self._row(f"{name}.mix", "elementwise"), self._row(f"{name}.act", "elementwise")
-        F_ = cm.key.out_features
-
-        def fn(m: nn.Module, args: tuple) -> None:
+        def fn(m: nn.Module, args: tuple, *out: Any) -> None:
             x = args[0]
-            C = x.shape[-1]
-            self._touch_in_order(name, _CHANNELMIX_ORDER)
-            self._elementwise(mix, x, add=3, mul=2)
-            self._elementwise(act, x, add=F_ / C, mul=(F_ + C) / C, special=1)
+            n = x.numel() // max(1, x.shape[-1])
+            self._touch_in_order(name, order)
+            for r, op in m.energy_ops().items():
+                if op.spike_inputs:
+                    continue
+                per = {k: v * n for k, v in op.ops.items()}
+                self._touch(rows[r], n)
+                spiking = bool(op.encoder) and isinstance(getattr(m, op.encoder, None), SpikeEncoder)
+                rows[r].add({} if spiking else per, per)
 
-        self._pre(cm, fn)
+        if getattr(mod, "ENERGY_WHEN", "pre") == "post":
+            self._post(mod, fn)
+        else:
+            self._pre(mod, fn)
 
+    def _spike_residual(self, row: Row, op: OpRow) -> Callable[[nn.Module, tuple, Any], None]:
+        def fn(m: nn.Module, args: tuple, out: Any) -> None:
+            s = _spike_output(out)
+            n = s.numel() // max(1, s.shape[-1])
+            self._touch(row, n)
+            # one accumulate per spike into the residual; the spikes are listed under the neuron
+            row.add({"ac": int(torch.count_nonzero(s))}, {k: v * n for k, v in op.ops.items()})
+        return fn
+
+
+def _encoded_matmul(owner: nn.Module, point: str) -> tuple[str, OpRow] | None:
+    """The (row name, op row) of ``owner``'s table whose input hook point is ``point``, if any."""
+    if not callable(getattr(owner, "energy_ops", None)):
+        return None
+    return next(((r, op) for r, op in owner.energy_ops().items() if op.encoder == point), None)

@@ -4,6 +4,8 @@
   sites can be compared across depth;
 * :func:`plot_energy_per_layer`: pJ per token per layer, ANN beside the spiking network, with the
   spike-driven part of the latter marked;
+* :func:`plot_energy_parts`: stacked bars per network (the spiking one and its baselines): dense
+  compute, spike-driven compute, neuron updates, memory; SRAM and DRAM side by side;
 * :func:`plot_tradeoff`: perplexity against energy per token for a list of configurations (a
   sweep), with the Pareto front (no other point is both cheaper and better) drawn through them.
 
@@ -20,8 +22,9 @@ from typing import Any, Sequence
 
 from ..errors import SpikelmError
 from .report import FullReport
+from .summary import PARTS, EnergySummary
 
-__all__ = ["plot_firing_rates", "plot_energy_per_layer", "plot_tradeoff", "pareto_front"]
+__all__ = ["plot_firing_rates", "plot_energy_per_layer", "plot_energy_parts", "plot_tradeoff", "pareto_front"]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
@@ -133,4 +136,30 @@ def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_energy_parts(summary: EnergySummary | dict, path: str | Path, title: str = "") -> Path:
+    """Stacked bars of pJ per token: the spiking network and each baseline, memory as SRAM and as DRAM.
+
+    ``summary``: an :class:`EnergySummary` or its ``to_dict()`` (as cached by the demo).
+    """
+    d = summary.to_dict() if isinstance(summary, EnergySummary) else summary
+    nets = [d["snn"], *d["baselines"]]
+    fig, _ = _figure(max(8.0, 1.6 * len(nets) * 2), 5)
+    fig.clear()
+    axes = fig.subplots(1, 2, sharey=False)
+    colors = ("#4c72b0", "#dd8452", "#55a868", "#8172b3")
+    for ax, which, label in ((axes[0], "parts_sram", "SRAM"), (axes[1], "parts_dram", f"DRAM B={d['batch']}")):
+        bottom = [0.0] * len(nets)
+        for part, color in zip(PARTS, colors):
+            vals = [n[which][part] for n in nets]
+            ax.bar(range(len(nets)), vals, bottom=bottom, color=color, label=part)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_xticks(range(len(nets)))
+        ax.set_xticklabels([n["name"].replace(" (", "\n(") for n in nets], rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("pJ per token")
+        ax.set_title(f"compute + memory ({label})")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or f"Energy per token: {d['model']}")
     return _save(fig, path)

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..config import RWKV4Config
 from ..ops.wkv4 import EMPTY_PP, wkv4
+from .optable import OpRow
 
 __all__ = ["RWKV4", "LayerState", "RWKV4Config", "build_rwkv4"]
 
@@ -99,6 +100,17 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, A, bias=False)
         self.output = nn.Linear(A, C, bias=False)
 
+    ENERGY_ORDER = ("mix", "key", "value", "receptance", "wkv", "gate_act", "output")
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token beyond the Linear children (as SpikeGPT's time mixing, the same arithmetic):
+        three mixes ``x m + xx (1 - m)`` 2C mul + C add each; WKV-4 per channel 12 add, 6 mul,
+        5 special; ``sigmoid(r) * y`` A special + A mul."""
+        C, A = self.key.in_features, self.key.out_features
+        return {"mix": OpRow("elementwise", {"mul": 6 * C, "add": 3 * C}),
+                "wkv": OpRow("wkv", {"add": 12 * A, "mul": 6 * A, "special": 5 * A}),
+                "gate_act": OpRow("elementwise", {"special": A, "mul": A})}
+
     def forward(
         self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto"
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
@@ -126,6 +138,15 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fh, C, bias=False)
 
+    ENERGY_ORDER = ("mix", "key", "act", "receptance", "value")
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: two mixes 2 x (2C mul + C add); relu F add, square F mul, sigmoid C special,
+        the product C mul."""
+        Fh, C = self.key.out_features, self.key.in_features
+        return {"mix": OpRow("elementwise", {"mul": 4 * C, "add": 2 * C}),
+                "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
+
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (out (B, T, C), new shift)."""
         xx = _token_shift(x, shift)
@@ -148,6 +169,13 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(C)
         self.att = TimeMix(cfg, layer_id)
         self.ffn = ChannelMix(cfg, layer_id)
+
+    ENERGY_ORDER = ("residual",)
+    ENERGY_WHEN = "post"
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: the two residual adds, 2C add."""
+        return {"residual": OpRow("residual", {"add": 2 * self.ln1.normalized_shape[0]})}
 
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
         att_shift, aa, bb, pp, ffn_shift = state

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..config import RWKV6Config
 from ..ops.wkv6 import wkv6
+from .optable import OpRow, matmul
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
 State = list[LayerState]
@@ -96,6 +97,41 @@ class TimeMix(nn.Module):
         self.maa_in = nn.Identity()  # input of the ddlerp LoRA (time_maa_w1)
         self.decay_in = nn.Identity()  # input of the decay LoRA (time_decay_w1)
 
+    # Forward order of the energy rows of this block and its children (the report lists them so).
+    ENERGY_ORDER = (
+        "ddlerp", "maa_in.encode", "time_maa_w1", "time_maa_w2", "receptance.encode", "receptance", "key.encode",
+        "key", "value.encode", "value", "gate.encode", "gate", "decay_in.encode", "time_decay_w1", "time_decay_w2",
+        "decay", "wkv", "ln_x", "gate_act", "output.encode", "output",
+    )
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token, beyond the Linear and GroupNorm children (C = n_embd, A = dim_att, H heads of N).
+
+        ``ddlerp``: shift difference C add; ``x + xx * maa_x`` C mul + C add; five mixes
+        ``x + xx * (maa_* + m_*)`` 5 x (C mul + 2C add); tanh of the LoRA 5Dm special. The LoRA
+        matmuls are rows of their own (``time_maa_w1`` is spike-driven once ``maa_in`` encodes).
+        ``decay``: tanh Dd + exp A special, ``+ time_decay`` and the clamp 2A add. ``wkv``, the
+        recurrent form per head (what a token-by-token device computes, whatever kernel runs here):
+        ``y = r S + (sum_i r_i u_i k_i) v`` N^2 + N MAC, 2N mul, N add; ``S = diag(w) S + k v^T``
+        2N^2 mul, N^2 add; ``w = exp(logw)`` N special. ``gate_act``: silu A special + A mul, and
+        ``y * g`` A mul.
+        """
+        C, five_dm = self.time_maa_w1.shape
+        Dm = five_dm // 5
+        Dd, A = self.time_decay_w2.shape
+        H, N = self.n_head, self.head_size
+        return {
+            "ddlerp": OpRow("elementwise", {"add": 12 * C, "mul": 6 * C, "special": 5 * Dm}),
+            "time_maa_w1": matmul(C, 5 * Dm, encoder="maa_in"),
+            "time_maa_w2": OpRow("linear", {"mac": 5 * Dm * C}, Dm, C),
+            "time_decay_w1": matmul(C, Dd, encoder="decay_in"),
+            "time_decay_w2": matmul(Dd, A),
+            "decay": OpRow("elementwise", {"add": 2 * A, "special": Dd + A}),
+            "wkv": OpRow("wkv", {"mac": H * (N * N + N), "mul": H * (2 * N * N + 2 * N), "add": H * (N * N + N),
+                                 "special": H * N}),
+            "gate_act": OpRow("elementwise", {"special": A, "mul": 2 * A}),
+        }
+
     def initial_wkv(self, B: int, device: torch.device) -> Tensor:
         H, N = self.n_head, self.head_size
         if hasattr(self, "time_state"):
@@ -145,6 +181,15 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fh, C, bias=False)
 
+    ENERGY_ORDER = ("mix", "key.encode", "key", "act", "receptance.encode", "receptance", "value.encode", "value")
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: shift difference C add and two mixes 2 x (C mul + C add); ``relu`` F add,
+        square F mul, sigmoid C special, the product C mul."""
+        Fh, C = self.key.out_features, self.key.in_features
+        return {"mix": OpRow("elementwise", {"add": 3 * C, "mul": 2 * C}),
+                "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
+
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
         xx = _token_shift(x, shift) - x
         xk = x + xx * self.time_maa_k
@@ -163,6 +208,13 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(C)
         self.att = TimeMix(cfg, layer_id)
         self.ffn = ChannelMix(cfg, layer_id)
+
+    ENERGY_ORDER = ("residual",)
+    ENERGY_WHEN = "post"  # the residual row follows the block's children in the report
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: the two residual adds, 2C add."""
+        return {"residual": OpRow("residual", {"add": 2 * self.ln1.normalized_shape[0]})}
 
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
         att_shift, wkv_state, ffn_shift = state

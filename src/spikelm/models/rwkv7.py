@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..config import RWKV7Config
 from ..ops.wkv7 import wkv7
+from .optable import OpRow, matmul
 
 __all__ = ["RWKV7", "SPIKE_SITES", "Block", "ChannelMix", "LayerState", "State", "TimeMix"]
 
@@ -124,6 +125,57 @@ class TimeMix(nn.Module):
             self.v1_in = nn.Identity()
         self.g1_in = nn.Identity()
 
+    # Forward order of the energy rows of this block and its children (the report lists them so).
+    ENERGY_ORDER = (
+        "mix", "receptance.encode", "receptance", "key.encode", "key", "value.encode", "value", "w1_in.encode", "w1",
+        "w2", "decay", "a1_in.encode", "a1", "a2", "a", "g1_in.encode", "g1", "gate", "g2", "kk", "k_a",
+        "v1_in.encode", "v1", "v2", "v_mix", "wkv", "ln_x", "bonus", "output_gate", "output.encode", "output",
+    )
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token, beyond the Linear and GroupNorm children (C = n_embd = H heads of N).
+
+        ``mix``: shift difference C add, six mixes ``x + xx * x_*`` 6C mul + 6C add. The low-rank
+        matmuls w1/w2, a1/a2, v1/v2 (layers >= 1), g1/g2 are rows of their own (the ``*1`` ones
+        spike-driven once their ``*_in`` point encodes). ``decay``: tanh Dw special, ``w0 +`` C add,
+        sigmoid C special, ``* -e^-0.5`` C mul. ``a``: ``a0 +`` C add, sigmoid C special. ``gate``:
+        sigmoid Dg special. ``kk``: ``k * k_k`` C mul; the per-head L2 norm: squares summed C MAC,
+        one reciprocal square root per head H special, the clamp at eps H add, the scaling C mul.
+        ``k_a``: ``k * (1 + (a - 1) * k_a)`` 2C add + 2C mul. ``v_mix`` (layers >= 1):
+        ``v + (v_first - v) * sigmoid(v0 + ...)`` 3C add, C mul, C special. ``wkv``, the recurrent
+        form per head: ``w = exp(logw)`` N special; ``a^T S`` N^2 MAC; ``diag(w) S`` N^2 mul;
+        ``b (a^T S)`` and ``k^T v`` N^2 mul + N^2 add each; ``y = r S`` N^2 MAC; plus ``b = kk * a``
+        C mul (``-kk`` is a sign: free). ``bonus``: ``r * k * r_k`` 2C mul, the per-head sum
+        C - H add, ``* v`` C mul, ``y +`` C add. ``output_gate``: ``y * g`` C mul.
+        """
+        C = self.receptance.in_features
+        H, N = self.n_head, self.head_size
+        Dw, Da, Dg = self.w1.shape[1], self.a1.shape[1], self.g1.shape[1]
+        rows = {
+            "mix": OpRow("elementwise", {"add": 7 * C, "mul": 6 * C}),
+            "w1": matmul(C, Dw, encoder="w1_in"),
+            "w2": matmul(Dw, C),
+            "decay": OpRow("elementwise", {"add": C, "mul": C, "special": Dw + C}),
+            "a1": matmul(C, Da, encoder="a1_in"),
+            "a2": matmul(Da, C),
+            "a": OpRow("elementwise", {"add": C, "special": C}),
+            "g1": matmul(C, Dg, encoder="g1_in"),
+            "gate": OpRow("elementwise", {"special": Dg}),
+            "g2": matmul(Dg, C),
+            "kk": OpRow("elementwise", {"mul": 2 * C, "mac": C, "add": H, "special": H}),
+            "k_a": OpRow("elementwise", {"add": 2 * C, "mul": 2 * C}),
+        }
+        if self.layer_id > 0:
+            Dv = self.v1.shape[1]
+            rows["v1"] = matmul(C, Dv, encoder="v1_in")
+            rows["v2"] = matmul(Dv, C)
+            rows["v_mix"] = OpRow("elementwise", {"add": 3 * C, "mul": C, "special": C})
+        rows["wkv"] = OpRow("wkv", {"mac": 2 * H * N * N, "mul": 3 * H * N * N + C, "add": 2 * H * N * N,
+                                    "special": H * N})
+        rows["bonus"] = OpRow("elementwise", {"mul": 3 * C, "add": 2 * C - H})
+        rows["output_gate"] = OpRow("elementwise", {"mul": C})
+        return rows
+
     def forward(
         self, x: Tensor, shift: Tensor, wkv_state: Tensor, v_first: Tensor | None, wkv_impl: str = "auto"
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -170,6 +222,14 @@ class ChannelMix(nn.Module):
         self.key = nn.Linear(C, Fh, bias=False)
         self.value = nn.Linear(Fh, C, bias=False)
 
+    ENERGY_ORDER = ("mix", "key.encode", "key", "act", "value.encode", "value")
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: shift difference and mix 2C add + C mul; relu F add, square F mul."""
+        Fh, C = self.key.out_features, self.key.in_features
+        return {"mix": OpRow("elementwise", {"add": 2 * C, "mul": C}),
+                "act": OpRow("elementwise", {"add": Fh, "mul": Fh})}
+
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
         xx = _token_shift(x, shift) - x
         k = torch.relu(self.key(x + xx * self.x_k)) ** 2  # (B, T, F)
@@ -186,6 +246,13 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(C)
         self.att = TimeMix(cfg, layer_id)
         self.ffn = ChannelMix(cfg, layer_id)
+
+    ENERGY_ORDER = ("residual",)
+    ENERGY_WHEN = "post"
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: the two residual adds, 2C add."""
+        return {"residual": OpRow("residual", {"add": 2 * self.ln1.normalized_shape[0]})}
 
     def forward(
         self, x: Tensor, state: LayerState, v_first: Tensor | None, wkv_impl: str = "auto"

@@ -111,6 +111,7 @@ from ..config import SPIKEGPT_PRESETS, SpikeGPTConfig  # noqa: F401 (re-exported
 from ..ops.wkv4 import EMPTY_PP, wkv4
 from ..spiking.neurons import LIFNeuron
 from ..spiking.surrogate import ArcTan
+from .optable import OpRow
 
 __all__ = ["SpikeGPTConfig", "SPIKEGPT_PRESETS", "SpikeGPT", "LayerState", "BinarySpike", "build_spikegpt"]
 
@@ -177,6 +178,10 @@ class BinarySpike(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.surrogate(x)
 
+    def energy_neuron_ops(self, numel: int, spikes: int) -> dict[str, int]:
+        """A binary embedding spike is one comparison with 0 per value: 1 add."""
+        return {"add": numel}
+
     def extra_repr(self) -> str:
         return f"surrogate={self.surrogate!r}"
 
@@ -226,6 +231,18 @@ class SpikingRWKV(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
 
+    ENERGY_ORDER = ("mix", "key", "value", "receptance", "wkv", "gate_act", "output")
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token beyond the Linear children: three mixes ``x m + xx (1 - m)`` 2 mul + 1 add per
+        channel each (``1 - m`` is a constant); WKV-4, the numerically safe recurrence per channel:
+        12 add (two max included), 6 mul, 4 exp + 1 division special; ``sigmoid(r) * y`` C special
+        + C mul."""
+        C = self.key.in_features
+        return {"mix": OpRow("elementwise", {"mul": 6 * C, "add": 3 * C}),
+                "wkv": OpRow("wkv", {"add": 12 * C, "mul": 6 * C, "special": 5 * C}),
+                "gate_act": OpRow("elementwise", {"special": C, "mul": C})}
+
     def forward(
         self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto"
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
@@ -259,6 +276,15 @@ class SRFFN(nn.Module):
         self.key = nn.Linear(C, Fh, bias=False)
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fh, C, bias=False)
+
+    ENERGY_ORDER = ("mix", "key.encode", "key", "act", "receptance.encode", "receptance", "value.encode", "value")
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """Per token: two mixes 2 x (2C mul + C add); ``relu`` F add, square F mul, sigmoid C
+        special, the product C mul."""
+        Fh, C = self.key.out_features, self.key.in_features
+        return {"mix": OpRow("elementwise", {"mul": 4 * C, "add": 2 * C}),
+                "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (Y' (B, T, C), new shift)."""
@@ -294,6 +320,14 @@ class Block(nn.Module):
         k = cfg.rescale_every
         self.lif_in_scale = 2.0 ** -(layer_id // k) if k else 1.0
         self.halve_after = bool(k) and (layer_id + 1) % k == 0
+
+    ENERGY_ORDER = ("residual",)
+    ENERGY_WHEN = "post"
+
+    def energy_ops(self) -> dict[str, OpRow]:
+        """The residual adds of the LIF spikes: one accumulate per spike (the ANN: C add per token
+        for each of the two)."""
+        return {"residual": OpRow("residual", {"add": self.ln1.normalized_shape[0]}, spike_inputs=("lif1", "lif2"))}
 
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
         att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v = state
