@@ -478,8 +478,10 @@ class EnergyCounter:
                 # one accumulate per spike into the residual; the spikes are listed under the neuron
                 row.add({"ac": int(torch.count_nonzero(s))}, {"add": s.numel()})
 
-            for lif in (mod.lif1, mod.lif2):
-                self._post(lif, residual)
+            # only where the spikes are what the sub-layers add (lif_site "residual"); none without LIFs
+            if mod.lif1 is not None and mod.lif_site == "residual":
+                for lif in (mod.lif1, mod.lif2):
+                    self._post(lif, residual)
         else:
             return False
         return True
