@@ -16,8 +16,8 @@ any comma list of names mixes them. Each finished row is written to ``--out`` as
 long run that stops keeps its rows; ``--table-only`` prints the table (and draws the PNG) from the
 rows already there. The learning curves of the rows listed go to ``--plot``.
 
-    python benchmarks/spikegpt_decomposition.py --steps 300 --batch 8
-    python benchmarks/spikegpt_decomposition.py --steps 300 --batch 8 --rows attempts --plot ''
+    python benchmarks/spikegpt_decomposition.py --threads 1
+    python benchmarks/spikegpt_decomposition.py --threads 1 --rows attempts --plot ''
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def main() -> None:
     ap.add_argument("--head-size", type=int, default=32, help="RWKV-6 head size")
     ap.add_argument("--ctx", type=int, default=128, help="training context (tokens)")
     ap.add_argument("--batch", type=int, default=8, help="sequences per step")
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps: the token budget is steps x batch x ctx")
+    ap.add_argument("--steps", type=int, default=150, help="optimizer steps: the token budget is steps x batch x ctx")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak lr (cosine to lr/10) unless a row sets its own")
     ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--eval-chars", type=int, default=50_000, help="bytes of the test split to score")
+    ap.add_argument("--eval-chars", type=int, default=20_000, help="bytes of the test split to score")
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/spikegpt_decomposition", help="folder for one JSON per finished row")

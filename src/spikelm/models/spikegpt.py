@@ -82,7 +82,7 @@ Where paper and public code differ (we follow the code unless a config option sa
   projection of each sub-layer (``sigmoid(r) * wkv`` before ``att.output``, ``relu(k)^2`` before
   ``ffn.value``), so spikes drive the weights and the residual stream is real-valued. Neither
   changes the parameters; with ``pre_proj`` the energy counters count no residual spike adds (the
-  output projections then receive spikes and are counted as the linear layers they are).
+  output projections then receive spikes but are still counted as dense MACs, an upper bound).
 * Dropout: the code applies ``Dropout(0.03)`` to the residual stream after every block during
   training. ``dropout`` (default 0) does the same.
 * Not implemented: the code's ``RWKV-ffnPre`` variant (block 0 uses an FFN instead of time mixing)
