@@ -172,9 +172,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
         if tokenizer:
             cfg["tokenizer"] = tokenizer
         if binary_embedding is not None:  # an explicit override of the recorded setting (SpikeGPT only)
-            cfg["binary_embedding"] = binary_embedding if isinstance(binary_embedding, bool) else binary_embedding == "on"
             if binary_embedding not in (True, False, "on", "off"):
                 raise CheckpointError(f"binary_embedding must be 'on', 'off' or None, got {binary_embedding!r}")
+            cfg["binary_embedding"] = binary_embedding in (True, "on")
         if rescale_every is not None:
             cfg["rescale_every"] = rescale_every
         model = build_model(cfg)
