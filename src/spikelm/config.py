@@ -324,6 +324,7 @@ class EncodingConfig(Config):
 
 
 TOKEN_SHIFT_INITS = ("paper", "official")
+LIF_SITES = ("residual", "pre_proj")
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -342,6 +343,15 @@ class SpikeGPTConfig(Config):
     ``RWKV_RESCALE_LAYER`` (6): block i's LIF inputs are scaled by ``2 ** -(i // k)`` and the
     residual stream is halved after every k-th block. Harmless for an ANN (LayerNorm is scale
     invariant), not for SpikeGPT: the LIF threshold sees smaller inputs. Released checkpoints get 6.
+    ``lif``: True (the paper). False replaces both LIF neurons of every block by the identity, so
+    each sub-layer adds its real-valued output to the residual stream: an *ablation* (with
+    ``binary_embedding`` it isolates the cost of the binary embedding alone), not SpikeGPT.
+    ``lif_site``: where the two LIF neurons of a block sit. ``"residual"`` (the paper and the code):
+    on each sub-layer's output, so the residual stream adds spikes. ``"pre_proj"`` (an alternative
+    recipe, not the paper): on the input of the last projection of each sub-layer, i.e. on
+    ``sigmoid(r) * wkv`` before ``att.output`` and on ``relu(k)^2`` (the 4C hidden layer) before
+    ``ffn.value``; spikes then drive the weight matrices (synaptic ACs) and the residual stream
+    stays real-valued. Same parameters and state-dict keys either way.
     ``ctx_len`` is the training context (the recurrent model itself accepts any length).
     ``tokenizer``: ``bytes``, a GPT-NeoX ``tokenizer.json`` path (the 50277-token releases), or
     ``char:<path to vocab.json>`` for the character-vocabulary models.
@@ -361,6 +371,8 @@ class SpikeGPTConfig(Config):
     learnable_shift: bool = False
     binary_embedding: bool = True
     rescale_every: int = 0
+    lif: bool = True
+    lif_site: str = "residual"
     dropout: float = 0.0
     tokenizer: str = "bytes"
 
@@ -374,6 +386,8 @@ class SpikeGPTConfig(Config):
         _require(self.token_shift_init in TOKEN_SHIFT_INITS, "token_shift_init",
                  f"unknown init {self.token_shift_init!r}; choose one of {', '.join(TOKEN_SHIFT_INITS)}")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.lif, bool), "lif", f"must be true or false, got {self.lif!r}")
+        _require(self.lif_site in LIF_SITES, "lif_site", f"unknown site {self.lif_site!r}; choose one of {', '.join(LIF_SITES)}")
         _require(isinstance(self.rescale_every, int) and self.rescale_every >= 0, "rescale_every",
                  f"must be 0 (off) or a positive block count, got {self.rescale_every!r}")
         _require(isinstance(self.tokenizer, str) and self.tokenizer.strip() != "", "tokenizer", "must be a non-empty string")

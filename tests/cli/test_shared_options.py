@@ -7,6 +7,7 @@ import spikelm
 from spikelm.cli import COMMANDS, main
 from spikelm.cli.options import SHARED_DEFAULTS
 from spikelm.cli.parser import build_parser
+from spikelm.errors import ConfigError
 
 
 def _flag(dest):
@@ -34,6 +35,8 @@ NEEDS = {
     "calib_data": ["convert", "sweep", "energy", "nlu", "generate"],
     "progress": ["data", "train", "eval", "sweep", "energy", "nlu", "convert", "demo"],
     "json_": ["info", "eval", "sweep", "energy", "nlu", "generate", "convert"],
+    "binary_embedding": LOADS_MODEL,
+    "family": LOADS_MODEL,
 }
 
 
@@ -77,3 +80,13 @@ def test_version(capsys):
         main(["--version"])
     assert e.value.code in (0, None)
     assert capsys.readouterr().out.strip() == f"spikelm {spikelm.__version__}"
+
+
+@pytest.mark.parametrize("name", LOADS_MODEL)
+def test_loading_options_take_only_their_words(name):
+    acts = _actions(name)
+    assert tuple(acts["binary_embedding"].choices) == ("auto", "on", "off")
+    assert tuple(acts["family"].choices) == ("auto", "spikegpt", "rwkv4")
+    parser, _ = build_parser(name, COMMANDS[name])
+    with pytest.raises(ConfigError, match="binary-embedding"):
+        parser.parse_args(["ckpt", "--binary-embedding", "maybe"])

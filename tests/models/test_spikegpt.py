@@ -334,3 +334,58 @@ def test_token_shift_states_own_their_memory(T):
         for name, s in zip(layer._fields, layer):
             assert s.shape == (B, C), name
             assert s.untyped_storage().nbytes() == B * C * s.element_size(), name
+
+
+# ------------------------------------------------------------------------ ablation / recipe switches
+def _reference_block_outputs(model: SpikeGPT, idx: torch.Tensor) -> torch.Tensor:
+    """lif=False by hand: each block adds its sub-layer outputs as they are (no neuron)."""
+    x = model.emb(idx)
+    x = model.emb_spike(x) if model.emb_spike is not None else x
+    for blk in model.blocks:
+        st = model.initial_state(idx.shape[0], dtype=x.dtype)[blk.layer_id]
+        x = blk.ln0(x) if hasattr(blk, "ln0") else x
+        y, _, _ = blk.att(blk.ln1(x), st.att_shift, (st.aa, st.bb, st.pp))
+        x = x + y
+        y, _ = blk.ffn(blk.ln2(x), st.ffn_shift)
+        x = x + y
+    return model.head(model.ln_out(x))
+
+
+def test_lif_false_is_the_identity_and_has_no_lif_sites():
+    model = tiny(seed=3, lif=False).double()
+    idx = torch.randint(0, 257, (2, 9), generator=torch.Generator().manual_seed(2))
+    assert [n for n, _ in model.spike_sites()] == ["emb_spike"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], _reference_block_outputs(model, idx))
+    ann = tiny(seed=3, lif=False, binary_embedding=False)
+    assert list(ann.spike_sites()) == [] and ann.state_dict().keys() == model.state_dict().keys()
+
+
+def test_pre_proj_site_spikes_the_projection_inputs_and_recurs():
+    model = tiny(seed=4, lif_site="pre_proj").double()
+    idx = torch.randint(0, 257, (2, 11), generator=torch.Generator().manual_seed(3))
+    seen, _ = record_spikes(model)
+    with torch.no_grad():
+        full, s_full = model(idx)
+        assert s_full[0].ffn_v.shape == (2, 4 * 32)  # lif2 sits on the 4C hidden layer
+        assert seen["blocks.0.lif2"][0].shape[-1] == 4 * 32
+        spikes = torch.cat([s.flatten() for k, v in seen.items() if "lif" in k for s in v])
+        assert set(spikes.unique().tolist()) <= {0.0, 1.0} and 0.02 < spikes.mean().item() < 0.98
+        st, outs = None, []
+        for t in range(idx.shape[1]):
+            lo, st = model(idx[:, t:t + 1], st)
+            outs.append(lo)
+        torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-9, rtol=1e-9)
+    assert model.state_dict().keys() == tiny(seed=4).state_dict().keys()  # same parameters either way
+
+
+def test_recipe_switches_validate_and_count():
+    from spikelm.energy.report import count_model, full_report
+
+    with pytest.raises(ConfigError, match="lif_site"):
+        SpikeGPTConfig.from_dict({"lif_site": "somewhere"})
+    with pytest.raises(ConfigError, match="lif"):
+        SpikeGPTConfig.from_dict({"lif": "maybe"})
+    for kw in ({"lif": False}, {"lif_site": "pre_proj"}):
+        rep = full_report(count_model(tiny(seed=5, n_layer=1, **kw), list(range(12))))
+        assert not any(s.kind == "residual" for s in rep.sites), kw  # spikes are not what the sub-layers add

@@ -35,6 +35,7 @@ from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
 from .files import assign_weights, read_tensors
+from .rwkv4 import rwkv4_from_state_dict
 from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
 from .rwkv7 import from_official, infer_rwkv7_config, is_rwkv7_state_dict, rwkv7_from_state_dict
 from .spikegpt import SPIKEGPT_LAYOUT, infer_spikegpt_config, is_spikegpt_state_dict, spikegpt_from_state_dict
@@ -124,18 +125,45 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     return model
 
 
+FAMILIES = ("spikegpt", "rwkv4")
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-         tokenizer: str | None = None) -> nn.Module:
+         tokenizer: str | None = None, binary_embedding: bool | str | None = None, rescale_every: int | None = None,
+         family: str | None = None) -> nn.Module:
     """Load a model from any supported checkpoint. ``dtype`` None keeps fp32 (bf16 files are upcast).
+
+    A file in the RWKV-4 layout is a SpikeGPT release unless ``family="rwkv4"`` (BlinkDL's RWKV-4
+    releases have the same keys: loaded as the :class:`RWKV4` ANN). ``family`` None / ``"auto"``
+    detects; a family that does not match the file is a ``CheckpointError``.
+    ``binary_embedding`` (None, "on"/"off" or a bool) and ``rescale_every`` (None or an int) apply
+    to SpikeGPT only: None follows the public run code's rule for a release file (binary embedding
+    for the 77-character vocabulary only, rescaling every 6 blocks; see
+    :mod:`spikelm.checkpoints.spikegpt`) and the recorded setting for a spikelm folder; a value
+    overrides either.
 
     Memory-lean: the model is built on the meta device and each tensor of the (memory-mapped) file
     is cast and assigned one at a time (:func:`.files.assign_weights`), so no second copy of the
     model exists at any point; a converted model's spike scales stay float32.
     """
     p = Path(path)
+    family = None if family in (None, "auto") else family
+    if family is not None and family not in FAMILIES:
+        raise CheckpointError(f"family must be auto, {' or '.join(FAMILIES)}; got {family!r}")
     sd, meta = load_state_dict(p)
+    kind = {"spikegpt": family or "spikegpt", "rwkv7": "rwkv7", "spikelm": meta.get("spikelm_config", {}).get("kind", "rwkv6")}.get(
+        meta["format"], "rwkv6")
+    if family is not None and kind != family:
+        raise CheckpointError(f"{p}: --family {family} does not match this {kind} checkpoint; use --family auto")
+    if kind != "spikegpt" and (binary_embedding is not None or rescale_every is not None):
+        raise CheckpointError(f"{p}: --binary-embedding / rescale_every apply to SpikeGPT only, this is {kind}; leave them at auto")
+    if meta["format"] == "spikegpt" and kind == "rwkv4":
+        model = rwkv4_from_state_dict(sd, tokenizer=tokenizer, source=str(p), dtype=dtype, device=device).eval()
+        log.info("loaded %s (RWKV-4 layout as the RWKV-4 ANN, %s)", p, model.cfg)
+        return model
     if meta["format"] == "spikegpt":
-        model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype, device=device)
+        model = spikegpt_from_state_dict(sd, tokenizer=tokenizer, source=p, dtype=dtype, device=device,
+                                         binary_embedding=binary_embedding, rescale_every=rescale_every)
         log.info("loaded %s (SpikeGPT release layout, %s)", p, model.cfg)
         return model
     if meta["format"] == "rwkv7":
@@ -146,6 +174,12 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
         cfg = dict(meta["spikelm_config"])
         if tokenizer:
             cfg["tokenizer"] = tokenizer
+        if binary_embedding is not None:  # an explicit override of the recorded setting (SpikeGPT only)
+            if binary_embedding not in (True, False, "on", "off"):
+                raise CheckpointError(f"binary_embedding must be 'on', 'off' or None, got {binary_embedding!r}")
+            cfg["binary_embedding"] = binary_embedding in (True, "on")
+        if rescale_every is not None:
+            cfg["rescale_every"] = rescale_every
     else:
         cfg = dict(infer_rwkv6_config(sd, tokenizer).to_dict(), kind="rwkv6")
     with torch.device("meta"):

@@ -19,7 +19,7 @@ from ..evaluate.sweep import format_table1, settings, sweep
 from ..evaluate.tasks import DEFAULT_TASKS
 from ..evaluate.variants import apply_encoding
 from ..io import atomic_write_json
-from .options import load_model, print_json, progress_bars
+from .options import BinaryEmbedding, Family, load_model, print_json, progress_bars
 
 __all__ = ["cmd_eval", "cmd_sweep", "cmd_nlu", "cmd_energy"]
 
@@ -32,7 +32,8 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: bool = False, json_: bool = False,
-             ctx: int = 0, chunk: int = 1024, max_chars: int = 0, batch_size: int = 8, device: str = "auto",
+             ctx: int = 0, chunk: int = 1024, max_chars: int = 0, batch_size: int = 8, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+                device: str = "auto",
              dtype: str = "auto", progress: bool = True) -> int:
     """Perplexity and bits per character of a model over a whole text split.
 
@@ -50,6 +51,8 @@ def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: 
         chunk: tokens per forward call (memory; the result does not depend on it); >= 1.
         max_chars: score only the first N characters (0: all).
         batch_size: windows scored together with --ctx; >= 1.
+        binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
+        family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         progress: show progress bars on stderr.
@@ -57,7 +60,7 @@ def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: 
     if ctx < 0 or chunk < 1 or batch_size < 1 or max_chars < 0:
         raise ConfigError(f"need --ctx >= 0, --chunk >= 1, --batch-size >= 1 and --max-chars >= 0 "
                           f"(got {ctx}, {chunk}, {batch_size}, {max_chars})")
-    model = load_model(ckpt, device, dtype)
+    model = load_model(ckpt, device, dtype, binary_embedding, family)
     bars = progress_bars(progress and not json_)
     text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
     res = evaluate_lm(model, text.tokens, text.n_units, chunk=chunk, ctx=ctx, batch_size=batch_size, progress=bars)
@@ -78,7 +81,8 @@ def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: 
 def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, presets: str = "all",
               grid_T: str = "", grid_l: str = "", sites: str = "time_mix", calib_data: str = "default",
               max_chars: int = 0, chunk: int = 1024, ctx: int = 0, energy: bool = False, energy_tokens: int = 512,
-              batch: int = 1, json_: bool = False, device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
+              batch: int = 1, json_: bool = False, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+              device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
     """Evaluate the ANN and spiking conversions of it side by side (the paper's Table 1 layout).
 
     Every row is converted from the same ANN, calibrated on the same batches of --calib-data's train
@@ -101,6 +105,8 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
         energy_tokens: tokens of the split each setting's energy is counted on (with --energy).
         batch: tokens that share one DRAM weight read (with --energy).
         json_: print one JSON object instead of text.
+        binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
+        family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         progress: show progress bars on stderr.
@@ -112,7 +118,7 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
     for ss in (("time_mix", "all") if sites == "both" else (sites,)):
         for name, enc in settings(names, _ints(grid_T, "--grid-T"), _ints(grid_l, "--grid-l"), ss):
             rows_settings.append((f"{name} ({ss})" if sites == "both" else name, enc))
-    model = load_model(checkpoint, device, dtype)
+    model = load_model(checkpoint, device, dtype, binary_embedding, family)
     bars = progress_bars(progress and not json_)
     text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
     calib = calibration_batches(calib_data, model.tokenizer_name, progress=bars)
@@ -135,7 +141,8 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
 
 def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 5, limit: int = 0, seed: int = 1234,
             json_: bool = False, encoding: str = "", calib_data: str = "default", batch_size: int = 16,
-            data_dir: str = "", name: str = "", out: str = "", state_reuse: bool = True, device: str = "auto",
+            data_dir: str = "", name: str = "", out: str = "", state_reuse: bool = True, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+                device: str = "auto",
             dtype: str = "auto", progress: bool = True) -> int:
     """Few-shot NLU accuracy (SpikeRWKV Table 2 layout): ARC, PIQA, COPA, WinoGrande, HellaSwag, LAMBADA.
 
@@ -156,6 +163,8 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
         name: row name in the table (default: the checkpoint name, plus the encoding).
         out: also write the JSON results to this file.
         state_reuse: reuse the context's recurrent state across choices (--no-state-reuse scores each from scratch).
+        binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
+        family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         progress: show progress bars on stderr.
@@ -166,7 +175,7 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
     if shots < 0 or limit < 0 or batch_size < 1:
         raise ConfigError(f"--shots and --limit must be >= 0 and --batch-size >= 1 (got {shots}, {limit}, {batch_size})")
     bars = progress_bars(progress and not json_)
-    model = apply_encoding(load_model(checkpoint, device, dtype), encoding, calib_data, progress=bars)
+    model = apply_encoding(load_model(checkpoint, device, dtype, binary_embedding, family), encoding, calib_data, progress=bars)
     results = evaluate_tasks(model, specs, shots=shots, limit=limit or None, seed=seed, batch_size=batch_size,
                              state_reuse=state_reuse, data_dir=data_dir or None, progress=bars)
     row = name or os.path.basename(os.path.normpath(checkpoint)) + (f" [{encoding}]" if encoding else "")
@@ -190,7 +199,8 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
 def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, preset: str = "",
                sites: str = "time_mix", calib_data: str = "default", tokens: int = 2048, table: str = "45nm-fp32",
                e_mac: float = 0.0, e_ac: float = 0.0, json_: bool = False, plot: str = "", flag_acs: bool = False,
-               batch: int = 1, chunk: int = 512, device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
+               batch: int = 1, chunk: int = 512, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+               device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
     """Count operations and spikes of a model over text and report energy per token, two ways.
 
     The paper formula (SpikeRWKV eq. 5, Table 3 layout, one row per dataset) and a full count of
@@ -217,6 +227,8 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
         flag_acs: charge each sign-flag spike C_out accumulates in the full count (default: the flag only selects the sign; the summary always charges them).
         batch: tokens that share one DRAM weight read in the summary's DRAM column (1: every weight is read for every token).
         chunk: tokens per forward call (the state is carried; counts do not depend on it).
+        binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
+        family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         progress: show progress bars on stderr.
@@ -227,7 +239,7 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
     if not sources:
         raise DataError("--data names no dataset")
     t = energy_table(table, e_mac, e_ac)
-    model = load_model(checkpoint, device, dtype)
+    model = load_model(checkpoint, device, dtype, binary_embedding, family)
     bars = progress_bars(progress and not json_)
     if preset:
         if any(True for _ in encoders(model)):

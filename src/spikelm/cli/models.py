@@ -14,7 +14,7 @@ from ..evaluate.variants import apply_encoding
 from ..generate import check_sampling, generate
 from ..io import OutputExistsError, claim_dir
 from ..models.rwkv6 import RWKV6
-from .options import load_model, print_json, progress_bars
+from .options import BinaryEmbedding, Family, load_model, print_json, progress_bars
 
 __all__ = ["cmd_info", "cmd_init", "cmd_convert", "cmd_generate"]
 
@@ -69,7 +69,8 @@ def cmd_init(out: str, n_layer: int = 6, n_embd: int = 256, vocab_size: int = 25
 def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", preset: str = "", encoding: str = "mhse",
                 T: int = 1, layers: int | None = None, sites: str = "time_mix", calibration: str = "max",
                 percentile: float = 99.99, granularity: str = "tensor", init_half: bool = False, n_int: int = 1,
-                calib_batches: int = 8, calib_ctx: int = 256, device: str = "auto", dtype: str = "auto",
+                calib_batches: int = 8, calib_ctx: int = 256, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+                device: str = "auto", dtype: str = "auto",
                 overwrite: bool = False, progress: bool = True, json_: bool = False) -> int:
     """Convert a pretrained RWKV-6 into a spiking network and save it as a spikelm folder.
 
@@ -89,6 +90,8 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         n_int: integer bits: the largest layer weight is 2**(n_int-1).
         calib_batches: number of calibration batches (4 sequences each).
         calib_ctx: tokens per calibration sequence.
+        binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
+        family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         overwrite: replace an existing output folder (only spikelm's own files in it; never the input).
@@ -103,7 +106,7 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         enc = EncodingConfig(encoding=encoding, T=T, layers=layers, sites=sites, calibration=calibration,
                              percentile=percentile, granularity=granularity, init_half=init_half, n_int=n_int)
     claim_dir(out, overwrite=overwrite, inputs=(checkpoint,))
-    model = load_model(checkpoint, device, dtype)
+    model = load_model(checkpoint, device, dtype, binary_embedding, family)
     batches = calibration_batches(calib_data, model.tokenizer_name, calib_batches, 4, calib_ctx, progress=progress_bars(progress))
     convert(model, enc, batches)
     path = save(model, out, overwrite=overwrite)
@@ -117,7 +120,8 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
 
 def cmd_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, temperature: float = 1.0,
                  top_p: float = 0.85, top_k: int = 0, seed: int = 0, encoding: str = "", calib_data: str = "default",
-                 device: str = "auto", dtype: str = "auto", json_: bool = False) -> int:
+                 binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+                device: str = "auto", dtype: str = "auto", json_: bool = False) -> int:
     """Generate text from a checkpoint, streaming tokens as they come.
 
     Args:
@@ -130,6 +134,8 @@ def cmd_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, te
         seed: random seed, for reproducible samples.
         encoding: convert to spikes before generating: a preset name such as SpikeRWKV-4L (empty: as stored).
         calib_data: text the spike scales are calibrated on with --encoding (its train split): a corpus name or a text file.
+        binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
+        family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         json_: print one JSON object (prompt, text, token ids, timings) instead of streaming.
@@ -137,7 +143,7 @@ def cmd_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, te
     if max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     check_sampling(temperature, top_k, top_p)
-    model = apply_encoding(load_model(checkpoint, device, dtype), encoding, calib_data)
+    model = apply_encoding(load_model(checkpoint, device, dtype, binary_embedding, family), encoding, calib_data)
     stream = None if json_ else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     if not json_:
         sys.stdout.write(prompt)

@@ -9,6 +9,9 @@ Same names, meanings and defaults on every command that has the concept (a test 
 ``--split``         train | valid | test (default test); a text file is split as ``data prepare`` splits it
 ``--whole-file``    read a plain text file whole instead of one split of it
 ``--calib-data``    what spike scales are calibrated on (train split; default ``default``)
+``--binary-embedding``  auto | on | off (default auto): SpikeGPT's binary embedding (auto: the public
+                    run code's rule for a release file, the recorded setting for a spikelm folder)
+``--family``        auto | spikegpt | rwkv4 (default auto): how an RWKV-4-layout file is read
 ``--progress``      progress bars on stderr (``--no-progress`` to hide them)
 ``--json``          one JSON object on stdout instead of text
 ==================  ==========================================================================
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -28,7 +31,7 @@ from ..checkpoints import load
 from ..devices import resolve_device, resolve_dtype
 from ..progress import Progress, ProgressFn
 
-__all__ = ["SHARED_DEFAULTS", "load_model", "progress_bars", "print_json"]
+__all__ = ["SHARED_DEFAULTS", "BinaryEmbedding", "Family", "load_model", "progress_bars", "print_json"]
 
 # The defaults a test checks on every command's parser.
 SHARED_DEFAULTS: dict[str, Any] = {
@@ -40,7 +43,13 @@ SHARED_DEFAULTS: dict[str, Any] = {
     "calib_data": "default",
     "progress": True,
     "json_": False,
+    "binary_embedding": "auto",
+    "family": "auto",
 }
+
+# The words of the two loading options (the command signatures use these types).
+BinaryEmbedding = Literal["auto", "on", "off"]
+Family = Literal["auto", "spikegpt", "rwkv4"]
 
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
 DTYPE_HELP = "auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16: weights and activations; WKV state and spike scales stay fp32."
@@ -50,12 +59,18 @@ WHOLE_FILE_HELP = "read a plain text file whole instead of one split of it (it m
 CALIB_HELP = "text the spike scales are calibrated on (its train split): a corpus name or a text file."
 PROGRESS_HELP = "show progress bars on stderr."
 JSON_HELP = "print one JSON object instead of text."
+BINARY_EMBEDDING_HELP = ("SpikeGPT only: auto (release file: on for the 77-character vocabulary only, as the public run code; "
+                         "spikelm folder: as trained), on or off.")
+FAMILY_HELP = "auto (an RWKV-4-layout file is a SpikeGPT release), spikegpt, or rwkv4 (load it as the RWKV-4 ANN)."
 
 
-def load_model(checkpoint: str, device: str, dtype: str) -> nn.Module:
-    """Load a checkpoint on the ``--device`` / ``--dtype`` the user named (validated first)."""
+def load_model(checkpoint: str, device: str, dtype: str, binary_embedding: str = "auto", family: str = "auto") -> nn.Module:
+    """Load a checkpoint on the ``--device`` / ``--dtype`` the user named (validated first), with
+    ``--binary-embedding`` / ``--family`` ("auto": what the file says)."""
     dev = resolve_device(device)
-    return load(checkpoint, device=dev, dtype=resolve_dtype(dtype, dev))
+    return load(checkpoint, device=dev, dtype=resolve_dtype(dtype, dev),
+                binary_embedding=None if binary_embedding == "auto" else binary_embedding,
+                family=None if family == "auto" else family)
 
 
 def progress_bars(enabled: bool) -> ProgressFn | None:

@@ -6,7 +6,7 @@ Nothing else parses argv.
 
 Conventions: parameters without a default are positional (keyword-only ones, after ``*``, are
 required ``--options``); ``bool`` parameters become
-``--flag`` / ``--no-flag``; a ``**overrides`` parameter collects ``--key value`` pairs that the
+``--flag`` / ``--no-flag``; ``Literal[...]`` parameters take one of their words; a ``**overrides`` parameter collects ``--key value`` pairs that the
 function validates itself (``spikelm train CONFIG --lr 1e-3``).
 """
 
@@ -96,6 +96,9 @@ def build_parser(name: str, fn: Callable[..., Any]) -> tuple[argparse.ArgumentPa
                            help=help_text + (f" (default: {param.default})" if help_text else ""))
         elif typing.get_origin(tp) is list:
             p.add_argument(flag, dest=pname, nargs="+", type=typing.get_args(tp)[0], default=param.default,
+                           help=help_text + f" (default: {param.default})")
+        elif typing.get_origin(tp) is typing.Literal:  # a fixed set of words: argparse choices
+            p.add_argument(flag, dest=pname, type=str, choices=typing.get_args(tp), default=param.default,
                            help=help_text + f" (default: {param.default})")
         else:
             p.add_argument(flag, dest=pname, type=tp, default=param.default,

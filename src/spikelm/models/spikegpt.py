@@ -76,6 +76,13 @@ Where paper and public code differ (we follow the code unless a config option sa
   layers) and carries their membranes from token to token, never resetting them between prompts.
   Here every block owns its two neurons and their membranes are part of the recurrent state, so
   feeding a sequence at once or token by token gives the same result.
+* Not in the paper, for the decomposition and the recipe search (docs/results.md, "SpikeGPT
+  decomposition"): ``lif=False`` replaces both neurons of every block by the identity (an ablation:
+  the sub-layers add real values); ``lif_site="pre_proj"`` moves them onto the inputs of the last
+  projection of each sub-layer (``sigmoid(r) * wkv`` before ``att.output``, ``relu(k)^2`` before
+  ``ffn.value``), so spikes drive the weights and the residual stream is real-valued. Neither
+  changes the parameters; with ``pre_proj`` the energy counters count no residual spike adds (the
+  output projections then receive spikes but are still counted as dense MACs, an upper bound).
 * Dropout: the code applies ``Dropout(0.03)`` to the residual stream after every block during
   training. ``dropout`` (default 0) does the same.
 * Not implemented: the code's ``RWKV-ffnPre`` variant (block 0 uses an FFN instead of time mixing)
@@ -102,7 +109,7 @@ and spike counters attach forward hooks there. The model itself counts nothing.
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +129,9 @@ class LayerState(NamedTuple):
 
     ``att_shift`` / ``ffn_shift``: the last ``ln1`` / ``ln2`` output (token shift).
     ``aa``, ``bb``, ``pp``: the WKV numerator, denominator and their running max exponent (fp32).
-    ``att_v`` / ``ffn_v``: membranes of ``lif1`` / ``lif2`` after their last reset.
+    ``att_v`` / ``ffn_v``: membranes of ``lif1`` / ``lif2`` after their last reset, (B, C); with
+    ``lif_site="pre_proj"`` ``ffn_v`` is (B, 4C) (``lif2`` sits on the FFN hidden layer); with
+    ``lif=False`` they stay zero.
     """
 
     att_shift: Tensor
@@ -244,9 +253,12 @@ class SpikingRWKV(nn.Module):
                 "gate_act": OpRow("elementwise", {"special": C, "mul": C})}
 
     def forward(
-        self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto"
+        self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto",
+        pre_proj: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """x (B, T, C) = ln1 output; shift (B, C) = previous ln1 output -> (Y (B, T, C), new shift, new WKV state)."""
+        """x (B, T, C) = ln1 output; shift (B, C) = previous ln1 output -> (Y (B, T, C), new shift, new WKV state).
+
+        ``pre_proj`` (``lif_site="pre_proj"``): applied to ``sigmoid(r) * wkv`` before ``output``."""
         xx = _token_shift(x, shift)  # (B, T, C)
         k = self.key(_mix(x, xx, self.time_mix_k))  # (B, T, C)
         v = self.value(_mix(x, xx, self.time_mix_v))
@@ -255,7 +267,8 @@ class SpikingRWKV(nn.Module):
         dt = _wkv_dtype(x.dtype)
         w = -torch.exp(self.time_decay.to(dt))  # (C,) log decay, < 0
         y, wkv_state = wkv4(w, self.time_first.to(dt), k.to(dt), v.to(dt), wkv_state, impl=wkv_impl)  # (B, T, C)
-        out = self.output(torch.sigmoid(r) * y.to(r.dtype))  # eq. 10: sigma(R) * WKV, then M_O
+        g = torch.sigmoid(r) * y.to(r.dtype)  # eq. 10: sigma(R) * WKV, then M_O
+        out = self.output(g if pre_proj is None else pre_proj(g))
         return out, _last_token(x), wkv_state
 
 
@@ -286,10 +299,14 @@ class SRFFN(nn.Module):
         return {"mix": OpRow("elementwise", {"mul": 4 * C, "add": 2 * C}),
                 "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
-    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (Y' (B, T, C), new shift)."""
+    def forward(self, x: Tensor, shift: Tensor, pre_proj: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
+        """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (Y' (B, T, C), new shift).
+
+        ``pre_proj`` (``lif_site="pre_proj"``): applied to the hidden ``relu(k)^2`` before ``value``."""
         xx = _token_shift(x, shift)
         k = torch.relu(self.key(_mix(x, xx, self.time_mix_k))) ** 2  # (B, T, 4C)
+        if pre_proj is not None:
+            k = pre_proj(k)
         r = torch.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r)))  # (B, T, C)
         return r * self.value(k), _last_token(x)
 
@@ -309,9 +326,11 @@ class Block(nn.Module):
         self.att = SpikingRWKV(cfg, layer_id)
         self.ffn = SRFFN(cfg, layer_id)
         # Eq. 13 along the token axis (dim 1 of (B, T, C)); each call returns (spikes, last membrane).
+        # cfg.lif False (an ablation): no neurons, the sub-layer outputs enter the residual as they are.
         lif = dict(beta=cfg.lif_beta, threshold=cfg.lif_threshold, reset="zero", v_reset=0.0, time_dim=1)
-        self.lif1 = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif)
-        self.lif2 = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif)
+        self.lif1: Optional[LIFNeuron] = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif) if cfg.lif else None
+        self.lif2: Optional[LIFNeuron] = LIFNeuron(surrogate=ArcTan(cfg.surrogate_alpha), **lif) if cfg.lif else None
+        self.lif_site = cfg.lif_site
         self.drop = nn.Dropout(cfg.dropout)
         # The public run code's RWKV_RESCALE_LAYER (cfg.rescale_every = k, 0 = off): it divides
         # att.output / ffn.value of block i by 2^(i // k) and halves x after every k-th block. We
@@ -326,24 +345,48 @@ class Block(nn.Module):
 
     def energy_ops(self) -> dict[str, OpRow]:
         """The residual adds of the LIF spikes: one accumulate per spike (the ANN: C add per token
-        for each of the two)."""
-        return {"residual": OpRow("residual", {"add": self.ln1.normalized_shape[0]}, spike_inputs=("lif1", "lif2"))}
+        for each of the two). Where no spikes enter the residual (``lif=False``, or the LIFs sit
+        before the projections), the two residual adds are dense: 2C adds per token."""
+        C = self.ln1.normalized_shape[0]
+        if self.lif1 is None or self.lif_site != "residual":
+            return {"residual": OpRow("residual", {"add": 2 * C})}
+        return {"residual": OpRow("residual", {"add": C}, spike_inputs=("lif1", "lif2"))}
 
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
         att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v = state
         if hasattr(self, "ln0"):
             x = self.ln0(x)
         # Token shift works on the LayerNorm output: the state keeps the last ln1 / ln2 outputs.
-        y, att_shift, (aa, bb, pp) = self.att(self.ln1(x), att_shift, (aa, bb, pp), wkv_impl)
-        if self.lif_in_scale != 1.0:
-            y = y * self.lif_in_scale
-        s, att_v = self.lif1(y, att_v)  # (B, T, C) spikes in {0, 1}
-        x = x + s
-        y, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
-        if self.lif_in_scale != 1.0:
-            y = y * self.lif_in_scale
-        s, ffn_v = self.lif2(y, ffn_v)
-        x = self.drop(x + s)
+        if self.lif1 is not None and self.lif_site == "pre_proj":
+            # The neurons spike the inputs of att.output / ffn.value; the sub-layers add real values.
+            mem: dict[str, Tensor] = {}
+
+            def spike1(g: Tensor) -> Tensor:
+                s, mem["att"] = self.lif1(g, att_v)
+                return s
+
+            def spike2(h: Tensor) -> Tensor:
+                s, mem["ffn"] = self.lif2(h, ffn_v)
+                return s
+
+            y, att_shift, (aa, bb, pp) = self.att(self.ln1(x), att_shift, (aa, bb, pp), wkv_impl, pre_proj=spike1)
+            x = x + y * self.lif_in_scale
+            y, ffn_shift = self.ffn(self.ln2(x), ffn_shift, pre_proj=spike2)
+            x = self.drop(x + y * self.lif_in_scale)
+            att_v, ffn_v = mem["att"], mem["ffn"]
+        else:
+            y, att_shift, (aa, bb, pp) = self.att(self.ln1(x), att_shift, (aa, bb, pp), wkv_impl)
+            if self.lif_in_scale != 1.0:
+                y = y * self.lif_in_scale
+            if self.lif1 is not None:
+                y, att_v = self.lif1(y, att_v)  # (B, T, C) spikes in {0, 1}
+            x = x + y
+            y, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+            if self.lif_in_scale != 1.0:
+                y = y * self.lif_in_scale
+            if self.lif2 is not None:
+                y, ffn_v = self.lif2(y, ffn_v)
+            x = self.drop(x + y)
         if self.halve_after:
             x = x / 2
         return x, LayerState(att_shift, aa, bb, pp, att_v, ffn_shift, ffn_v)
@@ -372,21 +415,24 @@ class SpikeGPT(nn.Module):
         if self.emb_spike is not None:
             yield "emb_spike", self.emb_spike
         for i, blk in enumerate(self.blocks):
-            yield f"blocks.{i}.lif1", blk.lif1
-            yield f"blocks.{i}.lif2", blk.lif2
+            if blk.lif1 is not None:
+                yield f"blocks.{i}.lif1", blk.lif1
+                yield f"blocks.{i}.lif2", blk.lif2
 
     def initial_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         """Fresh state: zero shifts, empty WKV sums (``pp = EMPTY_PP``), membranes at U_reset = 0."""
         device = device or self.emb.weight.device
         dtype = dtype or self.emb.weight.dtype
         B, C = batch_size, self.cfg.n_embd
+        C_ffn_v = self.cfg.dim_ffn if self.cfg.lif and self.cfg.lif_site == "pre_proj" else C
         wdt = _wkv_dtype(dtype)
 
-        def z(dt: torch.dtype) -> Tensor:
-            return torch.zeros(B, C, device=device, dtype=dt)
+        def z(dt: torch.dtype, width: int = C) -> Tensor:
+            return torch.zeros(B, width, device=device, dtype=dt)
 
         return [
-            LayerState(z(dtype), z(wdt), z(wdt), torch.full((B, C), EMPTY_PP, device=device, dtype=wdt), z(dtype), z(dtype), z(dtype))
+            LayerState(z(dtype), z(wdt), z(wdt), torch.full((B, C), EMPTY_PP, device=device, dtype=wdt), z(dtype), z(dtype),
+                       z(dtype, C_ffn_v))
             for _ in self.blocks
         ]
 
