@@ -22,7 +22,7 @@ from typing import Any
 from .errors import SpikelmError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "temp_sibling", "publish_dir",
-           "claim_dir", "OutputExistsError", "MARKER_FILES"]
+           "claim_dir", "check_file_target", "OutputExistsError", "MARKER_FILES"]
 
 
 class OutputExistsError(SpikelmError):
@@ -42,6 +42,7 @@ def temp_sibling(path: str | os.PathLike, suffix: str = "tmp") -> Path:
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
     p = Path(path)
+    check_file_target(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(p)
     try:
@@ -55,6 +56,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return p
+
+
+def check_file_target(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check that a file can be written at ``path``: it is not a folder, and no parent is a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"{what} {p} is a folder; give a file path (e.g. {p / 'results.json'})")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
+            break
     return p
 
 
@@ -94,6 +108,11 @@ def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output fo
             raise OutputExistsError(f"{what} {p} is the input {src}; choose another --out (spikelm never writes over its input)")
     if p.exists() and not p.is_dir():
         raise OutputExistsError(f"{what} {p} exists and is a file; choose another path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
+            break
     if p.is_dir() and any(p.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{what} {p} exists and is not empty; choose another path or pass --overwrite "
