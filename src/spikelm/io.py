@@ -22,7 +22,7 @@ from typing import Any
 from .errors import SpikelmError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "temp_sibling", "publish_dir",
-           "claim_dir", "check_file_target", "OutputExistsError", "MARKER_FILES"]
+           "claim_dir", "check_file_target", "honour_umask", "OutputExistsError", "MARKER_FILES"]
 
 
 class OutputExistsError(SpikelmError):
@@ -80,6 +80,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, default: Any = None) ->
     return atomic_write(path, json.dumps(obj, indent=2, default=default) + "\n")
 
 
+def honour_umask(path: str | os.PathLike) -> Path:
+    """Give a file written by another library (safetensors writes 0o600) the mode ``open`` would: 0o666 & ~umask."""
+    p = Path(path)
+    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
+    return p
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -126,24 +133,28 @@ def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output fo
 
 
 def publish_dir(tmp: Path, out: Path) -> Path:
-    """Move the finished folder ``tmp`` to ``out``: a rename, or file-by-file replaces into an existing folder.
+    """Move the finished folder ``tmp`` to ``out`` in one step: a rename, or a swap with the old folder.
 
-    ``out`` must have been checked with :func:`claim_dir`; files of ``out`` that ``tmp`` does not
-    hold are left alone (they are spikelm's own, from an earlier run, or dot files).
+    ``out`` must have been checked with :func:`claim_dir`. An existing ``out`` is renamed aside and
+    ``tmp`` renamed into its place, so a reader (or a crash) sees the old folder or the new one,
+    never new weights beside an old config. Entries of the old folder that ``tmp`` does not hold
+    (spikelm's own files from an earlier run, dot files) are carried over; then the old folder goes.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
         os.replace(tmp, out)
         return out
-    for entry in tmp.iterdir():
-        target = out / entry.name
-        if entry.is_dir():
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-        else:
-            os.replace(entry, target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    old = temp_sibling(out, "old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # put the old folder back as it was
+        raise
+    for entry in old.iterdir():
+        if not (out / entry.name).exists():
+            os.replace(entry, out / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

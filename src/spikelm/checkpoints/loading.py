@@ -29,7 +29,7 @@ from torch import nn
 from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config
 from ..convert import attach_encoders
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
+from ..io import atomic_write, atomic_write_json, claim_dir, honour_umask, make_temp_dir, publish_dir
 from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
@@ -192,6 +192,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     try:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"))
+        honour_umask(tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", cfg)
         publish_dir(tmp, out)
     except BaseException:
