@@ -393,7 +393,12 @@ def test_prompt_bytes_that_are_not_utf8_reach_the_model_as_bytes(inputs: Path):
 def summary(results: list[tuple[Case, bool]]) -> str:
     from spikelm.markdown import md_table
 
-    tried, clean = Counter(c.command for c, _ in results), Counter(c.command for c, ok in results if ok)
+    from spikelm.cli import COMMANDS
+
+    def row(c: Case) -> str:
+        return c.command if c.command in COMMANDS or c.command == "spikelm-lm-eval" else "(not a command)"
+
+    tried, clean = Counter(row(c) for c, _ in results), Counter(row(c) for c, ok in results if ok)
     rows = [[cmd, tried[cmd], clean[cmd]] for cmd in sorted(tried)]
     rows.append(["**all**", sum(tried.values()), sum(clean.values())])
     kinds = Counter(c.kind for c, _ in results)
