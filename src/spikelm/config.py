@@ -574,12 +574,16 @@ def load_train_args(config: str | os.PathLike | None, overrides: dict[str, Any] 
     d: dict[str, Any] = {}
     if config is not None:
         path = Path(config)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; pass the path of a YAML config file (see configs/*.yaml)")
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found; pass the path of a YAML config (see configs/*.yaml)")
         try:
-            d = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML/JSON ({e})") from None
+            text = path.read_text(encoding="utf-8")
+            d = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            reason = " ".join(str(e).split())  # YAML errors span lines; the message is one line
+            raise ConfigError(f"{path}: not valid UTF-8 YAML/JSON ({reason})") from None
         d = d or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")

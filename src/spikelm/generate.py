@@ -18,8 +18,8 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError
 from .data.tokenizers import get_tokenizer
+from .errors import ConfigError, SpikelmError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,13 @@ def generate(model: nn.Module, prompt: str, max_tokens: int = 100, temperature: 
     """
     check_sampling(temperature, top_k, top_p)
     tok = tokenizer or get_tokenizer(getattr(model, "tokenizer_name", "bytes"))
-    ids = tok.encode(prompt) if prompt else []
+    try:
+        ids = tok.encode(prompt) if prompt else []
+    except UnicodeEncodeError as e:  # a lone surrogate the tokenizer cannot encode
+        raise ConfigError(f"--prompt: {prompt[e.start]!r} at character {e.start} is not valid text for the "
+                          f"{tok.name} tokenizer; give a prompt in valid UTF-8") from None
+    except SpikelmError as e:  # e.g. a character the vocabulary lacks
+        raise ConfigError(f"--prompt: {e}") from None
     if not ids:
         if tok.eod_id < 0:
             raise ConfigError("this tokenizer has no end-of-document token to start from; give a non-empty --prompt")

@@ -22,7 +22,7 @@ from typing import Any
 from .errors import SpikelmError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "temp_sibling", "publish_dir",
-           "claim_dir", "OutputExistsError", "MARKER_FILES"]
+           "claim_dir", "check_file_target", "honour_umask", "OutputExistsError", "MARKER_FILES"]
 
 
 class OutputExistsError(SpikelmError):
@@ -42,6 +42,7 @@ def temp_sibling(path: str | os.PathLike, suffix: str = "tmp") -> Path:
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
     p = Path(path)
+    check_file_target(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(p)
     try:
@@ -58,12 +59,32 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
     return p
 
 
+def check_file_target(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check that a file can be written at ``path``: it is not a folder, and no parent is a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"{what} {p} is a folder; give a file path (e.g. {p / 'results.json'})")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
+            break
+    return p
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, default: Any = None) -> Path:
     return atomic_write(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def honour_umask(path: str | os.PathLike) -> Path:
+    """Give a file written by another library (safetensors writes 0o600) the mode ``open`` would: 0o666 & ~umask."""
+    p = Path(path)
+    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_umask())
+    return p
 
 
 def _umask() -> int:
@@ -94,6 +115,11 @@ def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output fo
             raise OutputExistsError(f"{what} {p} is the input {src}; choose another --out (spikelm never writes over its input)")
     if p.exists() and not p.is_dir():
         raise OutputExistsError(f"{what} {p} exists and is a file; choose another path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
+            break
     if p.is_dir() and any(p.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"{what} {p} exists and is not empty; choose another path or pass --overwrite "
@@ -107,24 +133,28 @@ def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output fo
 
 
 def publish_dir(tmp: Path, out: Path) -> Path:
-    """Move the finished folder ``tmp`` to ``out``: a rename, or file-by-file replaces into an existing folder.
+    """Move the finished folder ``tmp`` to ``out`` in one step: a rename, or a swap with the old folder.
 
-    ``out`` must have been checked with :func:`claim_dir`; files of ``out`` that ``tmp`` does not
-    hold are left alone (they are spikelm's own, from an earlier run, or dot files).
+    ``out`` must have been checked with :func:`claim_dir`. An existing ``out`` is renamed aside and
+    ``tmp`` renamed into its place, so a reader (or a crash) sees the old folder or the new one,
+    never new weights beside an old config. Entries of the old folder that ``tmp`` does not hold
+    (spikelm's own files from an earlier run, dot files) are carried over; then the old folder goes.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
         os.replace(tmp, out)
         return out
-    for entry in tmp.iterdir():
-        target = out / entry.name
-        if entry.is_dir():
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-        else:
-            os.replace(entry, target)
-    shutil.rmtree(tmp, ignore_errors=True)
+    old = temp_sibling(out, "old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # put the old folder back as it was
+        raise
+    for entry in old.iterdir():
+        if not (out / entry.name).exists():
+            os.replace(entry, out / entry.name)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

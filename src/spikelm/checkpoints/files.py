@@ -52,14 +52,25 @@ def read_tensors(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for truncated/corrupt/pickled-code files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Weights only load failed" in str(e):
-            msg = "it contains pickled Python objects, not just tensors (refused: spikelm never unpickles code)"
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch weights file: {msg}; the file may be truncated or corrupt") from None
+        text = str(e)
+        if "Weights only load failed" in text:
+            raise CheckpointError(f"{path}: refused: it contains pickled Python objects, not just tensors, and spikelm "
+                                  "never unpickles code; load only checkpoints of plain tensors (or .safetensors)") from None
+        if "central directory" in text or "zip archive" in text:  # torch's miniz wording for a cut-off archive
+            msg = "the zip archive is incomplete (the file is probably truncated: copy or download it again)"
+        else:
+            msg = (text.splitlines()[0] if text else type(e).__name__) + "; the file may be truncated or corrupt"
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch weights file: {msg}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict; expected a dict of tensor names to tensors")
+    for k, v in obj.items():
+        # Metadata keys ("_strategy" of files the rwkv package converted) are named by the format
+        # checks; any other entry must be a tensor, or later shape checks would fail unnamed.
+        if not isinstance(v, torch.Tensor) and not (isinstance(k, str) and k.startswith("_")):
+            raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; "
+                                  "expected a dict of tensor names to tensors")
     return obj
 
 

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config
 from ..convert import attach_encoders
-from ..errors import CheckpointError
-from ..io import _umask, atomic_write, atomic_write_json, claim_dir, make_temp_dir, publish_dir
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write, atomic_write_json, claim_dir, honour_umask, make_temp_dir, publish_dir
 from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
@@ -70,13 +70,25 @@ def _fit_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> di
     return out
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """A folder's config.json as a dict, every failure a named ``CheckpointError``."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file may be truncated or corrupt") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(cfg).__name__}, not an object of configuration keys")
+    return cfg
+
+
 def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read any supported file/folder; return (official-name state dict, metadata)."""
     p = Path(path)
     meta: dict[str, Any] = {"path": str(p)}
     if p.is_dir():
-        if (p / "config.json").exists() and (p / "model.safetensors").exists() and json.loads((p / "config.json").read_text()).get("kind"):
-            meta["spikelm_config"] = json.loads((p / "config.json").read_text())
+        config = _read_config(p / "config.json") if (p / "config.json").exists() else {}
+        if config.get("kind") and (p / "model.safetensors").exists():
+            meta["spikelm_config"] = config
             meta["format"] = "spikelm"
             sd = read_tensors(p / "model.safetensors")
             return sd, meta
@@ -86,12 +98,12 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         sd = {}
         for f in files:
             sd.update(read_tensors(f))
-        if (p / "config.json").exists():
-            meta["hf_config"] = json.loads((p / "config.json").read_text())
+        if config:
+            meta["hf_config"] = config
     else:
         sd = read_tensors(p)
     if any(k.startswith("rwkv.") for k in sd):
-        sd = from_hf_keys(sd)
+        sd = from_hf_keys(sd, source=p)
         meta["format"] = "hf"
     else:
         meta["format"] = "official"
@@ -123,6 +135,14 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     if encoding is not None:
         attach_encoders(model, EncodingConfig.from_dict(encoding))
     return model
+
+
+def _build_named(cfg: dict[str, Any], source: Path) -> nn.Module:
+    """:func:`build_model`, with a configuration error naming the file it came from."""
+    try:
+        return build_model(cfg)
+    except (ConfigError, CheckpointError) as e:  # an invalid key or value, an unknown kind
+        raise CheckpointError(f"{source}: {e}") from None
 
 
 FAMILIES = ("spikegpt", "rwkv4")
@@ -181,9 +201,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
         if rescale_every is not None:
             cfg["rescale_every"] = rescale_every
     else:
-        cfg = dict(infer_rwkv6_config(sd, tokenizer).to_dict(), kind="rwkv6")
+        cfg = dict(infer_rwkv6_config(sd, tokenizer, source=p).to_dict(), kind="rwkv6")
     with torch.device("meta"):
-        skeleton = build_model(cfg)
+        skeleton = _build_named(cfg, p / "config.json" if meta["format"] == "spikelm" else p)
     sd = _fit_shapes(skeleton, sd, p)
     del skeleton
     model = assign_weights(lambda: build_model(cfg), sd, dtype=dtype, device=device, where=str(p))
@@ -208,7 +228,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     try:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"))
-        os.chmod(tmp / "model.safetensors", 0o666 & ~_umask())  # safetensors creates it 0o600, whatever the umask
+        honour_umask(tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", cfg)
         publish_dir(tmp, out)
     except BaseException:
@@ -244,14 +264,14 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     elif meta["format"] == "rwkv7":
         cfg = infer_rwkv7_config(sd).to_dict()
     else:
-        cfg = infer_rwkv6_config(sd).to_dict()
+        cfg = infer_rwkv6_config(sd, source=path).to_dict()
     if meta["format"] == "rwkv7":
         sd_check = from_official(dict(sd))
         cfg_build = dict(cfg, kind="rwkv7")
     else:
         sd_check, cfg_build = sd, dict(cfg, kind={"spikegpt": "spikegpt", "official": "rwkv6", "hf": "rwkv6"}.get(meta["format"], cfg.get("kind", "rwkv6")))
     with torch.device("meta"):
-        skeleton = build_model(cfg_build)
+        skeleton = _build_named(cfg_build, Path(path) / "config.json" if meta["format"] == "spikelm" else Path(path))
     _fit_shapes(skeleton, sd_check, Path(path))
     total = sum(v.numel() for v in sd.values() if hasattr(v, "numel"))
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if hasattr(v, "dtype")})

@@ -37,7 +37,9 @@ HF_KEY_MAP: list[tuple[str, str]] = [
 ]
 
 
-def from_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def from_hf_keys(sd: dict[str, torch.Tensor], source: str | Path = "") -> dict[str, torch.Tensor]:
+    """Map Hugging Face key names to official ones; ``source`` names the file in errors."""
+    where = f"{source}: " if source else ""
     out = {}
     for k, v in sd.items():
         for pat, rep in HF_KEY_MAP:
@@ -45,7 +47,8 @@ def from_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[re.sub(pat, rep, k)] = v
                 break
         else:
-            raise CheckpointError(f"unexpected key {k!r} in a Hugging Face RWKV-6 state dict")
+            raise CheckpointError(f"{where}unexpected key {k!r} in a Hugging Face RWKV-6 state dict; "
+                                  "expected rwkv.embeddings.*, rwkv.blocks.{i}.*, rwkv.ln_out.* and head.*")
     return out
 
 
@@ -74,8 +77,9 @@ def check_generation(sd: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: no blocks.*.att.time_maa_* keys; {EXPECTED_LAYOUT}")
 
 
-def infer_rwkv6_config(sd: dict[str, torch.Tensor], tokenizer: str | None = None) -> RWKV6Config:
-    """Infer L, C, V, H, N, F, Dm, Dd from an official-name state dict."""
+def infer_rwkv6_config(sd: dict[str, torch.Tensor], tokenizer: str | None = None, source: str | Path = "") -> RWKV6Config:
+    """Infer L, C, V, H, N, F, Dm, Dd from an official-name state dict; ``source`` names the file in errors."""
+    where = f"{source}: " if source else ""
     try:
         V, C = sd["emb.weight"].shape
         L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
@@ -85,9 +89,9 @@ def infer_rwkv6_config(sd: dict[str, torch.Tensor], tokenizer: str | None = None
         Dm = sd["blocks.0.att.time_maa_w1"].shape[1] // 5
         Dd = sd["blocks.0.att.time_decay_w1"].shape[1]
     except KeyError as e:
-        raise CheckpointError(f"missing key {e.args[0]}; {EXPECTED_LAYOUT}") from None
-    except ValueError as e:
-        raise CheckpointError(f"unexpected tensor shape ({e}); {EXPECTED_LAYOUT}") from None
+        raise CheckpointError(f"{where}missing key {e.args[0]}; {EXPECTED_LAYOUT}") from None
+    except (ValueError, IndexError) as e:  # a tensor of the wrong rank: unpacking or indexing its shape fails
+        raise CheckpointError(f"{where}a tensor has an unexpected number of dimensions ({e}); {EXPECTED_LAYOUT}") from None
     if tokenizer is None:
         tokenizer = "world" if V == 65536 else "bytes" if V in (256, 257) else "world"
     return RWKV6Config(

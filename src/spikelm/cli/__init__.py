@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..errors import SpikelmError
+from ..errors import ConfigError, SpikelmError
 from .demo import cmd_demo
 from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
 from .models import cmd_convert, cmd_generate, cmd_info, cmd_init
@@ -38,9 +38,16 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 }
 
 
+class _TopParser(argparse.ArgumentParser):
+    """The command chooser: an unknown command is a ``ConfigError`` (returned as exit 2), not a ``SystemExit``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message} (see `spikelm --help`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(
+    top = _TopParser(
         prog="spikelm",
         description="Spiking language models: convert RWKV-6 to spikes (SpikeRWKV), train SpikeGPT, "
         "and measure accuracy and energy side by side. `spikelm COMMAND --help` documents each command.",
@@ -53,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         top.print_help()
         return 2
-    ns = top.parse_args(argv)
+    try:
+        ns = top.parse_args(argv)
+    except SpikelmError as e:  # an unknown command: one line, exit 2, like every other user error
+        print(f"spikelm: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if ns.verbose else logging.WARNING if ns.quiet else logging.INFO,
         format="%(message)s" if not ns.verbose else "%(levelname)s %(name)s: %(message)s",

@@ -31,6 +31,7 @@ import torch
 
 from ..checkpoints import load
 from ..config import TrainArgs
+from ..errors import ConfigError
 from ..convert import convert, preset_config
 from ..data.build import prepare
 from ..data.text import calibration_batches, split_tokens
@@ -42,7 +43,7 @@ from ..evaluate.multiple_choice import evaluate_tasks, format_table2
 from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1
 from ..generate import generate
-from ..io import atomic_write_json, atomic_write_text
+from ..io import OutputExistsError, atomic_write_json, atomic_write_text, check_file_target
 from ..progress import ProgressFn
 from ..train import train
 from .options import progress_bars
@@ -176,12 +177,33 @@ def _energy(model, tokens, method: str) -> dict[str, Any]:
     }
 
 
+# Everything the demo writes in its output folder (claim_dir refuses a folder holding anything else).
+DEMO_FILES = ("cache", "models", "results.json", "report.md", "tradeoff.png", "tradeoff_sram.png", "firing_rates.png",
+              "training_curves.png")
+DEMO_FILE_PREFIXES = ("energy_parts_",)  # one stacked-bar plot per model
+
+
+def _claim_demo_dir(out: Path) -> Path:
+    """A rerun reuses the demo's own files; a folder holding anything else is the user's and is refused."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; the demo writes a folder: choose another --out")
+    check_file_target(out / "report.md", "--out")  # no parent of it is a file
+    if out.is_dir():
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in DEMO_FILES and not e.name.startswith((".", *DEMO_FILE_PREFIXES)))
+        if foreign:
+            raise OutputExistsError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:5])}); "
+                                    "the demo writes only into a new folder or one of its own: choose another --out")
+    return out
+
+
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False,
              progress: ProgressFn | None = None, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run every stage (reusing cached ones) and write the report; returns results.json's content."""
 
     s = settings or DemoSettings()
-    out = Path(out)
+    if not s.minutes > 0:
+        raise ConfigError(f"--minutes must be > 0 (the training budget of both models), got {s.minutes}")
+    out = _claim_demo_dir(Path(out))
     if fresh:  # only what the demo itself wrote: its cache and trained models
         for sub in ("cache", "models"):
             shutil.rmtree(out / sub, ignore_errors=True)

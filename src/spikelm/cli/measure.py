@@ -18,7 +18,7 @@ from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1, settings, sweep
 from ..evaluate.tasks import DEFAULT_TASKS
 from ..evaluate.variants import apply_encoding
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_file_target
 from .options import BinaryEmbedding, Family, load_model, print_json, progress_bars
 
 __all__ = ["cmd_eval", "cmd_sweep", "cmd_nlu", "cmd_energy"]
@@ -111,6 +111,8 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         progress: show progress bars on stderr.
     """
+    if ctx < 0 or chunk < 1 or max_chars < 0:
+        raise ConfigError(f"need --ctx >= 0, --chunk >= 1 and --max-chars >= 0 (got {ctx}, {chunk}, {max_chars})")
     names = [] if presets in ("", "none") else [p.strip() for p in presets.split(",") if p.strip()]
     if energy_tokens <= 0 or batch <= 0:
         raise ConfigError(f"--energy-tokens and --batch must be positive (got {energy_tokens}, {batch})")
@@ -174,6 +176,8 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
         raise DataError("no task given; pass --tasks arc_easy,piqa,... (see `spikelm nlu --help`)")
     if shots < 0 or limit < 0 or batch_size < 1:
         raise ConfigError(f"--shots and --limit must be >= 0 and --batch-size >= 1 (got {shots}, {limit}, {batch_size})")
+    if out:  # checked before the evaluation, not after it
+        check_file_target(out, "--out")
     bars = progress_bars(progress and not json_)
     model = apply_encoding(load_model(checkpoint, device, dtype, binary_embedding, family), encoding, calib_data, progress=bars)
     results = evaluate_tasks(model, specs, shots=shots, limit=limit or None, seed=seed, batch_size=batch_size,
@@ -235,6 +239,11 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
     """
     if tokens <= 0 or chunk <= 0:
         raise ConfigError(f"--tokens and --chunk must be positive (got {tokens}, {chunk})")
+    if e_mac < 0 or e_ac < 0:
+        raise ConfigError(f"--e-mac and --e-ac are energies in pJ: > 0, or 0 to keep the table's (got {e_mac}, {e_ac})")
+    if plot:  # checked before the run, not after it
+        for suffix in ("-energy.png", "-firing.png"):
+            check_file_target(f"{plot}{suffix}", "--plot")
     sources = [s.strip() for s in data.split(",") if s.strip()]
     if not sources:
         raise DataError("--data names no dataset")

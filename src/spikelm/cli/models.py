@@ -118,6 +118,15 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
     return 0
 
 
+def _shown(text: str) -> str:
+    """``text`` as the terminal can print it: argv bytes that were not UTF-8 (surrogate escapes) become U+FFFD."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate outside the escapes: generate() names it
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def cmd_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, temperature: float = 1.0,
                  top_p: float = 0.85, top_k: int = 0, seed: int = 0, encoding: str = "", calib_data: str = "default",
                  binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
@@ -144,11 +153,19 @@ def cmd_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, te
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     check_sampling(temperature, top_k, top_p)
     model = apply_encoding(load_model(checkpoint, device, dtype, binary_embedding, family), encoding, calib_data)
-    stream = None if json_ else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    if not json_:
-        sys.stdout.write(prompt)
+    echoed = False
+
+    def stream(piece: str) -> None:
+        # The prompt is echoed with the first piece, after generate() has accepted it (a prompt
+        # it refuses is never half-printed); shown as the generated text is (invalid UTF-8 -> U+FFFD).
+        nonlocal echoed
+        sys.stdout.write(piece if echoed else _shown(prompt) + piece)
         sys.stdout.flush()
-    res = generate(model, prompt, max_tokens, temperature, top_k, top_p, seed, on_text=stream)
+        echoed = True
+
+    res = generate(model, prompt, max_tokens, temperature, top_k, top_p, seed, on_text=None if json_ else stream)
+    if not json_ and not echoed:
+        stream("")
     if json_:
         print_json({"prompt": res.prompt, "text": res.text, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
                     "seconds": round(res.seconds, 4), "tokens_per_second": round(res.tokens_per_second, 2)})

@@ -100,7 +100,15 @@ class ByteTokenizer:
     eod_id = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        # surrogateescape: bytes that were not UTF-8 where the text came from (a command-line
+        # argument, a file name) reach Python as U+DC80..U+DCFF; they encode back to those bytes.
+        try:
+            return list(text.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError as e:
+            raise TokenizerError(
+                f"the text holds {text[e.start]!r} at character {e.start}, a lone surrogate that no UTF-8 "
+                "byte sequence encodes; pass valid text"
+            ) from None
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         return bytes(i for i in ids if 0 <= i < 256)

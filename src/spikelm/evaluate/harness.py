@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import SpikelmError
 from ..checkpoints import load
 from ..data.text import DEFAULT_CALIB_DATA
-from ..devices import DTYPES
+from ..devices import DTYPES, resolve_device
+from ..errors import ConfigError, SpikelmError
 from .multiple_choice import Scorer
 from .variants import apply_encoding
 
@@ -92,25 +92,34 @@ def _build_class() -> type:
         ) -> None:
             super().__init__()
             if unknown:
-                raise SpikelmError(
+                raise ConfigError(
                     f"unknown spikelm model_args {sorted(unknown)}; known: path, encoding, calib_data, device, dtype, batch_size, "
                     "prefix_eod, state_reuse, max_gen_toks"
                 )
             torch_dtype = None
             if dtype:
                 if str(dtype) not in DTYPES:
-                    raise SpikelmError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+                    raise ConfigError(f"model_args dtype={dtype!r} is not one of {', '.join(DTYPES)}")
                 torch_dtype = DTYPES[str(dtype)]
-            if model is None:
-                if not path:
-                    raise SpikelmError("the spikelm model needs a checkpoint: --model_args path=CHECKPOINT")
-                model = load(str(path), device=device or "cpu", dtype=torch_dtype)
-            elif device or torch_dtype:
-                model = model.to(device=device, dtype=torch_dtype)
-            model = apply_encoding(model, str(encoding or ""), str(calib_data))
+            # Validated here, before any work, with the same names and messages as spikelm's --device.
+            torch_device = resolve_device(str(device)) if device else None
             if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
                 log.info("batch_size=%s: using 16 choices per forward call", batch_size)
                 batch_size = 16
+            try:
+                n_batch = int(batch_size)
+            except (TypeError, ValueError):
+                n_batch = 0
+            if n_batch < 1:
+                raise ConfigError(f"model_args batch_size must be an integer >= 1 or auto, got {batch_size!r}")
+            batch_size = n_batch
+            if model is None:
+                if not path:
+                    raise ConfigError("the spikelm model needs a checkpoint: --model_args path=CHECKPOINT")
+                model = load(str(path), device=torch_device or "cpu", dtype=torch_dtype)
+            elif torch_device or torch_dtype:
+                model = model.to(device=torch_device, dtype=torch_dtype)
+            model = apply_encoding(model, str(encoding or ""), str(calib_data))
             self.model = model
             self.scorer = Scorer(model, tokenizer, batch_size=int(batch_size), state_reuse=bool(state_reuse),
                                  prefix_eod=bool(prefix_eod))

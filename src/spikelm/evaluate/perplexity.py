@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..data.tokenizers import get_tokenizer
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..progress import ProgressFn, report
 from .stream import Shifted, nll_sum
 
@@ -92,7 +92,7 @@ def evaluate_lm(
     if n_chars <= 0:
         raise DataError(f"n_chars must be positive, got {n_chars}")
     if chunk < 1 or ctx < 0 or batch_size < 1:
-        raise ValueError(f"need chunk >= 1, ctx >= 0, batch_size >= 1 (got {chunk}, {ctx}, {batch_size})")
+        raise ConfigError(f"need chunk >= 1, ctx >= 0, batch_size >= 1 (got {chunk}, {ctx}, {batch_size})")
     seq = Shifted(tokens, _bos_id(model, bos))
     device = next(model.parameters()).device
     was_training = model.training

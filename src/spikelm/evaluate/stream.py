@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..generate import accepts_last_only
 
 __all__ = ["Shifted", "forward_chunks", "nll_sum", "model_device"]
@@ -78,7 +79,7 @@ def forward_chunks(model: nn.Module, x: Any, chunk: int, state: Any = None, *, l
     then runs on that position alone).
     """
     if chunk < 1:
-        raise ValueError(f"chunk must be at least 1, got {chunk}")
+        raise ConfigError(f"chunk must be at least 1, got {chunk}")
     device = device or model_device(model)
     fast_last = last_only and accepts_last_only(model)
     L = x.shape[1]

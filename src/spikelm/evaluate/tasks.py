@@ -427,13 +427,19 @@ def _xcopa_rows(lang: str, split: str, data_dir: str | None) -> tuple[list[dict[
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); the format is one JSON object per line") from e
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); the format is one JSON object per line") from e
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{n}: a JSON {type(row).__name__}, not an object; the format is one JSON object per line")
+                    rows.append(row)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); a task file is UTF-8 JSONL") from None
     return rows
 
 
