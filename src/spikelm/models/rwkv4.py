@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..config import RWKV4Config
 from ..ops.wkv4 import EMPTY_PP, wkv4
+from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow
 
 __all__ = ["RWKV4", "LayerState", "RWKV4Config", "build_rwkv4"]
@@ -257,13 +258,12 @@ class RWKV4(nn.Module):
         cfg = self.cfg
         L, C, A, V = cfg.n_layer, cfg.n_embd, cfg.dim_att, cfg.vocab_size
 
-        def ortho_like(w: Tensor, gain: float) -> None:
-            # Scaled normal: same variance as an orthogonal matrix of that gain, cheaper to draw.
-            fan_out, fan_in = w.shape
-            w.copy_(torch.randn(w.shape, generator=g) * gain * math.sqrt(max(1.0, fan_out / fan_in)) / math.sqrt(fan_out))
+        def ortho_like(w: Tensor, scale: float) -> None:
+            # RWKV-LM: orthogonal_(w, gain=tall_gain(w) * scale), drawn as a normal of that variance.
+            orthogonal_like(w, tall_gain(w) * scale, g)
 
         self.emb.weight.copy_((torch.rand(self.emb.weight.shape, generator=g) * 2 - 1) * 1e-4)
-        ortho_like(self.head.weight, 0.5 * math.sqrt(V / C) if V > C else 0.5)
+        orthogonal_like(self.head.weight, head_gain(V, C), g)
         for m in self.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.fill_(1.0)

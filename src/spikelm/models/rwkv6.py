@@ -27,7 +27,6 @@ unchanged) that a converter may replace by an encoder. The model itself knows no
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from ..config import RWKV6Config
 from ..ops.wkv6 import wkv6
+from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
@@ -289,13 +289,12 @@ class RWKV6(nn.Module):
         def uniform(t: Tensor, a: float) -> None:
             t.copy_(torch.rand(t.shape, generator=g) * 2 * a - a)
 
-        def ortho_like(w: Tensor, gain: float) -> None:
-            # Scaled normal: same variance as an orthogonal matrix of that gain, cheaper to draw.
-            fan_out, fan_in = w.shape
-            w.copy_(torch.randn(w.shape, generator=g) * gain * math.sqrt(max(1.0, fan_out / fan_in)) / math.sqrt(fan_out))
+        def ortho_like(w: Tensor, scale: float) -> None:
+            # RWKV-LM: orthogonal_(w, gain=tall_gain(w) * scale), drawn as a normal of that variance.
+            orthogonal_like(w, tall_gain(w) * scale, g)
 
         uniform(self.emb.weight, 1e-4)
-        ortho_like(self.head.weight, 0.5 * math.sqrt(cfg.vocab_size / C) if cfg.vocab_size > C else 0.5)
+        orthogonal_like(self.head.weight, head_gain(cfg.vocab_size, C), g)
         ddd = torch.arange(C, dtype=torch.float32).view(1, 1, C) / C
         n = torch.arange(A, dtype=torch.float32)
         for i, blk in enumerate(self.blocks):

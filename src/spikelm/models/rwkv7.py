@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from ..config import RWKV7Config
 from ..ops.wkv7 import wkv7
+from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul
 
 __all__ = ["RWKV7", "SPIKE_SITES", "Block", "ChannelMix", "LayerState", "State", "TimeMix"]
@@ -343,12 +344,12 @@ class RWKV7(nn.Module):
         def uniform(t: Tensor, a: float) -> None:
             t.copy_(torch.rand(t.shape, generator=g) * 2 * a - a)
 
-        def ortho_like(w: Tensor, gain: float) -> None:
-            fan_out, fan_in = w.shape
-            w.copy_(torch.randn(w.shape, generator=g) * gain * math.sqrt(max(1.0, fan_out / fan_in)) / math.sqrt(fan_out))
+        def ortho_like(w: Tensor, scale: float) -> None:
+            # RWKV-LM: orthogonal_(w, gain=tall_gain(w) * scale), drawn as a normal of that variance.
+            orthogonal_like(w, tall_gain(w) * scale, g)
 
         uniform(self.emb.weight, 1e-4)
-        ortho_like(self.head.weight, 0.5 * math.sqrt(cfg.vocab_size / C) if cfg.vocab_size > C else 0.5)
+        orthogonal_like(self.head.weight, head_gain(cfg.vocab_size, C), g)
         ddd = torch.arange(C, dtype=torch.float32).view(1, 1, C) / C
         n = torch.arange(C, dtype=torch.float32)
         linear = n / max(1, C - 1) - 0.5
