@@ -129,9 +129,10 @@ def test_cli_convert_info_and_eval(pth, text, tmp_path, capsys):
 
 
 def test_cli_sweep(pth, text, capsys):
-    assert main(["sweep", str(pth), "--data", str(text), "--whole-file", "--max-chars", "300", "--presets", "all", "--json", "--no-progress"]) == 0
+    assert main(["sweep", str(pth), "--data", str(text), "--whole-file", "--max-chars", "300", "--presets", "SpikeRWKV-3L,SpikeRWKV-5L",
+                 "--json", "--no-progress"]) == 0  # every preset converts: test_every_preset_and_site_set_...
     rows = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in rows] == ["RWKV (ANN)", *PRESETS]
+    assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-3L", "SpikeRWKV-5L"]
     assert all(r["ppl"] > 1 for r in rows)
     gap = {r["model"]: abs(r["ppl_gap_pct"]) for r in rows}
     assert gap["SpikeRWKV-5L"] < gap["SpikeRWKV-3L"]  # more spike layers, closer to the ANN
@@ -139,8 +140,7 @@ def test_cli_sweep(pth, text, capsys):
                  "--sites", "all", "--json", "--no-progress"]) == 0
     rows_all = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows_all] == ["RWKV (ANN)", "spikelm-4L"]
-    # the same ANN row; spikelm-4L at all sites differs from spikelm-4L at time_mix
-    assert rows_all[0]["ppl"] == rows[0]["ppl"] and rows_all[1]["ppl"] != rows[-1]["ppl"]
+    assert rows_all[0]["ppl"] == rows[0]["ppl"] and rows_all[1]["ppl"] > 1
 
 
 @pytest.mark.parametrize("encoding", ["", "SpikeRWKV-4L"])
@@ -207,3 +207,24 @@ def test_python_generate_on_a_converted_model():
     m = convert(_ann(), preset_config("SpikeRWKV-4L"), _batches())
     res = generate(m, "It was", max_tokens=5, temperature=0)
     assert len(res.tokens) == 5
+
+
+@pytest.mark.slow  # ~3 s idle, 20 s on the loaded shared machine (corpus preparation)
+def test_cli_train_from_the_tiny_config_then_convert(tmp_path, monkeypatch, capsys):
+    """configs/rwkv7-tiny.yaml trains (two steps here) into a folder that loads and converts."""
+    import yaml
+
+    monkeypatch.setenv("SPIKELM_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "corpus.txt"
+    data.write_text("It was the best of times, it was the worst of times, it was the age of wisdom.\n" * 300)
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "rwkv7-tiny.yaml").read_text())
+    cfg.update(data=f"text:{data}", out_dir=str(tmp_path / "run"), max_steps=2, ctx_len=16, batch_size=2,
+               eval_batches=1, warmup_steps=1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--no-progress"]) == 0
+    capsys.readouterr()
+    m = spikelm.load(tmp_path / "run" / "final")
+    assert isinstance(m, RWKV7) and m.cfg.n_layer == 2
+    out = tmp_path / "snn"
+    assert main(["convert", str(tmp_path / "run" / "final"), "--out", str(out), "--calib-data", str(data)]) == 0
+    assert sum(1 for _ in encoders(spikelm.load(out))) == len(site_names(m, "time_mix"))
