@@ -3,7 +3,7 @@ into a one-line message and exit code 2 (no traceback). Anything else escaping a
 
 from __future__ import annotations
 
-__all__ = ["SpikelmError", "CheckpointError", "DataError", "ConfigError"]
+__all__ = ["SpikelmError", "CheckpointError", "DataError", "ConfigError", "TokenizerError"]
 
 
 class SpikelmError(Exception):
@@ -20,3 +20,8 @@ class CheckpointError(SpikelmError):
 
 class DataError(SpikelmError):
     """A corpus, token file or benchmark file is missing or malformed."""
+
+
+class TokenizerError(DataError, ValueError):
+    """A tokenizer or its vocabulary file is missing or malformed (a ``ValueError`` too, so callers
+    that predate :class:`DataError` keep working)."""

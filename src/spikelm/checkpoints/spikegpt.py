@@ -67,7 +67,7 @@ from typing import Any
 
 import torch
 
-from ..data.tokenizers import CHAR_PREFIX, CHAR_VOCAB_FILE, is_char_vocab
+from ..data.charvocab import CHAR_PREFIX, CHAR_VOCAB_FILE, is_char_vocab
 from ..errors import CheckpointError
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
 from .files import assign_weights, read_tensors

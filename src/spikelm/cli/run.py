@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from ..config import load_train_args
+from ..configfile import load_train_args
 from ..data.build import corpus_path, prepare
 from ..data.corpus import SPLITS, Corpus
 from ..errors import DataError
