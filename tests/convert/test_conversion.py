@@ -178,3 +178,27 @@ def test_cli_sweep_table(tmp_path, capsys):
     # 12 spike layers are far closer to the ANN than 4
     assert abs(rows[3]["ppl_gap_pct"]) < abs(rows[1]["ppl_gap_pct"])
     assert main(["sweep", str(p), "--data", str(txt), "--presets", "none"]) == 2
+
+
+def test_converted_context_restores_the_ann_without_a_copy():
+    """Sweeps convert one model in place and restore it: same weights (shared storage), same
+    logits after, and the converted model inside equals a conversion of a copy."""
+    import copy
+
+    from spikelm.convert import converted
+
+    m = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=7)
+    x = _batches(1, T=24, seed=8)[0]
+    with torch.no_grad():
+        ann, _ = m(x)
+    ref = convert(copy.deepcopy(m), preset_config("spikelm-4L", "all"), _batches())
+    ptrs = {n: p.data_ptr() for n, p in m.named_parameters()}
+    with converted(m, preset_config("spikelm-4L", "all"), _batches()) as c, torch.no_grad():
+        assert c is m and any(True for _ in encoders(m))
+        assert torch.equal(c(x)[0], ref(x)[0])
+        assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs  # the same weights, not copies
+    assert not any(True for _ in encoders(m)) and m.encoding is None
+    assert type(m.blocks[0].att.key) is torch.nn.Linear and type(m.blocks[0].att.maa_in) is torch.nn.Identity
+    with torch.no_grad():
+        assert torch.equal(m(x)[0], ann)
+    assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs

@@ -2,8 +2,15 @@
 :func:`convert` (:mod:`.conversion`). It takes calibration batches and never fetches data."""
 
 from .calibrate import calibrate
-from .conversion import PRESETS, apply_preset, convert, preset_config
-from .sites import attach_encoders, check_convertible, encoders, set_method, site_names
+from .conversion import PRESETS, apply_preset, convert, converted, preset_config
+from .sites import (
+           attach_encoders,
+           check_convertible,
+           detach_encoders,
+           encoders,
+           set_method,
+           site_names,
+)
 
-__all__ = ["calibrate", "PRESETS", "apply_preset", "convert", "preset_config", "attach_encoders", "check_convertible",
+__all__ = ["calibrate", "PRESETS", "apply_preset", "convert", "converted", "preset_config", "detach_encoders", "attach_encoders", "check_convertible",
            "encoders", "set_method", "site_names"]

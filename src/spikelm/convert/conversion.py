@@ -10,16 +10,17 @@ converted model equals its parallel forward exactly as for the ANN. Scales come 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from torch import Tensor, nn
 
 from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
 from .calibrate import calibrate
-from .sites import attach_encoders, check_convertible, encoders
+from .sites import attach_encoders, check_convertible, detach_encoders, encoders
 
-__all__ = ["PRESETS", "preset_config", "convert", "apply_preset"]
+__all__ = ["PRESETS", "preset_config", "convert", "apply_preset", "converted"]
 
 # The paper's configurations (Tables 1-3) and spikelm's own recommended setting.
 PRESETS: dict[str, dict] = {
@@ -61,3 +62,17 @@ def apply_preset(model: nn.Module, name: str, calib_batches: Iterable[Tensor], s
     ``spikelm.apply_preset(model, name, calib_data="default")`` makes the batches from a data argument.
     """
     return convert(model, preset_config(name, sites), calib_batches)
+
+
+@contextmanager
+def converted(model: nn.Module, enc: EncodingConfig, calib_batches: Iterable[Tensor]) -> Iterator[nn.Module]:
+    """``model`` converted in place for the ``with`` block, then restored to the ANN it was.
+
+    For comparing settings on one large model (sweeps): the weights are shared throughout, so no
+    second copy of the model ever exists (a deep copy per setting doubled a sweep's peak memory).
+    """
+    convert(model, enc, calib_batches)
+    try:
+        yield model
+    finally:
+        detach_encoders(model)

@@ -21,7 +21,7 @@ from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 
-__all__ = ["site_names", "attach_encoders", "encoders", "set_method", "check_convertible"]
+__all__ = ["site_names", "attach_encoders", "detach_encoders", "encoders", "set_method", "check_convertible"]
 
 
 def check_convertible(model: nn.Module) -> None:
@@ -82,6 +82,23 @@ def attach_encoders(model: nn.Module, enc: EncodingConfig) -> nn.Module:
         else:
             _set(model, name, SpikeEncoder(enc, _in_features(model, name)).to(model.emb.weight.device))
     model.encoding = enc
+    return model
+
+
+def detach_encoders(model: nn.Module) -> nn.Module:
+    """Undo :func:`attach_encoders` in place: every spiking linear becomes a plain ``nn.Linear``
+    sharing its weight, every bare encoder an ``nn.Identity``. The ANN comes back without a copy."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, SpikingLinear):
+            with torch.device("meta"):
+                plain = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+            plain.weight = mod.weight
+            if mod.bias is not None:
+                plain.bias = mod.bias
+            _set(model, name, plain)
+        elif isinstance(mod, SpikeEncoder) and not name.endswith(".encoder"):
+            _set(model, name, nn.Identity())
+    model.encoding = None
     return model
 
 

@@ -10,13 +10,12 @@ quantised ANN). The evaluate floor never imports energy; this module sits above 
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 from torch import nn
 
 from ..config import EncodingConfig
-from ..convert import convert
+from ..convert import converted
 from ..evaluate.sweep import sweep
 from ..markdown import md_table
 from ..progress import ProgressFn
@@ -49,9 +48,8 @@ def energy_sweep(model: nn.Module, tokens: Sequence[int], n_chars: int, calib, s
     e_tokens = list(tokens[:energy_tokens])
     rows[0].update(energy_columns(energy_summary(model, count_model(model, e_tokens, chunk), table, batch=batch)))
     for row, (_, enc) in zip(rows[1:], settings):
-        m = convert(copy.deepcopy(model), enc, calib)
-        row.update(energy_columns(energy_summary(m, count_model(m, e_tokens, chunk), table, batch=batch)))
-        del m
+        with converted(model, enc, calib) as m:  # in place, restored after: no second copy of the model
+            row.update(energy_columns(energy_summary(m, count_model(m, e_tokens, chunk), table, batch=batch)))
     return rows
 
 

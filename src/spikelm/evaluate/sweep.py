@@ -6,7 +6,6 @@ Every setting is converted from the same ANN, calibrated on the same batches of 
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..config import EncodingConfig
-from ..convert import PRESETS, convert, preset_config
+from ..convert import PRESETS, converted, preset_config
 from ..errors import SpikelmError
 from ..markdown import md_table
 from ..progress import ProgressFn
@@ -48,13 +47,12 @@ def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[st
                  "bpc_gap_pct": 0.0})
     log.info("ANN: ppl %.4f bpc %.4f (%.1f s)", ann["ppl"], ann["bpc"], time.perf_counter() - t0)
     for name, enc in settings:
-        m = convert(copy.deepcopy(model), enc, calib)
-        r = evaluate_lm(m, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
+        with converted(model, enc, calib) as m:  # in place, restored after: no second copy of the model
+            r = evaluate_lm(m, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
         rows.append({"model": name, "encoding": enc.encoding, "T": enc.T, "l": enc.layers, "sites": enc.sites, **r,
                      "ppl_gap_pct": 100.0 * (r["ppl"] / ann["ppl"] - 1.0),
                      "bpc_gap_pct": 100.0 * (r["bpc"] / ann["bpc"] - 1.0)})
         log.info("%s: ppl %.4f bpc %.4f", name, r["ppl"], r["bpc"])
-        del m
     return rows
 
 
