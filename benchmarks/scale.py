@@ -139,6 +139,7 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=8)
     ap.add_argument("--sweep-chars", type=int, default=1000)
     ap.add_argument("--keep", default="", help="write the checkpoint here and keep it (default: a temporary folder)")
+    ap.add_argument("--checkpoint", default="", help="reuse a checkpoint an earlier run wrote with --keep (same shape flags)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -148,11 +149,20 @@ def main() -> None:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="spikelm-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        ckpt = work / f"rwkv6-random-{args.layers}x{args.width}.pth"
         t0 = time.perf_counter()
-        n_params, cfg = write_checkpoint(ckpt, args.layers, args.width, args.vocab)
+        if args.checkpoint:
+            ckpt = Path(args.checkpoint)
+            sd = torch.load(ckpt, map_location="meta", weights_only=True)
+            n_params = sum(v.numel() for v in sd.values())
+            if tuple(sd["emb.weight"].shape) != (args.vocab, args.width) or f"blocks.{args.layers - 1}.ln1.weight" not in sd:
+                raise SystemExit(f"{ckpt} does not have the shape --layers {args.layers} --width {args.width} --vocab {args.vocab}")
+            how = "reused"
+        else:
+            ckpt = work / f"rwkv6-random-{args.layers}x{args.width}.pth"
+            n_params, _ = write_checkpoint(ckpt, args.layers, args.width, args.vocab)
+            how = f"written in {time.perf_counter() - t0:.0f} s"
         print(f"checkpoint: {args.layers} layers x C={args.width}, vocab {args.vocab}, {n_params / 1e9:.3f} B parameters, "
-              f"bf16 .pth {ckpt.stat().st_size / 1e9:.2f} GB, written in {time.perf_counter() - t0:.0f} s")
+              f"bf16 .pth {ckpt.stat().st_size / 1e9:.2f} GB, {how}")
         print(f"children: torch threads {args.threads} (OMP_NUM_THREADS), device cpu, python {sys.version.split()[0]}, "
               f"torch {torch.__version__}")
         _, base, _, _ = run_measured([sys.executable, "-c", "import torch, spikelm.cli"], env)

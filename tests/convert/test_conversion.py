@@ -202,3 +202,17 @@ def test_converted_context_restores_the_ann_without_a_copy():
     with torch.no_grad():
         assert torch.equal(m(x)[0], ann)
     assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs
+
+
+def test_sweep_refuses_a_spikegpt_before_scoring_the_ann(monkeypatch):
+    """A SpikeGPT cannot be converted: the sweep names that at once, not after a full ANN evaluation."""
+    from spikelm.config import SpikeGPTConfig
+    from spikelm.evaluate import sweep as sweep_mod
+    from spikelm.models.spikegpt import SpikeGPT
+
+    scored = []
+    monkeypatch.setattr(sweep_mod, "evaluate_lm", lambda *a, **k: scored.append(1) or {"ppl": 1.0, "bpc": 1.0})
+    model = SpikeGPT(SpikeGPTConfig(vocab_size=16, n_layer=1, n_embd=16, ctx_len=8))
+    with pytest.raises(SpikelmError, match="SpikeGPT is spiking already"):
+        sweep_mod.sweep(model, list(range(8)), 8, [torch.zeros(1, 4, dtype=torch.long)], [("x", preset_config("SpikeRWKV-4L"))])
+    assert scored == []

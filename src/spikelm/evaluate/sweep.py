@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..config import EncodingConfig
-from ..convert import PRESETS, converted, preset_config
+from ..convert import PRESETS, check_convertible, converted, preset_config
 from ..errors import SpikelmError
 from ..markdown import md_table
 from ..progress import ProgressFn
@@ -40,6 +40,8 @@ def settings(presets: list[str], grid_T: list[int], grid_l: list[int], sites: st
 def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[str, EncodingConfig]],
           chunk: int = 1024, ctx: int = 0, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     """Evaluate the ANN and each (name, encoding) on ``tokens``; one dict per row, ANN first."""
+    if any(enc.encoding != "none" for _, enc in settings):
+        check_convertible(model)  # before the ANN is scored: a SpikeGPT must not cost a full evaluation first
     rows = []
     t0 = time.perf_counter()
     ann = evaluate_lm(model, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
