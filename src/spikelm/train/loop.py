@@ -15,7 +15,8 @@ One loop serves a laptop CPU and a multi-GPU node:
   micro-batches, and DDP averages the gradients; the logged loss is the mean over the global
   batch (averaged across processes), so it does not depend on the number of processes.
 * **Precision**: autocast in bf16 (or fp16 with a gradient scaler) on GPUs, fp32 on CPU; the
-  cross-entropy is always computed in fp32.
+  cross-entropy is always computed in fp32. ``precision: fp32`` on CUDA uses TF32 matmuls unless
+  ``tf32: false`` (:func:`spikelm.devices.tf32`; restored when the run ends).
 * **Checkpoints** (:mod:`.checkpointing`): every ``save_every`` steps, atomically. ``--resume`` continues bit for bit:
   the batch at step k depends only on (seed, k), and the weights and optimizer state are restored
   exactly.
@@ -51,6 +52,7 @@ from ..checkpoints import build_model, save
 from ..config import ConfigError, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
+from ..devices import tf32
 from ..errors import SpikelmError
 from ..io import atomic_write_json, atomic_write_text
 from ..progress import ProgressFn, report
@@ -445,11 +447,13 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
     device = train_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), world)
     dist = setup_distributed(device)
     lock = RunLock(out_dir)
+    settings = contextlib.ExitStack()  # process-wide torch settings of this run, restored at its end
     try:
         if dist.world_size > 1 and args.batch_size % (dist.world_size * args.grad_accum):
             raise ConfigError(f"batch_size: the global batch {args.batch_size} must be divisible by "
                               f"processes x grad_accum = {dist.world_size} x {args.grad_accum}")
         amp, use_scaler = resolve_precision(args.precision, device)
+        tf32_on = settings.enter_context(tf32(device, amp, args.tf32))
         start_from = dist.on_main(lambda: _claim_out_dir(out_dir, lock, resume, resume_from))
 
         # Seed before building the model (init_weights has its own generator, but other model
@@ -479,7 +483,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         n_params = sum(p.numel() for p in raw.parameters())
         if dist.is_main:
             log.info("training %s (%s parameters) on %s x %d, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
-                     type(raw).__name__, f"{n_params:,}", device, dist.world_size, "fp32" if amp is None else str(amp).split(".")[-1],
+                     type(raw).__name__, f"{n_params:,}", device, dist.world_size,
+                     ("fp32 (TF32 matmuls)" if tf32_on else "fp32") if amp is None else str(amp).split(".")[-1],
                      total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
             if args.warmup_steps >= total:
@@ -508,6 +513,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                            tokens=c.tokens, elapsed_s=elapsed, stopped_by=stopped_by,
                            checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None)
     finally:
+        settings.close()
         lock.release()
         if dist.owns_group:
             torch.distributed.destroy_process_group()
