@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import build_model, save
@@ -55,6 +54,7 @@ from ..data.sampler import BatchSampler
 from ..devices import tf32
 from ..errors import SpikelmError
 from ..io import atomic_write_json, atomic_write_text
+from ..ops.cross_entropy import cross_entropy_fp32
 from ..progress import ProgressFn, report
 from .checkpointing import (
     CHECKPOINTS,
@@ -180,7 +180,7 @@ def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len:
         both = torch.from_numpy(rows).to(device)
         with autocast(device, amp):
             logits, _ = model(both[:, :-1])
-        nll = F.cross_entropy(logits.float().flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
+        nll = cross_entropy_fp32(logits.flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
         total[0] += nll.double()
         total[1] += both[:, 1:].numel()
     total = dist.sum(total)
@@ -347,19 +347,23 @@ class _Run:
             with sync:
                 with autocast(self.device, self.amp):
                     logits, _ = self.model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                # fp32 loss without an fp32 copy of the whole (bf16) logits: ops/cross_entropy.py
+                loss = cross_entropy_fp32(logits.flatten(0, 1), y.flatten())
                 self.scaler.scale(loss / args.grad_accum).backward()
             loss_sum += loss.detach()
-        step_loss = float(self.dist.mean(loss_sum / args.grad_accum))
+        loss_t = self.dist.mean(loss_sum / args.grad_accum)
+        self.scaler.unscale_(self.optimizer)
+        gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+        # One host sync per step for the divergence guard: the loss and the gradient norm come to the
+        # host together (both are needed before the weights may change; the values are the same floats).
+        step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
+                                        else gnorm_t.float()]).tolist()
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             self.diverged(f"the training loss is {step_loss}", c.step + 1)
-        self.scaler.unscale_(self.optimizer)
-        if args.grad_clip > 0:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip))
-            if not math.isfinite(gnorm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
-                self.optimizer.zero_grad(set_to_none=True)
-                self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
+        if not math.isfinite(gnorm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
+            self.optimizer.zero_grad(set_to_none=True)
+            self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
