@@ -455,7 +455,11 @@ class TrainArgs(Config):
     many of the newest checkpoints to keep (0 keeps all). ``grad_clip`` 0 disables clipping.
     ``precision``: ``auto`` (bf16 autocast on a GPU that supports it, else fp16 autocast with a
     gradient scaler; fp32 on CPU) or one of ``fp32``, ``bf16``, ``fp16``. ``device``: ``auto``
-    (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. ``tf32``: with ``precision: fp32`` on
+    CUDA, let fp32 matrix products use TF32 tensor cores (10-bit mantissa, several times faster on
+    Ampere and newer; about 1e-3 relative error per product, the WKV chunked forms' included);
+    ``false`` keeps full fp32. It has no effect on the CPU or under bf16/fp16 autocast
+    (:func:`spikelm.devices.tf32`).
     """
 
     kind: ClassVar[str] = "train"
@@ -486,6 +490,7 @@ class TrainArgs(Config):
     device: str = "auto"
     compile: bool = False
     log_every: int = 10
+    tf32: bool = True
 
     def __post_init__(self) -> None:
         for k in ("data", "tokenizer", "out_dir"):

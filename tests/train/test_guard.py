@@ -126,3 +126,55 @@ def test_resume_from_an_earlier_checkpoint(tiny_data, tmp_path, capsys):
         train(args, resume_from=5, progress=False)
     assert main(["train", str(cfg), "--no-progress", "--resume-from", "nope"]) == 2
     assert "--resume-from nope" in capsys.readouterr().err
+
+
+def test_one_host_read_per_optimizer_step(tiny_data, tmp_path, monkeypatch):
+    """The guard reads the loss and the gradient norm back in one transfer per step (a GPU stalls
+    on every read): no ``item``/``float`` of a tensor inside ``_Run.step``, one ``tolist``. (AdamW's
+    own reads of its step counters are left out: they are CPU tensors even when training on a GPU.)"""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from spikelm.train import loop
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.scalar_reads, self.paused = 0, False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not self.paused:
+                self.scalar_reads += func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+            return func(*args, **(kwargs or {}))
+
+    seen, tolists = [], []
+    step, tolist = loop._Run.step, torch.Tensor.tolist
+
+    def counted_tolist(self, *a, **k):
+        tolists[-1] += 1
+        return tolist(self, *a, **k)
+
+    def counted_step(self, lr):
+        tolists.append(0)
+        with Reads() as mode:
+            opt_step = self.optimizer.step
+
+            def paused_step(*a, **k):
+                mode.paused = True
+                try:
+                    return opt_step(*a, **k)
+                finally:
+                    mode.paused = False
+
+            self.optimizer.step = paused_step
+            try:
+                out = step(self, lr)
+            finally:
+                del self.optimizer.step
+        seen.append(mode.scalar_reads)
+        return out
+
+    monkeypatch.setattr(loop._Run, "step", counted_step)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    train(tiny_args(tiny_data, tmp_path / "run", max_steps=2, eval_every=0, grad_clip=1.0), progress=False)
+    assert seen == [0, 0] and tolists == [1, 1]

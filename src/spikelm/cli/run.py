@@ -76,7 +76,8 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
     Keys (TrainArgs): model.* (kind, n_layer, n_embd, ...), data, tokenizer, ctx_len, batch_size (global),
     grad_accum, max_steps, max_tokens, max_minutes, lr, min_lr, warmup_steps, betas, eps, weight_decay,
     grad_clip, eval_every, eval_batches, save_every, keep_checkpoints, out_dir, seed, precision
-    (auto, fp32, bf16, fp16), device (auto, cpu, cuda, cuda:N), compile, log_every.
+    (auto, fp32, bf16, fp16), device (auto, cpu, cuda, cuda:N), compile, log_every, tf32 (TF32 matmuls when
+    precision is fp32 on CUDA; default true).
 
     Args:
         config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).

@@ -14,7 +14,7 @@ from .encoding import (
     rate_simulate,
     spike_encode,
 )
-from .neurons import IFNeuron, LIFNeuron, SpikingNeuron
+from .neurons import SCAN_BACKENDS, IFNeuron, LIFNeuron, SpikingNeuron, set_scan_backend
 from .surrogate import ArcTan, Sigmoid, Surrogate, SurrogateSpike, heaviside, make_surrogate
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "SpikingNeuron",
     "IFNeuron",
     "LIFNeuron",
+    "SCAN_BACKENDS",
+    "set_scan_backend",
     "METHODS",
     "SpikeStats",
     "decode",

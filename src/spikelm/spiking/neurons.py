@@ -16,6 +16,11 @@ the state carried equals running it at once.
 spiking time: an input of shape (B, T, C) is stepped along ``dim=1``. ``forward`` is ``step`` when
 ``time_dim`` is None and ``multi_step`` along ``time_dim`` otherwise, so forward hooks (used by the
 energy counters) see the spikes whichever way the neuron is driven.
+
+On a GPU the multi-step loop runs as two Triton kernels (``spikelm.ops.neuron_scan``: one launch
+forward, one backward, the loop over time inside the kernel) when triton is installed; the
+per-neuron switch ``scan_backend`` (``"auto"``, ``"triton"``, ``"torch"``) and
+:func:`set_scan_backend` force either path.
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops import neuron_scan
 from .surrogate import ArcTan, Surrogate
 
-__all__ = ["SpikingNeuron", "IFNeuron", "LIFNeuron"]
+__all__ = ["SpikingNeuron", "IFNeuron", "LIFNeuron", "SCAN_BACKENDS", "set_scan_backend"]
+
+# "auto": the Triton scan for CUDA tensors in fp32/bf16/fp16 when triton is importable, else the
+# PyTorch loop; "triton": the kernels whatever the device (CPU tensors need TRITON_INTERPRET=1);
+# "torch": always the PyTorch loop.
+SCAN_BACKENDS = ("auto", "triton", "torch")
 
 
 def _check_steps(x_seq: Tensor, dim: int) -> None:
@@ -49,6 +60,8 @@ class SpikingNeuron(nn.Module):
         self.time_dim = time_dim
         # fused: multi_step without a per-step autograd graph (same values, hand-written backward)
         self.fused = True
+        # which fused form (see SCAN_BACKENDS); set_scan_backend sets it on every neuron of a model
+        self.scan_backend = "auto"
 
     def initial_v(self, x: Tensor) -> Tensor:
         """Membrane of a fresh neuron, shaped like one time step of input."""
@@ -80,10 +93,18 @@ class SpikingNeuron(nn.Module):
         ``charge``, step function (``fire``'s forward) and ``reset`` without recording an
         autograd graph (outputs are bit-identical to :meth:`multi_step_reference`), and the
         backward pass is one reverse loop of a single fused multiply-add per step (see
-        :class:`_MultiStep`), instead of autograd replaying some ten recorded operations per step."""
+        :class:`_MultiStep`), instead of autograd replaying some ten recorded operations per step.
+        On CUDA (``scan_backend``), both loops run inside one Triton kernel each instead
+        (:class:`_ScanMultiStep`)."""
         if not self.fused:
             return self.multi_step_reference(x_seq, v, dim)
         _check_steps(x_seq, dim)
+        if self._use_scan_kernel(x_seq):
+            v0 = self.initial_v(x_seq.select(dim, 0)) if v is None else v
+            if torch.is_grad_enabled() and (x_seq.requires_grad or v0.requires_grad):
+                return _ScanMultiStep.apply(x_seq, v0, self, dim % x_seq.dim())
+            spikes, v_last, _ = neuron_scan.neuron_scan_forward(x_seq, v0, dim, keep_u=False, **self.scan_spec())
+            return spikes, v_last
         x0 = x_seq.movedim(dim, 0)
         v0 = self.initial_v(x0[0]) if v is None else v
         if torch.is_grad_enabled() and (x0.requires_grad or v0.requires_grad):
@@ -128,6 +149,26 @@ class SpikingNeuron(nn.Module):
     def charge_coefficients(self) -> tuple[float, float]:
         """(du/dv, du/dx) of ``charge``: both neurons charge affinely."""
         raise NotImplementedError
+
+    def scan_spec(self) -> dict | None:
+        """Keyword arguments of ``neuron_scan.neuron_scan_forward`` describing this neuron, or
+        None when the kernel cannot express it (then only the PyTorch loop runs)."""
+        return None
+
+    def _use_scan_kernel(self, x_seq: Tensor) -> bool:
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        if self.scan_backend == "torch":
+            return False
+        usable = neuron_scan.HAS_TRITON and self.scan_spec() is not None and x_seq.dtype in neuron_scan.SCAN_DTYPES
+        if self.scan_backend == "triton":
+            if not usable:
+                raise ValueError(
+                    f"scan_backend='triton' needs triton installed (pip install spikelm[gpu]), an IF/LIF neuron and "
+                    f"an fp32/bf16/fp16 input; got {type(self).__name__} with {x_seq.dtype}"
+                )
+            return True
+        return usable and x_seq.is_cuda
 
     def reset_derivatives(self, u: Tensor, s: Tensor) -> tuple[Tensor | float, Tensor | float]:
         """(dv_new/du, dv_new/ds) of ``reset`` at (u, s); dv_new/ds = 0 when ``detach_reset``."""
@@ -182,6 +223,37 @@ class _MultiStep(torch.autograd.Function):
         return grad_u * b, grad_u[0] * a, None
 
 
+class _ScanMultiStep(torch.autograd.Function):
+    """A neuron stepped along ``dim`` by the Triton kernels of ``ops/neuron_scan.py``.
+
+    The same derivation as :class:`_MultiStep`: P and Q are computed here for all steps at once,
+    and the recurrence ``G_t = P_t + A_t G_{t+1}`` runs in one kernel launch, with ``A_t = a Q_t``
+    and, for the last step, ``A_{T-1} = Q_{T-1}`` against the carry-in ``G_T`` = the gradient of
+    the final membrane (``grad_u[-1] = p[-1] + q[-1] * g_v`` in ``_MultiStep``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, v0: Tensor, neuron: SpikingNeuron, dim: int) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        spikes, v_last, u = neuron_scan.neuron_scan_forward(x, v0, dim, keep_u=True, **neuron.scan_spec())
+        ctx.save_for_backward(u, spikes)
+        ctx.neuron, ctx.dim = neuron, dim
+        return spikes, v_last
+
+    @staticmethod
+    def backward(ctx, g_spikes: Tensor | None, g_v: Tensor | None) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+        u, spikes = ctx.saved_tensors
+        neuron: SpikingNeuron = ctx.neuron
+        dim = ctx.dim
+        a, b = neuron.charge_coefficients()
+        g = neuron.surrogate.derivative(u - neuron.threshold)
+        dv_du, dv_ds = neuron.reset_derivatives(u, spikes)
+        q = dv_du + dv_ds * g  # Q_t (a fresh tensor: g is one)
+        q.narrow(dim, 0, u.shape[dim] - 1).mul_(a)  # A_t = a Q_t except the last step
+        p = g_spikes * g if g_spikes is not None else torch.zeros_like(u)
+        grad_u = neuron_scan.reverse_linear_scan(p, q, g_v, dim)
+        return grad_u * b, grad_u.select(dim, 0) * a, None, None
+
+
 class IFNeuron(SpikingNeuron):
     """Integrate-and-Fire with soft reset, SpikeRWKV eq. (1)-(2).
 
@@ -214,6 +286,9 @@ class IFNeuron(SpikingNeuron):
 
     def charge_coefficients(self) -> tuple[float, float]:
         return 1.0, 1.0
+
+    def scan_spec(self) -> dict | None:
+        return {"charge": "if", "threshold": self.threshold, "reset": "subtract"}
 
     def reset_derivatives(self, u: Tensor, s: Tensor) -> tuple[Tensor | float, Tensor | float]:
         return 1.0, (0.0 if self.detach_reset else -self.threshold)
@@ -290,6 +365,10 @@ class LIFNeuron(SpikingNeuron):
     def charge_coefficients(self) -> tuple[float, float]:
         return 1.0 - self.beta, self.beta
 
+    def scan_spec(self) -> dict | None:
+        # the kernel's charge v + beta * (x - (v - v_reset)) is charge() bit for bit: v - 0.0 == v
+        return {"charge": "lif", "beta": self.beta, "v_reset": self.v_reset, "threshold": self.threshold, "reset": self.reset_mode}
+
     def reset_derivatives(self, u: Tensor, s: Tensor) -> tuple[Tensor | float, Tensor | float]:
         if self.reset_mode == "zero":  # v_new = u (1 - s) + v_reset s
             return 1 - s, (0.0 if self.detach_reset else self.v_reset - u)
@@ -300,3 +379,12 @@ class LIFNeuron(SpikingNeuron):
             f"beta={self.beta}, threshold={self.threshold}, reset={self.reset_mode!r}, v_reset={self.v_reset}, "
             f"surrogate={self.surrogate!r}, detach_reset={self.detach_reset}, time_dim={self.time_dim}"
         )
+
+
+def set_scan_backend(module: nn.Module, backend: str) -> None:
+    """Set ``scan_backend`` (one of :data:`SCAN_BACKENDS`) on every spiking neuron in ``module``."""
+    if backend not in SCAN_BACKENDS:
+        raise ValueError(f"scan backend must be one of {SCAN_BACKENDS}, got {backend!r}")
+    for m in module.modules():
+        if isinstance(m, SpikingNeuron):
+            m.scan_backend = backend

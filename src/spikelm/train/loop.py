@@ -15,7 +15,8 @@ One loop serves a laptop CPU and a multi-GPU node:
   micro-batches, and DDP averages the gradients; the logged loss is the mean over the global
   batch (averaged across processes), so it does not depend on the number of processes.
 * **Precision**: autocast in bf16 (or fp16 with a gradient scaler) on GPUs, fp32 on CPU; the
-  cross-entropy is always computed in fp32.
+  cross-entropy is always computed in fp32. ``precision: fp32`` on CUDA uses TF32 matmuls unless
+  ``tf32: false`` (:func:`spikelm.devices.tf32`; restored when the run ends).
 * **Checkpoints** (:mod:`.checkpointing`): every ``save_every`` steps, atomically. ``--resume`` continues bit for bit:
   the batch at step k depends only on (seed, k), and the weights and optimizer state are restored
   exactly.
@@ -44,15 +45,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import build_model, save
 from ..config import ConfigError, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
+from ..devices import tf32
 from ..errors import SpikelmError
 from ..io import atomic_write_json, atomic_write_text
+from ..ops.cross_entropy import cross_entropy_fp32
 from ..progress import ProgressFn, report
 from .checkpointing import (
     CHECKPOINTS,
@@ -178,7 +180,7 @@ def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len:
         both = torch.from_numpy(rows).to(device)
         with autocast(device, amp):
             logits, _ = model(both[:, :-1])
-        nll = F.cross_entropy(logits.float().flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
+        nll = cross_entropy_fp32(logits.flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
         total[0] += nll.double()
         total[1] += both[:, 1:].numel()
     total = dist.sum(total)
@@ -345,19 +347,23 @@ class _Run:
             with sync:
                 with autocast(self.device, self.amp):
                     logits, _ = self.model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                # fp32 loss without an fp32 copy of the whole (bf16) logits: ops/cross_entropy.py
+                loss = cross_entropy_fp32(logits.flatten(0, 1), y.flatten())
                 self.scaler.scale(loss / args.grad_accum).backward()
             loss_sum += loss.detach()
-        step_loss = float(self.dist.mean(loss_sum / args.grad_accum))
+        loss_t = self.dist.mean(loss_sum / args.grad_accum)
+        self.scaler.unscale_(self.optimizer)
+        gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+        # One host sync per step for the divergence guard: the loss and the gradient norm come to the
+        # host together (both are needed before the weights may change; the values are the same floats).
+        step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
+                                        else gnorm_t.float()]).tolist()
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             self.diverged(f"the training loss is {step_loss}", c.step + 1)
-        self.scaler.unscale_(self.optimizer)
-        if args.grad_clip > 0:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip))
-            if not math.isfinite(gnorm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
-                self.optimizer.zero_grad(set_to_none=True)
-                self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
+        if not math.isfinite(gnorm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
+            self.optimizer.zero_grad(set_to_none=True)
+            self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -445,11 +451,13 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
     device = train_device(args.device, int(os.environ.get("LOCAL_RANK", "0")), world)
     dist = setup_distributed(device)
     lock = RunLock(out_dir)
+    settings = contextlib.ExitStack()  # process-wide torch settings of this run, restored at its end
     try:
         if dist.world_size > 1 and args.batch_size % (dist.world_size * args.grad_accum):
             raise ConfigError(f"batch_size: the global batch {args.batch_size} must be divisible by "
                               f"processes x grad_accum = {dist.world_size} x {args.grad_accum}")
         amp, use_scaler = resolve_precision(args.precision, device)
+        tf32_on = settings.enter_context(tf32(device, amp, args.tf32))
         start_from = dist.on_main(lambda: _claim_out_dir(out_dir, lock, resume, resume_from))
 
         # Seed before building the model (init_weights has its own generator, but other model
@@ -479,7 +487,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         n_params = sum(p.numel() for p in raw.parameters())
         if dist.is_main:
             log.info("training %s (%s parameters) on %s x %d, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
-                     type(raw).__name__, f"{n_params:,}", device, dist.world_size, "fp32" if amp is None else str(amp).split(".")[-1],
+                     type(raw).__name__, f"{n_params:,}", device, dist.world_size,
+                     ("fp32 (TF32 matmuls)" if tf32_on else "fp32") if amp is None else str(amp).split(".")[-1],
                      total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
             if args.warmup_steps >= total:
@@ -508,6 +517,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                            tokens=c.tokens, elapsed_s=elapsed, stopped_by=stopped_by,
                            checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None)
     finally:
+        settings.close()
         lock.release()
         if dist.owns_group:
             torch.distributed.destroy_process_group()
