@@ -217,6 +217,22 @@ def test_encoder_stats_equal_the_closed_form(T, layers, init_half):
                 assert (got.flag_spikes, got.clipped, got.numel) == (ref.flag_spikes, ref.clipped, ref.numel)
 
 
+@pytest.mark.parametrize("layers, n", [(4, 1000), (9, 40_000)])  # 40,000 x 2**9 > 2**24: float64 sums
+def test_encoder_counts_with_a_dirty_reused_scratch(layers, n):
+    """The counter reuses one scratch buffer: leftovers of an earlier, larger call change nothing."""
+    from spikelm.energy.counters import active_inputs, encoder_counts
+
+    g = torch.Generator().manual_seed(layers)
+    scratch = torch.full((2 * n + 7,), float("nan"))
+    scale = torch.tensor(0.37)
+    for x in (torch.randn(n, generator=g) * 3, torch.randn(n // 2, generator=g).bfloat16()):
+        ref = mhse_closed_form(x, scale, 1, layers, stats=True)[1]
+        got, active = encoder_counts(x, scale, 1, layers, scratch=scratch)
+        assert torch.equal(got.spikes_per_layer_step, ref.spikes_per_layer_step)
+        assert (got.flag_spikes, got.clipped, got.numel) == (ref.flag_spikes, ref.clipped, ref.numel)
+        assert active == active_inputs(x, scale, 1, layers)
+
+
 def test_report_prices_with_a_custom_table():
     m = make_rwkv6(n_layer=1, n_embd=16, head_size=8)
     _, ec = _run(m, _batches(1)[0])

@@ -196,7 +196,7 @@ def encoder_stats(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2
 
 
 def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
-                   init_half: bool = False) -> tuple[SpikeStats, int]:
+                   init_half: bool = False, scratch: Tensor | None = None) -> tuple[SpikeStats, int]:
     """Spike counts of encoding ``x``: equal to ``mhse_closed_form(..., stats=True)[1]``, cheaper.
 
     A counter needs the spikes per layer, not the decoded values, so this makes as few passes over
@@ -222,6 +222,11 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
     the reference for other bases (the simulation), float64 inputs, non-float32 scales and
     ``layers > 16``. ``tests/energy/test_energy_counters.py`` checks equality, on values at and
     next to every threshold too.
+
+    ``scratch``: a float32 tensor of at least ``2 * x.numel()`` elements on ``x``'s device that
+    this call may overwrite (the counter keeps one and passes it on every call). Without it the
+    working arrays are allocated per call, and for activations of a few MB the first touch of fresh
+    pages costs more than the arithmetic on them.
     """
     if base != 2.0:  # the closed form is exact for base 2 only
         st = mhse_simulate(x, scale, T, layers, base, n_int, init_half)[1]
@@ -231,14 +236,30 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
         assert st is not None
         return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
     x = x.detach()
+    n = x.numel()
+    if scratch is None or scratch.numel() < 2 * n or scratch.dtype != torch.float32 or scratch.device != x.device:
+        scratch = torch.empty(2 * n, dtype=torch.float32, device=x.device)
+    u, tmp = scratch[:n].view(x.shape), scratch[n:2 * n].view(x.shape)
+    # Counts are sums of 0/1 (or small integer) floats: exact in float32 while below 2**24. A
+    # boolean mask and count_nonzero would cost several times more on a CPU (a byte-wise cast, and
+    # a branch per element that mispredicts on spike-like data).
+    acc = torch.float32 if n * 2**layers < 2**24 else torch.float64
+    # sign flags, count(x < 0) = -sum(sign(min(x, 0))) (-0.0 adds nothing, as in x < 0)
+    flags_t = torch.clamp(x, max=0.0, out=tmp).sign_().sum(dtype=acc) if x.dtype == torch.float32 else \
+        tmp.copy_(x).clamp_(max=0.0).sign_().sum(dtype=acc)
     unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
-    u = (x.abs() if x.dtype == torch.float32 else x.float().abs_()).div_(unit)  # |x| in units of w_l
-    flags = int(torch.count_nonzero(x < 0))
+    (torch.abs(x, out=u) if x.dtype == torch.float32 else u.copy_(x).abs_()).div_(unit)  # |x| in units of w_l
     bins = 2**layers
     u_max = float(bins - 1)
+    top, flags = torch.stack([u.amax().double() if n else flags_t.new_zeros((), dtype=torch.float64), flags_t.double()]).tolist()
+    if top != top:  # NaN: the reference says what it makes of it
+        st = mhse_closed_form(x, scale, T, layers, base, n_int, init_half, stats=True)[1]
+        assert st is not None
+        return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
+    flags = int(-flags)
     clipped = 0
-    if u.numel() and float(u.amax()) > u_max:
-        clipped = int(torch.count_nonzero(u > u_max))
+    if top > u_max:
+        clipped = int(torch.gt(u, u_max, out=tmp).sum(dtype=acc))
         u.clamp_(max=u_max)
     itype = torch.uint8 if layers <= 8 else torch.int32
 
@@ -256,7 +277,10 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
 
     counts = torch.zeros((T, layers), dtype=torch.int64)
     c = 0.5 if init_half else 0.0
-    if T == 1:
+    if T == 1 and not init_half:
+        per_layer, active = _bit_totals(u.floor_(), layers, tmp, acc)  # q = floor(u), in place
+        counts[0] = torch.tensor(per_layer)
+    elif T == 1:
         v = u.double().add_(0.5) if init_half else u  # u + 1/2 is exact in float64, not in float32
         counts[0] = torch.tensor(layer_totals(v.to(itype)))  # the cast truncates: floor of v >= 0
         active = x.numel() - silent[0]
@@ -292,6 +316,24 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
             q_prev_t = q
         active = int(torch.count_nonzero(q_prev_t))
     return SpikeStats(counts, flags, clipped, x.numel()), active
+
+
+def _bit_totals(q: Tensor, layers: int, tmp: Tensor, acc: torch.dtype) -> tuple[list[int], int]:
+    """(spikes per layer, values with q >= 1) of integer levels ``q`` in [0, 2**layers - 1], float.
+
+    Layer ``i`` fires where bit ``l - i`` of ``q`` is set, and the values with bit ``b`` set number
+    ``S_b - 2 S_{b+1}`` with ``S_b = sum(floor(q / 2**b))`` (``S_l = 0``). Each ``S_b`` is one
+    in-place halving and floor (exact: small non-negative integers) and one sum. All in float32,
+    without the integer casts and ``bincount`` of a histogram: those convert and scatter element by
+    element and cost about twice as much on a CPU. The sums accumulate in ``acc`` (float32 is
+    exact while every partial sum stays below 2**24). ``q`` and ``tmp`` (same shape) are overwritten.
+    """
+    sums = [torch.clamp(q, max=1.0, out=tmp).sum(dtype=acc), q.sum(dtype=acc)]  # values that emit, S_0
+    for _ in range(1, layers):
+        sums.append(q.mul_(0.5).floor_().sum(dtype=acc))
+    active, *s = (int(v) for v in torch.stack(sums).tolist())
+    s.append(0)
+    return [s[layers - i] - 2 * s[layers - i + 1] for i in range(1, layers + 1)], active
 
 
 def active_inputs(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
@@ -348,6 +390,7 @@ class EnergyCounter:
         self.counts = Counts(model=type(model).__name__)
         self._handles: list[Any] = []
         self._seen = 0
+        self._scratch: Tensor | None = None  # working memory of encoder_counts, reused across calls
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> EnergyCounter:
@@ -373,6 +416,7 @@ class EnergyCounter:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._scratch = None
 
     # ------------------------------------------------------------------ rows
     def _row(self, name: str, kind: str, c_in: int = 0, c_out: int = 0) -> Row:
@@ -396,6 +440,13 @@ class EnergyCounter:
             row.first_seen = self._seen
             self._seen += 1
         row.rows += n_rows
+
+    def _scratch_for(self, x: Tensor) -> Tensor:
+        """A float32 buffer of at least 2 * x.numel() on x's device, kept for the next call."""
+        need = 2 * x.numel()
+        if self._scratch is None or self._scratch.numel() < need or self._scratch.device != x.device:
+            self._scratch = torch.empty(need, dtype=torch.float32, device=x.device)
+        return self._scratch
 
     def _pre(self, mod: nn.Module, fn: Callable[[nn.Module, tuple], None]) -> None:
         def hook(m: nn.Module, args: tuple) -> None:
@@ -488,7 +539,7 @@ class EnergyCounter:
         def fn(e: nn.Module, args: tuple) -> None:
             x = args[0]
             args_ = e.encode_args()
-            st, active = encoder_counts(x, e.scale, **args_)
+            st, active = encoder_counts(x, e.scale, **args_, scratch=self._scratch_for(x))
             n = x.numel() // max(1, x.shape[-1])
             T, l = st.T, st.layers
             spikes = st.layer_spikes
