@@ -121,3 +121,25 @@ def test_token_shift_states_own_their_memory(tiny_rwkv6, T):
         for s in (att_shift, ffn_shift):
             assert s.shape == (B, C)
             assert s.untyped_storage().nbytes() == B * C * s.element_size()
+
+
+def test_fp32_cpu_head_is_stored_transposed_and_survives_load_and_casts(tmp_path):
+    """The head's (C, V)-major storage (for the decode matvec) is a layout only: same values,
+    same state dict, restored after load_state_dict(assign=True) and dropped in bf16."""
+
+    m = make_rwkv6(n_layer=1, n_embd=32, vocab_size=40, head_size=16, seed=0)
+    w = m.head.weight
+    assert w.shape == (40, 32) and w.t().is_contiguous()
+    sd = {k: v.clone().contiguous() for k, v in m.state_dict().items()}
+    m2 = make_rwkv6(n_layer=1, n_embd=32, vocab_size=40, head_size=16, seed=1)
+    m2.load_state_dict(sd, assign=True)
+    assert m2.head.weight.t().is_contiguous() and torch.equal(m2.head.weight, w)
+    x = torch.randint(0, 40, (1, 5))
+    with torch.no_grad():
+        a = m(x)[0]
+        m2.bfloat16()
+        assert m2.head.weight.is_contiguous() and m2.head.weight.dtype == torch.bfloat16
+        m2.float()
+        assert m2.head.weight.t().is_contiguous()
+        ref = torch.nn.functional.linear(m.ln_out(m.blocks[0](m.emb(x), m.initial_state(1)[0])[0]), w.contiguous())
+    assert torch.allclose(a, ref, rtol=1e-5, atol=1e-6)
