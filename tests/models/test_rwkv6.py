@@ -125,15 +125,15 @@ def test_token_shift_states_own_their_memory(tiny_rwkv6, T):
 
 def test_fp32_cpu_head_is_stored_transposed_and_survives_load_and_casts(tmp_path):
     """The head's (C, V)-major storage (for the decode matvec) is a layout only: same values,
-    same state dict, restored after load_state_dict(assign=True) and dropped in bf16."""
+    same state dict; dropped in bf16 and restored by a cast back to fp32."""
 
     m = make_rwkv6(n_layer=1, n_embd=32, vocab_size=40, head_size=16, seed=0)
     w = m.head.weight
     assert w.shape == (40, 32) and w.t().is_contiguous()
     sd = {k: v.clone().contiguous() for k, v in m.state_dict().items()}
     m2 = make_rwkv6(n_layer=1, n_embd=32, vocab_size=40, head_size=16, seed=1)
-    m2.load_state_dict(sd, assign=True)
-    assert m2.head.weight.t().is_contiguous() and torch.equal(m2.head.weight, w)
+    m2.load_state_dict(sd, assign=True)  # assign keeps the loaded tensor (no copy); a cast lays it out
+    assert torch.equal(m2.head.weight, w)
     x = torch.randint(0, 40, (1, 5))
     with torch.no_grad():
         a = m(x)[0]

@@ -255,7 +255,8 @@ class RWKV6(nn.Module):
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_impl = "auto"  # "naive" | "chunked" | "auto" (naive for T == 1)
         self._lay_out_head()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._lay_out_head())
+        # Not re-applied after load_state_dict(assign=True): that would copy the head of a
+        # memory-mapped fp32 file (a second copy, which lean loading must not make); see _lay_out_head.
 
     def _lay_out_head(self) -> None:
         """Store a float32 CPU ``head.weight`` (V, C) as the transpose of a contiguous (C, V) matrix.
@@ -265,8 +266,8 @@ class RWKV6(nn.Module):
         V = 65536, C = 512), and MKL's fp32 kernel streams the (C, V) order about twice as fast
         (5.3 against 10.4 ms, one thread) as the (V, C) one. In bf16 / fp16 oneDNN's kernel is the
         other way round (7.4 against 155 ms), and CUDA prefers contiguous: those keep (V, C).
-        Called on construction, after ``load_state_dict`` (``assign=True`` replaces the tensor)
-        and after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through ``_apply``).
+        Called on construction and after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through
+        ``_apply``). A model loaded with ``assign=True`` keeps the file's (V, C) order until cast.
         """
         head = getattr(self, "head", None)
         w = getattr(head, "weight", None)
