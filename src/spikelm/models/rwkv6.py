@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RWKV6Config
+from ..ops.linear import baddbmm, emulated_low_precision, linear
+from ..ops.linear import matmul as mm
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul
@@ -60,6 +62,16 @@ def _last_token(x: Tensor) -> Tensor:
     held by every carried state). With T = 1 the view's storage is already just B*C."""
     last = x[:, -1]
     return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
+
+
+def _linear(mod: nn.Module, x: Tensor) -> Tensor:
+    """``mod(x)``; a plain ``nn.Linear`` without hooks takes :func:`spikelm.ops.linear.linear`
+    where that is faster (bf16 products of many rows on a CPU without native bf16 GEMMs). A
+    converted layer, or one an energy counter or calibration hooks, is always called as a module."""
+    if (type(mod) is nn.Linear and emulated_low_precision(x)
+            and not (mod._forward_hooks or mod._forward_pre_hooks)):
+        return linear(x, mod.weight, mod.bias)
+    return mod(x)
 
 
 class TimeMix(nn.Module):
@@ -146,28 +158,29 @@ class TimeMix(nn.Module):
 
         # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp).
         xx = _token_shift(x, shift) - x  # (B, T, C)
-        xxx = x + xx * self.time_maa_x
-        xxx = torch.tanh(self.maa_in(xxx) @ self.time_maa_w1)  # (B, T, 5*Dm)
+        xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
+        xxx = torch.tanh(mm(self.maa_in(xxx), self.time_maa_w1))  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
-        xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C)  # m_w, m_k, m_v, m_r, m_g
-        # x_* = x + xx * (time_maa_* + m_*) for the five targets at once (the same arithmetic)
+        # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the GEMM adds time_maa_*
         maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        xw, xk, xv, xr, xg = (x + xx * (maa + xxx)).unbind(0)
+        mix = baddbmm(maa.view(5, 1, C), xxx, self.time_maa_w2).view(5, B, T, C)
+        xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
 
-        r = self.receptance(xr)  # (B, T, A)
-        k = self.key(xk)
-        v = self.value(xv)
-        g = F.silu(self.gate(xg))
+        r = _linear(self.receptance, xr)  # (B, T, A)
+        k = _linear(self.key, xk)
+        v = _linear(self.value, xv)
+        g = F.silu(_linear(self.gate, xg))
 
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
-        d = self.time_decay.float() + (torch.tanh(self.decay_in(xw) @ self.time_decay_w1) @ self.time_decay_w2).float()
+        d = mm(torch.tanh(mm(self.decay_in(xw), self.time_decay_w1)), self.time_decay_w2).float()
+        d = d + self.time_decay.float()
         logw = (-torch.exp(d)).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
         y = y.reshape(B * T, H * N)
         y = self.ln_x(y.to(self.ln_x.weight.dtype)).view(B, T, H * N)  # GroupNorm per head
-        out = self.output(y.to(x.dtype) * g)
+        out = _linear(self.output, y.to(x.dtype) * g)
         return out, _last_token(x), wkv_state
 
 
@@ -192,10 +205,10 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
         xx = _token_shift(x, shift) - x
-        xk = x + xx * self.time_maa_k
-        xr = x + xx * self.time_maa_r
-        k = torch.relu(self.key(xk)) ** 2  # (B, T, F)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
+        xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
+        xr = torch.addcmul(x, xx, self.time_maa_r)
+        k = torch.relu(_linear(self.key, xk)).square()  # (B, T, F)
+        return torch.sigmoid(_linear(self.receptance, xr)) * _linear(self.value, k), _last_token(x)
 
 
 class Block(nn.Module):

@@ -1,0 +1,51 @@
+"""spikelm.ops.linear against its naive twins (F.linear, @, torch.baddbmm)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikelm.ops import linear as lin
+
+
+@pytest.fixture(params=[False, True], ids=["torch-path", "fp32-path"])
+def emulated(request, monkeypatch):
+    """Run each test both ways: as on a CPU with native bf16 GEMMs and as on one without."""
+    monkeypatch.setattr(lin, "_native_cpu", lambda dtype: not request.param)
+    return request.param
+
+
+def test_fp32_is_torch_bit_for_bit(emulated):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 5, 16, generator=g), torch.randn(8, 16, generator=g), torch.randn(8, generator=g)
+    assert torch.equal(lin.linear(x, w, b), F.linear(x, w, b))
+    assert torch.equal(lin.matmul(x, w.t()), x @ w.t())
+    c, a, m = torch.randn(4, 1, 8, generator=g), torch.randn(4, 6, 16, generator=g), torch.randn(4, 16, 8, generator=g)
+    assert torch.equal(lin.baddbmm(c, a, m), torch.baddbmm(c, a, m))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_matches_a_float32_product_rounded_once(emulated, dtype):
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 7, 64, generator=g).to(dtype), torch.randn(32, 64, generator=g).to(dtype)
+    exact = F.linear(x.double(), w.double())  # the exact product of the low-precision values
+    y = lin.linear(x, w)
+    assert y.dtype == dtype and y.shape == (2, 7, 32)
+    # one rounding of the fp32-accumulated product: within half an ulp of the dtype plus fp32 noise
+    eps = torch.finfo(dtype).eps
+    assert ((y.double() - exact).abs() <= eps * exact.abs() + 1e-5).all()
+    if emulated:  # exactly the fp32 product of the same values, rounded once
+        assert torch.equal(y, F.linear(x.float(), w.float()).to(dtype))
+    ym = lin.matmul(x, w.t())
+    assert torch.equal(ym, y) if emulated else ((ym.double() - exact).abs() <= eps * exact.abs() + 1e-5).all()
+    c = torch.randn(2, 1, 32, generator=g).to(dtype)
+    yb = lin.baddbmm(c, x, w.t().expand(2, 64, 32))
+    ref = torch.baddbmm(c.double(), x.double(), w.t().double().expand(2, 64, 32))
+    assert ((yb.double() - ref).abs() <= 2 * eps * ref.abs() + 1e-5).all()
+
+
+def test_single_rows_keep_the_native_path(monkeypatch):
+    """A matrix-vector product (decoding) is memory-bound: it stays in bf16 even where GEMMs are emulated."""
+    monkeypatch.setattr(lin, "_native_cpu", lambda dtype: False)
+    assert not lin.emulated_low_precision(torch.zeros(1, 1, 8, dtype=torch.bfloat16))
+    assert lin.emulated_low_precision(torch.zeros(1, 2, 8, dtype=torch.bfloat16))
+    assert not lin.emulated_low_precision(torch.zeros(1, 2, 8))
