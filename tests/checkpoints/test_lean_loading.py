@@ -59,10 +59,12 @@ def test_load_builds_no_second_model(tmp_path, file_dtype, dtype):
     target = dtype or torch.float32
     assert loaded.head.weight.dtype == target and not any(t.is_meta for t in loaded.state_dict().values())
     weights = _model_bytes(loaded)
+    # an fp32 head is re-laid out (C, V)-major for decoding (RWKV6.lay_out_head): one head's copy
+    head = loaded.head.weight.numel() * loaded.head.weight.element_size() if target == torch.float32 else 0
     if file_dtype == target:  # nothing to cast: the file's (memory-mapped) tensors are the weights
-        assert count.bytes <= 0.01 * weights, count.bytes
+        assert count.bytes <= 0.01 * weights + head, count.bytes
     else:  # each tensor cast once: at most one model's worth, never a second fp32 model on top
-        assert count.bytes <= 1.01 * weights, (count.bytes, weights)
+        assert count.bytes <= 1.01 * weights + head, (count.bytes, weights)
     torch.testing.assert_close(loaded.head.weight, m.head.weight.to(file_dtype).to(target))
 
 

@@ -121,3 +121,28 @@ def test_token_shift_states_own_their_memory(tiny_rwkv6, T):
         for s in (att_shift, ffn_shift):
             assert s.shape == (B, C)
             assert s.untyped_storage().nbytes() == B * C * s.element_size()
+
+
+def test_fp32_cpu_head_is_stored_transposed_through_build_load_and_casts(tmp_path):
+    """RWKV6.lay_out_head: an fp32 CPU head lives (C, V)-major (decoding's matrix-vector product
+    streams that order twice as fast); bf16 keeps (V, C); values, logits and saved files are unchanged."""
+    from spikelm.checkpoints.loading import load, save, save_official
+    from spikelm.testing import make_rwkv6
+
+    m = make_rwkv6(n_layer=1, n_embd=32, vocab_size=96, head_size=16, seed=1)
+    w = m.head.weight
+    assert w.shape == (96, 32) and w.t().is_contiguous() and not w.is_contiguous()
+    idx = torch.randint(0, 96, (2, 7))
+    ref = torch.nn.functional.linear(m.ln_out(m.emb(idx)), w.contiguous())
+    got = m.head(m.ln_out(m.emb(idx)))
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert m.bfloat16().head.weight.is_contiguous()
+    assert m.float().head.weight.t().is_contiguous()
+    m = make_rwkv6(n_layer=1, n_embd=32, vocab_size=96, head_size=16, seed=1)
+    for path in (save_official(m, tmp_path / "m.pth"), save(m, tmp_path / "folder")):
+        loaded = load(path)
+        assert loaded.head.weight.t().is_contiguous()
+        assert torch.equal(loaded.head.weight, m.head.weight)
+        assert load(path, dtype=torch.bfloat16).head.weight.is_contiguous()
+    x = torch.randint(0, 96, (1, 5))
+    assert torch.equal(load(tmp_path / "folder")(x)[0], m(x)[0])

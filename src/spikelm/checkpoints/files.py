@@ -107,6 +107,13 @@ def assign_weights(build: Callable[[], nn.Module], sd: dict[str, Any], dtype: to
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:  # a tensor the state dict does not carry (none today): fail loudly, not at forward time
         raise CheckpointError(f"{where}: {left[:3]} were not in the file; the model cannot be built without them")
+    lay_out = getattr(model, "lay_out_head", None)  # a model's preferred memory order for its head (RWKV-6)
+    if callable(lay_out):
+        before = model.head.weight.data
+        lay_out()
+        if model.head.weight.data_ptr() != before.data_ptr():
+            release(before)
+        del before
     return model.eval()
 
 

@@ -254,6 +254,35 @@ class RWKV6(nn.Module):
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_impl = "auto"  # "naive" | "chunked" | "auto" (naive for T == 1)
+        self.lay_out_head()
+
+    def lay_out_head(self) -> None:
+        """Store a float32 CPU ``head.weight`` (V, C) as the transpose of a contiguous (C, V) matrix.
+
+        Same parameter, shape and values; only the memory order changes. Decoding's largest product
+        is the head's matrix-vector product (V x C: 128 MB at V = 65536, C = 512), and MKL's fp32
+        kernel streams the (C, V) order about twice as fast (5 against 10 ms on one thread, AVX2)
+        as the (V, C) one. bf16/fp16 (oneDNN is the other way round) and CUDA keep (V, C). Called
+        when the model is built, after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through
+        ``_apply``) and by the checkpoint loader after it assigns the weights (a copy of the head
+        only, at most; the loader releases the file's pages of the old one). Saving writes the
+        usual contiguous (V, C) tensor.
+        """
+        w = self.head.weight
+        if w.is_meta or w.dim() != 2:
+            return
+        want_t = w.device.type == "cpu" and w.dtype == torch.float32
+        if want_t and not w.t().is_contiguous():
+            with torch.no_grad():
+                w.data = w.t().contiguous().t()
+        elif not want_t and not w.is_contiguous():
+            with torch.no_grad():
+                w.data = w.contiguous()
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (nn.Module's signature): casts and moves
+        super()._apply(fn, recurse)
+        self.lay_out_head()
+        return self
 
     @property
     def tokenizer_name(self) -> str:
