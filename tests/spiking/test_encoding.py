@@ -214,5 +214,8 @@ def test_decode_fast_path_is_bit_identical(T, layers, init_half, n_int):
     x = torch.cat([torch.randn(4000, generator=g) * 3, torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, float("inf")]),
                    torch.arange(-64, 65, dtype=torch.float32) / (T * 2 ** (layers - n_int))])
     for scale in (torch.tensor(0.7), torch.rand(x.shape, generator=g) + 0.1):
-        ref = mhse_closed_form(x, scale, T, layers, n_int=n_int, init_half=init_half, stats=False)[0]
-        assert torch.equal(mhse_decode(x, scale, T, layers, n_int=n_int, init_half=init_half), ref)
+        for xx in (x, x.bfloat16(), x.half()):
+            ref = mhse_closed_form(xx, scale, T, layers, n_int=n_int, init_half=init_half, stats=False)[0]
+            got = mhse_decode(xx, scale, T, layers, n_int=n_int, init_half=init_half)
+            assert got.dtype == xx.dtype and torch.equal(got, ref), xx.dtype
+            assert torch.equal(got.signbit(), ref.signbit() | (xx.signbit() & (ref == 0)))  # only -0.0 keeps its sign

@@ -445,7 +445,8 @@ def mhse_decode(
     s = _scale64(scale, x.shape, x.device, validate=False)
     x = x.detach()
     a_max = mhse_a_max(layers, 2.0, n_int)
-    if T == 1 and not init_half and x.dtype == torch.float32 and isinstance(scale, Tensor) and scale.dtype == torch.float32:
+    low = x.dtype in (torch.bfloat16, torch.float16)
+    if T == 1 and not init_half and (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32:
         # All in float32, still equal value for value: a float32 quotient equals the float64 one
         # rounded to float32 (double rounding is innocuous for division when 53 >= 2 * 24 + 2,
         # Figueroa 1995); floor of a float32 and products by powers of two are exact (so dividing
@@ -454,9 +455,13 @@ def mhse_decode(
         # rounding it once to float32 is the float32 product. Six passes over memory; the sign is
         # copied bit-wise (copysign), without a boolean mask and a select (about three times
         # dearer on a CPU). Only a negative zero input differs in bits: it decodes to -0.0, not
-        # +0.0 (equal values).
+        # +0.0 (equal values). A bf16/fp16 input is exact in float32; its decoded value is rounded
+        # once from the exact float64 product to its dtype, as in the general path (rounding to
+        # float32 first could double-round).
         unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
-        q = x.abs().div_(unit).clamp_(max=a_max * 2.0 ** (layers - n_int)).floor_()  # units of w_l
+        q = (x.float().abs_() if low else x.abs()).div_(unit).clamp_(max=a_max * 2.0 ** (layers - n_int)).floor_()
+        if low:
+            return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)
     a = x.to(torch.float64).abs_().div_(s).to(torch.float32)  # x.shape, the magnitude a
     a.clamp_(max=a_max)
@@ -467,7 +472,7 @@ def mhse_decode(
         q.add_(0.5)
     q.floor_()  # q_T: units emitted over the T steps
     q.mul_(2.0 ** (n_int - layers)).div_(T).mul_(s)  # eq. (3): s * w_l * q_T / T
-    return torch.where(x < 0, q.neg(), q).to(x.dtype)
+    return q.copysign_(x).to(x.dtype)  # the sign bit-wise (a -0.0 input decodes to -0.0)
 
 
 def mhse_spike_counts(
