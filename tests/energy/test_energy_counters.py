@@ -12,7 +12,7 @@ from spikelm.config import EncodingConfig
 from spikelm.convert import convert, encoders
 from spikelm.spiking.layers import SpikingLinear
 from spikelm.energy import full_report, EnergyCounter, energy_table
-from spikelm.energy.counters import encoder_stats
+from spikelm.energy.spike_counts import encoder_stats
 from spikelm.spiking.encoding import mhse_closed_form, mhse_simulate, mhse_weights
 
 
@@ -220,7 +220,7 @@ def test_encoder_stats_equal_the_closed_form(T, layers, init_half):
 @pytest.mark.parametrize("layers, n", [(4, 1000), (9, 40_000)])  # 40,000 x 2**9 > 2**24: float64 sums
 def test_encoder_counts_with_a_dirty_reused_scratch(layers, n):
     """The counter reuses one scratch buffer: leftovers of an earlier, larger call change nothing."""
-    from spikelm.energy.counters import active_inputs, encoder_counts
+    from spikelm.energy.spike_counts import active_inputs, encoder_counts
 
     g = torch.Generator().manual_seed(layers)
     scratch = torch.full((2 * n + 7,), float("nan"))

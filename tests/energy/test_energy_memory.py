@@ -166,7 +166,7 @@ def test_worked_example_of_docs_energy_md():
 @pytest.mark.parametrize("T,layers,init_half", [(1, 4, False), (1, 3, True), (3, 1, False), (4, 1, True), (2, 3, False),
                                                 (70, 1, False)])
 def test_active_inputs_of_the_fast_path_equal_the_reference(T, layers, init_half):
-    from spikelm.energy.counters import active_inputs, encoder_counts
+    from spikelm.energy.spike_counts import active_inputs, encoder_counts
     g = torch.Generator().manual_seed(T * 10 + layers)
     scale = torch.tensor(0.5)
     unit = 0.5 * 2.0 ** (1 - layers)

@@ -9,10 +9,10 @@ energy, are measured from outside by ``spikelm.energy`` hooks.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import EncodingConfig
+from ..ops.linear import linear
 from .encoding import check_scale, mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
 
 __all__ = ["SpikeEncoder", "SpikingLinear"]
@@ -80,4 +80,6 @@ class SpikingLinear(nn.Linear):
         self.encoder = SpikeEncoder(enc, in_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.encoder(x), self.weight, self.bias)
+        # spikelm.ops.linear: F.linear, except bf16/fp16 products of many rows on CPUs without
+        # native low-precision GEMMs (then through float32: the same arithmetic, faster)
+        return linear(self.encoder(x), self.weight, self.bias)
