@@ -198,7 +198,9 @@ def test_converted_context_restores_the_ann_without_a_copy():
         assert torch.equal(c(x)[0], ref(x)[0])
         assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs  # the same weights, not copies
     assert not any(True for _ in encoders(m)) and m.encoding is None
-    assert type(m.blocks[0].att.key) is torch.nn.Linear and type(m.blocks[0].att.maa_in) is torch.nn.Identity
+    from spikelm.ops.linear import Linear  # the ANN's own linear class (nn.Linear, bf16 products in fp32 on AVX2 CPUs)
+
+    assert type(m.blocks[0].att.key) is Linear and type(m.blocks[0].att.maa_in) is torch.nn.Identity
     with torch.no_grad():
         assert torch.equal(m(x)[0], ann)
     assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs

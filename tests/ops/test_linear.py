@@ -49,3 +49,21 @@ def test_single_rows_keep_the_native_path(monkeypatch):
     assert not lin.emulated_low_precision(torch.zeros(1, 1, 8, dtype=torch.bfloat16))
     assert lin.emulated_low_precision(torch.zeros(1, 2, 8, dtype=torch.bfloat16))
     assert not lin.emulated_low_precision(torch.zeros(1, 2, 8))
+
+
+def test_large_weights_go_in_blocks_of_rows_with_the_same_result(monkeypatch):
+    """A head-sized weight is cast to float32 a block of rows at a time: the same values as one product."""
+    monkeypatch.setattr(lin, "_native_cpu", lambda dtype: False)
+    monkeypatch.setattr(lin, "_BLOCK_FLOATS", 5 * 16)  # blocks of 5 rows of 16 inputs
+    g = torch.Generator().manual_seed(2)
+    x, w, b = (torch.randn(3, 4, 16, generator=g).bfloat16(), torch.randn(23, 16, generator=g).bfloat16(),
+               torch.randn(23, generator=g).bfloat16())
+    largest = []
+    real_linear = F.linear
+    monkeypatch.setattr(lin.F, "linear", lambda a, ww, bb=None: largest.append(ww.shape[0]) or real_linear(a, ww, bb))
+    y = lin.linear(x, w, b)
+    assert max(largest) == 5 and y.dtype == torch.bfloat16
+    assert torch.equal(y, real_linear(x.float(), w.float(), b.float()).to(torch.bfloat16))
+    m = lin.Linear(16, 23)
+    m.weight.data, m.bias.data = w, b
+    assert isinstance(m, torch.nn.Linear) and torch.equal(m(x), y)

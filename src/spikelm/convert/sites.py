@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
+from ..ops.linear import Linear
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 
 __all__ = ["site_names", "attach_encoders", "detach_encoders", "encoders", "set_method", "check_convertible"]
@@ -91,7 +92,7 @@ def detach_encoders(model: nn.Module) -> nn.Module:
     for name, mod in list(model.named_modules()):
         if isinstance(mod, SpikingLinear):
             with torch.device("meta"):
-                plain = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+                plain = Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
             plain.weight = mod.weight
             if mod.bias is not None:
                 plain.bias = mod.bias

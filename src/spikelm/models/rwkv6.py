@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RWKV6Config
-from ..ops.linear import baddbmm, emulated_low_precision, linear
+from ..ops.linear import Linear, baddbmm
 from ..ops.linear import matmul as mm
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
@@ -64,16 +64,6 @@ def _last_token(x: Tensor) -> Tensor:
     return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
 
 
-def _linear(mod: nn.Module, x: Tensor) -> Tensor:
-    """``mod(x)``; a plain ``nn.Linear`` without hooks takes :func:`spikelm.ops.linear.linear`
-    where that is faster (bf16 products of many rows on a CPU without native bf16 GEMMs). A
-    converted layer, or one an energy counter or calibration hooks, is always called as a module."""
-    if (type(mod) is nn.Linear and emulated_low_precision(x)
-            and not (mod._forward_hooks or mod._forward_pre_hooks)):
-        return linear(x, mod.weight, mod.bias)
-    return mod(x)
-
-
 class TimeMix(nn.Module):
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
@@ -98,11 +88,11 @@ class TimeMix(nn.Module):
             # A trained initial WKV state (state tuning); stored [H, N_v, N_k] in official files.
             self.time_state = nn.Parameter(torch.zeros(H, N, N))
 
-        self.receptance = nn.Linear(C, A, bias=False)
-        self.key = nn.Linear(C, A, bias=False)
-        self.value = nn.Linear(C, A, bias=False)
-        self.gate = nn.Linear(C, A, bias=False)
-        self.output = nn.Linear(A, C, bias=False)
+        self.receptance = Linear(C, A, bias=False)
+        self.key = Linear(C, A, bias=False)
+        self.value = Linear(C, A, bias=False)
+        self.gate = Linear(C, A, bias=False)
+        self.output = Linear(A, C, bias=False)
         # eps = 1e-5 * head_size_divisor**2 with the official divisor 8: 64e-5.
         self.ln_x = nn.GroupNorm(H, A, eps=64e-5)
 
@@ -166,10 +156,10 @@ class TimeMix(nn.Module):
         mix = baddbmm(maa.view(5, 1, C), xxx, self.time_maa_w2).view(5, B, T, C)
         xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
 
-        r = _linear(self.receptance, xr)  # (B, T, A)
-        k = _linear(self.key, xk)
-        v = _linear(self.value, xv)
-        g = F.silu(_linear(self.gate, xg))
+        r = self.receptance(xr)  # (B, T, A)
+        k = self.key(xk)
+        v = self.value(xv)
+        g = F.silu(self.gate(xg))
 
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
         d = mm(torch.tanh(mm(self.decay_in(xw), self.time_decay_w1)), self.time_decay_w2).float()
@@ -180,7 +170,7 @@ class TimeMix(nn.Module):
         y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
         y = y.reshape(B * T, H * N)
         y = self.ln_x(y.to(self.ln_x.weight.dtype)).view(B, T, H * N)  # GroupNorm per head
-        out = _linear(self.output, y.to(x.dtype) * g)
+        out = self.output(y.to(x.dtype) * g)
         return out, _last_token(x), wkv_state
 
 
@@ -190,9 +180,9 @@ class ChannelMix(nn.Module):
         C, Fh = cfg.n_embd, cfg.dim_ffn
         self.time_maa_k = nn.Parameter(torch.zeros(1, 1, C))
         self.time_maa_r = nn.Parameter(torch.zeros(1, 1, C))
-        self.key = nn.Linear(C, Fh, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(Fh, C, bias=False)
+        self.key = Linear(C, Fh, bias=False)
+        self.receptance = Linear(C, C, bias=False)
+        self.value = Linear(Fh, C, bias=False)
 
     ENERGY_ORDER = ("mix", "key.encode", "key", "act", "receptance.encode", "receptance", "value.encode", "value")
 
@@ -207,8 +197,8 @@ class ChannelMix(nn.Module):
         xx = _token_shift(x, shift) - x
         xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
         xr = torch.addcmul(x, xx, self.time_maa_r)
-        k = torch.relu(_linear(self.key, xk)).square()  # (B, T, F)
-        return torch.sigmoid(_linear(self.receptance, xr)) * _linear(self.value, k), _last_token(x)
+        k = torch.relu(self.key(xk)).square()  # (B, T, F)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
 
 
 class Block(nn.Module):
@@ -252,7 +242,7 @@ class RWKV6(nn.Module):
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_impl = "auto"  # "naive" | "chunked" | "auto" (naive for T == 1)
         self.lay_out_head()
 

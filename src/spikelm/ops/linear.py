@@ -20,9 +20,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["linear", "matmul", "baddbmm", "emulated_low_precision"]
+__all__ = ["Linear", "linear", "matmul", "baddbmm", "emulated_low_precision"]
 
 _LOW = (torch.bfloat16, torch.float16)
 
@@ -45,11 +45,33 @@ def emulated_low_precision(x: Tensor) -> bool:
             and not _native_cpu(x.dtype))
 
 
+_BLOCK_FLOATS = 2**24  # a float32 copy of at most 64 MiB of a weight at a time
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, through float32 where :func:`emulated_low_precision`."""
-    if emulated_low_precision(x):
-        return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
-    return F.linear(x, weight, bias)
+    """``F.linear(x, weight, bias)``, through float32 where :func:`emulated_low_precision`.
+
+    A large weight (a 65536-word head) is taken in blocks of output rows, so the float32 copy
+    that exists at any time stays under 64 MiB whatever the layer's size (a whole head of the
+    1B6 model in float32 would be 512 MiB, a sixth of its bf16 weights)."""
+    if not emulated_low_precision(x):
+        return F.linear(x, weight, bias)
+    xf = x.float()
+    rows = max(1, _BLOCK_FLOATS // max(1, weight.shape[1]))
+    if weight.shape[0] <= rows:
+        return F.linear(xf, weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    out = torch.empty(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(0, weight.shape[0], rows):
+        b = None if bias is None else bias[i:i + rows].float()
+        out[..., i:i + rows] = F.linear(xf, weight[i:i + rows].float(), b)
+    return out
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, state dict and hooks) whose product is :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

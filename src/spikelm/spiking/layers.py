@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import EncodingConfig
-from ..ops.linear import linear
+from ..ops.linear import Linear, linear
 from .encoding import check_scale, mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
 
 __all__ = ["SpikeEncoder", "SpikingLinear"]
@@ -72,7 +72,7 @@ class SpikeEncoder(nn.Module):
         return f"{self.encoding}, T={self.T}, layers={self.layers}, method={self.method}, scale={tuple(self.scale.shape)}"
 
 
-class SpikingLinear(nn.Linear):
+class SpikingLinear(Linear):
     """``nn.Linear`` whose input is spike-encoded first; same ``weight`` name, plus ``encoder.scale``."""
 
     def __init__(self, in_features: int, out_features: int, enc: EncodingConfig):
