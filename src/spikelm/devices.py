@@ -4,8 +4,9 @@
 unavailable device is a named error, never a traceback from deep inside torch.
 
 ``--dtype``: ``auto``, ``fp32``, ``bf16``, ``fp16``. ``auto`` is fp32 on the CPU (the reference
-numerics; bf16 is faster on CPUs with AVX512-BF16 but moves logits by ~4e-2, as the ``rwkv``
-package's own bf16 does) and bf16 on a CUDA GPU that supports it (fp16 otherwise): there the
+numerics; bf16 halves the weights' memory and is faster on CPUs with AVX512-BF16, but moves
+logits by ~4e-2, as the ``rwkv`` package's own bf16 does; on CPUs without it, bf16 products of
+many rows run as float32 products of the bf16 values, :mod:`spikelm.ops.linear`) and bf16 on a CUDA GPU that supports it (fp16 otherwise): there the
 memory and speed matter more, and the WKV recurrences and the spike scales stay fp32 whatever the
 model dtype.
 
