@@ -90,12 +90,17 @@ def assign_weights(build: Callable[[], nn.Module], sd: dict[str, Any], dtype: to
         model = build()
     model.to(dtype=target)  # on meta: free; tells which tensors keep float32
     own = model.state_dict(keep_vars=True)
+    # weights the model keeps (C, V)-major as float32 on a CPU (RWKV-6's head: RWKV6.lay_out_head)
+    transposed = set(getattr(model, "CPU_FP32_TRANSPOSED", ()))
     fitted: dict[str, torch.Tensor] = {}
     for k in list(sd):
         v = sd.pop(k)
         ref = own.get(k)
         want = ref.dtype if (ref is not None and v.is_floating_point()) else v.dtype
-        out = v.to(device=device, dtype=want)
+        if k in transposed and want == torch.float32 and torch.device(device).type == "cpu" and v.dim() == 2:
+            out = torch.empty(v.shape[::-1], dtype=want).copy_(v.t()).t()  # cast and memory order in one copy
+        else:
+            out = v.to(device=device, dtype=want)
         if out.data_ptr() != v.data_ptr():  # a copy was made: the file's pages are not needed any more
             release(v)
         fitted[k] = out
@@ -107,13 +112,6 @@ def assign_weights(build: Callable[[], nn.Module], sd: dict[str, Any], dtype: to
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:  # a tensor the state dict does not carry (none today): fail loudly, not at forward time
         raise CheckpointError(f"{where}: {left[:3]} were not in the file; the model cannot be built without them")
-    lay_out = getattr(model, "lay_out_head", None)  # a model's preferred memory order for its head (RWKV-6)
-    if callable(lay_out):
-        before = model.head.weight.data
-        lay_out()
-        if model.head.weight.data_ptr() != before.data_ptr():
-            release(before)
-        del before
     return model.eval()
 
 

@@ -236,6 +236,8 @@ class Block(nn.Module):
 class RWKV6(nn.Module):
     """RWKV-6 language model: ``forward(idx, state=None) -> (logits, state)``."""
 
+    CPU_FP32_TRANSPOSED = ("head.weight",)  # see lay_out_head
+
     def __init__(self, cfg: RWKV6Config):
         super().__init__()
         self.cfg = cfg
@@ -253,10 +255,10 @@ class RWKV6(nn.Module):
         is the head's matrix-vector product (V x C: 128 MB at V = 65536, C = 512), and MKL's fp32
         kernel streams the (C, V) order about twice as fast (5 against 10 ms on one thread, AVX2)
         as the (V, C) one. bf16/fp16 (oneDNN is the other way round) and CUDA keep (V, C). Called
-        when the model is built, after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through
-        ``_apply``) and by the checkpoint loader after it assigns the weights (a copy of the head
-        only, at most; the loader releases the file's pages of the old one). Saving writes the
-        usual contiguous (V, C) tensor.
+        when the model is built and after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through
+        ``_apply``); the checkpoint loader reads ``CPU_FP32_TRANSPOSED`` and casts a file's head
+        straight into this order (one copy, as any cast). Saving writes the usual contiguous (V, C)
+        tensor.
         """
         w = self.head.weight
         if w.is_meta or w.dim() != 2:
