@@ -213,6 +213,10 @@ def test_decode_fast_path_is_bit_identical(T, layers, init_half, n_int):
     g = torch.Generator().manual_seed(T * 100 + layers)
     x = torch.cat([torch.randn(4000, generator=g) * 3, torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, float("inf")]),
                    torch.arange(-64, 65, dtype=torch.float32) / (T * 2 ** (layers - n_int))])
+    # values at, just above and just below every rounding point (k + 1/2) w_l s and grid point k w_l s
+    pts = (torch.arange(0, 2 * min(2**layers, 64) + 2, dtype=torch.float64) / 2 * 0.7 * 2.0 ** (n_int - layers)).float()
+    pts = torch.cat([pts, torch.nextafter(pts, torch.tensor(1e9)), torch.nextafter(pts, torch.tensor(-1e9))])
+    x = torch.cat([x, pts, -pts])
     for scale in (torch.tensor(0.7), torch.rand(x.shape, generator=g) + 0.1):
         for xx in (x, x.bfloat16(), x.half()):
             ref = mhse_closed_form(xx, scale, T, layers, n_int=n_int, init_half=init_half, stats=False)[0]

@@ -446,7 +446,7 @@ def mhse_decode(
     x = x.detach()
     a_max = mhse_a_max(layers, 2.0, n_int)
     low = x.dtype in (torch.bfloat16, torch.float16)
-    if T == 1 and not init_half and (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32:
+    if T == 1 and (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32:
         # All in float32, still equal value for value: a float32 quotient equals the float64 one
         # rounded to float32 (double rounding is innocuous for division when 53 >= 2 * 24 + 2,
         # Figueroa 1995); floor of a float32 and products by powers of two are exact (so dividing
@@ -459,7 +459,12 @@ def mhse_decode(
         # once from the exact float64 product to its dtype, as in the general path (rounding to
         # float32 first could double-round).
         unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
-        q = (x.float().abs_() if low else x.abs()).div_(unit).clamp_(max=a_max * 2.0 ** (layers - n_int)).floor_()
+        u = (x.float().abs_() if low else x.abs()).div_(unit).clamp_(max=a_max * 2.0 ** (layers - n_int))
+        if init_half:  # floor(u + 1/2) exactly (u + 1/2 itself can round up in float32): floor(u) plus
+            q = u.floor()  # floor(2 (u - floor(u))), where u - floor(u) and its double are exact
+            q.add_(u.sub_(q).mul_(2.0).floor_())
+        else:
+            q = u.floor_()
         if low:
             return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)
