@@ -122,13 +122,14 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
 
     counts = torch.zeros((T, layers), dtype=torch.int64)
     c = 0.5 if init_half else 0.0
-    if T == 1 and not init_half:
-        per_layer, active = _bit_totals(u.floor_(), layers, tmp, acc)  # q = floor(u), in place
+    if T == 1:
+        if init_half:  # q = floor(u + 1/2) = floor(u) + floor(2 (u - floor(u))), exact in float32
+            torch.floor(u, out=tmp)  # (u + 1/2 itself can round up in float32)
+            u.sub_(tmp).mul_(2.0).floor_().add_(tmp)
+        else:
+            u.floor_()  # q = floor(u), in place
+        per_layer, active = _bit_totals(u, layers, tmp, acc)
         counts[0] = torch.tensor(per_layer)
-    elif T == 1:
-        v = u.double().add_(0.5) if init_half else u  # u + 1/2 is exact in float64, not in float32
-        counts[0] = torch.tensor(layer_totals(v.to(itype)))  # the cast truncates: floor of v >= 0
-        active = x.numel() - silent[0]
     elif layers == 1 and T <= 64:
         # Rate coding: q_j = floor(j u + c) = #{k = 1..j : u >= (k - c) / j}, so one bucketize of u
         # against the sorted thresholds (k - c) / j (float64; exact comparisons, see below) gives
