@@ -468,7 +468,11 @@ def mhse_decode(
         if low:
             return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)
-    a = x.to(torch.float64).abs_().div_(s).to(torch.float32)  # x.shape, the magnitude a
+    if (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32:
+        # the float32 quotient is the float64 one rounded to float32 (see above), in fewer passes
+        a = (x.float().abs_() if low else x.abs()).div_(scale.detach().to(x.device))
+    else:
+        a = x.to(torch.float64).abs_().div_(s).to(torch.float32)  # x.shape, the magnitude a
     a.clamp_(max=a_max)
     q = a.to(torch.float64).mul_(2.0 ** (layers - n_int))  # units of w_l
     if T != 1:
