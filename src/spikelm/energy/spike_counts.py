@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..spiking.encoding import SpikeStats, mhse_closed_form, mhse_simulate
+from ..spiking.encoding import SpikeStats, floor_half_up_, mhse_closed_form, mhse_simulate
 
 __all__ = ["is_binary", "encoder_stats", "encoder_counts", "active_inputs"]
 
@@ -106,26 +106,11 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
     if top > u_max:
         clipped = int(torch.gt(u, u_max, out=tmp).sum(dtype=acc))
         u.clamp_(max=u_max)
-    itype = torch.uint8 if layers <= 8 else torch.int32
-
-    silent = [0]  # values that emit nothing over the T steps (T = 1: from the histogram)
-
-    def layer_totals(q: Tensor) -> list[int]:
-        """Spikes per layer (layer 1 = most significant bit) from a histogram of emissions."""
-        hist = torch.bincount(q.reshape(-1), minlength=bins)[:bins]
-        silent[0] = int(hist[0])
-        if bins <= 64:  # a few Python additions cost less than small tensor ops
-            h = hist.tolist()
-            return [sum(n for v, n in enumerate(h) if (v >> (layers - i)) & 1) for i in range(1, layers + 1)]
-        bits = (torch.arange(bins, device=hist.device)[:, None] >> torch.arange(layers - 1, -1, -1, device=hist.device)) & 1
-        return (hist[:, None] * bits).sum(0).tolist()
-
     counts = torch.zeros((T, layers), dtype=torch.int64)
     c = 0.5 if init_half else 0.0
     if T == 1:
-        if init_half:  # q = floor(u + 1/2) = floor(u) + floor(2 (u - floor(u))), exact in float32
-            torch.floor(u, out=tmp)  # (u + 1/2 itself can round up in float32)
-            u.sub_(tmp).mul_(2.0).floor_().add_(tmp)
+        if init_half:
+            floor_half_up_(u, tmp)  # q = floor(u + 1/2), in place
         else:
             u.floor_()  # q = floor(u), in place
         per_layer, active = _bit_totals(u, layers, tmp, acc)
@@ -155,10 +140,10 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
         active = int(torch.count_nonzero(torch.floor(u64 * T + c)))
     else:
         u64 = u.double()
-        q_prev_t = torch.zeros_like(u64)
+        q_prev_t, work = torch.zeros_like(u64), torch.empty_like(u64)
         for j in range(1, T + 1):
             q = torch.floor(u64 * j + c)
-            counts[j - 1] = torch.tensor(layer_totals((q - q_prev_t).to(itype)))
+            counts[j - 1] = torch.tensor(_bit_totals(q - q_prev_t, layers, work, torch.float64)[0])  # step j's emission
             q_prev_t = q
         active = int(torch.count_nonzero(q_prev_t))
     return SpikeStats(counts, flags, clipped, x.numel()), active

@@ -96,6 +96,7 @@ __all__ = [
     "mhse_simulate",
     "mhse_closed_form",
     "mhse_decode",
+    "floor_half_up_",
     "mhse_spike_counts",
     "rate_simulate",
     "rate_closed_form",
@@ -419,6 +420,14 @@ def mhse_closed_form(
     return x_hat, result_stats, spikes
 
 
+def floor_half_up_(u: Tensor, tmp: Tensor) -> Tensor:
+    """``u = floor(u + 1/2)`` in place, exactly, for non-negative float ``u`` (``tmp``: same shape,
+    overwritten). ``u + 1/2`` itself can round up in float32 (``u = 1/2 - 2**-25``); instead
+    ``floor(u) + floor(2 (u - floor(u)))``, where ``u - floor(u)`` and its double are exact."""
+    torch.floor(u, out=tmp)
+    return u.sub_(tmp).mul_(2.0).floor_().add_(tmp)
+
+
 def mhse_decode(
     x: Tensor,
     scale: float | Tensor,
@@ -460,11 +469,7 @@ def mhse_decode(
         # float32 first could double-round).
         unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
         u = (x.float().abs_() if low else x.abs()).div_(unit).clamp_(max=a_max * 2.0 ** (layers - n_int))
-        if init_half:  # floor(u + 1/2) exactly (u + 1/2 itself can round up in float32): floor(u) plus
-            q = u.floor()  # floor(2 (u - floor(u))), where u - floor(u) and its double are exact
-            q.add_(u.sub_(q).mul_(2.0).floor_())
-        else:
-            q = u.floor_()
+        q = floor_half_up_(u, torch.empty_like(u)) if init_half else u.floor_()
         if low:
             return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)
