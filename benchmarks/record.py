@@ -6,6 +6,11 @@ command it names, with the date and the machine, replaced whole when the command
     python benchmarks/record.py [--note TEXT] "RWKV-6 vs the rwkv package" -- python benchmarks/rwkv6_vs_reference.py
 
 (options go before the title: everything after the title is the command)
+
+A command that ran on another machine (a lent GPU machine) is recorded from its saved output,
+still verbatim, with that machine described by hand and the command as it ran there:
+
+    python benchmarks/record.py --output scale.txt --machine "1x H200, ..." "Title" -- python benchmarks/scale.py --device cuda
 """
 
 from __future__ import annotations
@@ -44,22 +49,31 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("title", help="section title in docs/results.md")
     ap.add_argument("--note", default="", help="one line of context printed above the output")
+    ap.add_argument("--output", default="", help="record this file, the saved output of the command run on another "
+                    "machine, instead of running the command here (needs --machine)")
+    ap.add_argument("--machine", default="", help="with --output: the machine the command ran on")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = ap.parse_args()
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         ap.error("give the command after --")
+    if bool(args.output) != bool(args.machine):
+        ap.error("--output and --machine go together")
     t0 = dt.datetime.now()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = (dt.datetime.now() - t0).total_seconds()
-    out = proc.stdout.rstrip()
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr[-4000:])
-    if proc.returncode != 0:
-        print(f"command failed with exit code {proc.returncode}; results.md left unchanged", file=sys.stderr)
-        return proc.returncode
+    if args.output:
+        out, where, when = Path(args.output).read_text().rstrip(), args.machine, "run on that machine, output saved there"
+        t0 = dt.datetime.fromtimestamp(Path(args.output).stat().st_mtime)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = (dt.datetime.now() - t0).total_seconds()
+        out, where, when = proc.stdout.rstrip(), machine(), f"wall time {seconds:.0f} s"
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr[-4000:])
+        if proc.returncode != 0:
+            print(f"command failed with exit code {proc.returncode}; results.md left unchanged", file=sys.stderr)
+            return proc.returncode
     body = (
-        f"- date: {t0:%Y-%m-%d %H:%M} UTC, wall time {seconds:.0f} s\n- machine: {machine()}\n"
+        f"- date: {t0:%Y-%m-%d %H:%M} UTC, {when}\n- machine: {where}\n"
         f"- command: `{shlex.join(cmd)}`\n" + (f"- note: {args.note}\n" if args.note else "") + f"\n```\n{out}\n```\n"
     )
     text = RESULTS.read_text() if RESULTS.exists() else HEADER

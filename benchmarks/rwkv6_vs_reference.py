@@ -131,7 +131,11 @@ def main() -> None:
         t_floor_dec = matmul_floor(ours, 1, args.repeats * 8)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    from spikelm.ops.linear import _native_cpu
+
     if dtype != torch.float32:
+        print(f"native {args.dtype} GEMMs on this CPU (oneDNN): {_native_cpu(dtype)}")
+    if dtype != torch.float32 and not _native_cpu(dtype):
         print(f"(in {args.dtype} the floor is spikelm's own products: on a CPU without native {args.dtype} GEMMs spikelm "
               f"multiplies many rows in fp32 and the package in emulated {args.dtype}, so its 'cannot exceed' holds for fp32 only)")
     print(f"model: RWKV-6 L={args.layers} C={args.width} V={args.vocab} {args.dtype}; last-logit max rel. diff vs reference {rel:.2e}")

@@ -69,8 +69,20 @@ def write_checkpoint(path: Path, layers: int, width: int, vocab: int) -> tuple[i
     return n, cfg
 
 
+# A child on CUDA runs the ``spikelm`` program through this, which writes the process's peak of
+# allocated device memory (``torch.cuda.max_memory_allocated``) to $SPIKELM_SCALE_PEAK at exit.
+CUDA_PEAK = ("import atexit, os, sys, torch\n"
+             "def _peak():\n"
+             "    if torch.cuda.is_initialized():\n"
+             "        open(os.environ['SPIKELM_SCALE_PEAK'], 'w').write(str(torch.cuda.max_memory_allocated()))\n"
+             "atexit.register(_peak)\n"
+             "sys.argv[0] = 'spikelm'\n"
+             "from spikelm.cli import entry\n"
+             "sys.exit(entry())\n")
+
+
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, int]:
-    """Like :func:`run`, but reaps the child with ``os.wait4`` to get its own ``ru_maxrss`` (KiB on Linux)."""
+    """Reaps the child with ``os.wait4`` to get its own ``ru_maxrss`` (KiB on Linux)."""
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
@@ -104,8 +116,18 @@ def tokens_of(name: str, out: str, args: argparse.Namespace) -> int | None:
     return None
 
 
+def own_speed(out: str) -> float | None:
+    """The command's own tokens/s (scoring alone, loading excluded) where its ``--json`` reports one."""
+    try:
+        obj = json.loads(out)
+    except ValueError:
+        return None
+    v = obj.get("tokens_per_second") if isinstance(obj, dict) else None
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 def commands(ckpt: Path, work: Path, dtype: str, args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    common = ["--dtype", dtype, "--device", "cpu"]
+    common = ["--dtype", dtype, "--device", args.device]
     calib = ["--calib-batches", str(args.calib_batches), "--calib-ctx", str(args.calib_ctx)]
     return [
         ("info", ["info", str(ckpt)]),
@@ -129,6 +151,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=65536)
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the commands run: cpu, cuda, cuda:N (on CUDA the table adds "
+                    "each child's peak allocated device memory)")
     ap.add_argument("--only", default="", help="comma-separated command names to run (default: all)")
     ap.add_argument("--calib-batches", type=int, default=2)
     ap.add_argument("--calib-ctx", type=int, default=64)
@@ -163,7 +187,9 @@ def main() -> None:
             how = f"written in {time.perf_counter() - t0:.0f} s"
         print(f"checkpoint: {args.layers} layers x C={args.width}, vocab {args.vocab}, {n_params / 1e9:.3f} B parameters, "
               f"bf16 .pth {ckpt.stat().st_size / 1e9:.2f} GB, {how}")
-        print(f"children: torch threads {args.threads} (OMP_NUM_THREADS), device cpu, python {sys.version.split()[0]}, "
+        on_cuda = args.device.startswith("cuda")
+        gpu = f" ({torch.cuda.get_device_name(args.device)})" if on_cuda else ""
+        print(f"children: torch threads {args.threads} (OMP_NUM_THREADS), device {args.device}{gpu}, python {sys.version.split()[0]}, "
               f"torch {torch.__version__}")
         _, base, _, _ = run_measured([sys.executable, "-c", "import torch, spikelm.cli"], env)
         print(f"baseline: a process that imports torch and spikelm peaks at {base / 2**30:.2f} GiB")
@@ -174,21 +200,31 @@ def main() -> None:
             for name, argv in commands(ckpt, work, dname, args):
                 if only and name.split()[0] not in only:
                     continue
-                cmd = [sys.executable, "-m", "spikelm", *argv]
-                wall, rss, out, rc = run_measured(cmd, env)
+                peak_file = work / "cuda-peak"
+                peak_file.unlink(missing_ok=True)
+                cmd = [sys.executable, "-c", CUDA_PEAK, *argv] if on_cuda else [sys.executable, "-m", "spikelm", *argv]
+                wall, rss, out, rc = run_measured(cmd, dict(env, SPIKELM_SCALE_PEAK=str(peak_file)))
                 toks = tokens_of(name, out, args)
+                own = own_speed(out) if rc == 0 else None
                 rows.append([name, dname, f"{wall:.1f}", f"{toks / wall:.0f}" if toks and rc == 0 else "",
-                             f"{rss / 2**30:.2f}", f"{weight_bytes / 2**30:.2f}", f"{rss / weight_bytes:.2f}", f"{(rss - base) / weight_bytes:.2f}",
-                             "ok" if rc == 0 else f"exit {rc}"])
+                             f"{own:.0f}" if own else "",
+                             f"{rss / 2**30:.2f}", f"{weight_bytes / 2**30:.2f}", f"{rss / weight_bytes:.2f}", f"{(rss - base) / weight_bytes:.2f}"])
+                if on_cuda:
+                    peak = int(peak_file.read_text()) if peak_file.exists() else None
+                    rows[-1] += [f"{peak / 2**30:.2f}" if peak else "", f"{peak / weight_bytes:.2f}" if peak else ""]
+                rows[-1].append("ok" if rc == 0 else f"exit {rc}")
                 if rc != 0:
                     print(f"[{name} {dname}] failed: {' '.join(argv)}\n{out}", file=sys.stderr)
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
         print()
-        print(md_table(["command", "dtype", "wall s", "tokens/s", "peak RSS GiB", "weights GiB", "RSS / weights",
-                        "(RSS - baseline) / weights", "status"], rows, align="llrrrrrrl"))
+        head = ["command", "dtype", "wall s", "tokens/s", "own tokens/s", "peak RSS GiB", "weights GiB", "RSS / weights",
+                "(RSS - baseline) / weights"] + (["peak GPU GiB", "GPU / weights"] if on_cuda else []) + ["status"]
+        print(md_table(head, rows, align="ll" + "r" * (len(head) - 3) + "l"))
         print("\npeak RSS: the child process's own ru_maxrss (os.wait4); tokens/s over the whole process "
-              "(start-up and loading included); target RSS / weights <= 1.5. The baseline (torch + spikelm "
-              "imported, about 0.5 GiB) dominates small shapes: read the last ratio there.")
+              "(start-up and loading included), own tokens/s the command's own figure where its --json gives one "
+              "(scoring alone); target RSS / weights <= 1.5. The baseline (torch + spikelm "
+              "imported, about 0.5 GiB) dominates small shapes: read the last ratio there."
+              + (" Peak GPU: torch.cuda.max_memory_allocated of the child, written at its exit." if on_cuda else ""))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
