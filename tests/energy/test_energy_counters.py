@@ -233,6 +233,66 @@ def test_encoder_counts_with_a_dirty_reused_scratch(layers, n):
         assert active == active_inputs(x, scale, 1, layers)
 
 
+@pytest.mark.parametrize("encoding, layers", [("rate", 1), ("mhse", 1), ("mhse", 4), ("mhse", 6), ("mhse", 7),
+                                              ("mhse", 9), ("mhse", 15)])
+@pytest.mark.parametrize("init_half", [False, True])
+def test_counts_read_at_the_observation_point_equal_the_closed_form(monkeypatch, encoding, layers, init_half):
+    """One-step encoders are counted from the integer levels they show at ``SpikeEncoder.levels``
+    (int8 codes up to 6 layers, int16 up to 14, int32 beyond): the counts, flags, clipped values
+    and weight fetches equal the closed form's, at and next to every threshold, for -0.0 inputs,
+    per-channel scales and bf16/fp16 inputs; the recount from the input is not called."""
+    from spikelm.energy import spike_counts
+    from spikelm.energy.spike_counts import active_inputs
+
+    def no_recount(*a, **k):
+        raise AssertionError("the observation point was not used")
+
+    monkeypatch.setattr(spike_counts, "encoder_counts", no_recount)
+    g = torch.Generator().manual_seed(layers * 10 + init_half)
+    C = 16
+    for n_int, granularity in ((1, "tensor"), (2, "tensor"), (1, "channel")):
+        cfg = EncodingConfig(encoding=encoding, T=1, layers=layers, n_int=n_int if encoding == "mhse" else 1,
+                             init_half=init_half, granularity=granularity)
+        lin = SpikingLinear(C, 8, cfg)
+        scale = torch.rand(C, generator=g) + 0.05 if granularity == "channel" else torch.tensor(0.37)
+        lin.encoder.scale.copy_(scale)
+        x = torch.randn(7, C, generator=g) * 2 ** min(layers, 6)
+        x[0, :4] = torch.tensor([-0.0, 0.0, -1e-30, 1e30])
+        if granularity == "tensor":
+            args = lin.encoder.encode_args()
+            edges = _edge_values(0.37, args["layers"], args["n_int"], 1)
+            x = torch.cat([x.reshape(-1), edges])[: (x.numel() + edges.numel()) // C * C].reshape(-1, C)
+        for xx in (x, x.bfloat16(), x.half()):
+            with torch.no_grad(), EnergyCounter(lin) as ec:
+                lin(xx)
+            row = ec.counts.rows[""]
+            args = lin.encoder.encode_args()
+            del args["base"]
+            ref = mhse_closed_form(xx, scale, **args, stats=True)[1]
+            got = row.spikes
+            assert torch.equal(got.spikes_per_layer_step, ref.spikes_per_layer_step), (n_int, granularity, xx.dtype)
+            assert (got.flag_spikes, got.clipped, got.numel) == (ref.flag_spikes, ref.clipped, ref.numel)
+            assert row.active == active_inputs(xx, scale, **args)
+
+
+def test_observation_point_falls_back_to_the_reference():
+    """Paths that show no levels (more steps, the simulation) and NaN inputs are recounted from
+    the input, as before: equal counts, and the reference's own error for a NaN."""
+    lin = SpikingLinear(16, 8, EncodingConfig(encoding="mhse", T=2, layers=3))
+    lin.encoder.scale.fill_(0.5)
+    x = torch.randn(5, 16)
+    for method in ("closed", "sim"):
+        lin.encoder.method = method
+        with torch.no_grad(), EnergyCounter(lin) as ec:
+            lin(x)
+        ref = mhse_closed_form(x, lin.encoder.scale, 2, 3, stats=True)[1]
+        assert torch.equal(ec.counts.rows[""].spikes.spikes_per_layer_step, ref.spikes_per_layer_step)
+    one = SpikingLinear(16, 8, EncodingConfig(encoding="mhse", T=1, layers=4))
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"), torch.no_grad(), EnergyCounter(one):
+        one(x)
+
+
 def test_report_prices_with_a_custom_table():
     m = make_rwkv6(n_layer=1, n_embd=16, head_size=8)
     _, ec = _run(m, _batches(1)[0])

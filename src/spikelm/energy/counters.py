@@ -33,10 +33,12 @@ instead, read as follows (SpikeRWKV sec. 3.3-3.4, eq. 3-5):
   The check looks at 256 values first and scans the whole input only if those are binary.
 * A bias adds ``C_out`` adds per token in either case.
 
-Spike counts of encoders are recomputed in a forward pre-hook from the encoder's *input* by the
-exact closed form (:func:`encoder_stats`: the counts of ``mhse_closed_form(..., stats=True)``,
-which the conversion tests prove equal to the step-by-step IF cascade, without rebuilding the
-decoded values); the model's own forward is left alone.
+Spike counts of encoders are the exact closed form's (the counts of ``mhse_closed_form(...,
+stats=True)``, which the conversion tests prove equal to the step-by-step IF cascade). A hook on
+the encoder's observation point reads its integer levels, whose bits are the spikes, as it
+computes them (:class:`~.spike_counts.EncoderObservation`); where it shows none
+(more steps, the simulation) they are recomputed from its input (:func:`encoder_stats`). The
+model's own forward is left alone.
 
 Everything else, per token: the op tables the models declare next to their blocks
 ------------------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ from ..spiking.encoding import SpikeStats
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 from ..spiking.neurons import IFNeuron, LIFNeuron, SpikingNeuron
 from .constants import OP_KINDS
-from .spike_counts import _binary_stats, encoder_counts, encoder_stats, is_binary
+from .spike_counts import EncoderObservation, _binary_stats, encoder_stats, is_binary
 
 log = logging.getLogger(__name__)
 
@@ -359,10 +361,11 @@ class EnergyCounter:
         target = self._row(target_name, "linear", channels, c_out)
         enc_row = self._row(f"{site}.encode", "encode", channels, 0)
 
-        def fn(e: nn.Module, args: tuple) -> None:
+        obs = EncoderObservation(enc, self._scratch_for)
+
+        def fn(e: nn.Module, args: tuple, _out: Any) -> None:
             x = args[0]
-            args_ = e.encode_args()
-            st, active = encoder_counts(x, e.scale, **args_, scratch=self._scratch_for(x))
+            st, active = obs.finish()
             n = x.numel() // max(1, x.shape[-1])
             T, l = st.T, st.layers
             spikes = st.layer_spikes
@@ -376,7 +379,11 @@ class EnergyCounter:
             target.active += active
             target.encoded = True
 
-        self._pre(enc, fn)
+        # the encoder's observation points show what it computed (spikelm.spiking.layers.SpikeEncoder)
+        self._pre(enc, lambda e, args: obs.start(args[0]))
+        if isinstance(getattr(enc, "levels", None), nn.Module):
+            self._post(enc.levels, obs.levels)
+        self._post(enc, fn)
 
     def _attach_norm(self, name: str, mod: nn.LayerNorm | nn.GroupNorm) -> None:
         row = self._row(name, "norm")

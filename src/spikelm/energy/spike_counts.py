@@ -8,12 +8,15 @@ linear layers and neuron outputs. Used by :mod:`.counters`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..spiking.encoding import SpikeStats, floor_half_up_, mhse_closed_form, mhse_simulate
 
-__all__ = ["is_binary", "encoder_stats", "encoder_counts", "active_inputs"]
+__all__ = ["is_binary", "encoder_stats", "encoder_counts", "active_inputs", "EncoderObservation"]
 
 _BINARY_PROBE = 256
 
@@ -88,34 +91,32 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
     # Counts are sums of 0/1 (or small integer) floats: exact in float32 while below 2**24. A
     # boolean mask and count_nonzero would cost several times more on a CPU (a byte-wise cast, and
     # a branch per element that mispredicts on spike-like data).
-    acc = torch.float32 if n * 2**layers < 2**24 else torch.float64
+    acc = _acc(n, layers)
     # sign flags, count(x < 0) = -sum(sign(min(x, 0))) (-0.0 adds nothing, as in x < 0)
-    flags_t = torch.clamp(x, max=0.0, out=tmp).sign_().sum(dtype=acc) if x.dtype == torch.float32 else \
-        tmp.copy_(x).clamp_(max=0.0).sign_().sum(dtype=acc)
+    flags_t = _negatives(x, tmp, acc)
     unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
     (torch.abs(x, out=u) if x.dtype == torch.float32 else u.copy_(x).abs_()).div_(unit)  # |x| in units of w_l
     bins = 2**layers
     u_max = float(bins - 1)
-    top, flags = torch.stack([u.amax().double() if n else flags_t.new_zeros((), dtype=torch.float64), flags_t.double()]).tolist()
+    top = float(u.amax()) if n else 0.0
     if top != top:  # NaN: the reference says what it makes of it
         st = mhse_closed_form(x, scale, T, layers, base, n_int, init_half, stats=True)[1]
         assert st is not None
         return st, active_inputs(x, scale, T, layers, base, n_int, init_half)
-    flags = int(-flags)
+    flags = int(flags_t)
     clipped = 0
     if top > u_max:
         clipped = int(torch.gt(u, u_max, out=tmp).sum(dtype=acc))
         u.clamp_(max=u_max)
-    counts = torch.zeros((T, layers), dtype=torch.int64)
     c = 0.5 if init_half else 0.0
     if T == 1:
         if init_half:
             floor_half_up_(u, tmp)  # q = floor(u + 1/2), in place
-        else:
-            u.floor_()  # q = floor(u), in place
-        per_layer, active = _bit_totals(u, layers, tmp, acc)
-        counts[0] = torch.tensor(per_layer)
-    elif layers == 1 and T <= 64:
+        # else q = floor(u): the integer cast in _bit_totals truncates, which floors u >= 0
+        per_layer, active = _bit_totals(u, layers, tmp)
+        return SpikeStats(torch.tensor([per_layer], dtype=torch.int64), flags, clipped, n), active
+    counts = torch.zeros((T, layers), dtype=torch.int64)
+    if layers == 1 and T <= 64:
         # Rate coding: q_j = floor(j u + c) = #{k = 1..j : u >= (k - c) / j}, so one bucketize of u
         # against the sorted thresholds (k - c) / j (float64; exact comparisons, see below) gives
         # every q_j summed over the values, hence the spikes of each step, q_j - q_{j-1}.
@@ -143,28 +144,134 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
         q_prev_t, work = torch.zeros_like(u64), torch.empty_like(u64)
         for j in range(1, T + 1):
             q = torch.floor(u64 * j + c)
-            counts[j - 1] = torch.tensor(_bit_totals(q - q_prev_t, layers, work, torch.float64)[0])  # step j's emission
+            counts[j - 1] = torch.tensor(_bit_totals(q - q_prev_t, layers, work)[0])  # step j's emission
             q_prev_t = q
         active = int(torch.count_nonzero(q_prev_t))
     return SpikeStats(counts, flags, clipped, x.numel()), active
 
 
-def _bit_totals(q: Tensor, layers: int, tmp: Tensor, acc: torch.dtype) -> tuple[list[int], int]:
+def _negatives(x: Tensor, tmp: Tensor, acc: torch.dtype) -> Tensor:
+    """count(x < 0) (the sign flags) as a 0-d tensor: -sum(sign(min(x, 0))), -0.0 adding nothing
+    as in ``x < 0``. ``tmp``: float32 of ``x``'s shape, overwritten."""
+    neg = torch.clamp(x, max=0.0, out=tmp) if x.dtype == torch.float32 else tmp.copy_(x).clamp_(max=0.0)
+    return neg.sign_().sum(dtype=acc).neg_()
+
+
+def _acc(n: int, layers: int) -> torch.dtype:
+    """Accumulator of counts that are sums of small integer floats: float32 while exact (< 2**24)."""
+    return torch.float32 if n * 2**layers < 2**24 else torch.float64
+
+
+class EncoderObservation:
+    """One encoder's spike counts for one forward call, read from its observation point.
+
+    A spike encoder's one-step fast path (:func:`~spikelm.spiking.encoding.mhse_decode`) shows
+    its integer levels ``q`` (``SpikeEncoder.levels``), whose bits are the layers' spikes. Hooked
+    there, a counter reads them instead of computing them again: one integer code per value,
+    ``q + 2**l * [x < 0]`` (level and sign flag), and one histogram of the codes give every
+    layer's spikes, the flags and the values that fetch a weight, with one host read. Clipped
+    values (``|x| / (s w_l) > 2**l - 1``) are counted from the input as the encoder computes it,
+    only when some level reached the top. What :func:`encoder_counts` computes, in fewer passes.
+    Any other path (more steps, the simulation, a straight-through forward) shows no levels, and
+    the call is counted by :func:`encoder_counts` from the input; so is an input with a NaN.
+
+    Use: ``EncoderObservation(encoder, scratch)``; ``start(x)`` in the encoder's pre-hook,
+    ``levels`` as a forward hook of ``encoder.levels``, ``finish()`` in the encoder's forward
+    hook. ``scratch(x)`` gives a float32 buffer of at least ``2 * x.numel()`` elements that may be
+    overwritten.
+    """
+
+    def __init__(self, enc: nn.Module, scratch: Callable[[Tensor], Tensor]) -> None:
+        self._enc = enc
+        self._scratch = scratch
+        self._x: Tensor | None = None
+        self._st: tuple[SpikeStats, int] | None = None
+        # the spike code is fixed when the encoder is built
+        self._layers = layers = int(enc.encode_args()["layers"])
+        self._u_max = float(2**layers - 1)
+        # codes q + 2**l * [x < 0] in the smallest integer type (a float -> int8 cast is vectorised)
+        self._dt, self._size = (torch.int8, 1) if layers <= 6 else (torch.int16, 2) if layers <= 14 else (torch.int32, 4)
+        self._masks = _bit_masks(layers)
+
+    def start(self, x: Tensor) -> None:
+        self._x, self._st = x.detach(), None
+
+    def levels(self, _mod: object, args: tuple, _out: object) -> None:
+        q, x = args[0], self._x
+        if x is None or x.numel() == 0:
+            return
+        top = float(q.amax())
+        if top != top:  # a NaN: counted by the reference in finish()
+            return
+        layers, n = self._layers, x.numel()
+        scratch = self._scratch(x)
+        raw = scratch.view(torch.uint8)
+        nb = n * self._size
+        code, neg = raw[:nb].view(self._dt), raw[nb: 2 * nb].view(self._dt).view(x.shape)
+        code.copy_(q.reshape(-1))
+        torch.lt(x, 0, out=neg)
+        code.add_(neg.view(-1), alpha=2**layers)
+        h = torch.bincount(raw[:n] if self._size == 1 else code, minlength=2 ** (layers + 1)).tolist()
+        half = 2**layers
+        per_layer = [sum(h[k] + h[k + half] for k in ks) for ks in self._masks]
+        clipped = 0
+        if top >= self._u_max:  # some values reached the top level: which of them were clipped?
+            clipped = self._clipped(x, scratch[:n].view(x.shape))
+        self._st = (SpikeStats(torch.tensor([per_layer], dtype=torch.int64), sum(h[half:]), clipped, n),
+                    n - h[0] - h[half])
+
+    def _clipped(self, x: Tensor, u: Tensor) -> int:
+        """Values whose ``|x| / (s w_l)``, computed as the encoder computes it, exceeds ``2**l - 1``."""
+        unit = self._enc.scale.detach().to(x.device) * 2.0 ** (int(self._enc.encode_args()["n_int"]) - self._layers)
+        (torch.abs(x, out=u) if x.dtype == torch.float32 else u.copy_(x).abs_()).div_(unit)
+        return int(torch.gt(u, self._u_max, out=u).sum(dtype=_acc(x.numel(), self._layers)))
+
+    def finish(self) -> tuple[SpikeStats, int]:
+        x, st = self._x, self._st
+        self._x = self._st = None
+        assert x is not None, "finish() without start()"
+        if st is not None:
+            return st
+        return encoder_counts(x, self._enc.scale, **self._enc.encode_args(), scratch=self._scratch(x))
+
+
+@functools.lru_cache(maxsize=None)
+def _bit_masks(layers: int) -> tuple[tuple[int, ...], ...]:
+    """For each layer ``i = 1..l``, the levels ``q`` in ``[0, 2**l)`` whose bit ``l - i`` is set."""
+    return tuple(tuple(k for k in range(2**layers) if k >> (layers - i) & 1) for i in range(1, layers + 1))
+
+
+def _bit_totals(q: Tensor, layers: int, scratch: Tensor | None = None) -> tuple[list[int], int]:
     """(spikes per layer, values with q >= 1) of integer levels ``q`` in [0, 2**layers - 1], float.
 
-    Layer ``i`` fires where bit ``l - i`` of ``q`` is set, and the values with bit ``b`` set number
-    ``S_b - 2 S_{b+1}`` with ``S_b = sum(floor(q / 2**b))`` (``S_l = 0``). Each ``S_b`` is one
-    in-place halving and floor (exact: small non-negative integers) and one sum. All in float32,
-    without the integer casts and ``bincount`` of a histogram: those convert and scatter element by
-    element and cost about twice as much on a CPU. The sums accumulate in ``acc`` (float32 is
-    exact while every partial sum stays below 2**24). ``q`` and ``tmp`` (same shape) are overwritten.
+    Layer ``i`` fires where bit ``l - i`` of ``q`` is set: a histogram of the levels gives every
+    layer's count. The levels are cast to the smallest integer type that holds them (a byte up to
+    eight layers: a quarter of the float32 bytes) and counted by ``bincount``; one pass each, and
+    one host read. The cast truncates, which is exact for these integer values. ``scratch``: any
+    contiguous tensor of at least ``q.numel()`` int32 words (viewed as bytes) that may be
+    overwritten; without it the integer copy is allocated.
     """
-    sums = [torch.clamp(q, max=1.0, out=tmp).sum(dtype=acc), q.sum(dtype=acc)]  # values that emit, S_0
-    for _ in range(1, layers):
-        sums.append(q.mul_(0.5).floor_().sum(dtype=acc))
-    active, *s = (int(v) for v in torch.stack(sums).tolist())
-    s.append(0)
-    return [s[layers - i] - 2 * s[layers - i + 1] for i in range(1, layers + 1)], active
+    # int8 up to 7 layers (levels <= 127; a float -> int8 cast is vectorised, to uint8 it is
+    # several times slower), counted as the same bytes read as uint8; uint8 for 8, int32 beyond
+    dt = torch.int8 if layers <= 7 else torch.uint8 if layers == 8 else torch.int32
+    n = q.numel()
+    nbytes = n * (1 if dt != torch.int32 else 4)
+    if scratch is not None and scratch.is_contiguous() and scratch.device == q.device and \
+            scratch.numel() * scratch.element_size() >= nbytes:
+        qi = scratch.view(-1).view(torch.uint8)[:nbytes].view(dt)
+    else:
+        qi = torch.empty(n, dtype=dt, device=q.device)
+    qi.copy_(q.reshape(-1))
+    if dt == torch.int8:
+        qi = qi.view(torch.uint8)
+    hist = torch.bincount(qi, minlength=2**layers)
+    if layers <= 8:
+        h = hist.tolist()
+        return [sum(h[k] for k in ks) for ks in _bit_masks(layers)], n - h[0]
+    k = torch.arange(2**layers, device=hist.device)
+    bits = torch.stack([(k >> (layers - i)) & 1 for i in range(1, layers + 1)])
+    *per_layer, silent = torch.cat([(bits * hist).sum(1), hist[:1]]).tolist()
+    return per_layer, n - silent
 
 
 def active_inputs(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,

@@ -82,6 +82,7 @@ flag fires and the layers spike ``0 0 0 0 1 1``: ``-0.1875 = -0.0011b``. The dec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -435,6 +436,7 @@ def mhse_decode(
     layers: int,
     n_int: int = 1,
     init_half: bool = False,
+    on_levels: Callable[[Tensor], object] | None = None,
 ) -> Tensor:
     """Decoded values only: bit for bit ``mhse_closed_form(...)[0]``, in fewer passes over memory.
 
@@ -447,6 +449,12 @@ def mhse_decode(
     No host syncs: it reads no value back to check it (one such read per encoded site stalled a
     GPU twice per site and token). The scale is the caller's to validate (a converted model checks
     its scales at calibration and at load); a NaN input decodes to NaN, as any layer would pass it on.
+
+    Observation point, for counters outside the model (one step, ``T = 1``, float32 scale only):
+    ``on_levels(q)`` sees the integer levels ``q = floor(min(|x| / (s w_l), 2**l - 1))`` (float32;
+    ``floor(. + 1/2)`` with ``init_half``), whose bits are the layers' spikes. It is called with
+    this function's own working tensor, which it then changes in place: read it, do not keep or
+    modify it. What it returns is ignored.
     """
     _check_exact(T, layers, 2.0)
     if not x.is_floating_point():
@@ -470,6 +478,8 @@ def mhse_decode(
         unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
         u = (x.float().abs_() if low else x.abs()).div_(unit).clamp_(max=a_max * 2.0 ** (layers - n_int))
         q = floor_half_up_(u, torch.empty_like(u)) if init_half else u.floor_()
+        if on_levels is not None:
+            on_levels(q)
         if low:
             return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)

@@ -27,6 +27,12 @@ class SpikeEncoder(nn.Module):
     scale that is not finite and > 0 (checked here once, not on every forward).
     ``method``: ``closed`` (fast, exact closed form) or ``sim`` (step-by-step IF cascade; slow,
     the reference). Both give bit-identical outputs. ``straight_through`` passes gradients.
+
+    ``levels`` is an observation point (``nn.Identity``, no weights): the closed form's one-step
+    fast path calls it with the integer levels whose bits are the spikes (see
+    :func:`~spikelm.spiking.encoding.mhse_decode`), so a counter's hook on it reads what the
+    encoder computed instead of computing it again. The model ignores what it returns; other paths
+    do not call it.
     """
 
     def __init__(self, enc: EncodingConfig, channels: int):
@@ -37,6 +43,7 @@ class SpikeEncoder(nn.Module):
         self.method = "closed"
         self.straight_through = False
         self.register_load_state_dict_post_hook(lambda module, _keys: check_scale(module.scale))
+        self.levels = nn.Identity()
 
     def _apply(self, fn, recurse=True):
         # Module.to/half/bfloat16 all go through _apply: keep the scale's float32 value and take
@@ -66,7 +73,7 @@ class SpikeEncoder(nn.Module):
             return x_hat
         args = self.encode_args()
         del args["base"]
-        return mhse_decode(x, self.scale, **args)
+        return mhse_decode(x, self.scale, **args, on_levels=self.levels)
 
     def extra_repr(self) -> str:
         return f"{self.encoding}, T={self.T}, layers={self.layers}, method={self.method}, scale={tuple(self.scale.shape)}"
