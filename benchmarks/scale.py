@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--keep", default="", help="write the checkpoint here and keep it (default: a temporary folder)")
     ap.add_argument("--checkpoint", default="", help="reuse a checkpoint an earlier run wrote with --keep (same shape flags)")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: this torch sees no CUDA GPU (torch {torch.__version__})")
 
     torch.set_num_threads(args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
