@@ -191,7 +191,6 @@ class EncoderObservation:
         self._u_max = float(2**layers - 1)
         # codes q + 2**l * [x < 0] in the smallest integer type (a float -> int8 cast is vectorised)
         self._dt, self._size = (torch.int8, 1) if layers <= 6 else (torch.int16, 2) if layers <= 14 else (torch.int32, 4)
-        self._masks = _bit_masks(layers)
 
     def start(self, x: Tensor) -> None:
         self._x, self._st = x.detach(), None
@@ -211,14 +210,12 @@ class EncoderObservation:
         code.copy_(q.reshape(-1))
         torch.lt(x, 0, out=neg)
         code.add_(neg.view(-1), alpha=2**layers)
-        h = torch.bincount(raw[:n] if self._size == 1 else code, minlength=2 ** (layers + 1)).tolist()
-        half = 2**layers
-        per_layer = [sum(h[k] + h[k + half] for k in ks) for ks in self._masks]
+        hist = torch.bincount(raw[:n] if self._size == 1 else code, minlength=2 ** (layers + 1))
+        per_layer, silent, flags = _fold_levels(hist, layers)
         clipped = 0
         if top >= self._u_max:  # some values reached the top level: which of them were clipped?
             clipped = self._clipped(x, scratch[:n].view(x.shape))
-        self._st = (SpikeStats(torch.tensor([per_layer], dtype=torch.int64), sum(h[half:]), clipped, n),
-                    n - h[0] - h[half])
+        self._st = SpikeStats(torch.tensor([per_layer], dtype=torch.int64), flags, clipped, n), n - silent
 
     def _clipped(self, x: Tensor, u: Tensor) -> int:
         """Values whose ``|x| / (s w_l)``, computed as the encoder computes it, exceeds ``2**l - 1``."""
@@ -264,14 +261,27 @@ def _bit_totals(q: Tensor, layers: int, scratch: Tensor | None = None) -> tuple[
     qi.copy_(q.reshape(-1))
     if dt == torch.int8:
         qi = qi.view(torch.uint8)
-    hist = torch.bincount(qi, minlength=2**layers)
-    if layers <= 8:
-        h = hist.tolist()
-        return [sum(h[k] for k in ks) for ks in _bit_masks(layers)], n - h[0]
-    k = torch.arange(2**layers, device=hist.device)
-    bits = torch.stack([(k >> (layers - i)) & 1 for i in range(1, layers + 1)])
-    *per_layer, silent = torch.cat([(bits * hist).sum(1), hist[:1]]).tolist()
+    per_layer, silent, _ = _fold_levels(torch.bincount(qi, minlength=2**layers), layers)
     return per_layer, n - silent
+
+
+def _fold_levels(hist: Tensor, layers: int) -> tuple[list[int], int, int]:
+    """(spikes per layer, values at level 0, values in the second half) of a histogram of integer
+    levels ``0 .. 2**l - 1`` (``hist`` of length ``2**l``), or of codes ``q + 2**l * flag``
+    (length ``2 * 2**l``: the second half counts the flagged values). Layer ``i`` fires where bit
+    ``l - i`` of the level is set. One host read."""
+    half = 2**layers
+    if layers <= 8:  # a short list: Python sums over the levels of each bit
+        h = hist.tolist()
+        both = [a + b for a, b in zip(h[:half], h[half:])] if len(h) > half else h
+        return [sum(both[k] for k in ks) for ks in _bit_masks(layers)], both[0], sum(h[half:])
+    rows = hist.view(-1, half)
+    both = rows.sum(0)
+    k = torch.arange(half, device=hist.device)
+    bits = torch.stack([(k >> (layers - i)) & 1 for i in range(1, layers + 1)])
+    flags = rows[1:].sum().view(1) if rows.shape[0] > 1 else both.new_zeros(1)
+    *per_layer, silent, n_flags = torch.cat([(bits * both).sum(1), both[:1], flags]).tolist()
+    return per_layer, silent, n_flags
 
 
 def active_inputs(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 2.0, n_int: int = 1,
