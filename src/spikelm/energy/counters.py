@@ -379,7 +379,7 @@ class EnergyCounter:
             target.active += active
             target.encoded = True
 
-        # the encoder's observation points show what it computed (spikelm.spiking.layers.SpikeEncoder)
+        # the encoder's observation point shows what it computed (spikelm.spiking.layers.SpikeEncoder)
         self._pre(enc, lambda e, args: obs.start(args[0]))
         if isinstance(getattr(enc, "levels", None), nn.Module):
             self._post(enc.levels, obs.levels)

@@ -73,7 +73,8 @@ class SpikeEncoder(nn.Module):
             return x_hat
         args = self.encode_args()
         del args["base"]
-        return mhse_decode(x, self.scale, **args, on_levels=self.levels)
+        return mhse_decode(x, self.scale, **args,
+                           on_levels=getattr(self, "levels", None))  # None: a module pickled before it existed
 
     def extra_repr(self) -> str:
         return f"{self.encoding}, T={self.T}, layers={self.layers}, method={self.method}, scale={tuple(self.scale.shape)}"
