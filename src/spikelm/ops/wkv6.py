@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._precision import outside_autocast
+from .wkv6_cpu import kernel as cpu_kernel
+from .wkv6_cpu import wkv6_recurrent_cpu
 
 __all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "wkv6_chunked_fp32", "LOG_DECAY_FLOOR"]
 
@@ -464,17 +466,26 @@ def wkv6(
     """RWKV-6 WKV with a choice of implementation.
 
     ``impl="auto"`` uses :func:`wkv6_step` for T == 1 (token-by-token decoding, where chunking
-    only adds overhead) and a chunked form otherwise: the float32 one on CUDA, the float64-accumulating
-    CPU reference elsewhere; "naive", "chunked" and "chunked_fp32" force one.
+    only adds overhead). Longer inputs take, on CUDA, the float32 chunked form; on the CPU, when
+    no gradient is needed and the inputs are not float64, the compiled recurrence
+    (:func:`~.wkv6_cpu.wkv6_recurrent_cpu`, where it could be built), else the float64-accumulating
+    chunked form. "naive", "chunked", "chunked_fp32" and "recurrent_cpu" force one.
     """
     if impl == "auto":
         if r.shape[1] == 1:
             return wkv6_step(r, k, v, logw, u, state)
         impl = "chunked_fp32" if r.is_cuda else "chunked"
+        if impl == "chunked" and r.device.type == "cpu" and r.dtype != torch.float64 and not (
+                torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
+                                                if isinstance(t, Tensor))) and cpu_kernel() is not None:
+            impl = "recurrent_cpu"
+    if impl == "recurrent_cpu":
+        _check_inputs(r, k, v, logw, u, state)
+        return wkv6_recurrent_cpu(r, k, v, logw, u, state)
     if impl == "naive":
         return wkv6_naive(r, k, v, logw, u, state)
     if impl == "chunked":
         return wkv6_chunked(r, k, v, logw, u, state, chunk_size=chunk_size)
     if impl == "chunked_fp32":
         return wkv6_chunked_fp32(r, k, v, logw, u, state, chunk_size=chunk_size)
-    raise ValueError(f"impl must be 'auto', 'naive', 'chunked' or 'chunked_fp32', got {impl!r}")
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32' or 'recurrent_cpu', got {impl!r}")

@@ -1,0 +1,100 @@
+"""The compiled CPU WKV6 recurrence against its naive twin, and when ``wkv6`` takes it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import importlib
+
+from spikelm.ops import wkv6_cpu
+from spikelm.ops.wkv6 import wkv6, wkv6_naive
+
+wkv6_module = importlib.import_module("spikelm.ops.wkv6")  # the package attribute is the function
+
+needs_kernel = pytest.mark.skipif(wkv6_cpu.kernel() is None, reason="no C++ compiler / ninja to build the kernel")
+
+
+def _close(got, ref, tol=2e-6):
+    """float32 rounding: the largest difference relative to the largest reference value."""
+    err = ((got.double() - ref).abs().max() / ref.abs().max()).item()
+    assert err < tol, f"relative error {err:.2e}"
+
+
+def _inputs(B, T, H, N, seed=0, floor=False):
+    g = torch.Generator().manual_seed(seed)
+    r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
+    logw = -torch.exp(torch.rand(B, T, H, N, generator=g) * 7 - 6)  # decays from e^-e^-6 to e^-e^1
+    if floor:
+        logw[:, ::3] = -60.0  # the floor: a decay of e^-60 per step, which the recurrence takes as is
+    u = torch.randn(H, N, generator=g) * 0.5
+    s0 = torch.randn(B, H, N, N, generator=g)
+    return r, k, v, logw, u, s0
+
+
+@needs_kernel
+@pytest.mark.parametrize("B, T, H, N", [(1, 1, 1, 16), (2, 7, 3, 16), (2, 33, 2, 64), (1, 130, 4, 64)])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("floor", [False, True])
+def test_recurrent_cpu_equals_the_naive_loop(B, T, H, N, with_state, floor):
+    r, k, v, logw, u, s0 = _inputs(B, T, H, N, seed=T, floor=floor)
+    state = s0 if with_state else None
+    y, s = wkv6_cpu.wkv6_recurrent_cpu(r, k, v, logw, u, state)
+    ref_y, ref_s = wkv6_naive(*(t.double() for t in (r, k, v, logw, u)), None if state is None else state.double())
+    assert y.dtype == torch.float32 and s.dtype == torch.float32 and s.shape == (B, H, N, N)
+    _close(y, ref_y)
+    _close(s, ref_s)
+    if state is not None:
+        assert torch.equal(state, s0)  # the caller's state is not written to
+
+
+@needs_kernel
+def test_recurrent_cpu_takes_bf16_inputs_and_returns_their_dtype():
+    r, k, v, logw, u, _ = _inputs(1, 20, 2, 32)
+    rb, kb, vb = (t.bfloat16() for t in (r, k, v))
+    y, s = wkv6_cpu.wkv6_recurrent_cpu(rb, kb, vb, logw, u)
+    ref_y, ref_s = wkv6_naive(*(t.double() for t in (rb, kb, vb, logw, u)))
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    _close(y, ref_y, tol=1e-2)  # y rounded to bf16
+    _close(s, ref_s)
+
+
+@needs_kernel
+def test_auto_takes_the_kernel_only_without_gradients(monkeypatch):
+    calls = []
+    real = wkv6_module.wkv6_recurrent_cpu
+    monkeypatch.setattr(wkv6_module, "wkv6_recurrent_cpu", lambda *a: calls.append(1) or real(*a))
+    r, k, v, logw, u, s0 = _inputs(1, 16, 2, 16)
+    with torch.no_grad():
+        y, s = wkv6(r, k, v, logw, u, s0)
+    assert calls == [1]
+    ref_y, ref_s = wkv6(r, k, v, logw, u, s0, impl="chunked")
+    torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s, ref_s, rtol=1e-5, atol=1e-5)
+    wkv6(r, k, v, logw.requires_grad_(), u, s0)  # a gradient is wanted: the chunked form
+    with torch.no_grad():
+        wkv6(*(t.double() for t in (r, k, v, logw, u, s0)))  # float64: the chunked form
+        wkv6(r[:, :1], k[:, :1], v[:, :1], logw[:, :1], u, s0)  # one step: wkv6_step
+    assert calls == [1]
+
+
+def test_without_the_kernel_auto_keeps_the_chunked_form(monkeypatch):
+    monkeypatch.setattr(wkv6_module, "cpu_kernel", lambda: None)
+    monkeypatch.setattr(wkv6_cpu, "kernel", lambda: None)
+    r, k, v, logw, u, s0 = _inputs(1, 16, 2, 16)
+    with torch.no_grad():
+        y, s = wkv6(r, k, v, logw, u, s0)
+        ref_y, ref_s = wkv6(r, k, v, logw, u, s0, impl="chunked")
+    assert torch.equal(y, ref_y) and torch.equal(s, ref_s)
+    with pytest.raises(RuntimeError, match="not available"):
+        wkv6_cpu.wkv6_recurrent_cpu(r, k, v, logw, u)
+
+
+def test_the_switch_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setenv("SPIKELM_NO_CPP_KERNELS", "1")
+    wkv6_cpu.kernel.cache_clear()
+    try:
+        assert wkv6_cpu.kernel() is None
+    finally:
+        monkeypatch.delenv("SPIKELM_NO_CPP_KERNELS")
+        wkv6_cpu.kernel.cache_clear()
