@@ -236,13 +236,21 @@ def test_encoder_counts_with_a_dirty_reused_scratch(layers, n):
 @pytest.mark.parametrize("encoding, layers", [("rate", 1), ("mhse", 1), ("mhse", 4), ("mhse", 6), ("mhse", 7),
                                               ("mhse", 9), ("mhse", 15)])
 @pytest.mark.parametrize("init_half", [False, True])
-def test_counts_read_at_the_observation_point_equal_the_closed_form(monkeypatch, encoding, layers, init_half):
-    """One-step encoders are counted from the integer levels they show at ``SpikeEncoder.levels``
-    (int8 codes up to 6 layers, int16 up to 14, int32 beyond): the counts, flags, clipped values
-    and weight fetches equal the closed form's, at and next to every threshold, for -0.0 inputs,
-    per-channel scales and bf16/fp16 inputs; the recount from the input is not called."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_counts_read_at_the_observation_point_equal_the_closed_form(monkeypatch, encoding, layers, init_half, compiled):
+    """One-step encoders are counted from the integer levels they show at ``SpikeEncoder.levels``,
+    by the compiled histogram (``compiled``) or by tensor operations (int8 codes up to 6 layers,
+    int16 up to 14, int32 beyond): the counts, flags, clipped values and weight fetches equal the
+    closed form's, at and next to every threshold, for -0.0 inputs, per-channel scales and
+    bf16/fp16 inputs; the recount from the input is not called."""
     from spikelm.energy import spike_counts
     from spikelm.energy.spike_counts import active_inputs
+    from spikelm.ops.cpu_kernels import kernel
+
+    if compiled and kernel() is None:
+        pytest.skip("no C++ compiler / ninja to build the kernels")
+    if not compiled:
+        monkeypatch.setattr(spike_counts, "level_histogram", lambda *a: None)
 
     def no_recount(*a, **k):
         raise AssertionError("the observation point was not used")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..ops.cpu_kernels import level_histogram
 from ..spiking.encoding import SpikeStats, floor_half_up_, mhse_closed_form, mhse_simulate
 
 __all__ = ["is_binary", "encoder_stats", "encoder_counts", "active_inputs", "EncoderObservation"]
@@ -171,7 +172,9 @@ class EncoderObservation:
     ``q + 2**l * [x < 0]`` (level and sign flag), and one histogram of the codes give every
     layer's spikes, the flags and the values that fetch a weight, with one host read. Clipped
     values (``|x| / (s w_l) > 2**l - 1``) are counted from the input as the encoder computes it,
-    only when some level reached the top. What :func:`encoder_counts` computes, in fewer passes.
+    only where the level is the top one. On the CPU all of it is one compiled pass
+    (:func:`spikelm.ops.cpu_kernels.level_histogram`); elsewhere, or where it cannot be built, a
+    few tensor operations. What :func:`encoder_counts` computes, in fewer passes.
     Any other path (more steps, the simulation, a straight-through forward) shows no levels, and
     the call is counted by :func:`encoder_counts` from the input; so is an input with a NaN.
 
@@ -187,7 +190,9 @@ class EncoderObservation:
         self._x: Tensor | None = None
         self._st: tuple[SpikeStats, int] | None = None
         # the spike code is fixed when the encoder is built
-        self._layers = layers = int(enc.encode_args()["layers"])
+        args = enc.encode_args()
+        self._layers = layers = int(args["layers"])
+        self._n_int = int(args["n_int"])
         self._u_max = float(2**layers - 1)
         # codes q + 2**l * [x < 0] in the smallest integer type (a float -> int8 cast is vectorised)
         self._dt, self._size = (torch.int8, 1) if layers <= 6 else (torch.int16, 2) if layers <= 14 else (torch.int32, 4)
@@ -199,10 +204,18 @@ class EncoderObservation:
         q, x = args[0], self._x
         if x is None or x.numel() == 0:
             return
-        top = float(q.amax())
-        if top != top:  # a NaN: counted by the reference in finish()
-            return
         layers, n = self._layers, x.numel()
+        fast = level_histogram(q, x, self._unit(x), layers)  # one compiled pass where available
+        if fast is not None:
+            hist, clipped, nans = fast
+            if nans:  # a NaN: counted by the reference in finish()
+                return
+            per_layer, silent, flags = _fold_levels(hist, layers)
+            self._st = SpikeStats(torch.tensor([per_layer], dtype=torch.int64), flags, clipped, n), n - silent
+            return
+        top = float(q.amax())
+        if top != top:
+            return
         scratch = self._scratch(x)
         raw = scratch.view(torch.uint8)
         nb = n * self._size
@@ -217,9 +230,13 @@ class EncoderObservation:
             clipped = self._clipped(x, scratch[:n].view(x.shape))
         self._st = SpikeStats(torch.tensor([per_layer], dtype=torch.int64), flags, clipped, n), n - silent
 
+    def _unit(self, x: Tensor) -> Tensor:
+        """``s w_l``, the encoder's smallest weight times its scale (exact: a power of two)."""
+        return self._enc.scale.detach().to(x.device) * 2.0 ** (self._n_int - self._layers)
+
     def _clipped(self, x: Tensor, u: Tensor) -> int:
         """Values whose ``|x| / (s w_l)``, computed as the encoder computes it, exceeds ``2**l - 1``."""
-        unit = self._enc.scale.detach().to(x.device) * 2.0 ** (int(self._enc.encode_args()["n_int"]) - self._layers)
+        unit = self._unit(x)
         (torch.abs(x, out=u) if x.dtype == torch.float32 else u.copy_(x).abs_()).div_(unit)
         return int(torch.gt(u, self._u_max, out=u).sum(dtype=_acc(x.numel(), self._layers)))
 
@@ -265,16 +282,17 @@ def _bit_totals(q: Tensor, layers: int, scratch: Tensor | None = None) -> tuple[
     return per_layer, n - silent
 
 
-def _fold_levels(hist: Tensor, layers: int) -> tuple[list[int], int, int]:
+def _fold_levels(hist: Tensor | list[int], layers: int) -> tuple[list[int], int, int]:
     """(spikes per layer, values at level 0, values in the second half) of a histogram of integer
     levels ``0 .. 2**l - 1`` (``hist`` of length ``2**l``), or of codes ``q + 2**l * flag``
     (length ``2 * 2**l``: the second half counts the flagged values). Layer ``i`` fires where bit
     ``l - i`` of the level is set. One host read."""
     half = 2**layers
     if layers <= 8:  # a short list: Python sums over the levels of each bit
-        h = hist.tolist()
+        h = hist if isinstance(hist, list) else hist.tolist()
         both = [a + b for a, b in zip(h[:half], h[half:])] if len(h) > half else h
         return [sum(both[k] for k in ks) for ks in _bit_masks(layers)], both[0], sum(h[half:])
+    hist = torch.tensor(hist) if isinstance(hist, list) else hist
     rows = hist.view(-1, half)
     both = rows.sum(0)
     k = torch.arange(half, device=hist.device)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._precision import outside_autocast
-from .wkv6_cpu import kernel as cpu_kernel
-from .wkv6_cpu import wkv6_recurrent_cpu
+from .cpu_kernels import kernel as cpu_kernel
+from .cpu_kernels import wkv6_recurrent_cpu
 
 __all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "wkv6_chunked_fp32", "LOG_DECAY_FLOOR"]
 
@@ -468,7 +468,7 @@ def wkv6(
     ``impl="auto"`` uses :func:`wkv6_step` for T == 1 (token-by-token decoding, where chunking
     only adds overhead). Longer inputs take, on CUDA, the float32 chunked form; on the CPU, when
     no gradient is needed and the inputs are not float64, the compiled recurrence
-    (:func:`~.wkv6_cpu.wkv6_recurrent_cpu`, where it could be built), else the float64-accumulating
+    (:func:`~.cpu_kernels.wkv6_recurrent_cpu`, where it could be built), else the float64-accumulating
     chunked form. "naive", "chunked", "chunked_fp32" and "recurrent_cpu" force one.
     """
     if impl == "auto":

@@ -7,12 +7,12 @@ import torch
 
 import importlib
 
-from spikelm.ops import wkv6_cpu
+from spikelm.ops import cpu_kernels
 from spikelm.ops.wkv6 import wkv6, wkv6_naive
 
 wkv6_module = importlib.import_module("spikelm.ops.wkv6")  # the package attribute is the function
 
-needs_kernel = pytest.mark.skipif(wkv6_cpu.kernel() is None, reason="no C++ compiler / ninja to build the kernel")
+needs_kernel = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ compiler / ninja to build the kernel")
 
 
 def _close(got, ref, tol=2e-6):
@@ -39,7 +39,7 @@ def _inputs(B, T, H, N, seed=0, floor=False):
 def test_recurrent_cpu_equals_the_naive_loop(B, T, H, N, with_state, floor):
     r, k, v, logw, u, s0 = _inputs(B, T, H, N, seed=T, floor=floor)
     state = s0 if with_state else None
-    y, s = wkv6_cpu.wkv6_recurrent_cpu(r, k, v, logw, u, state)
+    y, s = cpu_kernels.wkv6_recurrent_cpu(r, k, v, logw, u, state)
     ref_y, ref_s = wkv6_naive(*(t.double() for t in (r, k, v, logw, u)), None if state is None else state.double())
     assert y.dtype == torch.float32 and s.dtype == torch.float32 and s.shape == (B, H, N, N)
     _close(y, ref_y)
@@ -52,7 +52,7 @@ def test_recurrent_cpu_equals_the_naive_loop(B, T, H, N, with_state, floor):
 def test_recurrent_cpu_takes_bf16_inputs_and_returns_their_dtype():
     r, k, v, logw, u, _ = _inputs(1, 20, 2, 32)
     rb, kb, vb = (t.bfloat16() for t in (r, k, v))
-    y, s = wkv6_cpu.wkv6_recurrent_cpu(rb, kb, vb, logw, u)
+    y, s = cpu_kernels.wkv6_recurrent_cpu(rb, kb, vb, logw, u)
     ref_y, ref_s = wkv6_naive(*(t.double() for t in (rb, kb, vb, logw, u)))
     assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
     _close(y, ref_y, tol=1e-2)  # y rounded to bf16
@@ -80,21 +80,42 @@ def test_auto_takes_the_kernel_only_without_gradients(monkeypatch):
 
 def test_without_the_kernel_auto_keeps_the_chunked_form(monkeypatch):
     monkeypatch.setattr(wkv6_module, "cpu_kernel", lambda: None)
-    monkeypatch.setattr(wkv6_cpu, "kernel", lambda: None)
+    monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
     r, k, v, logw, u, s0 = _inputs(1, 16, 2, 16)
     with torch.no_grad():
         y, s = wkv6(r, k, v, logw, u, s0)
         ref_y, ref_s = wkv6(r, k, v, logw, u, s0, impl="chunked")
     assert torch.equal(y, ref_y) and torch.equal(s, ref_s)
     with pytest.raises(RuntimeError, match="not available"):
-        wkv6_cpu.wkv6_recurrent_cpu(r, k, v, logw, u)
+        cpu_kernels.wkv6_recurrent_cpu(r, k, v, logw, u)
 
 
 def test_the_switch_turns_the_kernel_off(monkeypatch):
     monkeypatch.setenv("SPIKELM_NO_CPP_KERNELS", "1")
-    wkv6_cpu.kernel.cache_clear()
+    cpu_kernels.kernel.cache_clear()
     try:
-        assert wkv6_cpu.kernel() is None
+        assert cpu_kernels.kernel() is None
     finally:
         monkeypatch.delenv("SPIKELM_NO_CPP_KERNELS")
-        wkv6_cpu.kernel.cache_clear()
+        cpu_kernels.kernel.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("layers", [1, 4, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_level_histogram_equals_tensor_operations(layers, dtype, per_channel):
+    g = torch.Generator().manual_seed(layers)
+    C, top = 24, 2**layers - 1
+    x = (torch.randn(37, C, generator=g) * 2).to(dtype)
+    x[0, :3] = torch.tensor([-0.0, 0.0, -1e-3]).to(dtype)
+    unit = (torch.rand(C, generator=g) + 0.05) * 2.0 ** -layers if per_channel else torch.tensor([2.0 ** -layers * 0.3])
+    u = x.float().abs() / unit  # as the encoder computes it
+    q = u.clamp(max=float(top)).floor()
+    q[1, 1] = float("nan")
+    got = cpu_kernels.level_histogram(q, x, unit, layers)
+    ok = ~q.isnan()
+    code = (q[ok] + 2**layers * (x.float()[ok] < 0)).long()
+    assert got[0] == torch.bincount(code, minlength=2 ** (layers + 1)).tolist()
+    assert got[1] == int((u[ok] > top).sum()) and got[2] == 1
+    assert cpu_kernels.level_histogram(q.double(), x, unit, layers) is None  # not a float32 level tensor
