@@ -95,13 +95,17 @@ at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor log
 // q: levels (float32, integer values 0 .. 2^layers - 1, or NaN), x: the encoder's input (same
 // numel), unit: float32 of 1 or C (= x's last dimension) values. Returns int64
 // [hist of q + 2^layers [x < 0] (2^(layers+1) bins) ..., clipped, nan].
-template <typename X>
-static void level_histogram_range(const float* __restrict q, const X* __restrict x, const float* __restrict unit,
-                                  int64_t begin, int64_t end, int64_t C, int64_t layers, int64_t* __restrict out) {
+// A value is clipped where fl(|x| / unit) > u_max, u_max = 2^l - 1. For l <= 23 the float32 just
+// above u_max is u_max + ulp and a tie between them rounds to u_max (its last mantissa bit is 0),
+// so fl(|x| / unit) > u_max exactly when |x| > unit (u_max + ulp / 2), a product that is exact in
+// double (24 + 26 bits): one comparison per value instead of a division.
+template <typename X, int64_t L>
+static void level_histogram_range(const float* __restrict q, const X* __restrict x, const double* __restrict thr,
+                                  int64_t begin, int64_t end, int64_t C, int64_t layers_rt, int64_t* __restrict out) {
     // one thread's share: K interleaved histograms, so consecutive values rarely wait on one counter
     constexpr int64_t K = 4;
+    const int64_t layers = L > 0 ? L : layers_rt;
     const int64_t bins = int64_t(2) << layers, top = (int64_t(1) << layers) - 1;
-    const float u_max = float(top);
     std::vector<int32_t> hv(K * bins, 0);
     int32_t* __restrict h = hv.data();
     int64_t clipped = 0, nans = 0;
@@ -112,7 +116,7 @@ static void level_histogram_range(const float* __restrict q, const X* __restrict
         const int64_t level = int64_t(qv);
         const float xv = float(x[i]);
         ++h[(i & (K - 1)) * bins + level + (int64_t(xv < 0.f) << layers)];
-        if (level == top && std::fabs(xv) / unit[c] > u_max) ++clipped;
+        clipped += (level == top) & (double(std::fabs(xv)) > thr[c]);
     }
     for (int64_t k = 0; k < K; ++k)
         for (int64_t b = 0; b < bins; ++b) out[b] += h[k * bins + b];
@@ -127,10 +131,21 @@ template <typename X>
 static void level_histogram_impl(const float* q, const X* x, const float* unit, int64_t n, int64_t C,
                                  int64_t layers, int64_t* out) {
     const int64_t width = (int64_t(2) << layers) + 2;
+    const double u_max = double((int64_t(1) << layers) - 1);
+    const double half_ulp = std::ldexp(1.0, int(layers) - 1 - 24);  // ulp(u_max) / 2
+    std::vector<double> thr(C);
+    for (int64_t j = 0; j < C; ++j) thr[j] = double(unit[j]) * (u_max + half_ulp);
     std::mutex lock;
     at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
         std::vector<int64_t> part(width, 0);
-        level_histogram_range(q, x, unit, begin, end, C, layers, part.data());
+        switch (layers) {  // the common codes with their histogram size known to the compiler
+            case 1: level_histogram_range<X, 1>(q, x, thr.data(), begin, end, C, layers, part.data()); break;
+            case 2: level_histogram_range<X, 2>(q, x, thr.data(), begin, end, C, layers, part.data()); break;
+            case 3: level_histogram_range<X, 3>(q, x, thr.data(), begin, end, C, layers, part.data()); break;
+            case 4: level_histogram_range<X, 4>(q, x, thr.data(), begin, end, C, layers, part.data()); break;
+            case 5: level_histogram_range<X, 5>(q, x, thr.data(), begin, end, C, layers, part.data()); break;
+            default: level_histogram_range<X, 0>(q, x, thr.data(), begin, end, C, layers, part.data());
+        }
         std::lock_guard<std::mutex> g(lock);
         for (int64_t b = 0; b < width; ++b) out[b] += part[b];
     });
