@@ -95,8 +95,7 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
     acc = _acc(n, layers)
     # sign flags, count(x < 0) = -sum(sign(min(x, 0))) (-0.0 adds nothing, as in x < 0)
     flags_t = _negatives(x, tmp, acc)
-    unit = scale.detach().to(x.device) * 2.0 ** (n_int - layers)  # s * w_l, exact
-    (torch.abs(x, out=u) if x.dtype == torch.float32 else u.copy_(x).abs_()).div_(unit)  # |x| in units of w_l
+    _in_units(x, scale.detach().to(x.device) * 2.0 ** (n_int - layers), out=u)  # |x| / (s w_l); s w_l is exact
     bins = 2**layers
     u_max = float(bins - 1)
     top = float(u.amax()) if n else 0.0
@@ -151,6 +150,12 @@ def encoder_counts(x: Tensor, scale: Tensor, T: int, layers: int, base: float = 
     return SpikeStats(counts, flags, clipped, x.numel()), active
 
 
+def _in_units(x: Tensor, unit: Tensor, out: Tensor) -> Tensor:
+    """``|x| / unit`` in float32 into ``out``, the same operations as the encoder's
+    (``mhse_decode``): a float32 division, correctly rounded."""
+    return (torch.abs(x, out=out) if x.dtype == torch.float32 else out.copy_(x).abs_()).div_(unit)
+
+
 def _negatives(x: Tensor, tmp: Tensor, acc: torch.dtype) -> Tensor:
     """count(x < 0) (the sign flags) as a 0-d tensor: -sum(sign(min(x, 0))), -0.0 adding nothing
     as in ``x < 0``. ``tmp``: float32 of ``x``'s shape, overwritten."""
@@ -195,7 +200,7 @@ class EncoderObservation:
         self._n_int = int(args["n_int"])
         self._u_max = float(2**layers - 1)
         # codes q + 2**l * [x < 0] in the smallest integer type (a float -> int8 cast is vectorised)
-        self._dt, self._size = (torch.int8, 1) if layers <= 6 else (torch.int16, 2) if layers <= 14 else (torch.int32, 4)
+        self._dt = torch.int8 if layers <= 6 else torch.int16 if layers <= 14 else torch.int32
 
     def start(self, x: Tensor) -> None:
         self._x, self._st = x.detach(), None
@@ -218,12 +223,12 @@ class EncoderObservation:
             return
         scratch = self._scratch(x)
         raw = scratch.view(torch.uint8)
-        nb = n * self._size
+        nb = n * self._dt.itemsize
         code, neg = raw[:nb].view(self._dt), raw[nb: 2 * nb].view(self._dt).view(x.shape)
         code.copy_(q.reshape(-1))
         torch.lt(x, 0, out=neg)
         code.add_(neg.view(-1), alpha=2**layers)
-        hist = torch.bincount(raw[:n] if self._size == 1 else code, minlength=2 ** (layers + 1))
+        hist = torch.bincount(raw[:n] if self._dt == torch.int8 else code, minlength=2 ** (layers + 1))
         per_layer, silent, flags = _fold_levels(hist, layers)
         clipped = 0
         if top >= self._u_max:  # some values reached the top level: which of them were clipped?
@@ -236,8 +241,7 @@ class EncoderObservation:
 
     def _clipped(self, x: Tensor, u: Tensor) -> int:
         """Values whose ``|x| / (s w_l)``, computed as the encoder computes it, exceeds ``2**l - 1``."""
-        unit = self._unit(x)
-        (torch.abs(x, out=u) if x.dtype == torch.float32 else u.copy_(x).abs_()).div_(unit)
+        _in_units(x, self._unit(x), out=u)
         return int(torch.gt(u, self._u_max, out=u).sum(dtype=_acc(x.numel(), self._layers)))
 
     def finish(self) -> tuple[SpikeStats, int]:
