@@ -97,13 +97,18 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str, 
     return wall, ru.ru_maxrss * 1024, out, p.returncode
 
 
-def tokens_of(name: str, out: str, args: argparse.Namespace) -> int | None:
-    """Tokens the command processed, from its ``--json`` output where it says, else from its arguments."""
+def json_of(out: str) -> dict:
+    """A command's ``--json`` output as a dict ({} where it printed something else)."""
     try:
         obj = json.loads(out)
     except ValueError:
-        obj = None
-    if isinstance(obj, dict):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def tokens_of(name: str, obj: dict, args: argparse.Namespace) -> int | None:
+    """Tokens the command processed, from its ``--json`` output where it says, else from its arguments."""
+    if obj:
         for key in ("tokens", "n_tokens", "total_tokens"):
             if isinstance(obj.get(key), int):
                 return obj[key]
@@ -116,13 +121,9 @@ def tokens_of(name: str, out: str, args: argparse.Namespace) -> int | None:
     return None
 
 
-def own_speed(out: str) -> float | None:
+def own_speed(obj: dict) -> float | None:
     """The command's own tokens/s (scoring alone, loading excluded) where its ``--json`` reports one."""
-    try:
-        obj = json.loads(out)
-    except ValueError:
-        return None
-    v = obj.get("tokens_per_second") if isinstance(obj, dict) else None
+    v = obj.get("tokens_per_second")
     return float(v) if isinstance(v, (int, float)) else None
 
 
@@ -206,8 +207,9 @@ def main() -> None:
                 peak_file.unlink(missing_ok=True)
                 cmd = [sys.executable, "-c", CUDA_PEAK, *argv] if on_cuda else [sys.executable, "-m", "spikelm", *argv]
                 wall, rss, out, rc = run_measured(cmd, dict(env, SPIKELM_SCALE_PEAK=str(peak_file)))
-                toks = tokens_of(name, out, args)
-                own = own_speed(out) if rc == 0 else None
+                obj = json_of(out)
+                toks = tokens_of(name, obj, args)
+                own = own_speed(obj) if rc == 0 else None
                 rows.append([name, dname, f"{wall:.1f}", f"{toks / wall:.0f}" if toks and rc == 0 else "",
                              f"{own:.0f}" if own else "",
                              f"{rss / 2**30:.2f}", f"{weight_bytes / 2**30:.2f}", f"{rss / weight_bytes:.2f}", f"{(rss - base) / weight_bytes:.2f}"])
