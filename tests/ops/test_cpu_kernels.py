@@ -1,4 +1,5 @@
-"""The compiled CPU WKV6 recurrence against its naive twin, and when ``wkv6`` takes it."""
+"""The compiled CPU loops against their naive twins (the WKV6 recurrence, the one-row bf16/fp16
+products, in their portable and AVX2 builds), and when ``wkv6`` takes the recurrence."""
 
 from __future__ import annotations
 
@@ -32,11 +33,22 @@ def _inputs(B, T, H, N, seed=0, floor=False):
     return r, k, v, logw, u, s0
 
 
-@needs_kernel
-@pytest.mark.parametrize("B, T, H, N", [(1, 1, 1, 16), (2, 7, 3, 16), (2, 33, 2, 64), (1, 130, 4, 64)])
+@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+def isa(request):
+    """Each compiled loop in both builds (on a CPU without AVX2 both runs take the portable one)."""
+    ops = cpu_kernels.kernel()
+    if ops is None:
+        pytest.skip("no C++ compiler / ninja to build the kernel")
+    ops.set_avx2(request.param)
+    yield request.param
+    ops.set_avx2(True)
+
+
+@pytest.mark.parametrize("B, T, H, N", [(1, 1, 1, 16), (2, 7, 3, 16), (2, 33, 2, 64), (1, 130, 4, 64), (1, 1, 2, 64),
+                                        (2, 9, 2, 32), (1, 11, 1, 48), (1, 5, 1, 96)])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("floor", [False, True])
-def test_recurrent_cpu_equals_the_naive_loop(B, T, H, N, with_state, floor):
+def test_recurrent_cpu_equals_the_naive_loop(isa, B, T, H, N, with_state, floor):
     r, k, v, logw, u, s0 = _inputs(B, T, H, N, seed=T, floor=floor)
     state = s0 if with_state else None
     y, s = cpu_kernels.wkv6_recurrent_cpu(r, k, v, logw, u, state)
@@ -71,11 +83,17 @@ def test_auto_takes_the_kernel_only_without_gradients(monkeypatch):
     ref_y, ref_s = wkv6(r, k, v, logw, u, s0, impl="chunked")
     torch.testing.assert_close(y, ref_y, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s, ref_s, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        y1, s1 = wkv6(r[:, :1], k[:, :1], v[:, :1], logw[:, :1], u, s0)  # one step (decoding): the kernel too
+    assert calls == [1, 1]
+    ref_y1, ref_s1 = wkv6(r[:, :1], k[:, :1], v[:, :1], logw[:, :1], u, s0, impl="naive")
+    torch.testing.assert_close(y1, ref_y1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s1, ref_s1, rtol=1e-5, atol=1e-5)
     wkv6(r, k, v, logw.requires_grad_(), u, s0)  # a gradient is wanted: the chunked form
+    wkv6(r[:, :1], k[:, :1], v[:, :1], logw[:, :1], u, s0)  # and for one step, wkv6_step
     with torch.no_grad():
         wkv6(*(t.double() for t in (r, k, v, logw, u, s0)))  # float64: the chunked form
-        wkv6(r[:, :1], k[:, :1], v[:, :1], logw[:, :1], u, s0)  # one step: wkv6_step
-    assert calls == [1]
+    assert calls == [1, 1]
 
 
 def test_without_the_kernel_auto_keeps_the_chunked_form(monkeypatch):
@@ -119,3 +137,41 @@ def test_level_histogram_equals_tensor_operations(layers, dtype, per_channel):
     assert got[0] == torch.bincount(code, minlength=2 ** (layers + 1)).tolist()
     assert got[1] == int((u[ok] > top).sum()) and got[2] == 1
     assert cpu_kernels.level_histogram(q.double(), x, unit, layers) is None  # not a float32 level tensor
+
+
+def _exact_product(x, w):
+    """float64 product of the low-precision values, and the float32-summation error bound: n ulp(2^-24)
+    of sum |x_i w_i| for n terms (any order of summation)."""
+    exact = x.double() @ w.double().t()
+    bound = x.shape[-1] * 2.0**-24 * (x.double().abs() @ w.double().abs().t())
+    return exact, bound
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("O, I", [(1, 1), (7, 33), (64, 512), (300, 96), (129, 40), (5, 1000)])
+def test_one_row_products_equal_a_float32_product_rounded_once(isa, dtype, O, I):
+    ops = cpu_kernels.kernel()
+    g = torch.Generator().manual_seed(O * I)
+    x, w = torch.randn(I, generator=g).to(dtype), torch.randn(O, I, generator=g).to(dtype)
+    exact, bound = _exact_product(x.unsqueeze(0), w)
+    exact, bound = exact[0], bound[0]
+    eps = torch.finfo(dtype).eps  # the last rounding, to the dtype: at most half an ulp (eps / 2 relative)
+    for y in (ops.gemv_lowp(x, w), ops.gemv_lowp_t(x, w.t().contiguous())):
+        assert y.dtype == dtype and y.shape == (O,)
+        assert ((y.double() - exact).abs() <= eps / 2 * (exact.abs() + bound) + bound).all()
+    # no more than one ulp of the dtype from torch's own float32 product of the same values
+    ref = (x.float() @ w.float().t()).to(dtype)
+    assert ((ops.gemv_lowp(x, w).double() - ref.double()).abs() <= eps * ref.double().abs() + 2 * bound).all()
+
+
+def test_one_row_products_refuse_what_they_do_not_take():
+    ops = cpu_kernels.kernel()
+    if ops is None:
+        pytest.skip("no C++ compiler / ninja to build the kernel")
+    x, w = torch.randn(8).bfloat16(), torch.randn(4, 8).bfloat16()
+    with pytest.raises(RuntimeError, match="shapes"):
+        ops.gemv_lowp(x[:5], w)
+    with pytest.raises(RuntimeError, match="shapes"):
+        ops.gemv_lowp(x, w.t().contiguous().t())  # not contiguous
+    with pytest.raises(RuntimeError, match="bfloat16 or float16"):
+        ops.gemv_lowp(x.float(), w.float())

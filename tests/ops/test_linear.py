@@ -67,3 +67,48 @@ def test_large_weights_go_in_blocks_of_rows_with_the_same_result(monkeypatch):
     m = lin.Linear(16, 23)
     m.weight.data, m.bias.data = w, b
     assert isinstance(m, torch.nn.Linear) and torch.equal(m(x), y)
+
+
+needs_kernel = pytest.mark.skipif(lin.cpu_kernel() is None, reason="no C++ compiler / ninja to build the kernel")
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_single_rows_take_the_compiled_product_where_gemms_are_emulated(monkeypatch, dtype):
+    """Decoding on a CPU without native bf16 GEMMs: one row goes to the compiled product (both memory
+    orders); with a gradient wanted, a bias, a strided weight or native GEMMs, torch's own."""
+    ops = lin.cpu_kernel()
+    calls = []
+
+    class Counting:
+        def gemv_lowp(self, *a):
+            calls.append("gemv")
+            return ops.gemv_lowp(*a)
+
+        def gemv_lowp_t(self, *a):
+            calls.append("gemv_t")
+            return ops.gemv_lowp_t(*a)
+
+    monkeypatch.setattr(lin, "cpu_kernel", lambda: Counting())
+    monkeypatch.setattr(lin, "_native_cpu", lambda dt: False)
+    g = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(1, 1, 48, generator=g).to(dtype), torch.randn(24, 48, generator=g).to(dtype),
+               torch.randn(24, generator=g).to(dtype))
+    exact = F.linear(x.double(), w.double())
+    eps = torch.finfo(dtype).eps
+    with torch.no_grad():
+        y = lin.linear(x, w)
+        ym = lin.matmul(x, w.t().contiguous())
+    assert calls == ["gemv", "gemv_t"] and y.shape == ym.shape == (1, 1, 24) and y.dtype == ym.dtype == dtype
+    for got in (y, ym):
+        assert ((got.double() - exact).abs() <= eps * exact.abs() + 1e-4).all()
+    calls.clear()
+    lin.linear(x, w, b)  # a bias
+    lin.linear(x, w.t().contiguous().t())  # a strided weight
+    xg = x.clone().requires_grad_()
+    lin.linear(xg, w).sum().backward()  # a gradient wanted: torch's product, which has one
+    assert xg.grad is not None and calls == []
+    monkeypatch.setattr(lin, "_native_cpu", lambda dt: True)
+    with torch.no_grad():
+        lin.linear(x, w)
+    assert calls == []

@@ -199,12 +199,14 @@ def test_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wkv6_module, "wkv6_recurrent_cpu", lambda *a: calls.append("recurrent") or recurrent(*a))
     one = make_inputs(1, 1, 1, 4)
     many = make_inputs(1, 3, 1, 4)
-    wkv6_module.wkv6(*one)
-    wkv6_module.wkv6(*many)  # no gradient wanted: the compiled recurrence where it could be built
+    wkv6_module.wkv6(*one)  # no gradient wanted: the compiled recurrence where it could be built
+    wkv6_module.wkv6(*many)
+    wkv6_module.wkv6(*(t.requires_grad_() if t is one[3] else t for t in one))  # a gradient, one step: step
     wkv6_module.wkv6(*(t.requires_grad_() if t is many[3] else t for t in many))  # a gradient: chunked
     wkv6_module.wkv6(*many, impl="naive")
-    kernel = "recurrent" if wkv6_module.cpu_kernel() is not None else "chunked"
-    assert calls == ["step", kernel, "chunked", "naive"]
+    compiled = wkv6_module.cpu_kernel() is not None
+    assert calls == ["recurrent" if compiled else "step", "recurrent" if compiled else "chunked", "step", "chunked",
+                     "naive"]
     with pytest.raises(ValueError, match="impl"):
         wkv6_module.wkv6(*many, impl="cuda")
 

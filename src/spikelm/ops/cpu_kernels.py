@@ -1,6 +1,8 @@
-"""Compiled CPU loops: the WKV6 recurrence, and the histogram of spike-encoder levels.
+"""Compiled CPU loops: the WKV6 recurrence, one-row bf16/fp16 products, and the histogram of
+spike-encoder levels.
 
-Both are single passes over memory where the equivalent tensor operations make many. They are
+Each is a single pass over memory where the equivalent tensor operations make many (or, for the
+products, where torch's path reads 2-byte weights at half the speed it could). They are
 compiled on first use with PyTorch's own extension builder (``torch.utils.cpp_extension``; a C++
 compiler and ninja; cached in ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``). Where
 they cannot be built, or ``SPIKELM_NO_CPP_KERNELS=1`` is set, :func:`kernel` returns None once
@@ -16,9 +18,22 @@ float32) kept in the loop::
     y_t[j] = sum_i r_t[i] S[i][j] + (sum_i r_t[i] u[i] k_t[i]) v_t[j]
     S[i][j] <- exp(logw_t[i]) S[i][j] + k_t[i] v_t[j]
 
-the same regrouping as :func:`~.wkv6.wkv6_step`, so a prefill rounds like token-by-token
-decoding. Heads run in parallel (``at::parallel_for``). Forward only, float32 only: ``wkv6``
-takes it on the CPU when no gradient is needed, and the chunked forms otherwise.
+the same regrouping as :func:`~.wkv6.wkv6_step`. Heads run in parallel (``at::parallel_for``); the
+decays ``exp(logw)`` are taken in one vectorised pass first; with N a multiple of 32 the AVX2 build
+keeps 32 values of ``v_t`` and of ``y_t`` in registers while it walks the state's rows, so each
+state value is loaded and stored once per token. Forward only, float32 only: ``wkv6`` takes it on
+the CPU when no gradient is needed (a prefill and each decoding step alike), and the other forms
+otherwise.
+
+**One-row low-precision products** (``gemv_lowp``: ``x @ W.T`` for a contiguous (out, in) weight;
+``gemv_lowp_t``: ``x @ B`` for a contiguous (in, out) matrix, the LoRA order). bf16 or fp16
+weights are widened to float32 in registers, the exact products summed in float32 and the result
+rounded once to the weight's dtype: the arithmetic of a bf16 GEMM, at the speed of reading the
+2-byte weights. :mod:`.linear` takes them for decoding on CPUs without native bf16 GEMMs.
+
+**Instruction sets.** On x86-64 the loops are built twice, portable and for AVX2 + FMA + F16C,
+and the second is chosen at run time where the CPU has them (``set_avx2(False)`` forces the
+portable loops, which the tests also check). Elsewhere only the portable loops are built.
 
 **Level histogram** (:func:`level_histogram`): for a spike encoder's integer levels ``q`` and its
 input ``x``, the counts of the codes ``q + 2**l [x < 0]``, the values whose ``|x| / unit`` exceeds
@@ -45,8 +60,106 @@ _SOURCE = r"""
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <vector>
+
+// x86-64 with GCC or Clang: the loops below get a second build for AVX2 + FMA (+ F16C), chosen at
+// run time, so the extension stays portable to any x86-64 CPU (and builds elsewhere without it).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SPIKELM_X86 1
+#include <immintrin.h>
+#include <atomic>
+static std::atomic<bool> avx2_allowed{true};  // set_avx2(false): the portable loops (their tests)
+static bool has_avx2_fma() {
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                           && __builtin_cpu_supports("f16c");
+    return ok && avx2_allowed.load(std::memory_order_relaxed);
+}
+#endif
+
+// Allow (true) or forbid (false) the AVX2 builds; returns whether they are now used.
+bool set_avx2(bool allowed) {
+#ifdef SPIKELM_X86
+    avx2_allowed.store(allowed);
+    return has_avx2_fma();
+#else
+    return false;
+#endif
+}
+
+// One (batch row, head) of the recurrence over T tokens. r, k, v and the decays w = exp(logw)
+// point at token 0 of this head (stride H N between tokens); S (N x N) is updated in place; acc
+// is N-float scratch.
+static inline void wkv6_head(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh,
+                             float* S, float* yp, int64_t T, int64_t stride, int64_t N, float* acc) {
+    for (int64_t t = 0; t < T; ++t) {
+        const int64_t off = t * stride;
+        const float* rt = rp + off;
+        const float* kt = kp + off;
+        const float* vt = vp + off;
+        const float* w = wp + off;
+        float bonus = 0.f;
+        for (int64_t i = 0; i < N; ++i) bonus += rt[i] * uh[i] * kt[i];
+        for (int64_t j = 0; j < N; ++j) acc[j] = 0.f;
+        for (int64_t i = 0; i < N; ++i) {
+            const float ri = rt[i], wi = w[i], ki = kt[i];
+            float* Si = S + i * N;
+            for (int64_t j = 0; j < N; ++j) {
+                acc[j] += ri * Si[j];
+                Si[j] = wi * Si[j] + ki * vt[j];
+            }
+        }
+        float* yt = yp + off;
+        for (int64_t j = 0; j < N; ++j) yt[j] = acc[j] + bonus * vt[j];
+    }
+}
+
+#ifdef SPIKELM_X86
+// The same recurrence for AVX2 + FMA. Where N is a multiple of 32 the value index j runs in
+// blocks of 32 held in registers (four 8-lane vectors of v_t and of the output) while i walks the
+// state's rows: each state value is loaded and stored once per token, and nothing else is. Other
+// N: the loop above, compiled for these instructions.
+__attribute__((target("avx2,fma"), flatten))
+static void wkv6_head_avx2(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh,
+                           float* S, float* yp, int64_t T, int64_t stride, int64_t N, float* acc) {
+    if (N % 32 != 0) { wkv6_head(rp, kp, vp, wp, uh, S, yp, T, stride, N, acc); return; }
+    for (int64_t t = 0; t < T; ++t) {
+        const int64_t off = t * stride;
+        const float* rt = rp + off;
+        const float* kt = kp + off;
+        const float* vt = vp + off;
+        const float* w = wp + off;
+        float bonus = 0.f;
+        for (int64_t i = 0; i < N; ++i) bonus += rt[i] * uh[i] * kt[i];
+        const __m256 vb = _mm256_set1_ps(bonus);
+        for (int64_t j = 0; j < N; j += 32) {
+            const __m256 v0 = _mm256_loadu_ps(vt + j), v1 = _mm256_loadu_ps(vt + j + 8);
+            const __m256 v2 = _mm256_loadu_ps(vt + j + 16), v3 = _mm256_loadu_ps(vt + j + 24);
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (int64_t i = 0; i < N; ++i) {
+                const __m256 ri = _mm256_set1_ps(rt[i]), wi = _mm256_set1_ps(w[i]), ki = _mm256_set1_ps(kt[i]);
+                float* Si = S + i * N + j;
+                __m256 s0 = _mm256_loadu_ps(Si), s1 = _mm256_loadu_ps(Si + 8);
+                __m256 s2 = _mm256_loadu_ps(Si + 16), s3 = _mm256_loadu_ps(Si + 24);
+                a0 = _mm256_fmadd_ps(ri, s0, a0);
+                a1 = _mm256_fmadd_ps(ri, s1, a1);
+                a2 = _mm256_fmadd_ps(ri, s2, a2);
+                a3 = _mm256_fmadd_ps(ri, s3, a3);
+                _mm256_storeu_ps(Si, _mm256_fmadd_ps(wi, s0, _mm256_mul_ps(ki, v0)));
+                _mm256_storeu_ps(Si + 8, _mm256_fmadd_ps(wi, s1, _mm256_mul_ps(ki, v1)));
+                _mm256_storeu_ps(Si + 16, _mm256_fmadd_ps(wi, s2, _mm256_mul_ps(ki, v2)));
+                _mm256_storeu_ps(Si + 24, _mm256_fmadd_ps(wi, s3, _mm256_mul_ps(ki, v3)));
+            }
+            float* yt = yp + off + j;
+            _mm256_storeu_ps(yt, _mm256_fmadd_ps(vb, v0, a0));
+            _mm256_storeu_ps(yt + 8, _mm256_fmadd_ps(vb, v1, a1));
+            _mm256_storeu_ps(yt + 16, _mm256_fmadd_ps(vb, v2, a2));
+            _mm256_storeu_ps(yt + 24, _mm256_fmadd_ps(vb, v3, a3));
+        }
+    }
+}
+#endif
 
 // r, k, v, logw: (B, T, H, N) float32 contiguous; u: (H, N); s: (B, H, N, N), updated in place.
 at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor logw, at::Tensor u, at::Tensor s) {
@@ -55,40 +168,164 @@ at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor log
     const float* rp = r.data_ptr<float>();
     const float* kp = k.data_ptr<float>();
     const float* vp = v.data_ptr<float>();
-    const float* wp = logw.data_ptr<float>();
+    // the decays, exp(logw), in one vectorised pass (a scalar exp per value costs more than the rest)
+    auto decay = logw.exp();
+    const float* wp = decay.data_ptr<float>();
     const float* up = u.data_ptr<float>();
     float* sp = s.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> w(N), acc(N);
+        std::vector<float> acc(N);
         for (int64_t bh = begin; bh < end; ++bh) {
-            const int64_t b = bh / H, h = bh % H;
-            float* S = sp + bh * N * N;
-            const float* uh = up + h * N;
-            for (int64_t t = 0; t < T; ++t) {
-                const int64_t off = ((b * T + t) * H + h) * N;
-                const float* rt = rp + off;
-                const float* kt = kp + off;
-                const float* vt = vp + off;
-                float bonus = 0.f;
-                for (int64_t i = 0; i < N; ++i) {
-                    w[i] = std::exp(wp[off + i]);
-                    bonus += rt[i] * uh[i] * kt[i];
-                }
-                for (int64_t j = 0; j < N; ++j) acc[j] = 0.f;
-                for (int64_t i = 0; i < N; ++i) {
-                    const float ri = rt[i], wi = w[i], ki = kt[i];
-                    float* Si = S + i * N;
-                    for (int64_t j = 0; j < N; ++j) {
-                        acc[j] += ri * Si[j];
-                        Si[j] = wi * Si[j] + ki * vt[j];
-                    }
-                }
-                float* yt = yp + off;
-                for (int64_t j = 0; j < N; ++j) yt[j] = acc[j] + bonus * vt[j];
+            const int64_t b = bh / H, h = bh % H, off = (b * T * H + h) * N;
+#ifdef SPIKELM_X86
+            if (has_avx2_fma()) {
+                wkv6_head_avx2(rp + off, kp + off, vp + off, wp + off, up + h * N, sp + bh * N * N, yp + off, T, H * N,
+                               N, acc.data());
+                continue;
             }
+#endif
+            wkv6_head(rp + off, kp + off, vp + off, wp + off, up + h * N, sp + bh * N * N, yp + off, T, H * N, N,
+                      acc.data());
         }
     });
+    return y;
+}
+
+// One-row products of bf16 / fp16 matrices (decoding): y[o] = sum_i W[o][i] x[i] for a contiguous
+// (O, I) weight W in its own dtype and x as float32; exact products, float32 sums, y rounded once
+// to W's dtype (round to nearest even), the arithmetic of a bf16 GEMM. Bound by memory: each
+// weight is read once, in its 2 bytes.
+static inline float bf16_value(uint16_t b) {
+    const uint32_t u = uint32_t(b) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+template <bool BF16>
+static float dot_lowp(const uint16_t* w, const float* x, int64_t n) {
+    float s = 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+        uint16_t b = w[i];
+        const float wv = BF16 ? bf16_value(b) : float(*reinterpret_cast<const at::Half*>(&b));
+        s += wv * x[i];
+    }
+    return s;
+}
+
+#ifdef SPIKELM_X86
+template <bool BF16>
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 widen8(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if (BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+template <bool BF16>
+__attribute__((target("avx2,fma,f16c"))) static float dot_lowp_avx2(const uint16_t* w, const float* x, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(widen8<BF16>(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(widen8<BF16>(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(widen8<BF16>(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(widen8<BF16>(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(widen8<BF16>(w + i), _mm256_loadu_ps(x + i), a0);
+    const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q) + dot_lowp<BF16>(w + i, x + i, n - i);
+}
+#endif
+
+template <bool BF16, typename Out>
+static void gemv_lowp_impl(const uint16_t* w, const float* x, int64_t O, int64_t I, Out* y) {
+    at::parallel_for(0, O, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) {
+#ifdef SPIKELM_X86
+            if (has_avx2_fma()) { y[o] = Out(dot_lowp_avx2<BF16>(w + o * I, x, I)); continue; }
+#endif
+            y[o] = Out(dot_lowp<BF16>(w + o * I, x, I));
+        }
+    });
+}
+
+// The other memory order, a @ b for b (I, O) contiguous (the LoRA matrices are stored so):
+// y[o] = sum_i x[i] b[i][o], rows of b scaled and added into float32 sums over a block of outputs.
+template <bool BF16>
+static void axpy_rows(const uint16_t* b, const float* x, int64_t I, int64_t O, int64_t o0, int64_t o1, float* acc) {
+    for (int64_t o = o0; o < o1; ++o) acc[o - o0] = 0.f;
+    for (int64_t i = 0; i < I; ++i) {
+        const uint16_t* bi = b + i * O;
+        const float xi = x[i];
+        for (int64_t o = o0; o < o1; ++o) {
+            uint16_t v = bi[o];
+            acc[o - o0] += xi * (BF16 ? bf16_value(v) : float(*reinterpret_cast<const at::Half*>(&v)));
+        }
+    }
+}
+
+#ifdef SPIKELM_X86
+template <bool BF16>
+__attribute__((target("avx2,fma,f16c"))) static void axpy_rows_avx2(const uint16_t* b, const float* x, int64_t I,
+                                                                     int64_t O, int64_t o0, int64_t o1, float* acc) {
+    int64_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t i = 0; i < I; ++i) a = _mm256_fmadd_ps(_mm256_set1_ps(x[i]), widen8<BF16>(b + i * O + o), a);
+        _mm256_storeu_ps(acc + (o - o0), a);
+    }
+    if (o < o1) axpy_rows<BF16>(b, x, I, O, o, o1, acc + (o - o0));
+}
+#endif
+
+template <bool BF16, typename Out>
+static void gemv_lowp_t_impl(const uint16_t* b, const float* x, int64_t I, int64_t O, Out* y) {
+    at::parallel_for(0, O, 256, [&](int64_t begin, int64_t end) {
+        std::vector<float> acc(end - begin);
+#ifdef SPIKELM_X86
+        if (has_avx2_fma()) axpy_rows_avx2<BF16>(b, x, I, O, begin, end, acc.data());
+        else
+#endif
+        axpy_rows<BF16>(b, x, I, O, begin, end, acc.data());
+        for (int64_t o = begin; o < end; ++o) y[o] = Out(acc[o - begin]);
+    });
+}
+
+// x: (I,) any floating dtype; b: (I, O) bf16 or fp16, contiguous. Returns x @ b, (O,) in b's dtype.
+at::Tensor gemv_lowp_t(at::Tensor x, at::Tensor b) {
+    TORCH_CHECK(b.dim() == 2 && b.is_contiguous() && x.numel() == b.size(0), "gemv_lowp_t: shapes");
+    const int64_t I = b.size(0), O = b.size(1);
+    auto xf = x.to(at::kFloat).contiguous();
+    auto y = at::empty({O}, b.options());
+    const float* xp = xf.data_ptr<float>();
+    if (b.scalar_type() == at::kBFloat16)
+        gemv_lowp_t_impl<true>(reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>()), xp, I, O,
+                               y.data_ptr<at::BFloat16>());
+    else if (b.scalar_type() == at::kHalf)
+        gemv_lowp_t_impl<false>(reinterpret_cast<const uint16_t*>(b.data_ptr<at::Half>()), xp, I, O,
+                                y.data_ptr<at::Half>());
+    else TORCH_CHECK(false, "gemv_lowp_t: b must be bfloat16 or float16");
+    return y;
+}
+
+// x: (I,) any floating dtype; w: (O, I) bf16 or fp16, contiguous. Returns (O,) in w's dtype.
+at::Tensor gemv_lowp(at::Tensor x, at::Tensor w) {
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && x.numel() == w.size(1), "gemv_lowp: shapes");
+    const int64_t O = w.size(0), I = w.size(1);
+    auto xf = x.to(at::kFloat).contiguous();
+    auto y = at::empty({O}, w.options());
+    const float* xp = xf.data_ptr<float>();
+    if (w.scalar_type() == at::kBFloat16)
+        gemv_lowp_impl<true>(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), xp, O, I,
+                             y.data_ptr<at::BFloat16>());
+    else if (w.scalar_type() == at::kHalf)
+        gemv_lowp_impl<false>(reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>()), xp, O, I,
+                              y.data_ptr<at::Half>());
+    else TORCH_CHECK(false, "gemv_lowp: w must be bfloat16 or float16");
     return y;
 }
 
@@ -168,18 +405,26 @@ at::Tensor level_histogram(at::Tensor q, at::Tensor x, at::Tensor unit, int64_t 
 TORCH_LIBRARY(spikelm_cpu, m) {
     m.def("wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor logw, Tensor u, Tensor(a!) s) -> Tensor");
     m.def("level_histogram(Tensor q, Tensor x, Tensor unit, int layers) -> Tensor");
+    m.def("gemv_lowp(Tensor x, Tensor w) -> Tensor");
+    m.def("gemv_lowp_t(Tensor x, Tensor b) -> Tensor");
+    m.def("set_avx2(bool allowed) -> bool");
 }
 TORCH_LIBRARY_IMPL(spikelm_cpu, CPU, m) {
     m.impl("wkv6_forward", &wkv6_forward);
     m.impl("level_histogram", &level_histogram);
+    m.impl("gemv_lowp", &gemv_lowp);
+    m.impl("gemv_lowp_t", &gemv_lowp_t);
+}
+TORCH_LIBRARY_IMPL(spikelm_cpu, CatchAll, m) {
+    m.impl("set_avx2", &set_avx2);
 }
 """
 
 
 @functools.lru_cache(maxsize=None)
 def kernel() -> Any | None:
-    """The compiled ops (``torch.ops.spikelm_cpu``: ``wkv6_forward``, ``level_histogram``), or None
-    where they cannot be built."""
+    """The compiled ops (``torch.ops.spikelm_cpu``: ``wkv6_forward``, ``gemv_lowp``, ``gemv_lowp_t``,
+    ``level_histogram``, ``set_avx2``), or None where they cannot be built."""
     if os.environ.get("SPIKELM_NO_CPP_KERNELS", "") not in ("", "0"):
         return None
     try:

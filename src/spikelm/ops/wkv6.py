@@ -465,20 +465,22 @@ def wkv6(
 ) -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV with a choice of implementation.
 
-    ``impl="auto"`` uses :func:`wkv6_step` for T == 1 (token-by-token decoding, where chunking
-    only adds overhead). Longer inputs take, on CUDA, the float32 chunked form; on the CPU, when
-    no gradient is needed and the inputs are not float64, the compiled recurrence
-    (:func:`~.cpu_kernels.wkv6_recurrent_cpu`, where it could be built), else the float64-accumulating
-    chunked form. "naive", "chunked", "chunked_fp32" and "recurrent_cpu" force one.
+    ``impl="auto"``: on the CPU, when no gradient is needed and the inputs are not float64, the
+    compiled recurrence (:func:`~.cpu_kernels.wkv6_recurrent_cpu`, where it could be built) for any
+    T, so a prefill and token-by-token decoding run the same loop. Otherwise :func:`wkv6_step` for
+    T == 1 (decoding, where chunking only adds overhead) and, for longer inputs, the float32
+    chunked form on CUDA and the float64-accumulating chunked form on the CPU. "naive", "chunked",
+    "chunked_fp32" and "recurrent_cpu" force one.
     """
     if impl == "auto":
-        if r.shape[1] == 1:
-            return wkv6_step(r, k, v, logw, u, state)
-        impl = "chunked_fp32" if r.is_cuda else "chunked"
-        if impl == "chunked" and r.device.type == "cpu" and r.dtype != torch.float64 and not (
+        if r.device.type == "cpu" and r.dtype != torch.float64 and not (
                 torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
                                                 if isinstance(t, Tensor))) and cpu_kernel() is not None:
             impl = "recurrent_cpu"
+        elif r.shape[1] == 1:
+            return wkv6_step(r, k, v, logw, u, state)
+        else:
+            impl = "chunked_fp32" if r.is_cuda else "chunked"
     if impl == "recurrent_cpu":
         _check_inputs(r, k, v, logw, u, state)
         return wkv6_recurrent_cpu(r, k, v, logw, u, state)
