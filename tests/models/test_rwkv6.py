@@ -7,8 +7,10 @@ import os
 import pytest
 import torch
 
+import spikelm
 from conftest import make_rwkv6
 from spikelm.checkpoints import save_official
+from spikelm.models.rwkv6 import TimeMix
 
 
 def _reference(path):
@@ -72,6 +74,54 @@ def test_last_only(tiny_rwkv6):
         last, _ = tiny_rwkv6(idx, last_only=True)
     assert last.shape == (1, 1, 257)
     torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_last_only_trims_the_last_block_and_keeps_the_state(T, dtype):
+    """``last_only`` computes the last block's gate, output, and channel mix on the positions the last
+    logits need: the same logits and the same state as the whole forward."""
+    model = make_rwkv6(n_layer=3, n_embd=64, head_size=16, seed=4).to(dtype)
+    idx = torch.randint(0, 257, (2, T), generator=torch.Generator().manual_seed(T))
+    with torch.no_grad():
+        state = model(idx[:, :1])[1]  # a non-zero state in front
+        full, s_full = model(idx, state)
+        last, s_last = model(idx, state, last_only=True)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    assert last.shape == (2, 1, 257)
+    torch.testing.assert_close(last[:, 0].float(), full[:, -1].float(), **tol)
+    for a, b in zip(s_full, s_last):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.float(), y.float(), **tol)
+
+
+def test_wkv_parameters_stay_float32_in_a_low_precision_model(tmp_path):
+    """time_decay, time_faaaa, time_state and ln_x keep their float32 values through a cast, a move
+    and a load in bf16 (as RWKV-LM and the rwkv package keep them); everything else takes the dtype."""
+    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=5, has_time_state=True)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.att.time_state.normal_()
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = tuple(TimeMix.FLOAT32_PARAMS)
+
+    def check(m, dtype):
+        for name, p in m.named_parameters():
+            if name.split(".att.", 1)[-1] in keep:
+                assert p.dtype == torch.float32 and torch.equal(p, ref[name]), name
+            else:
+                assert p.dtype == dtype, name
+
+    check(model.bfloat16(), torch.bfloat16)
+    check(model.to("cpu", torch.float16), torch.float16)
+    path = save_official(make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=5), tmp_path / "m.pth")
+    ref = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=5).state_dict()
+    loaded = spikelm.load(path, dtype=torch.bfloat16)
+    for name, p in loaded.named_parameters():
+        if name.split(".att.", 1)[-1] in keep:
+            assert p.dtype == torch.float32 and torch.equal(p, ref[name]), name
+    with torch.no_grad():
+        loaded(torch.randint(0, 257, (1, 5)))
 
 
 def test_gradients_flow(tiny_rwkv6):

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..config import RWKV6Config
 from ..ops.linear import Linear, baddbmm
 from ..ops.linear import matmul as mm
+from ..ops.norm import GroupNorm, LayerNorm
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul
@@ -94,7 +95,7 @@ class TimeMix(nn.Module):
         self.gate = Linear(C, A, bias=False)
         self.output = Linear(A, C, bias=False)
         # eps = 1e-5 * head_size_divisor**2 with the official divisor 8: 64e-5.
-        self.ln_x = nn.GroupNorm(H, A, eps=64e-5)
+        self.ln_x = GroupNorm(H, A, eps=64e-5)
 
         self.maa_in = nn.Identity()  # input of the ddlerp LoRA (time_maa_w1)
         self.decay_in = nn.Identity()  # input of the decay LoRA (time_decay_w1)
@@ -134,6 +135,21 @@ class TimeMix(nn.Module):
             "gate_act": OpRow("elementwise", {"special": A, "mul": 2 * A}),
         }
 
+    # Kept in float32 whatever the model's dtype, as RWKV-LM's inference code and the rwkv package
+    # keep them: the decay base enters exp(-exp(.)), where a bf16 rounding (2^-9 relative) moves
+    # every decay of a long memory; the bonus and the trained state feed the float32 WKV state;
+    # ln_x normalises the float32 WKV output. A few C values per layer.
+    FLOAT32_PARAMS = ("time_decay", "time_faaaa", "time_state", "ln_x.weight", "ln_x.bias")
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 (nn.Module's signature): casts and moves
+        kept = {n: p.data for n, p in self.named_parameters() if n in self.FLOAT32_PARAMS and p.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for n, old in kept.items():
+            p = self.get_parameter(n)
+            if p.dtype != torch.float32:  # a cast: keep the float32 value, take only the new device
+                p.data = old.to(p.device)
+        return self
+
     def initial_wkv(self, B: int, device: torch.device) -> Tensor:
         H, N = self.n_head, self.head_size
         if hasattr(self, "time_state"):
@@ -142,7 +158,11 @@ class TimeMix(nn.Module):
             return self.time_state.float().transpose(1, 2).unsqueeze(0).expand(B, H, N, N).contiguous()
         return torch.zeros(B, H, N, N, device=device, dtype=torch.float32)
 
-    def forward(self, x: Tensor, shift: Tensor, wkv_state: Tensor, wkv_impl: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, shift: Tensor, wkv_state: Tensor, wkv_impl: str = "auto",
+                rows: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, C) -> (output (B, T, C), token-shift state, WKV state). With ``rows``, the output of
+        the last ``rows`` positions only: the states still take in every position, the gate and
+        the output projection skip the others."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
 
@@ -159,7 +179,6 @@ class TimeMix(nn.Module):
         r = self.receptance(xr)  # (B, T, A)
         k = self.key(xk)
         v = self.value(xv)
-        g = F.silu(self.gate(xg))
 
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
         d = mm(torch.tanh(mm(self.decay_in(xw), self.time_decay_w1)), self.time_decay_w2).float()
@@ -168,8 +187,11 @@ class TimeMix(nn.Module):
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
+        if rows is not None and rows < T:
+            y, xg, T = y[:, -rows:], xg[:, -rows:], rows
+        g = F.silu(self.gate(xg))
         y = y.reshape(B * T, H * N)
-        y = self.ln_x(y.to(self.ln_x.weight.dtype)).view(B, T, H * N)  # GroupNorm per head
+        y = self.ln_x(y).view(B, T, H * N)  # GroupNorm per head, on the float32 WKV output
         out = self.output(y.to(x.dtype) * g)
         return out, _last_token(x), wkv_state
 
@@ -206,9 +228,9 @@ class Block(nn.Module):
         super().__init__()
         C = cfg.n_embd
         if layer_id == 0:
-            self.ln0 = nn.LayerNorm(C)  # normalises the embedding, layer 0 only
-        self.ln1 = nn.LayerNorm(C)
-        self.ln2 = nn.LayerNorm(C)
+            self.ln0 = LayerNorm(C)  # normalises the embedding, layer 0 only
+        self.ln1 = LayerNorm(C)
+        self.ln2 = LayerNorm(C)
         self.att = TimeMix(cfg, layer_id)
         self.ffn = ChannelMix(cfg, layer_id)
 
@@ -219,15 +241,24 @@ class Block(nn.Module):
         """Per token: the two residual adds, 2C add."""
         return {"residual": OpRow("residual", {"add": 2 * self.ln1.normalized_shape[0]})}
 
-    def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto") -> tuple[Tensor, LayerState]:
+    def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto",
+                last_only: bool = False) -> tuple[Tensor, LayerState]:
+        """x (B, T, C) -> (B, T, C) and the new state; with ``last_only``, (B, 1, C): the last position
+        only (the same values), for a last block whose other positions nobody reads. The state
+        is the same either way."""
         att_shift, wkv_state, ffn_shift = state
         if hasattr(self, "ln0"):
             x = self.ln0(x)
         # Token shift works on the LayerNorm output: the state keeps the last ln1/ln2 outputs.
         h = self.ln1(x)
-        dx, att_shift, wkv_state = self.att(h, att_shift, wkv_state, wkv_impl)
-        x = x + dx
+        # The last position's output needs the time mix at the last two positions (the channel mix
+        # shifts in the one before) and the channel mix at the last one; the WKV state needs all.
+        keep = 2 if last_only and x.shape[1] > 2 else None
+        dx, att_shift, wkv_state = self.att(h, att_shift, wkv_state, wkv_impl, rows=keep)
+        x = (x if keep is None else x[:, -keep:]) + dx
         h = self.ln2(x)
+        if last_only and h.shape[1] > 1:
+            h, ffn_shift = h[:, -1:], h[:, -2]
         dx, ffn_shift = self.ffn(h, ffn_shift)
         x = x + dx
         return x, (att_shift, wkv_state, ffn_shift)
@@ -243,7 +274,7 @@ class RWKV6(nn.Module):
         self.cfg = cfg
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.ln_out = LayerNorm(cfg.n_embd)
         self.head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_impl = "auto"  # "naive" | "chunked" | "auto" (naive for T == 1)
         self.lay_out_head()
@@ -300,12 +331,11 @@ class RWKV6(nn.Module):
             state = self.initial_state(B, idx.device)
         x = self.emb(idx)  # (B, T, C)
         new_state: State = []
-        for blk, s in zip(self.blocks, state):
-            x, s = blk(x, s, self.wkv_impl)
+        for i, (blk, s) in enumerate(zip(self.blocks, state)):
+            # generation needs only the last position: the last block and the head skip the others
+            x, s = blk(x, s, self.wkv_impl, last_only=last_only and i == len(self.blocks) - 1)
             new_state.append(s)
-        if last_only:
-            x = x[:, -1:]  # generation needs only the last position: skip the head elsewhere
-        logits = self.head(self.ln_out(x))
+        logits = self.head(self.ln_out(x[:, -1:] if last_only else x))
         return logits, new_state
 
     # ------------------------------------------------------------------ initialisation
