@@ -6,7 +6,11 @@ On the CPU with --threads threads, the runs of the two alternating; prints the b
 each and the ratio (reference / spikelm). ``--dtype fp32`` compares with the package's
 ``cpu fp32`` strategy; ``--dtype bf16`` loads ours with ``spikelm.load(..., dtype=torch.bfloat16)``
 and compares with the package's ``cpu bf16``, and prints each one's bf16 last-logit error against
-its own fp32 model.
+its own fp32 model on --error-prompts prompts. The checkpoint file is written in --file-dtype
+(default: --dtype, so a bf16 comparison loads a bf16 file, as the released RWKV-6 files are). From
+an fp32 file the package computes ``ln0`` of the embedding in fp32 once at load time and stores
+the result in bf16, where spikelm stores the embedding in bf16 and normalises it at run time, so
+there the package's first layer sees one rounding fewer.
 
     python benchmarks/rwkv6_vs_reference.py [--layers 6 --width 512 --vocab 65536 --threads 2 --dtype fp32]
 """
@@ -25,14 +29,25 @@ from _timing import best_times
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_floor(model, T: int, repeats: int) -> float:
-    """Time of the model's own matrix products alone on T tokens: every nn.Linear but the head
-    (prefill and decode ask for the last token's logits, so the head sees one row) and the two
-    LoRAs. With T = 1 this is the decode step's products, which are bound by memory bandwidth
-    (each weight is read once per token).
+def _rows(name: str, T: int, last: int) -> int:
+    """Rows of a product in a forward that asks for the last token's logits: the head sees one; the
+    last block computes its gate and output projection on two positions and its channel mix on
+    one (RWKV6's ``last_only``); everything else sees all T."""
+    if name == "head" or name.startswith(f"blocks.{last}.ffn."):
+        return 1
+    if name in (f"blocks.{last}.att.gate", f"blocks.{last}.att.output"):
+        return min(T, 2)
+    return T
 
-    Both implementations must do these products, so reference_time / floor bounds the speed-up
-    that any implementation of the rest could reach. They run through spikelm.ops.linear.linear,
+
+def matmul_floor(model, T: int, repeats: int) -> float:
+    """Time of the model's own matrix products alone on T tokens: every nn.Linear (on the rows a
+    last-logit forward needs, see ``_rows``) and the two LoRAs. With T = 1 this is the decode
+    step's products, which are bound by memory bandwidth (each weight is read once per token).
+
+    Any implementation must do these products (the package does more: its last block runs on
+    every position), so reference_time / floor bounds the speed-up that any implementation of the
+    rest could reach. They run through spikelm.ops.linear.linear,
     the model's own path: in fp32 that is F.linear; in bf16 on a CPU without native bf16 GEMMs, a
     product of many rows is the fp32 product of the bf16 values (the package runs oneDNN's
     emulated bf16 GEMM there, so in bf16 the floor bounds only spikelm's own remaining time).
@@ -42,7 +57,7 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     work = []
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
-            rows = 1 if name == "head" else T
+            rows = _rows(name, T, len(model.blocks) - 1)
             work.append((torch.randn(rows, mod.in_features, dtype=mod.weight.dtype), mod.weight))
     for blk in model.blocks:
         att = blk.att
@@ -57,6 +72,13 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     return best_times(lambda: [linear(x, w) for x, w in work], repeats=repeats, warmup=False)[0]
 
 
+def _errors(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max |a - ref| / max |ref|, RMS(a - ref) / RMS(ref))."""
+    d = (a - ref).double()
+    r = ref.double()
+    return (d.abs().max() / r.abs().max()).item(), (d.pow(2).mean().sqrt() / r.pow(2).mean().sqrt()).item()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=6)
@@ -69,8 +91,13 @@ def main() -> None:
     ap.add_argument("--ref-jit", type=int, default=1, help="RWKV_JIT_ON for the reference (its default is 1)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                     help="weights and activations of both (the package's 'cpu fp32' or 'cpu bf16' strategy)")
+    ap.add_argument("--file-dtype", choices=sorted(DTYPES), default=None,
+                    help="dtype of the checkpoint file both load (default: --dtype; released RWKV-6 files are bf16)")
+    ap.add_argument("--error-prompts", type=int, default=4,
+                    help="prompts (of --prefill random tokens) the low-precision logit errors are measured on")
     args = ap.parse_args()
     dtype = DTYPES[args.dtype]
+    file_dtype = DTYPES[args.file_dtype or args.dtype]
 
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {args.dtype}")
@@ -83,7 +110,7 @@ def main() -> None:
 
     model = make_rwkv6(n_layer=args.layers, n_embd=args.width, vocab_size=args.vocab, head_size=64, seed=0)
     with tempfile.TemporaryDirectory() as d:
-        path = save_official(model, Path(d) / "bench.pth")
+        path = save_official(model, Path(d) / "bench.pth", dtype=file_dtype)
         from rwkv.model import RWKV
 
         ref = RWKV(model=str(path), strategy=f"cpu {args.dtype}", verbose=False)
@@ -103,10 +130,16 @@ def main() -> None:
         a, b = a[0, -1].float(), b.float()
         rel = ((a - b).abs().max() / b.abs().max()).item()
         if dtype != torch.float32:
-            a32 = ours32(x, last_only=True)[0][0, -1]
-            b32 = ref32.forward(prompt, None)[0].float()
-            err_ours = ((a - a32).abs().max() / a32.abs().max()).item()
-            err_ref = ((b - b32).abs().max() / b32.abs().max()).item()
+            # each one's low-precision last logits against its own fp32 model, on several prompts:
+            # the largest difference relative to the largest logit, and the relative RMS difference
+            errs = []
+            for i in range(args.error_prompts):
+                p_i = prompt if i == 0 else torch.randint(0, args.vocab, (args.prefill,), generator=g).tolist()
+                a_i = ours(torch.tensor([p_i]), last_only=True)[0][0, -1].float()
+                a32 = ours32(torch.tensor([p_i]), last_only=True)[0][0, -1]
+                b_i = ref.forward(p_i, None)[0].float()
+                b32 = ref32.forward(p_i, None)[0].float()
+                errs.append([_errors(a_i, a32), _errors(b_i, b32)])
             del ours32, ref32
 
         # both already ran once above (the correctness check): no separate warm-up
@@ -140,8 +173,13 @@ def main() -> None:
               f"multiplies many rows in fp32 and the package in emulated {args.dtype}, so its 'cannot exceed' holds for fp32 only)")
     print(f"model: RWKV-6 L={args.layers} C={args.width} V={args.vocab} {args.dtype}; last-logit max rel. diff vs reference {rel:.2e}")
     if dtype != torch.float32:
-        print(f"{args.dtype} last-logit max rel. error against the same implementation in fp32: spikelm {err_ours:.2e}   "
-              f"rwkv package {err_ref:.2e}")
+        print(f"checkpoint file: {args.file_dtype or args.dtype}; {args.dtype} last-logit error against the same "
+              f"implementation in fp32, on {len(errs)} prompts of {args.prefill} tokens (max |diff| / max |logit|, "
+              f"RMS diff / RMS logit):")
+        for i, ((om, orms), (rm, rrms)) in enumerate(errs):
+            print(f"  prompt {i}: spikelm max {om:.2e} rms {orms:.2e}   rwkv package max {rm:.2e} rms {rrms:.2e}")
+        mean = [sum(e[j][k] for e in errs) / len(errs) for j in (0, 1) for k in (0, 1)]
+        print(f"  mean:     spikelm max {mean[0]:.2e} rms {mean[1]:.2e}   rwkv package max {mean[2]:.2e} rms {mean[3]:.2e}")
     print(f"prefill {args.prefill} tokens: spikelm {t_ours_prefill*1e3:8.1f} ms   rwkv package {t_ref_prefill*1e3:8.1f} ms   "
           f"speed-up {t_ref_prefill / t_ours_prefill:5.2f}x")
     print(f"prefill matmul floor (the model's matrix products alone): {t_floor*1e3:8.1f} ms = "
