@@ -159,6 +159,14 @@ def test_one_row_products_equal_a_float32_product_rounded_once(isa, dtype, O, I)
     for y in (ops.gemv_lowp(x, w), ops.gemv_lowp_t(x, w.t().contiguous())):
         assert y.dtype == dtype and y.shape == (O,)
         assert ((y.double() - exact).abs() <= eps / 2 * (exact.abs() + bound) + bound).all()
+    # a batch of three (baddbmm's form), with c added before the one rounding
+    xs, bs = torch.stack((x, -x, 2 * x)), torch.stack((w.t(), w.t().flip(0), w.t())).contiguous()
+    c = torch.randn(3, O, generator=g).to(dtype)
+    y3 = ops.gemv_lowp_t(xs, bs, c)
+    exact3 = torch.baddbmm(c.double().unsqueeze(1), xs.double().unsqueeze(1), bs.double())[:, 0]
+    bound3 = I * 2.0**-24 * (xs.double().abs().unsqueeze(1) @ bs.double().abs())[:, 0] + 2.0**-24 * c.double().abs()
+    assert y3.dtype == dtype and y3.shape == (3, O)
+    assert ((y3.double() - exact3).abs() <= eps / 2 * (exact3.abs() + bound3) + bound3).all()
     # no more than one ulp of the dtype from torch's own float32 product of the same values
     ref = (x.float() @ w.float().t()).to(dtype)
     assert ((ops.gemv_lowp(x, w).double() - ref.double()).abs() <= eps * ref.double().abs() + 2 * bound).all()
@@ -175,3 +183,5 @@ def test_one_row_products_refuse_what_they_do_not_take():
         ops.gemv_lowp(x, w.t().contiguous().t())  # not contiguous
     with pytest.raises(RuntimeError, match="bfloat16 or float16"):
         ops.gemv_lowp(x.float(), w.float())
+    with pytest.raises(RuntimeError, match="shapes"):
+        ops.gemv_lowp_t(x, w.t().contiguous(), torch.zeros(5))  # c of the wrong size

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spikelm.ops import cpu_kernels
 from spikelm.ops import linear as lin
 
 
@@ -69,42 +70,43 @@ def test_large_weights_go_in_blocks_of_rows_with_the_same_result(monkeypatch):
     assert isinstance(m, torch.nn.Linear) and torch.equal(m(x), y)
 
 
-needs_kernel = pytest.mark.skipif(lin.cpu_kernel() is None, reason="no C++ compiler / ninja to build the kernel")
+needs_kernel = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ compiler / ninja to build the kernel")
 
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_single_rows_take_the_compiled_product_where_gemms_are_emulated(monkeypatch, dtype):
     """Decoding on a CPU without native bf16 GEMMs: one row goes to the compiled product (both memory
-    orders); with a gradient wanted, a bias, a strided weight or native GEMMs, torch's own."""
-    ops = lin.cpu_kernel()
+    orders, and baddbmm's batch of one-row products); with a gradient wanted, a bias, a strided
+    weight or native GEMMs, torch's own."""
     calls = []
 
-    class Counting:
-        def gemv_lowp(self, *a):
-            calls.append("gemv")
-            return ops.gemv_lowp(*a)
+    def counting(name):
+        real = cpu_kernels.op(name)
+        return lambda *a: calls.append(name) or real(*a)
 
-        def gemv_lowp_t(self, *a):
-            calls.append("gemv_t")
-            return ops.gemv_lowp_t(*a)
-
-    monkeypatch.setattr(lin, "cpu_kernel", lambda: Counting())
+    monkeypatch.setattr(lin, "cpu_op", counting)
     monkeypatch.setattr(lin, "_native_cpu", lambda dt: False)
     g = torch.Generator().manual_seed(3)
     x, w, b = (torch.randn(1, 1, 48, generator=g).to(dtype), torch.randn(24, 48, generator=g).to(dtype),
                torch.randn(24, generator=g).to(dtype))
     exact = F.linear(x.double(), w.double())
     eps = torch.finfo(dtype).eps
+    c, a, m = (torch.randn(5, 1, 24, generator=g).to(dtype), torch.randn(5, 1, 48, generator=g).to(dtype),
+               torch.randn(5, 48, 24, generator=g).to(dtype))
+    exact_b = torch.baddbmm(c.double(), a.double(), m.double())
     with torch.no_grad():
         y = lin.linear(x, w)
         ym = lin.matmul(x, w.t().contiguous())
-    assert calls == ["gemv", "gemv_t"] and y.shape == ym.shape == (1, 1, 24) and y.dtype == ym.dtype == dtype
-    for got in (y, ym):
-        assert ((got.double() - exact).abs() <= eps * exact.abs() + 1e-4).all()
+        yb = lin.baddbmm(c, a, m)
+    assert calls == ["gemv_lowp", "gemv_lowp_t", "gemv_lowp_t"]
+    assert y.shape == ym.shape == (1, 1, 24) and yb.shape == (5, 1, 24) and y.dtype == ym.dtype == yb.dtype == dtype
+    for got, ref in ((y, exact), (ym, exact), (yb, exact_b)):
+        assert ((got.double() - ref).abs() <= eps * ref.abs() + 1e-4).all()
     calls.clear()
     lin.linear(x, w, b)  # a bias
     lin.linear(x, w.t().contiguous().t())  # a strided weight
+    lin.baddbmm(c, a, m.transpose(1, 2).contiguous().transpose(1, 2))  # a strided batch of matrices
     xg = x.clone().requires_grad_()
     lin.linear(xg, w).sum().backward()  # a gradient wanted: torch's product, which has one
     assert xg.grad is not None and calls == []

@@ -18,6 +18,13 @@ files released as ``RWKV-x060-*``), so a released checkpoint loads with ``strict
 Recurrent state (one entry per layer, batch first): the last ``ln1`` output (B, C), the WKV
 state (B, H, N, N) in fp32 indexed [key, value], and the last ``ln2`` output (B, C). Feeding a
 sequence in one call or token by token with the state carried gives the same logits.
+``forward(..., last_only=True)`` (a prompt before generation) computes the head on the last
+position, and the last block's gate, output projection and channel mix only on the positions
+the last logits depend on; the state is the same.
+
+Low precision: a model cast to bf16/fp16 (``.to``, loading with ``dtype``) keeps
+``TimeMix.FLOAT32_PARAMS`` (the decay base, the bonus, the trained state, ``ln_x``) in float32;
+the WKV recurrence, its state and the GroupNorm after it run in float32.
 
 Spike-encoding sites: each linear layer is an ``nn.Linear`` (so a converter can swap it for a
 spiking linear of the same parameter names), and the two LoRA projections read their input
@@ -36,7 +43,6 @@ from torch import Tensor, nn
 from ..config import RWKV6Config
 from ..ops.linear import Linear, baddbmm
 from ..ops.linear import matmul as mm
-from ..ops.norm import GroupNorm, LayerNorm
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul
@@ -95,7 +101,7 @@ class TimeMix(nn.Module):
         self.gate = Linear(C, A, bias=False)
         self.output = Linear(A, C, bias=False)
         # eps = 1e-5 * head_size_divisor**2 with the official divisor 8: 64e-5.
-        self.ln_x = GroupNorm(H, A, eps=64e-5)
+        self.ln_x = nn.GroupNorm(H, A, eps=64e-5)
 
         self.maa_in = nn.Identity()  # input of the ddlerp LoRA (time_maa_w1)
         self.decay_in = nn.Identity()  # input of the decay LoRA (time_decay_w1)
@@ -191,7 +197,7 @@ class TimeMix(nn.Module):
             y, xg, T = y[:, -rows:], xg[:, -rows:], rows
         g = F.silu(self.gate(xg))
         y = y.reshape(B * T, H * N)
-        y = self.ln_x(y).view(B, T, H * N)  # GroupNorm per head, on the float32 WKV output
+        y = self.ln_x(y).view(B, T, H * N)  # GroupNorm per head, float32 (its parameters stay float32)
         out = self.output(y.to(x.dtype) * g)
         return out, _last_token(x), wkv_state
 
@@ -228,9 +234,9 @@ class Block(nn.Module):
         super().__init__()
         C = cfg.n_embd
         if layer_id == 0:
-            self.ln0 = LayerNorm(C)  # normalises the embedding, layer 0 only
-        self.ln1 = LayerNorm(C)
-        self.ln2 = LayerNorm(C)
+            self.ln0 = nn.LayerNorm(C)  # normalises the embedding, layer 0 only
+        self.ln1 = nn.LayerNorm(C)
+        self.ln2 = nn.LayerNorm(C)
         self.att = TimeMix(cfg, layer_id)
         self.ffn = ChannelMix(cfg, layer_id)
 
@@ -274,7 +280,7 @@ class RWKV6(nn.Module):
         self.cfg = cfg
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_out = LayerNorm(cfg.n_embd)
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wkv_impl = "auto"  # "naive" | "chunked" | "auto" (naive for T == 1)
         self.lay_out_head()

@@ -60,6 +60,7 @@ _SOURCE = r"""
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -88,78 +89,74 @@ bool set_avx2(bool allowed) {
 #endif
 }
 
-// One (batch row, head) of the recurrence over T tokens. r, k, v and the decays w = exp(logw)
-// point at token 0 of this head (stride H N between tokens); S (N x N) is updated in place; acc
-// is N-float scratch.
-static inline void wkv6_head(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh,
-                             float* S, float* yp, int64_t T, int64_t stride, int64_t N, float* acc) {
-    for (int64_t t = 0; t < T; ++t) {
-        const int64_t off = t * stride;
-        const float* rt = rp + off;
-        const float* kt = kp + off;
-        const float* vt = vp + off;
-        const float* w = wp + off;
-        float bonus = 0.f;
-        for (int64_t i = 0; i < N; ++i) bonus += rt[i] * uh[i] * kt[i];
-        for (int64_t j = 0; j < N; ++j) acc[j] = 0.f;
-        for (int64_t i = 0; i < N; ++i) {
-            const float ri = rt[i], wi = w[i], ki = kt[i];
-            float* Si = S + i * N;
-            for (int64_t j = 0; j < N; ++j) {
-                acc[j] += ri * Si[j];
-                Si[j] = wi * Si[j] + ki * vt[j];
-            }
+// One token of one head: y = r S + bonus v, then S <- diag(w) S + k v^T (S: N x N, [key][value],
+// updated in place; w = exp(logw), the decays; acc: N floats of scratch).
+using wkv6_token_fn = void (*)(const float*, const float*, const float*, const float*, float, float*, float*,
+                               int64_t, float*);
+
+static void wkv6_token(const float* rt, const float* kt, const float* vt, const float* w, float bonus, float* S,
+                       float* yt, int64_t N, float* acc) {
+    for (int64_t j = 0; j < N; ++j) acc[j] = 0.f;
+    for (int64_t i = 0; i < N; ++i) {
+        const float ri = rt[i], wi = w[i], ki = kt[i];
+        float* Si = S + i * N;
+        for (int64_t j = 0; j < N; ++j) {
+            acc[j] += ri * Si[j];
+            Si[j] = wi * Si[j] + ki * vt[j];
         }
-        float* yt = yp + off;
-        for (int64_t j = 0; j < N; ++j) yt[j] = acc[j] + bonus * vt[j];
     }
+    for (int64_t j = 0; j < N; ++j) yt[j] = acc[j] + bonus * vt[j];
 }
 
 #ifdef SPIKELM_X86
-// The same recurrence for AVX2 + FMA. Where N is a multiple of 32 the value index j runs in
-// blocks of 32 held in registers (four 8-lane vectors of v_t and of the output) while i walks the
-// state's rows: each state value is loaded and stored once per token, and nothing else is. Other
-// N: the loop above, compiled for these instructions.
+// The same token for AVX2 + FMA. Where N is a multiple of 32 the value index j runs in blocks of
+// 32 held in registers (four 8-lane vectors of v_t and of the output) while i walks the state's
+// rows: each state value is loaded and stored once per token, and nothing else is. Other N: the
+// loop above, compiled for these instructions.
 __attribute__((target("avx2,fma"), flatten))
-static void wkv6_head_avx2(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh,
-                           float* S, float* yp, int64_t T, int64_t stride, int64_t N, float* acc) {
-    if (N % 32 != 0) { wkv6_head(rp, kp, vp, wp, uh, S, yp, T, stride, N, acc); return; }
+static void wkv6_token_avx2(const float* rt, const float* kt, const float* vt, const float* w, float bonus, float* S,
+                            float* yt, int64_t N, float* acc) {
+    if (N % 32 != 0) { wkv6_token(rt, kt, vt, w, bonus, S, yt, N, acc); return; }
+    const __m256 vb = _mm256_set1_ps(bonus);
+    for (int64_t j = 0; j < N; j += 32) {
+        const __m256 v0 = _mm256_loadu_ps(vt + j), v1 = _mm256_loadu_ps(vt + j + 8);
+        const __m256 v2 = _mm256_loadu_ps(vt + j + 16), v3 = _mm256_loadu_ps(vt + j + 24);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t i = 0; i < N; ++i) {
+            const __m256 ri = _mm256_set1_ps(rt[i]), wi = _mm256_set1_ps(w[i]), ki = _mm256_set1_ps(kt[i]);
+            float* Si = S + i * N + j;
+            __m256 s0 = _mm256_loadu_ps(Si), s1 = _mm256_loadu_ps(Si + 8);
+            __m256 s2 = _mm256_loadu_ps(Si + 16), s3 = _mm256_loadu_ps(Si + 24);
+            a0 = _mm256_fmadd_ps(ri, s0, a0);
+            a1 = _mm256_fmadd_ps(ri, s1, a1);
+            a2 = _mm256_fmadd_ps(ri, s2, a2);
+            a3 = _mm256_fmadd_ps(ri, s3, a3);
+            _mm256_storeu_ps(Si, _mm256_fmadd_ps(wi, s0, _mm256_mul_ps(ki, v0)));
+            _mm256_storeu_ps(Si + 8, _mm256_fmadd_ps(wi, s1, _mm256_mul_ps(ki, v1)));
+            _mm256_storeu_ps(Si + 16, _mm256_fmadd_ps(wi, s2, _mm256_mul_ps(ki, v2)));
+            _mm256_storeu_ps(Si + 24, _mm256_fmadd_ps(wi, s3, _mm256_mul_ps(ki, v3)));
+        }
+        _mm256_storeu_ps(yt + j, _mm256_fmadd_ps(vb, v0, a0));
+        _mm256_storeu_ps(yt + j + 8, _mm256_fmadd_ps(vb, v1, a1));
+        _mm256_storeu_ps(yt + j + 16, _mm256_fmadd_ps(vb, v2, a2));
+        _mm256_storeu_ps(yt + j + 24, _mm256_fmadd_ps(vb, v3, a3));
+    }
+}
+#endif
+
+// One (batch row, head) of the recurrence over T tokens. r, k, v and the decays w = exp(logw)
+// point at token 0 of this head (stride H N between tokens); S (N x N) is updated in place.
+static void wkv6_head(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh, float* S,
+                      float* yp, int64_t T, int64_t stride, int64_t N, float* acc, wkv6_token_fn token) {
     for (int64_t t = 0; t < T; ++t) {
         const int64_t off = t * stride;
         const float* rt = rp + off;
         const float* kt = kp + off;
-        const float* vt = vp + off;
-        const float* w = wp + off;
-        float bonus = 0.f;
+        float bonus = 0.f;  // r . (u * k): the current token's own contribution, y += bonus v
         for (int64_t i = 0; i < N; ++i) bonus += rt[i] * uh[i] * kt[i];
-        const __m256 vb = _mm256_set1_ps(bonus);
-        for (int64_t j = 0; j < N; j += 32) {
-            const __m256 v0 = _mm256_loadu_ps(vt + j), v1 = _mm256_loadu_ps(vt + j + 8);
-            const __m256 v2 = _mm256_loadu_ps(vt + j + 16), v3 = _mm256_loadu_ps(vt + j + 24);
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-            for (int64_t i = 0; i < N; ++i) {
-                const __m256 ri = _mm256_set1_ps(rt[i]), wi = _mm256_set1_ps(w[i]), ki = _mm256_set1_ps(kt[i]);
-                float* Si = S + i * N + j;
-                __m256 s0 = _mm256_loadu_ps(Si), s1 = _mm256_loadu_ps(Si + 8);
-                __m256 s2 = _mm256_loadu_ps(Si + 16), s3 = _mm256_loadu_ps(Si + 24);
-                a0 = _mm256_fmadd_ps(ri, s0, a0);
-                a1 = _mm256_fmadd_ps(ri, s1, a1);
-                a2 = _mm256_fmadd_ps(ri, s2, a2);
-                a3 = _mm256_fmadd_ps(ri, s3, a3);
-                _mm256_storeu_ps(Si, _mm256_fmadd_ps(wi, s0, _mm256_mul_ps(ki, v0)));
-                _mm256_storeu_ps(Si + 8, _mm256_fmadd_ps(wi, s1, _mm256_mul_ps(ki, v1)));
-                _mm256_storeu_ps(Si + 16, _mm256_fmadd_ps(wi, s2, _mm256_mul_ps(ki, v2)));
-                _mm256_storeu_ps(Si + 24, _mm256_fmadd_ps(wi, s3, _mm256_mul_ps(ki, v3)));
-            }
-            float* yt = yp + off + j;
-            _mm256_storeu_ps(yt, _mm256_fmadd_ps(vb, v0, a0));
-            _mm256_storeu_ps(yt + 8, _mm256_fmadd_ps(vb, v1, a1));
-            _mm256_storeu_ps(yt + 16, _mm256_fmadd_ps(vb, v2, a2));
-            _mm256_storeu_ps(yt + 24, _mm256_fmadd_ps(vb, v3, a3));
-        }
+        token(rt, kt, vp + off, wp + off, bonus, S, yp + off, N, acc);
     }
 }
-#endif
 
 // r, k, v, logw: (B, T, H, N) float32 contiguous; u: (H, N); s: (B, H, N, N), updated in place.
 at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor logw, at::Tensor u, at::Tensor s) {
@@ -176,17 +173,14 @@ at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor log
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(N);
+        wkv6_token_fn token = wkv6_token;
+#ifdef SPIKELM_X86
+        if (has_avx2_fma()) token = wkv6_token_avx2;
+#endif
         for (int64_t bh = begin; bh < end; ++bh) {
             const int64_t b = bh / H, h = bh % H, off = (b * T * H + h) * N;
-#ifdef SPIKELM_X86
-            if (has_avx2_fma()) {
-                wkv6_head_avx2(rp + off, kp + off, vp + off, wp + off, up + h * N, sp + bh * N * N, yp + off, T, H * N,
-                               N, acc.data());
-                continue;
-            }
-#endif
             wkv6_head(rp + off, kp + off, vp + off, wp + off, up + h * N, sp + bh * N * N, yp + off, T, H * N, N,
-                      acc.data());
+                      acc.data(), token);
         }
     });
     return y;
@@ -283,30 +277,66 @@ __attribute__((target("avx2,fma,f16c"))) static void axpy_rows_avx2(const uint16
 #endif
 
 template <bool BF16, typename Out>
-static void gemv_lowp_t_impl(const uint16_t* b, const float* x, int64_t I, int64_t O, Out* y) {
-    at::parallel_for(0, O, 256, [&](int64_t begin, int64_t end) {
+static void gemv_lowp_t_impl(const uint16_t* b, const float* x, const float* c, int64_t G, int64_t I, int64_t O,
+                             Out* y) {
+    // G products x_g @ b_g; the outputs of all of them split between the threads in blocks
+    at::parallel_for(0, G * O, 256, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(end - begin);
+        for (int64_t idx = begin; idx < end;) {
+            const int64_t g = idx / O, o0 = idx % O, o1 = std::min(O, o0 + (end - idx));
+            const uint16_t* bg = b + g * I * O;
+            const float* xg = x + g * I;
 #ifdef SPIKELM_X86
-        if (has_avx2_fma()) axpy_rows_avx2<BF16>(b, x, I, O, begin, end, acc.data());
-        else
+            if (has_avx2_fma()) axpy_rows_avx2<BF16>(bg, xg, I, O, o0, o1, acc.data());
+            else
 #endif
-        axpy_rows<BF16>(b, x, I, O, begin, end, acc.data());
-        for (int64_t o = begin; o < end; ++o) y[o] = Out(acc[o - begin]);
+            axpy_rows<BF16>(bg, xg, I, O, o0, o1, acc.data());
+            for (int64_t o = o0; o < o1; ++o)
+                y[g * O + o] = Out(c ? acc[o - o0] + c[g * O + o] : acc[o - o0]);
+            idx += o1 - o0;
+        }
     });
 }
 
-// x: (I,) any floating dtype; b: (I, O) bf16 or fp16, contiguous. Returns x @ b, (O,) in b's dtype.
-at::Tensor gemv_lowp_t(at::Tensor x, at::Tensor b) {
-    TORCH_CHECK(b.dim() == 2 && b.is_contiguous() && x.numel() == b.size(0), "gemv_lowp_t: shapes");
-    const int64_t I = b.size(0), O = b.size(1);
-    auto xf = x.to(at::kFloat).contiguous();
-    auto y = at::empty({O}, b.options());
-    const float* xp = xf.data_ptr<float>();
+// float_values: x's values as float32: its own memory where it is a contiguous float32 tensor, else
+// widened into buf (bf16 / fp16, without a torch operation per call), else through a cast kept
+// alive in keep.
+static const float* float_values(const at::Tensor& x, std::vector<float>& buf, at::Tensor& keep) {
+    const int64_t n = x.numel();
+    if (x.is_contiguous() && x.scalar_type() == at::kFloat) return x.data_ptr<float>();
+    if (x.is_contiguous() && x.scalar_type() == at::kBFloat16) {
+        const at::BFloat16* p = x.data_ptr<at::BFloat16>();
+        buf.resize(n);
+        for (int64_t i = 0; i < n; ++i) buf[i] = float(p[i]);
+        return buf.data();
+    }
+    if (x.is_contiguous() && x.scalar_type() == at::kHalf) {
+        const at::Half* p = x.data_ptr<at::Half>();
+        buf.resize(n);
+        for (int64_t i = 0; i < n; ++i) buf[i] = float(p[i]);
+        return buf.data();
+    }
+    keep = x.to(at::kFloat).contiguous();
+    return keep.data_ptr<float>();
+}
+
+// b: (I, O) or G matrices (G, I, O), bf16 or fp16, contiguous; x: I or G I values, any floating
+// dtype; c: none or G O values added before the one rounding (baddbmm's c). Returns x @ b (+ c):
+// (O,) for one matrix, (G, O) for G, in b's dtype.
+at::Tensor gemv_lowp_t(at::Tensor x, at::Tensor b, c10::optional<at::Tensor> c) {
+    TORCH_CHECK((b.dim() == 2 || b.dim() == 3) && b.is_contiguous(), "gemv_lowp_t: shapes");
+    const int64_t G = b.dim() == 3 ? b.size(0) : 1, I = b.size(-2), O = b.size(-1);
+    TORCH_CHECK(x.numel() == G * I && (!c.has_value() || c->numel() == G * O), "gemv_lowp_t: shapes");
+    std::vector<float> xbuf, cbuf;
+    at::Tensor xkeep, ckeep;
+    const float* xp = float_values(x, xbuf, xkeep);
+    const float* cp = c.has_value() ? float_values(*c, cbuf, ckeep) : nullptr;
+    auto y = b.dim() == 3 ? at::empty({G, O}, b.options()) : at::empty({O}, b.options());
     if (b.scalar_type() == at::kBFloat16)
-        gemv_lowp_t_impl<true>(reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>()), xp, I, O,
+        gemv_lowp_t_impl<true>(reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>()), xp, cp, G, I, O,
                                y.data_ptr<at::BFloat16>());
     else if (b.scalar_type() == at::kHalf)
-        gemv_lowp_t_impl<false>(reinterpret_cast<const uint16_t*>(b.data_ptr<at::Half>()), xp, I, O,
+        gemv_lowp_t_impl<false>(reinterpret_cast<const uint16_t*>(b.data_ptr<at::Half>()), xp, cp, G, I, O,
                                 y.data_ptr<at::Half>());
     else TORCH_CHECK(false, "gemv_lowp_t: b must be bfloat16 or float16");
     return y;
@@ -316,9 +346,10 @@ at::Tensor gemv_lowp_t(at::Tensor x, at::Tensor b) {
 at::Tensor gemv_lowp(at::Tensor x, at::Tensor w) {
     TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && x.numel() == w.size(1), "gemv_lowp: shapes");
     const int64_t O = w.size(0), I = w.size(1);
-    auto xf = x.to(at::kFloat).contiguous();
+    std::vector<float> buf;
+    at::Tensor keep;
+    const float* xp = float_values(x, buf, keep);
     auto y = at::empty({O}, w.options());
-    const float* xp = xf.data_ptr<float>();
     if (w.scalar_type() == at::kBFloat16)
         gemv_lowp_impl<true>(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), xp, O, I,
                              y.data_ptr<at::BFloat16>());
@@ -406,7 +437,7 @@ TORCH_LIBRARY(spikelm_cpu, m) {
     m.def("wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor logw, Tensor u, Tensor(a!) s) -> Tensor");
     m.def("level_histogram(Tensor q, Tensor x, Tensor unit, int layers) -> Tensor");
     m.def("gemv_lowp(Tensor x, Tensor w) -> Tensor");
-    m.def("gemv_lowp_t(Tensor x, Tensor b) -> Tensor");
+    m.def("gemv_lowp_t(Tensor x, Tensor b, Tensor? c=None) -> Tensor");
     m.def("set_avx2(bool allowed) -> bool");
 }
 TORCH_LIBRARY_IMPL(spikelm_cpu, CPU, m) {
@@ -448,6 +479,25 @@ def kernel() -> Any | None:
         return None
 
 
+def op(name: str) -> Any | None:
+    """The compiled op ``name`` as its overload (``torch.ops.spikelm_cpu.<name>.default``: a few
+    microseconds less per call than the packet, which counts in a decoding step), or None where
+    the kernels are not available."""
+    return None if kernel() is None else _overload(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _overload(name: str) -> Any:
+    return getattr(torch.ops.spikelm_cpu, name).default
+
+
+def _float32(t: Tensor) -> Tensor:
+    """t as a contiguous float32 tensor outside autograd (itself when it already is one)."""
+    if t.dtype == torch.float32 and not t.requires_grad and t.is_contiguous():
+        return t
+    return t.detach().to(torch.float32).contiguous()
+
+
 def wkv6_recurrent_cpu(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor,
                        state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """:func:`~.wkv6.wkv6_naive`'s recurrence, compiled (float32, CPU, no gradient).
@@ -456,15 +506,14 @@ def wkv6_recurrent_cpu(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor,
     returns y (B, T, H, N) in r's dtype and the final state (float32). Raises RuntimeError where
     the kernel is not available (see :func:`kernel`).
     """
-    ops = kernel()
-    if ops is None:
+    forward = op("wkv6_forward")
+    if forward is None:
         raise RuntimeError("the compiled CPU WKV6 kernel is not available")
     B, T, H, N = r.shape
-    f = [t.detach().to(torch.float32).contiguous() for t in (r, k, v, logw)]
     s = (torch.zeros(B, H, N, N, dtype=torch.float32) if state is None
          else state.detach().to(torch.float32).clone(memory_format=torch.contiguous_format))
-    y = ops.wkv6_forward(*f, u.detach().to(torch.float32).contiguous(), s)
-    return y.to(r.dtype), s
+    y = forward(_float32(r), _float32(k), _float32(v), _float32(logw), _float32(u), s)
+    return y if r.dtype == torch.float32 else y.to(r.dtype), s
 
 
 def level_histogram(q: Tensor, x: Tensor, unit: Tensor, layers: int) -> tuple[list[int], int, int] | None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cpu_kernels import kernel as cpu_kernel
+from .cpu_kernels import op as cpu_op
 
 __all__ = ["Linear", "linear", "matmul", "baddbmm", "emulated_low_precision"]
 
@@ -56,11 +56,12 @@ _BLOCK_FLOATS = 2**24  # a float32 copy of at most 64 MiB of a weight at a time
 def _compiled_gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether a product of ``x`` by the matrix ``weight`` is one row of a bf16/fp16 product on a
     CPU without native low-precision GEMMs that the compiled ``gemv_lowp`` / ``gemv_lowp_t`` take
-    (a contiguous matrix of x's dtype, no bias, no gradient needed)."""
-    return (bias is None and x.dtype in _LOW and x.device.type == "cpu" and x.numel() == x.shape[-1]
-            and weight.dtype == x.dtype and weight.dim() == 2 and weight.is_contiguous()
+    (a contiguous matrix of x's dtype, no bias, no gradient needed). Cheapest tests first: this
+    runs before every product of a decoding step."""
+    return (x.dtype in _LOW and x.numel() == x.shape[-1] and bias is None and weight.dtype == x.dtype
+            and x.device.type == "cpu" and weight.dim() == 2 and weight.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not _native_cpu(x.dtype) and cpu_kernel() is not None)
+            and not _native_cpu(x.dtype) and cpu_op("gemv_lowp") is not None)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -70,9 +71,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     A large weight (a 65536-word head) is taken in blocks of output rows, so the float32 copy
     that exists at any time stays under 64 MiB whatever the layer's size (a whole head of the
     1B6 model in float32 would be 512 MiB, a sixth of its bf16 weights)."""
+    if x.dtype == torch.float32:
+        return F.linear(x, weight, bias)
+    if _compiled_gemv(x, weight, bias):
+        return cpu_op("gemv_lowp")(x.reshape(-1), weight).view(x.shape[:-1] + weight.shape[:1])
     if not emulated_low_precision(x):
-        if _compiled_gemv(x, weight, bias):
-            return cpu_kernel().gemv_lowp(x.reshape(-1), weight).view(*x.shape[:-1], weight.shape[0])
         return F.linear(x, weight, bias)
     xf = x.float()
     rows = max(1, _BLOCK_FLOATS // max(1, weight.shape[1]))
@@ -98,13 +101,19 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if emulated_low_precision(a):
         return (a.float() @ b.float()).to(a.dtype)
     if _compiled_gemv(a, b):
-        return cpu_kernel().gemv_lowp_t(a.reshape(-1), b).view(*a.shape[:-1], b.shape[1])
+        return cpu_op("gemv_lowp_t")(a.reshape(-1), b).view(a.shape[:-1] + b.shape[1:])
     return a @ b
 
 
 def baddbmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``torch.baddbmm(c, a, b)`` (c + a @ b, batched), through float32 where
-    :func:`emulated_low_precision` (then the sum is rounded once, not the product first)."""
+    """``torch.baddbmm(c, a, b)`` (c + a @ b, batched), through the compiled one-row products where
+    each of the batch's products is one row (decoding) and :func:`_compiled_gemv` holds, else
+    through float32 where :func:`emulated_low_precision` (either way the sum is rounded once, not
+    the product first)."""
+    G, rows, _ = a.shape
+    if rows == 1 and b.dim() == 3 and c.numel() == G * b.shape[2] and _compiled_gemv(a[0], b[0]) \
+            and b.is_contiguous() and not (torch.is_grad_enabled() and c.requires_grad):
+        return cpu_op("gemv_lowp_t")(a.reshape(-1), b, c.reshape(-1)).view(G, 1, b.shape[2])
     if emulated_low_precision(a):
         return torch.baddbmm(c.float(), a.float(), b.float()).to(a.dtype)
     return torch.baddbmm(c, a, b)
