@@ -185,3 +185,33 @@ def test_one_row_products_refuse_what_they_do_not_take():
         ops.gemv_lowp(x.float(), w.float())
     with pytest.raises(RuntimeError, match="shapes"):
         ops.gemv_lowp_t(x, w.t().contiguous(), torch.zeros(5))  # c of the wrong size
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_compiled_decode_is_the_general_path_bit_for_bit(isa, dtype, per_channel, monkeypatch):
+    """``mhse_decode`` with T > 1 on the CPU runs the compiled pass: the same bits as its tensor
+    operations (the general path), for rate and multi-layer codes, init_half, signed zeros,
+    infinities, NaN, values at and next to every level boundary."""
+    import spikelm.spiking.encoding as enc
+
+    g = torch.Generator().manual_seed(7)
+    C = 37  # not a multiple of 8: the AVX2 loop and its scalar tail
+    for T, layers, n_int, init_half in [(3, 1, 1, False), (4, 1, 1, True), (7, 3, 1, False), (16, 4, 2, True),
+                                        (5, 5, 1, True), (2, 2, 2, False)]:
+        scale = (torch.rand(C, generator=g) + 0.05) if per_channel else torch.tensor(0.37)
+        unit = scale * 2.0 ** (n_int - layers) / T  # one step of the decoded value
+        k = torch.randint(0, 2**layers * T + 2, (4, C), generator=g).float()
+        x = torch.cat([torch.randn(4, C, generator=g) * 3,
+                       k * unit, torch.nextafter(k * unit, torch.tensor(1e9)), torch.nextafter(k * unit, -torch.tensor(1e9)),
+                       (k + 0.5) * unit, -(k + 0.5) * unit])
+        x[0, :5] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])
+        x = x.to(dtype)
+        got = enc.mhse_decode(x, scale, T, layers, n_int, init_half)
+        with monkeypatch.context() as m:
+            m.setattr(enc, "cpu_op", lambda name: None)
+            ref = enc.mhse_decode(x, scale, T, layers, n_int, init_half)
+        bits = torch.int32 if dtype == torch.float32 else torch.int16
+        nan = ref.isnan()
+        assert torch.equal(got.isnan(), nan)
+        assert torch.equal(got[~nan].view(bits), ref[~nan].view(bits)), (T, layers, n_int, init_half)

@@ -1,5 +1,5 @@
-"""Compiled CPU loops: the WKV6 recurrence, one-row bf16/fp16 products, and the histogram of
-spike-encoder levels.
+"""Compiled CPU loops: the WKV6 recurrence, one-row bf16/fp16 products, spike decoding, and the
+histogram of spike-encoder levels.
 
 Each is a single pass over memory where the equivalent tensor operations make many (or, for the
 products, where torch's path reads 2-byte weights at half the speed it could). They are
@@ -31,6 +31,11 @@ weights are widened to float32 in registers, the exact products summed in float3
 rounded once to the weight's dtype: the arithmetic of a bf16 GEMM, at the speed of reading the
 2-byte weights. :mod:`.linear` takes them for decoding on CPUs without native bf16 GEMMs.
 
+**Spike decoding** (``mhse_decode``): the general path of
+:func:`spikelm.spiking.encoding.mhse_decode` (rate codes, and MHSE over T > 1 steps) in one pass
+per value instead of some ten float64 passes, with the same float operations in the same order
+(so the same bits); the division by T comes from a table of the few possible levels.
+
 **Instruction sets.** On x86-64 the loops are built twice, portable and for AVX2 + FMA + F16C,
 and the second is chosen at run time where the CPU has them (``set_avx2(False)`` forces the
 portable loops, which the tests also check). Elsewhere only the portable loops are built.
@@ -61,6 +66,7 @@ _SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <algorithm>
+#include <type_traits>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -433,18 +439,113 @@ at::Tensor level_histogram(at::Tensor q, at::Tensor x, at::Tensor unit, int64_t 
     return out;
 }
 
+// The spike encoders' decoded values (spikelm.spiking.encoding.mhse_decode's general path), one
+// pass per value, with that path's float operations in its order, so bit for bit its result:
+//   a = fl32(|x| / s) (float32 division), min(a, a_max); q = floor(double(a) 2^(l-n) T [+ 1/2]);
+//   out = copysign(q 2^(n-l) / T * double(s), x), converted to x's dtype as torch converts a double.
+// x: float32 / bf16 / fp16, contiguous, C = its last dimension; scale: float32, 1 or C values.
+#ifdef SPIKELM_X86
+// The loop below for float32, eight values at a time: the same operations (each product is exact,
+// the division by T comes from the table, the conversions round to nearest), so the same bits.
+// Returns how many values of the row it did (a multiple of 8).
+__attribute__((target("avx2,fma")))
+static int64_t mhse_decode_row_avx2(const float* x, const float* scale, float* o, int64_t C, double up_steps,
+                                    double half, float a_max, const double* level) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), amax = _mm256_set1_ps(a_max), zero = _mm256_setzero_ps();
+    const __m256d sign_d = _mm256_set1_pd(-0.0), mul = _mm256_set1_pd(up_steps), add = _mm256_set1_pd(half);
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + c), sv = _mm256_loadu_ps(scale + c);
+        const __m256 a_raw = _mm256_div_ps(_mm256_andnot_ps(sign, xv), sv);
+        const __m256 nan = _mm256_cmp_ps(a_raw, a_raw, _CMP_UNORD_Q);
+        const __m256 a = _mm256_blendv_ps(_mm256_min_ps(a_raw, amax), zero, nan);  // NaN lanes: index 0, put back below
+        __m256d half_out[2];
+        for (int h = 0; h < 2; ++h) {
+            const __m128 ah = h ? _mm256_extractf128_ps(a, 1) : _mm256_castps256_ps128(a);
+            const __m128 sh = h ? _mm256_extractf128_ps(sv, 1) : _mm256_castps256_ps128(sv);
+            const __m128 xh = h ? _mm256_extractf128_ps(xv, 1) : _mm256_castps256_ps128(xv);
+            const __m256d q = _mm256_floor_pd(_mm256_add_pd(_mm256_mul_pd(_mm256_cvtps_pd(ah), mul), add));
+            const __m256d lv = _mm256_i32gather_pd(level, _mm256_cvttpd_epi32(q), 8);
+            const __m256d val = _mm256_mul_pd(lv, _mm256_cvtps_pd(sh));
+            half_out[h] = _mm256_or_pd(val, _mm256_and_pd(_mm256_cvtps_pd(xh), sign_d));  // copysign (val >= 0)
+        }
+        const __m256 res = _mm256_set_m128(_mm256_cvtpd_ps(half_out[1]), _mm256_cvtpd_ps(half_out[0]));
+        _mm256_storeu_ps(o + c, _mm256_blendv_ps(res, a_raw, nan));
+    }
+    return c;
+}
+#endif
+
+template <typename X>
+static void mhse_decode_impl(const X* x, const float* scale, X* out, int64_t n, int64_t C, int64_t T,
+                             int64_t layers, int64_t n_int, bool init_half, float a_max) {
+    const double up = std::ldexp(1.0, int(layers - n_int)), down = std::ldexp(1.0, int(n_int - layers));
+    const double steps = double(T), half = init_half ? 0.5 : 0.0;
+    // q is an integer from 0 to q_top: q 2^(n-l) / T, the same double, from a table (no division per value)
+    const int64_t q_top = int64_t(std::floor(double(a_max) * up * steps + half));
+    std::vector<double> level(q_top + 1);
+    for (int64_t q = 0; q <= q_top; ++q) level[q] = double(q) * down / steps;
+    const int64_t rows = n / C;
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+            const X* xr = x + r * C;
+            X* o = out + r * C;
+            int64_t c = 0;
+#ifdef SPIKELM_X86
+            if (std::is_same<X, float>::value && has_avx2_fma())
+                c = mhse_decode_row_avx2(reinterpret_cast<const float*>(xr), scale, reinterpret_cast<float*>(o), C,
+                                         double(up * steps), half, a_max, level.data());
+#endif
+            for (; c < C; ++c) {
+                const float xv = float(xr[c]);
+                float a = std::fabs(xv) / scale[c];
+                if (!(a == a)) { o[c] = static_cast<X>(a); continue; }  // NaN in, NaN out
+                a = std::min(a, a_max);
+                double q = double(a) * up;
+                if (T != 1) q *= steps;
+                const int64_t qi = int64_t(std::floor(q + half));
+                o[c] = static_cast<X>(std::copysign(level[qi] * double(scale[c]), double(xv)));
+            }
+        }
+    });
+}
+
+at::Tensor mhse_decode(at::Tensor x, at::Tensor scale, int64_t T, int64_t layers, int64_t n_int, bool init_half,
+                       double a_max) {
+    TORCH_CHECK(x.is_contiguous() && scale.is_contiguous() && scale.scalar_type() == at::kFloat
+                && (scale.numel() == 1 || (x.dim() > 0 && scale.numel() == x.size(-1))), "mhse_decode: shapes");
+    auto out = at::empty_like(x);
+    if (x.numel() == 0) return out;
+    const int64_t n = x.numel(), C = x.dim() > 0 ? x.size(-1) : 1;
+    std::vector<float> per_channel(C, scale.data_ptr<float>()[0]);  // one scale: the same for every channel
+    if (scale.numel() == C) std::copy(scale.data_ptr<float>(), scale.data_ptr<float>() + C, per_channel.begin());
+    const float* sp = per_channel.data();
+    const float am = float(a_max);
+    if (x.scalar_type() == at::kFloat)
+        mhse_decode_impl(x.data_ptr<float>(), sp, out.data_ptr<float>(), n, C, T, layers, n_int, init_half, am);
+    else if (x.scalar_type() == at::kBFloat16)
+        mhse_decode_impl(x.data_ptr<at::BFloat16>(), sp, out.data_ptr<at::BFloat16>(), n, C, T, layers, n_int,
+                         init_half, am);
+    else if (x.scalar_type() == at::kHalf)
+        mhse_decode_impl(x.data_ptr<at::Half>(), sp, out.data_ptr<at::Half>(), n, C, T, layers, n_int, init_half, am);
+    else TORCH_CHECK(false, "mhse_decode: x must be float32, bfloat16 or float16");
+    return out;
+}
+
 TORCH_LIBRARY(spikelm_cpu, m) {
     m.def("wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor logw, Tensor u, Tensor(a!) s) -> Tensor");
     m.def("level_histogram(Tensor q, Tensor x, Tensor unit, int layers) -> Tensor");
     m.def("gemv_lowp(Tensor x, Tensor w) -> Tensor");
     m.def("gemv_lowp_t(Tensor x, Tensor b, Tensor? c=None) -> Tensor");
     m.def("set_avx2(bool allowed) -> bool");
+    m.def("mhse_decode(Tensor x, Tensor scale, int T, int layers, int n_int, bool init_half, float a_max) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(spikelm_cpu, CPU, m) {
     m.impl("wkv6_forward", &wkv6_forward);
     m.impl("level_histogram", &level_histogram);
     m.impl("gemv_lowp", &gemv_lowp);
     m.impl("gemv_lowp_t", &gemv_lowp_t);
+    m.impl("mhse_decode", &mhse_decode);
 }
 TORCH_LIBRARY_IMPL(spikelm_cpu, CatchAll, m) {
     m.impl("set_avx2", &set_avx2);
@@ -455,7 +556,7 @@ TORCH_LIBRARY_IMPL(spikelm_cpu, CatchAll, m) {
 @functools.lru_cache(maxsize=None)
 def kernel() -> Any | None:
     """The compiled ops (``torch.ops.spikelm_cpu``: ``wkv6_forward``, ``gemv_lowp``, ``gemv_lowp_t``,
-    ``level_histogram``, ``set_avx2``), or None where they cannot be built."""
+    ``mhse_decode``, ``level_histogram``, ``set_avx2``), or None where they cannot be built."""
     if os.environ.get("SPIKELM_NO_CPP_KERNELS", "") not in ("", "0"):
         return None
     try:
@@ -471,7 +572,7 @@ def kernel() -> Any | None:
 
         log.info("loading spikelm's compiled CPU kernels (built on first use, about 30 s)")
         load_inline("spikelm_cpu_kernels", cpp_sources=_SOURCE, is_python_module=False,
-                    extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+                    extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"], verbose=False)
         return torch.ops.spikelm_cpu
     except Exception as e:  # no compiler, no ninja, no headers: the tensor-operation forms still work
         log.warning("spikelm's compiled CPU kernels are not available (%s: %s); using tensor operations",

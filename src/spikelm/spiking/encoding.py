@@ -88,6 +88,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops.cpu_kernels import op as cpu_op
+
 __all__ = [
     "METHODS",
     "SpikeStats",
@@ -450,6 +452,10 @@ def mhse_decode(
     GPU twice per site and token). The scale is the caller's to validate (a converted model checks
     its scales at calibration and at load); a NaN input decodes to NaN, as any layer would pass it on.
 
+    On the CPU, the general path (``T > 1``) runs as one compiled pass
+    (``spikelm.ops.cpu_kernels``, ``mhse_decode``) performing the same float operations in the
+    same order, so the same bits.
+
     Observation point, for counters outside the model (one step, ``T = 1``, float32 scale only):
     ``on_levels(q)`` sees the integer levels ``q = floor(min(|x| / (s w_l), 2**l - 1))`` (float32;
     ``floor(. + 1/2)`` with ``init_half``), whose bits are the layers' spikes. It is called with
@@ -483,6 +489,14 @@ def mhse_decode(
         if low:
             return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)
+    if (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32 \
+            and x.device.type == "cpu" and x.dim() > 0 and scale.numel() in (1, scale.shape[-1] if scale.dim() else 1) \
+            and scale.numel() in (1, x.shape[-1]) and scale.device.type == "cpu":
+        compiled = cpu_op("mhse_decode")
+        if compiled is not None:
+            # the lines below in one compiled pass per value, in their order: the same bits (a NaN
+            # input decodes to a NaN, whose payload bits may differ)
+            return compiled(x.contiguous(), scale.detach().reshape(-1).contiguous(), T, layers, n_int, init_half, a_max)
     if (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32:
         # the float32 quotient is the float64 one rounded to float32 (see above), in fewer passes
         a = (x.float().abs_() if low else x.abs()).div_(scale.detach().to(x.device))
