@@ -611,8 +611,12 @@ def wkv6_recurrent_cpu(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor,
     if forward is None:
         raise RuntimeError("the compiled CPU WKV6 kernel is not available")
     B, T, H, N = r.shape
-    s = (torch.zeros(B, H, N, N, dtype=torch.float32) if state is None
-         else state.detach().to(torch.float32).clone(memory_format=torch.contiguous_format))
+    if state is None:
+        s = torch.zeros(B, H, N, N, dtype=torch.float32)
+    elif state.dtype == torch.float32 and not state.requires_grad:
+        s = state.clone(memory_format=torch.contiguous_format)
+    else:
+        s = state.detach().to(torch.float32).clone(memory_format=torch.contiguous_format)
     y = forward(_float32(r), _float32(k), _float32(v), _float32(logw), _float32(u), s)
     return y if r.dtype == torch.float32 else y.to(r.dtype), s
 
