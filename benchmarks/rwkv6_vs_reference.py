@@ -50,10 +50,11 @@ def matmul_floor(model, T: int, repeats: int) -> float:
 
     Any implementation must do these products (the package does more: its last block runs on
     every position), so reference_time / floor bounds the speed-up that any implementation of the
-    rest could reach. They run through spikelm.ops.linear.linear,
-    the model's own path: in fp32 that is F.linear; in bf16 on a CPU without native bf16 GEMMs, a
-    product of many rows is the fp32 product of the bf16 values (the package runs oneDNN's
-    emulated bf16 GEMM there, so in bf16 the floor bounds only spikelm's own remaining time).
+    rest could reach. They run as the model runs them: a prefill's through spikelm.ops.linear.linear
+    (in fp32 F.linear; in bf16 on a CPU without native bf16 GEMMs the fp32 product of the bf16
+    values, where the package runs oneDNN's emulated bf16 GEMM, so in bf16 the floor bounds only
+    spikelm's own remaining time); a decoding step's through the compiled one-row products of its
+    block step (spikelm.ops.cpu_kernels), the head through linear.
     """
     from spikelm.ops.linear import linear
 
@@ -73,7 +74,13 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     # the head keeps the model's own memory order (the model lays it out for its matrix-vector product)
     work = [(x, w if w is model.head.weight else w.contiguous()) for x, w in work]
     if T == 1:  # decoding reads each weight once from memory: the products one after the other, as in a step
-        return best_times(lambda: [linear(x, w) for x, w in work], repeats=repeats, warmup=False)[0]
+        from spikelm.ops.cpu_kernels import op
+
+        # the blocks' products as spikelm's compiled decoding step does them (where it can be built)
+        gemv = op("gemv")
+        one = [(lambda x=x, w=w: gemv(x.view(-1), w)) if gemv is not None and w is not model.head.weight
+               else (lambda x=x, w=w: linear(x, w)) for x, w in work]
+        return best_times(lambda: [f() for f in one], repeats=repeats, warmup=False)[0]
     # a prefill's products are bound by arithmetic, their input just written by the operation before
     # (in cache): each timed on its own, repeated, and summed
     return sum(best_times(lambda x=x, w=w: linear(x, w), repeats=repeats)[0] for x, w in work)

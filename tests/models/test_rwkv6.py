@@ -10,7 +10,11 @@ import torch
 import spikelm
 from conftest import make_rwkv6
 from spikelm.checkpoints import save_official
-from spikelm.models.rwkv6 import TimeMix
+from spikelm.models import rwkv6 as rwkv6_module
+from spikelm.models.rwkv6 import Block, TimeMix
+from spikelm.ops import cpu_kernels
+
+needs_kernels = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ compiler / ninja to build the kernels")
 
 
 def _reference(path):
@@ -122,6 +126,75 @@ def test_wkv_parameters_stay_float32_in_a_low_precision_model(tmp_path):
             assert p.dtype == torch.float32 and torch.equal(p, ref[name]), name
     with torch.no_grad():
         loaded(torch.randint(0, 257, (1, 5)))
+
+
+def _modules_only(monkeypatch):
+    """Make every block take its modules' forward (the compiled step's twin)."""
+    monkeypatch.setattr(Block, "_compiled_step", lambda self, x, state: None)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-6), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
+@pytest.mark.parametrize("head_size", [16, 64])
+def test_compiled_decoding_step_equals_the_modules(monkeypatch, dtype, tol, head_size):
+    """One token through the compiled block step against the modules' forward: logits and every
+    state, from a non-zero state, batch 2, layer 0's ln0, a trained initial state. In bf16/fp16 the
+    step keeps float32 between its products where the modules round to the dtype."""
+    model = make_rwkv6(n_layer=2, n_embd=128, head_size=head_size, seed=6, has_time_state=True).to(dtype)
+    idx = torch.randint(0, 257, (2, 5), generator=torch.Generator().manual_seed(1))
+    calls = []
+    real = Block._compiled_step
+    monkeypatch.setattr(Block, "_compiled_step", lambda self, x, s: calls.append(1) or real(self, x, s))
+    with torch.inference_mode():
+        _, state = model(idx[:, :4])
+        before = [[t.clone() for t in layer] for layer in state]
+        got, s_got = model(idx[:, 4:], state)
+        assert len(calls) == 2  # one per block, for the one-token call only
+        with monkeypatch.context() as m:
+            _modules_only(m)
+            ref, s_ref = model(idx[:, 4:], state)
+    rel = lambda a, b: ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()  # noqa: E731
+    assert rel(got, ref) < tol
+    for a, b in zip(s_got, s_ref):
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and x.shape == y.shape and rel(x, y) < tol
+    assert all(torch.equal(a, b) for la, lb in zip(state, before) for a, b in zip(la, lb))  # the input state is untouched
+
+
+@needs_kernels
+def test_compiled_decoding_step_only_where_it_computes_the_same(monkeypatch):
+    """The modules' forward wherever the step would differ or skip something: a gradient possible,
+    a hook on any module (an energy counter's), a converted block, the kernels off."""
+    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=7)
+    tok = torch.randint(0, 257, (1, 1))
+    step = Block._compiled_step
+    used = []
+    monkeypatch.setattr(Block, "_compiled_step", lambda self, x, s: used.append(r := step(self, x, s) is not None) or
+                        (step(self, x, s) if r else None))
+
+    def takes(**kw):
+        used.clear()
+        with torch.inference_mode(kw.get("inference", True)):
+            model(tok)
+        return used == [True, True]
+
+    assert takes()
+    assert not takes(inference=False)  # a gradient is possible
+    h = model.blocks[1].att.key.register_forward_hook(lambda *a: None)
+    used.clear()
+    with torch.inference_mode():
+        model(tok)
+    assert used == [True, False]  # the hooked block only
+    h.remove()
+    from spikelm.convert import apply_preset
+
+    spiking = apply_preset(model, "SpikeRWKV-4L", [torch.randint(0, 257, (1, 8))], sites="time_mix")
+    used.clear()
+    with torch.inference_mode():
+        spiking(tok)
+    assert used == [False, False]
+    monkeypatch.setattr(rwkv6_module, "cpu_op", lambda name: None)
+    assert not takes()
 
 
 def test_gradients_flow(tiny_rwkv6):

@@ -147,7 +147,7 @@ def _exact_product(x, w):
     return exact, bound
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("O, I", [(1, 1), (7, 33), (64, 512), (300, 96), (129, 40), (5, 1000)])
 def test_one_row_products_equal_a_float32_product_rounded_once(isa, dtype, O, I):
     ops = cpu_kernels.kernel()
@@ -156,20 +156,20 @@ def test_one_row_products_equal_a_float32_product_rounded_once(isa, dtype, O, I)
     exact, bound = _exact_product(x.unsqueeze(0), w)
     exact, bound = exact[0], bound[0]
     eps = torch.finfo(dtype).eps  # the last rounding, to the dtype: at most half an ulp (eps / 2 relative)
-    for y in (ops.gemv_lowp(x, w), ops.gemv_lowp_t(x, w.t().contiguous())):
+    for y in (ops.gemv(x, w), ops.gemv_t(x, w.t().contiguous())):
         assert y.dtype == dtype and y.shape == (O,)
         assert ((y.double() - exact).abs() <= eps / 2 * (exact.abs() + bound) + bound).all()
     # a batch of three (baddbmm's form), with c added before the one rounding
     xs, bs = torch.stack((x, -x, 2 * x)), torch.stack((w.t(), w.t().flip(0), w.t())).contiguous()
     c = torch.randn(3, O, generator=g).to(dtype)
-    y3 = ops.gemv_lowp_t(xs, bs, c)
+    y3 = ops.gemv_t(xs, bs, c)
     exact3 = torch.baddbmm(c.double().unsqueeze(1), xs.double().unsqueeze(1), bs.double())[:, 0]
     bound3 = I * 2.0**-24 * (xs.double().abs().unsqueeze(1) @ bs.double().abs())[:, 0] + 2.0**-24 * c.double().abs()
     assert y3.dtype == dtype and y3.shape == (3, O)
     assert ((y3.double() - exact3).abs() <= eps / 2 * (exact3.abs() + bound3) + bound3).all()
     # no more than one ulp of the dtype from torch's own float32 product of the same values
     ref = (x.float() @ w.float().t()).to(dtype)
-    assert ((ops.gemv_lowp(x, w).double() - ref.double()).abs() <= eps * ref.double().abs() + 2 * bound).all()
+    assert ((ops.gemv(x, w).double() - ref.double()).abs() <= eps * ref.double().abs() + 2 * bound).all()
 
 
 def test_one_row_products_refuse_what_they_do_not_take():
@@ -178,13 +178,13 @@ def test_one_row_products_refuse_what_they_do_not_take():
         pytest.skip("no C++ compiler / ninja to build the kernel")
     x, w = torch.randn(8).bfloat16(), torch.randn(4, 8).bfloat16()
     with pytest.raises(RuntimeError, match="shapes"):
-        ops.gemv_lowp(x[:5], w)
+        ops.gemv(x[:5], w)
     with pytest.raises(RuntimeError, match="shapes"):
-        ops.gemv_lowp(x, w.t().contiguous().t())  # not contiguous
-    with pytest.raises(RuntimeError, match="bfloat16 or float16"):
-        ops.gemv_lowp(x.float(), w.float())
+        ops.gemv(x, w.t().contiguous().t())  # not contiguous
+    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+        ops.gemv(x.double(), w.double())
     with pytest.raises(RuntimeError, match="shapes"):
-        ops.gemv_lowp_t(x, w.t().contiguous(), torch.zeros(5))  # c of the wrong size
+        ops.gemv_t(x, w.t().contiguous(), torch.zeros(5))  # c of the wrong size
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

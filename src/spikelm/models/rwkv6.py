@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from ..config import RWKV6Config
 from ..ops.linear import Linear, baddbmm
 from ..ops.linear import matmul as mm
+from ..ops.cpu_kernels import op as cpu_op
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul
@@ -229,6 +230,13 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
 
 
+def _GLOBAL_HOOKS() -> bool:  # noqa: N802
+    """Whether hooks are registered for every module (torch's global module hooks)."""
+    from torch.nn.modules import module as m
+
+    return bool(getattr(m, "_global_forward_hooks", None) or getattr(m, "_global_forward_pre_hooks", None))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
@@ -247,11 +255,48 @@ class Block(nn.Module):
         """Per token: the two residual adds, 2C add."""
         return {"residual": OpRow("residual", {"add": 2 * self.ln1.normalized_shape[0]})}
 
+    # The parameters of one decoding step, in the order the compiled step takes them.
+    STEP_PARAMS = (
+        "ln0.weight", "ln0.bias", "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
+        "att.time_maa_x", "att.time_maa_w", "att.time_maa_k", "att.time_maa_v", "att.time_maa_r", "att.time_maa_g",
+        "att.time_maa_w1", "att.time_maa_w2", "att.time_decay", "att.time_decay_w1", "att.time_decay_w2",
+        "att.time_faaaa", "att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight",
+        "att.output.weight", "att.ln_x.weight", "att.ln_x.bias",
+        "ffn.time_maa_k", "ffn.time_maa_r", "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight",
+    )
+
+    def _compiled_step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState] | None:
+        """This block on one token as one compiled call (``spikelm.ops.cpu_kernels``,
+        ``rwkv6_block_step``: the same operations in float32, without a hundred tensor operations'
+        dispatch), or None where it does not apply: not the CPU, a gradient possible, no compiled
+        kernels, a converted block (spike encoders or other modules in its sites), or any hook on
+        its modules (an energy counter's, say), which the compiled step would not call."""
+        step = cpu_op("rwkv6_block_step")
+        if step is None or torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS():
+            return None
+        for mod in self.modules():
+            if mod._forward_hooks or mod._forward_pre_hooks or type(mod) not in _STEP_MODULES:
+                return None
+        params = dict(self.named_parameters())
+        empty = x.new_empty(0)
+        p = [params.get(n, empty) for n in self.STEP_PARAMS]
+        if len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
+            return None
+        att_shift, wkv_state, ffn_shift = state
+        y, att_shift, wkv_state, ffn_shift = step(x[:, 0], att_shift, wkv_state, ffn_shift, p, self.ln1.eps,
+                                                  self.att.ln_x.eps)
+        return y.unsqueeze(1), (att_shift, wkv_state, ffn_shift)
+
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto",
                 last_only: bool = False) -> tuple[Tensor, LayerState]:
         """x (B, T, C) -> (B, T, C) and the new state; with ``last_only``, (B, 1, C): the last position
         only (the same values), for a last block whose other positions nobody reads. The state
-        is the same either way."""
+        is the same either way. One token on the CPU without a gradient runs as one compiled call
+        where it can (:meth:`_compiled_step`)."""
+        if x.shape[1] == 1 and wkv_impl == "auto":
+            done = self._compiled_step(x, state)
+            if done is not None:
+                return done
         att_shift, wkv_state, ffn_shift = state
         if hasattr(self, "ln0"):
             x = self.ln0(x)
@@ -268,6 +313,10 @@ class Block(nn.Module):
         dx, ffn_shift = self.ffn(h, ffn_shift)
         x = x + dx
         return x, (att_shift, wkv_state, ffn_shift)
+
+
+# The module types of a plain (not converted) block: the compiled decoding step computes exactly these.
+_STEP_MODULES = (Block, TimeMix, ChannelMix, Linear, nn.LayerNorm, nn.GroupNorm, nn.Identity)
 
 
 class RWKV6(nn.Module):

@@ -8,7 +8,7 @@ of more than one row is computed here as the float32 product of the same bf16 va
 products, float32 accumulation: the arithmetic of a bf16 GEMM) and rounded back to the input's
 dtype. Weights stay stored in their dtype; a float32 copy of one weight lives for one product.
 Single rows (decoding) stay in low precision: a matrix-vector product is bound by memory, where
-reading half the bytes wins. There, on such a CPU, a compiled loop (``gemv_lowp`` of
+reading half the bytes wins. There, on such a CPU, a compiled loop (``gemv`` of
 :mod:`.cpu_kernels`: AVX2 widening of the 2-byte weights, float32 sums, one rounding) reads the
 weights about twice as fast as the emulated path (measured 37 against 18 GB/s on the 65536 x 512
 head, 2 threads); without the compiled kernels, or where a gradient is needed, torch's own.
@@ -55,13 +55,13 @@ _BLOCK_FLOATS = 2**24  # a float32 copy of at most 64 MiB of a weight at a time
 
 def _compiled_gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether a product of ``x`` by the matrix ``weight`` is one row of a bf16/fp16 product on a
-    CPU without native low-precision GEMMs that the compiled ``gemv_lowp`` / ``gemv_lowp_t`` take
+    CPU without native low-precision GEMMs that the compiled ``gemv`` / ``gemv_t`` take
     (a contiguous matrix of x's dtype, no bias, no gradient needed). Cheapest tests first: this
     runs before every product of a decoding step."""
     return (x.dtype in _LOW and x.numel() == x.shape[-1] and bias is None and weight.dtype == x.dtype
             and x.device.type == "cpu" and weight.dim() == 2 and weight.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not _native_cpu(x.dtype) and cpu_op("gemv_lowp") is not None)
+            and not _native_cpu(x.dtype) and cpu_op("gemv") is not None)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -74,7 +74,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if x.dtype == torch.float32:
         return F.linear(x, weight, bias)
     if _compiled_gemv(x, weight, bias):
-        return cpu_op("gemv_lowp")(x.reshape(-1), weight).view(x.shape[:-1] + weight.shape[:1])
+        return cpu_op("gemv")(x.reshape(-1), weight).view(x.shape[:-1] + weight.shape[:1])
     if not emulated_low_precision(x):
         return F.linear(x, weight, bias)
     xf = x.float()
@@ -101,7 +101,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if emulated_low_precision(a):
         return (a.float() @ b.float()).to(a.dtype)
     if _compiled_gemv(a, b):
-        return cpu_op("gemv_lowp_t")(a.reshape(-1), b).view(a.shape[:-1] + b.shape[1:])
+        return cpu_op("gemv_t")(a.reshape(-1), b).view(a.shape[:-1] + b.shape[1:])
     return a @ b
 
 
@@ -113,7 +113,7 @@ def baddbmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     G, rows, _ = a.shape
     if rows == 1 and b.dim() == 3 and c.numel() == G * b.shape[2] and _compiled_gemv(a[0], b[0]) \
             and b.is_contiguous() and not (torch.is_grad_enabled() and c.requires_grad):
-        return cpu_op("gemv_lowp_t")(a.reshape(-1), b, c.reshape(-1)).view(G, 1, b.shape[2])
+        return cpu_op("gemv_t")(a.reshape(-1), b, c.reshape(-1)).view(G, 1, b.shape[2])
     if emulated_low_precision(a):
         return torch.baddbmm(c.float(), a.float(), b.float()).to(a.dtype)
     return torch.baddbmm(c, a, b)

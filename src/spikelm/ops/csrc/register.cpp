@@ -1,0 +1,22 @@
+// spikelm's compiled CPU kernels, last part: the ops, as torch.ops.spikelm_cpu.*.
+
+TORCH_LIBRARY(spikelm_cpu, m) {
+    m.def("wkv6_forward(Tensor r, Tensor k, Tensor v, Tensor logw, Tensor u, Tensor(a!) s) -> Tensor");
+    m.def("level_histogram(Tensor q, Tensor x, Tensor unit, int layers) -> Tensor");
+    m.def("gemv(Tensor x, Tensor w) -> Tensor");
+    m.def("gemv_t(Tensor x, Tensor b, Tensor? c=None) -> Tensor");
+    m.def("set_avx2(bool allowed) -> bool");
+    m.def("rwkv6_block_step(Tensor x, Tensor att_shift, Tensor wkv, Tensor ffn_shift, Tensor[] p, float ln_eps, float gn_eps) -> Tensor[]");
+    m.def("mhse_decode(Tensor x, Tensor scale, int T, int layers, int n_int, bool init_half, float a_max) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(spikelm_cpu, CPU, m) {
+    m.impl("wkv6_forward", &wkv6_forward);
+    m.impl("level_histogram", &level_histogram);
+    m.impl("gemv", &gemv);
+    m.impl("gemv_t", &gemv_t);
+    m.impl("mhse_decode", &mhse_decode);
+    m.impl("rwkv6_block_step", &rwkv6_block_step);
+}
+TORCH_LIBRARY_IMPL(spikelm_cpu, CatchAll, m) {
+    m.impl("set_avx2", &set_avx2);
+}

@@ -1,0 +1,98 @@
+// spikelm's compiled CPU kernels, part 2 (after common.cpp): the WKV6 recurrence.
+
+// One token of one head: y = r S + bonus v, then S <- diag(w) S + k v^T (S: N x N, [key][value],
+// updated in place; w = exp(logw), the decays; acc: N floats of scratch).
+using wkv6_token_fn = void (*)(const float*, const float*, const float*, const float*, float, float*, float*,
+                               int64_t, float*);
+
+static void wkv6_token(const float* rt, const float* kt, const float* vt, const float* w, float bonus, float* S,
+                       float* yt, int64_t N, float* acc) {
+    for (int64_t j = 0; j < N; ++j) acc[j] = 0.f;
+    for (int64_t i = 0; i < N; ++i) {
+        const float ri = rt[i], wi = w[i], ki = kt[i];
+        float* Si = S + i * N;
+        for (int64_t j = 0; j < N; ++j) {
+            acc[j] += ri * Si[j];
+            Si[j] = wi * Si[j] + ki * vt[j];
+        }
+    }
+    for (int64_t j = 0; j < N; ++j) yt[j] = acc[j] + bonus * vt[j];
+}
+
+#ifdef SPIKELM_X86
+// The same token for AVX2 + FMA. Where N is a multiple of 32 the value index j runs in blocks of
+// 32 held in registers (four 8-lane vectors of v_t and of the output) while i walks the state's
+// rows: each state value is loaded and stored once per token, and nothing else is. Other N: the
+// loop above, compiled for these instructions.
+__attribute__((target("avx2,fma"), flatten))
+static void wkv6_token_avx2(const float* rt, const float* kt, const float* vt, const float* w, float bonus, float* S,
+                            float* yt, int64_t N, float* acc) {
+    if (N % 32 != 0) { wkv6_token(rt, kt, vt, w, bonus, S, yt, N, acc); return; }
+    const __m256 vb = _mm256_set1_ps(bonus);
+    for (int64_t j = 0; j < N; j += 32) {
+        const __m256 v0 = _mm256_loadu_ps(vt + j), v1 = _mm256_loadu_ps(vt + j + 8);
+        const __m256 v2 = _mm256_loadu_ps(vt + j + 16), v3 = _mm256_loadu_ps(vt + j + 24);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (int64_t i = 0; i < N; ++i) {
+            const __m256 ri = _mm256_set1_ps(rt[i]), wi = _mm256_set1_ps(w[i]), ki = _mm256_set1_ps(kt[i]);
+            float* Si = S + i * N + j;
+            __m256 s0 = _mm256_loadu_ps(Si), s1 = _mm256_loadu_ps(Si + 8);
+            __m256 s2 = _mm256_loadu_ps(Si + 16), s3 = _mm256_loadu_ps(Si + 24);
+            a0 = _mm256_fmadd_ps(ri, s0, a0);
+            a1 = _mm256_fmadd_ps(ri, s1, a1);
+            a2 = _mm256_fmadd_ps(ri, s2, a2);
+            a3 = _mm256_fmadd_ps(ri, s3, a3);
+            _mm256_storeu_ps(Si, _mm256_fmadd_ps(wi, s0, _mm256_mul_ps(ki, v0)));
+            _mm256_storeu_ps(Si + 8, _mm256_fmadd_ps(wi, s1, _mm256_mul_ps(ki, v1)));
+            _mm256_storeu_ps(Si + 16, _mm256_fmadd_ps(wi, s2, _mm256_mul_ps(ki, v2)));
+            _mm256_storeu_ps(Si + 24, _mm256_fmadd_ps(wi, s3, _mm256_mul_ps(ki, v3)));
+        }
+        _mm256_storeu_ps(yt + j, _mm256_fmadd_ps(vb, v0, a0));
+        _mm256_storeu_ps(yt + j + 8, _mm256_fmadd_ps(vb, v1, a1));
+        _mm256_storeu_ps(yt + j + 16, _mm256_fmadd_ps(vb, v2, a2));
+        _mm256_storeu_ps(yt + j + 24, _mm256_fmadd_ps(vb, v3, a3));
+    }
+}
+#endif
+
+// One (batch row, head) of the recurrence over T tokens. r, k, v and the decays w = exp(logw)
+// point at token 0 of this head (stride H N between tokens); S (N x N) is updated in place.
+static void wkv6_head(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh, float* S,
+                      float* yp, int64_t T, int64_t stride, int64_t N, float* acc, wkv6_token_fn token) {
+    for (int64_t t = 0; t < T; ++t) {
+        const int64_t off = t * stride;
+        const float* rt = rp + off;
+        const float* kt = kp + off;
+        float bonus = 0.f;  // r . (u * k): the current token's own contribution, y += bonus v
+        for (int64_t i = 0; i < N; ++i) bonus += rt[i] * uh[i] * kt[i];
+        token(rt, kt, vp + off, wp + off, bonus, S, yp + off, N, acc);
+    }
+}
+
+// r, k, v, logw: (B, T, H, N) float32 contiguous; u: (H, N); s: (B, H, N, N), updated in place.
+at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor logw, at::Tensor u, at::Tensor s) {
+    const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
+    auto y = at::empty_like(r);
+    const float* rp = r.data_ptr<float>();
+    const float* kp = k.data_ptr<float>();
+    const float* vp = v.data_ptr<float>();
+    // the decays, exp(logw), in one vectorised pass (a scalar exp per value costs more than the rest)
+    auto decay = logw.exp();
+    const float* wp = decay.data_ptr<float>();
+    const float* up = u.data_ptr<float>();
+    float* sp = s.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> acc(N);
+        wkv6_token_fn token = wkv6_token;
+#ifdef SPIKELM_X86
+        if (has_avx2_fma()) token = wkv6_token_avx2;
+#endif
+        for (int64_t bh = begin; bh < end; ++bh) {
+            const int64_t b = bh / H, h = bh % H, off = (b * T * H + h) * N;
+            wkv6_head(rp + off, kp + off, vp + off, wp + off, up + h * N, sp + bh * N * N, yp + off, T, H * N, N,
+                      acc.data(), token);
+        }
+    });
+    return y;
+}
