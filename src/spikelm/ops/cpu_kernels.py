@@ -26,11 +26,12 @@ state value is loaded and stored once per token. Forward only, float32 only: ``w
 the CPU when no gradient is needed (a prefill and each decoding step alike), and the other forms
 otherwise.
 
-**One-row low-precision products** (``gemv``: ``x @ W.T`` for a contiguous (out, in) weight;
-``gemv_t``: ``x @ B`` for a contiguous (in, out) matrix, the LoRA order). bf16 or fp16
-weights are widened to float32 in registers, the exact products summed in float32 and the result
-rounded once to the weight's dtype: the arithmetic of a bf16 GEMM, at the speed of reading the
-2-byte weights. :mod:`.linear` takes them for decoding on CPUs without native bf16 GEMMs.
+**One-row products** (``gemv``: ``x @ W.T`` for a contiguous (out, in) weight; ``gemv_t``:
+``x @ B`` for a contiguous (in, out) matrix, the LoRA order, or a batch of them with baddbmm's
+``c``). float32, bf16 or fp16 weights are widened to float32 in registers, the exact products
+summed in float32 and the result rounded once to the weight's dtype: for bf16 the arithmetic of a
+bf16 GEMM, at the speed of reading the 2-byte weights. :mod:`.linear` takes them for bf16/fp16
+decoding on CPUs without native bf16 GEMMs; the block step below uses them in every dtype.
 
 **Spike decoding** (``mhse_decode``): the general path of
 :func:`spikelm.spiking.encoding.mhse_decode` (rate codes, and MHSE over T > 1 steps) in one pass

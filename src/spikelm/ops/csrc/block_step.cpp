@@ -50,16 +50,11 @@ static void block_step_impl(const std::vector<at::Tensor>& p, const float* const
     gemv_cols(mat(DW2), dd.data(), v[TD], 1, Dd, A, d.data());
     for (int64_t i = 0; i < A; ++i) w[i] = std::exp(std::max(-std::exp(d[i]), -60.f));
     // WKV, one token per head, then GroupNorm per head, the gate and the output projection
-    wkv6_token_fn token = wkv6_token;
-#ifdef SPIKELM_X86
-    if (has_avx2_fma()) token = wkv6_token_avx2;
-#endif
+    const wkv6_token_fn token = wkv6_token_here();
     for (int64_t hh = 0; hh < H; ++hh) {
         const int64_t o = hh * N;
-        float bonus = 0.f;
-        for (int64_t i = 0; i < N; ++i) bonus += r[o + i] * v[TF][o + i] * k[o + i];
-        token(r.data() + o, k.data() + o, vv.data() + o, w.data() + o, bonus, S + hh * N * N, y.data() + o, N,
-              acc.data());
+        wkv6_head(r.data() + o, k.data() + o, vv.data() + o, w.data() + o, v[TF] + o, S + hh * N * N, y.data() + o, 1,
+                  A, N, acc.data(), token);
         layer_norm(y.data() + o, v[GNW] + o, v[GNB] + o, N, gn_eps, y.data() + o);
     }
     for (int64_t i = 0; i < A; ++i) y[i] *= g[i];
@@ -88,38 +83,40 @@ std::vector<at::Tensor> rwkv6_block_step(at::Tensor x, at::Tensor att_shift, at:
     const int64_t B = x.size(0), C = x.size(1), H = wkv.size(1), N = wkv.size(2);
     const int64_t A = p[18].size(0), Fh = p[27].size(0), Dm = p[13].size(1), Dd = p[15].size(1);
     const auto wt = p[18].scalar_type();
-    for (int i : {12, 13, 15, 16, 18, 19, 20, 21, 22, 27, 28, 29})
-        TORCH_CHECK(p[i].scalar_type() == wt && p[i].is_contiguous(), "rwkv6_block_step: matrices of one dtype");
-    TORCH_CHECK(wkv.scalar_type() == at::kFloat && A == H * N, "rwkv6_block_step: state");
-    // the vectors (norms, mixes, decay base, bonus) as float32, once per call
+    // the matrices, read in their dtype; every other parameter is a vector, taken as float32 once per call
+    static const int matrices[] = {12, 13, 15, 16, 18, 19, 20, 21, 22, 27, 28, 29};
     std::vector<std::vector<float>> bufs(p.size());
     std::vector<at::Tensor> keeps(p.size());
     std::vector<const float*> v(p.size(), nullptr);
-    for (size_t i = 0; i < p.size(); ++i)
-        if (p[i].dim() <= 1 || p[i].numel() == p[i].size(-1) || i == 17) v[i] = float_values(p[i], bufs[i], keeps[i]);
+    for (size_t i = 0; i < p.size(); ++i) {
+        if (std::find(std::begin(matrices), std::end(matrices), int(i)) != std::end(matrices)) {
+            TORCH_CHECK(p[i].scalar_type() == wt && p[i].is_contiguous(), "rwkv6_block_step: matrices of one dtype");
+        } else {
+            v[i] = float_values(p[i], bufs[i], keeps[i]);
+        }
+    }
+    TORCH_CHECK(wkv.scalar_type() == at::kFloat && A == H * N, "rwkv6_block_step: state");
     auto S = wkv.clone(at::MemoryFormat::Contiguous);
     const auto f32 = x.options().dtype(at::kFloat);
-    auto xo_f = at::empty({B, C}, f32), ao_f = at::empty({B, C}, f32), fo_f = at::empty({B, C}, f32);
-    std::vector<float> xb, ab, fb, xs(C), as(C), fs(C);
+    auto xo = at::empty({B, C}, f32), ao = at::empty({B, C}, f32), fo = at::empty({B, C}, f32);
+    std::vector<float> xb, ab, fb;
     at::Tensor xk, ak, fk;
     const float* xp = float_values(x, xb, xk);
     const float* ap = float_values(att_shift, ab, ak);
     const float* fp = float_values(ffn_shift, fb, fk);
     for (int64_t b = 0; b < B; ++b) {
         float* Sb = S.data_ptr<float>() + b * H * N * N;
+        float *xr = xo.data_ptr<float>() + b * C, *ar = ao.data_ptr<float>() + b * C, *fr = fo.data_ptr<float>() + b * C;
         if (wt == at::kFloat)
-            block_step_impl<float>(p, v.data(), xp + b * C, ap + b * C, fp + b * C, Sb, xs.data(), as.data(), fs.data(),
-                                   C, A, H, N, Fh, Dm, Dd, float(ln_eps), float(gn_eps));
+            block_step_impl<float>(p, v.data(), xp + b * C, ap + b * C, fp + b * C, Sb, xr, ar, fr, C, A, H, N, Fh, Dm,
+                                   Dd, float(ln_eps), float(gn_eps));
         else if (wt == at::kBFloat16)
-            block_step_impl<at::BFloat16>(p, v.data(), xp + b * C, ap + b * C, fp + b * C, Sb, xs.data(), as.data(),
-                                          fs.data(), C, A, H, N, Fh, Dm, Dd, float(ln_eps), float(gn_eps));
+            block_step_impl<at::BFloat16>(p, v.data(), xp + b * C, ap + b * C, fp + b * C, Sb, xr, ar, fr, C, A, H, N,
+                                          Fh, Dm, Dd, float(ln_eps), float(gn_eps));
         else if (wt == at::kHalf)
-            block_step_impl<at::Half>(p, v.data(), xp + b * C, ap + b * C, fp + b * C, Sb, xs.data(), as.data(),
-                                      fs.data(), C, A, H, N, Fh, Dm, Dd, float(ln_eps), float(gn_eps));
+            block_step_impl<at::Half>(p, v.data(), xp + b * C, ap + b * C, fp + b * C, Sb, xr, ar, fr, C, A, H, N, Fh,
+                                      Dm, Dd, float(ln_eps), float(gn_eps));
         else TORCH_CHECK(false, "rwkv6_block_step: float32, bfloat16 or float16 weights");
-        std::copy(xs.begin(), xs.end(), xo_f.data_ptr<float>() + b * C);
-        std::copy(as.begin(), as.end(), ao_f.data_ptr<float>() + b * C);
-        std::copy(fs.begin(), fs.end(), fo_f.data_ptr<float>() + b * C);
     }
-    return {xo_f.to(x.scalar_type()), ao_f.to(x.scalar_type()), S, fo_f.to(x.scalar_type())};
+    return {xo.to(x.scalar_type()), ao.to(x.scalar_type()), S, fo.to(x.scalar_type())};
 }

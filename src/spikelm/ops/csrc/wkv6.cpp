@@ -55,6 +55,14 @@ static void wkv6_token_avx2(const float* rt, const float* kt, const float* vt, c
 }
 #endif
 
+// The token step for this CPU: the AVX2 build where it runs, else the portable one.
+static wkv6_token_fn wkv6_token_here() {
+#ifdef SPIKELM_X86
+    if (has_avx2_fma()) return wkv6_token_avx2;
+#endif
+    return wkv6_token;
+}
+
 // One (batch row, head) of the recurrence over T tokens. r, k, v and the decays w = exp(logw)
 // point at token 0 of this head (stride H N between tokens); S (N x N) is updated in place.
 static void wkv6_head(const float* rp, const float* kp, const float* vp, const float* wp, const float* uh, float* S,
@@ -84,10 +92,7 @@ at::Tensor wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor log
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(N);
-        wkv6_token_fn token = wkv6_token;
-#ifdef SPIKELM_X86
-        if (has_avx2_fma()) token = wkv6_token_avx2;
-#endif
+        const wkv6_token_fn token = wkv6_token_here();
         for (int64_t bh = begin; bh < end; ++bh) {
             const int64_t b = bh / H, h = bh % H, off = (b * T * H + h) * N;
             wkv6_head(rp + off, kp + off, vp + off, wp + off, up + h * N, sp + bh * N * N, yp + off, T, H * N, N,
