@@ -215,3 +215,16 @@ def test_compiled_decode_is_the_general_path_bit_for_bit(isa, dtype, per_channel
         nan = ref.isnan()
         assert torch.equal(got.isnan(), nan)
         assert torch.equal(got[~nan].view(bits), ref[~nan].view(bits)), (T, layers, n_int, init_half)
+
+
+def test_the_kernels_build_where_a_compiler_and_ninja_are_present():
+    """A compile error must fail here, not turn every kernel test into a skip."""
+    import importlib.util
+    import os
+    import shutil
+
+    if os.environ.get("SPIKELM_NO_CPP_KERNELS", "") not in ("", "0"):
+        pytest.skip("the kernels are switched off (SPIKELM_NO_CPP_KERNELS)")
+    if not shutil.which("c++") or not (shutil.which("ninja") or importlib.util.find_spec("ninja")):
+        pytest.skip("no C++ compiler or no ninja here")
+    assert cpu_kernels.kernel() is not None, "the compiled CPU kernels failed to build (see the logged warning)"
