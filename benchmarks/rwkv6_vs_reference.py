@@ -178,6 +178,9 @@ def main() -> None:
         t_floor_dec = matmul_floor(ours, 1, args.repeats * 8)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    from spikelm.ops.cpu_kernels import kernel
+
+    print(f"spikelm's compiled CPU kernels: {'built' if kernel() is not None else 'not available (tensor operations)'}")
     from spikelm.ops.linear import _native_cpu
 
     if dtype != torch.float32:

@@ -12,6 +12,7 @@ from conftest import make_rwkv6
 from spikelm.checkpoints import save_official
 from spikelm.models import rwkv6 as rwkv6_module
 from spikelm.models.rwkv6 import Block, TimeMix
+from spikelm.ops.linear import Linear
 from spikelm.ops import cpu_kernels
 
 needs_kernels = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ compiler / ninja to build the kernels")
@@ -195,6 +196,34 @@ def test_compiled_decoding_step_only_where_it_computes_the_same(monkeypatch):
     assert used == [False, False]
     monkeypatch.setattr(rwkv6_module, "cpu_op", lambda name: None)
     assert not takes()
+
+
+@needs_kernels
+def test_compiled_decoding_step_follows_swapped_parameters_and_modules(monkeypatch):
+    """The step's parameter list is kept between calls: a parameter swapped by
+    load_state_dict(assign=True), or a module swapped for another, must be seen at the next call."""
+    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=8)
+    other = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=9)
+    idx = torch.randint(0, 257, (1, 4), generator=torch.Generator().manual_seed(2))
+
+    def both():
+        with torch.inference_mode():
+            _, st = model(idx[:, :3])
+            got = model(idx[:, 3:], st)[0]
+            with monkeypatch.context() as m:
+                _modules_only(m)
+                ref = model(idx[:, 3:], st)[0]
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+        return got
+
+    first = both()
+    model.load_state_dict(other.state_dict(), assign=True)
+    assert not torch.allclose(both(), first)
+    swapped = Linear(64, 64, bias=False)
+    torch.nn.init.normal_(swapped.weight, std=0.3)
+    model.blocks[1].att.key = swapped
+    both()
+    assert model.blocks[1]._step_params()[19] is swapped.weight
 
 
 def test_gradients_flow(tiny_rwkv6):

@@ -75,10 +75,10 @@ needs_kernel = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ c
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_single_rows_take_the_compiled_product_where_gemms_are_emulated(monkeypatch, dtype):
-    """Decoding on a CPU without native bf16 GEMMs: one row goes to the compiled product (both memory
-    orders, and baddbmm's batch of one-row products); with a gradient wanted, a bias, a strided
-    weight or native GEMMs, torch's own."""
+def test_single_rows_take_the_compiled_product(monkeypatch, dtype):
+    """Decoding: one row goes to the compiled product (both memory orders, and baddbmm's batch of
+    one-row products), on a CPU with native bf16 GEMMs too; with a gradient wanted, a bias or a
+    strided weight, torch's own."""
     calls = []
 
     def counting(name):
@@ -110,7 +110,7 @@ def test_single_rows_take_the_compiled_product_where_gemms_are_emulated(monkeypa
     xg = x.clone().requires_grad_()
     lin.linear(xg, w).sum().backward()  # a gradient wanted: torch's product, which has one
     assert xg.grad is not None and calls == []
-    monkeypatch.setattr(lin, "_native_cpu", lambda dt: True)
+    monkeypatch.setattr(lin, "_native_cpu", lambda dt: True)  # native GEMMs: one row still compiled
     with torch.no_grad():
         lin.linear(x, w)
-    assert calls == []
+    assert calls == ["gemv"]

@@ -34,6 +34,7 @@ unchanged) that a converter may replace by an encoder. The model itself knows no
 
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -274,18 +275,38 @@ class Block(nn.Module):
         step = cpu_op("rwkv6_block_step")
         if step is None or torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS():
             return None
-        for mod in self.modules():
-            if mod._forward_hooks or mod._forward_pre_hooks or type(mod) not in _STEP_MODULES:
-                return None
-        params = dict(self.named_parameters())
-        empty = x.new_empty(0)
-        p = [params.get(n, empty) for n in self.STEP_PARAMS]
-        if len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
+        p = self._step_params()
+        if p is None or len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
             return None
         att_shift, wkv_state, ffn_shift = state
         y, att_shift, wkv_state, ffn_shift = step(x[:, 0], att_shift, wkv_state, ffn_shift, p, self.ln1.eps,
                                                   self.att.ln_x.eps)
         return y.unsqueeze(1), (att_shift, wkv_state, ffn_shift)
+
+    def _step_params(self) -> list[Tensor] | None:
+        """The parameters of :attr:`STEP_PARAMS` (an empty tensor for a missing ``ln0``), or None
+        where a module of the block has a hook or is not of a plain block's types. Called before
+        every decoding step: the walk over the block's modules and parameters runs each time
+        (hooks come and go, a conversion swaps modules, ``load_state_dict(assign=True)`` swaps
+        parameters), but the named list is rebuilt only when one of them is not the same object
+        as at the last call (``named_parameters`` and the hook checks over ``modules()`` cost
+        about 50 us a block, more than the step's own arithmetic in a small model)."""
+        seen: list = []
+        stack: list[nn.Module] = [self]
+        while stack:
+            mod = stack.pop()
+            if mod._forward_hooks or mod._forward_pre_hooks or type(mod) not in _STEP_MODULES:
+                return None
+            seen.append(mod)
+            seen.extend(mod._parameters.values())
+            stack.extend(m for m in mod._modules.values() if m is not None)
+        cached = self.__dict__.get("_step_cache")
+        if cached is None or len(cached[0]) != len(seen) or not all(map(operator.is_, cached[0], seen)):
+            params = dict(self.named_parameters())
+            empty = torch.empty(0)
+            cached = (seen, [params.get(n, empty) for n in self.STEP_PARAMS])
+            self.__dict__["_step_cache"] = cached  # a plain attribute, outside the module's registries
+        return cached[1]
 
     def forward(self, x: Tensor, state: LayerState, wkv_impl: str = "auto",
                 last_only: bool = False) -> tuple[Tensor, LayerState]:
