@@ -226,6 +226,69 @@ def test_compiled_decoding_step_follows_swapped_parameters_and_modules(monkeypat
     assert model.blocks[1]._step_params()[19] is swapped.weight
 
 
+@needs_kernels
+@pytest.mark.parametrize("B, T, last_only", [(1, 2, False), (2, 3, True), (2, 17, False), (1, 17, True), (1, 2, True)])
+@pytest.mark.parametrize("head_size", [16, 64])
+def test_fused_prefill_equals_the_modules(monkeypatch, B, T, last_only, head_size):
+    """A float32 sequence through the compiled elementwise passes (Block._fused_forward) against the
+    modules' forward: logits, every state, and each block's output shape ((B, 1, C) for the last
+    block of a last-only forward), from a non-zero state, layer 0's ln0, a trained initial state."""
+    model = make_rwkv6(n_layer=2, n_embd=128, head_size=head_size, seed=10, has_time_state=True)
+    idx = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(T))
+    shapes = []
+    fused = Block._fused_forward
+    monkeypatch.setattr(Block, "_fused_forward", lambda self, x, *a: shapes.append(r := fused(self, x, *a)) or r)
+    with torch.inference_mode():
+        _, state = model(idx[:, :1])
+        got, s_got = model(idx[:, 1:], state, last_only=last_only)
+        assert [o[0].shape for o in shapes] == [(B, T, 128), (B, 1 if last_only else T, 128)]
+        with monkeypatch.context() as m:
+            m.setattr(rwkv6_module, "cpu_op", lambda name: None)  # the modules' forward
+            m.setattr(Block, "forward", lambda self, *a, **kw: shapes.append(r := real_forward(self, *a, **kw)) or r)
+            shapes.clear()
+            ref, s_ref = model(idx[:, 1:], state, last_only=last_only)
+        assert [o[0].shape for o in shapes] == [(B, T, 128), (B, 1 if last_only else T, 128)]
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
+    assert got.shape == ref.shape and rel(got, ref) < 5e-6
+    for a, b in zip(s_got, s_ref):
+        for x, y in zip(a, b):
+            assert x.shape == y.shape and x.is_contiguous() and rel(x, y) < 5e-6
+
+
+real_forward = Block.forward
+
+
+@needs_kernels
+def test_fused_prefill_only_where_it_computes_the_same(monkeypatch):
+    """The modules' forward for a sequence wherever the fused passes would differ or skip something:
+    bf16, a gradient possible, autocast, a hook on any module, a converted block, the kernels off."""
+    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=11)
+    idx = torch.randint(0, 257, (1, 5))
+    used = []
+    fused = Block._fused_forward
+    monkeypatch.setattr(Block, "_fused_forward", lambda self, *a: used.append(1) or fused(self, *a))
+
+    def takes(m=model, inference=True):
+        used.clear()
+        with torch.inference_mode(inference):
+            m(idx)
+        return len(used)
+
+    assert takes() == 2
+    assert takes(inference=False) == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert takes() == 0
+    h = model.blocks[0].ffn.value.register_forward_pre_hook(lambda *a: None)
+    assert takes() == 1
+    h.remove()
+    assert takes(make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=11).to(torch.bfloat16)) == 0
+    from spikelm.convert import apply_preset
+
+    assert takes(apply_preset(model, "SpikeRWKV-4L", [torch.randint(0, 257, (1, 8))], sites="time_mix")) == 0
+    monkeypatch.setattr(rwkv6_module, "cpu_op", lambda name: None)
+    assert takes() == 0
+
+
 def test_gradients_flow(tiny_rwkv6):
     tiny_rwkv6.train()
     idx = torch.randint(0, 257, (2, 40))

@@ -228,3 +228,60 @@ def test_the_kernels_build_where_a_compiler_and_ninja_are_present():
     if not shutil.which("c++") or not (shutil.which("ninja") or importlib.util.find_spec("ninja")):
         pytest.skip("no C++ compiler or no ninja here")
     assert cpu_kernels.kernel() is not None, "the compiled CPU kernels failed to build (see the logged warning)"
+
+
+# ---- the elementwise passes of a float32 prefill (Block._fused_forward), against torch's operations
+
+
+def _shifted(x, shift):
+    return torch.cat((shift.unsqueeze(1), x[:, :-1]), 1)
+
+
+@pytest.mark.parametrize("G, B, T, C, with_lora", [(1, 1, 1, 8, False), (5, 2, 7, 20, True), (2, 1, 33, 64, False),
+                                                   (5, 1, 16, 512, True)])
+def test_token_lerp_is_the_modules_arithmetic(isa, G, B, T, C, with_lora):
+    """out[g] = x + (shift(x) - x) * (maa[g] + lora[g]): the same float32 operations (torch's addcmul
+    may fuse its multiply and add, so one rounding apart)."""
+    g = torch.Generator().manual_seed(C + T)
+    x, shift, maa = torch.randn(B, T, C, generator=g), torch.randn(B, C, generator=g), torch.randn(G, C, generator=g)
+    lora = torch.randn(G, B, T, C, generator=g) if with_lora else None
+    xx = _shifted(x, shift) - x
+    ref = torch.stack([torch.addcmul(x, xx, maa[i] + lora[i] if with_lora else maa[i]) for i in range(G)])
+    got = cpu_kernels.kernel().token_lerp(x, shift, maa, None if lora is None else lora.clone())
+    assert got.shape == (G, B, T, C) and torch.allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_exp_of_the_avx2_build_within_two_ulp(isa):
+    """The decay pass takes its exp from a polynomial in the AVX2 build: over the float32 range,
+    within 2 ulp of the exact exp; beyond it 0 or inf; NaN stays NaN; the floor clamps."""
+    d = torch.cat((torch.linspace(-87.0, 88.0, 200003), torch.tensor([-1e4, -100.0, 0.0, -0.0, 89.0, float("nan")])))
+    got = cpu_kernels.kernel().rwkv6_decay_(d.clone(), torch.zeros(d.numel()), -float("inf"))
+    exact = -torch.exp(d.double())
+    fin = exact.abs() < 3e38
+    ulp = torch.finfo(torch.float32).eps * exact[fin].abs()
+    assert ((got[fin].double() - exact[fin]).abs() <= 2 * ulp + 1e-37).all()
+    assert got[-2] == -float("inf") and got[-1].isnan() and got[-6] == 0 and got[-4] == -1
+    clamped = cpu_kernels.kernel().rwkv6_decay_(torch.tensor([5.0, -3.0, 3.0]), torch.tensor([0.0, 0.0, 2.0]), -60.0)
+    assert clamped[0] == -60 and clamped[2] == -60 and abs(clamped[1] + torch.exp(torch.tensor(-3.0))) < 1e-8
+
+
+@pytest.mark.parametrize("R, H, N", [(1, 1, 16), (7, 3, 16), (64, 8, 64), (5, 2, 24)])
+def test_group_norm_gate_equals_group_norm_times_silu(isa, R, H, N):
+    g = torch.Generator().manual_seed(R * H)
+    y, gate = torch.randn(R, H * N, generator=g) * 3 + 1, torch.randn(R, H * N, generator=g) * 4
+    w, b = torch.randn(H * N, generator=g), torch.randn(H * N, generator=g)
+    ref = torch.nn.functional.group_norm(y, H, w, b, 64e-5) * torch.nn.functional.silu(gate)
+    got = cpu_kernels.kernel().group_norm_gate_(y, gate.clone(), w, b, H, 64e-5)
+    assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * ref.abs().max().item())
+
+
+def test_channel_mix_passes_equal_torch(isa):
+    g = torch.Generator().manual_seed(5)
+    k = torch.cat((torch.randn(3, 1001, generator=g), torch.tensor([[float("nan"), 0.0, -0.0]] * 3)), 1)
+    ref = torch.relu(k).square()
+    got = cpu_kernels.kernel().relu_square_(k.clone())
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num())
+    x, r, v = (torch.randn(2, 37, 129, generator=g) * 5 for _ in range(3))
+    ref = x + torch.sigmoid(r) * v
+    got = cpu_kernels.kernel().sigmoid_gate_add_(x, r.clone(), v)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())

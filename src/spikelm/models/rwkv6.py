@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ..config import RWKV6Config
 from ..ops.linear import Linear, baddbmm
 from ..ops.linear import matmul as mm
+from ..ops.cpu_kernels import kernel as cpu_kernel
 from ..ops.cpu_kernels import op as cpu_op
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
@@ -68,9 +69,10 @@ def _token_shift(x: Tensor, last: Tensor) -> Tensor:
 def _last_token(x: Tensor) -> Tensor:
     """The token-shift state: x[:, -1] (B, C) as its own B*C buffer. A view would keep the whole
     (B, T, C) LayerNorm output alive for as long as the state lives (a prefill's worth of memory
-    held by every carried state). With T = 1 the view's storage is already just B*C."""
+    held by every carried state). With T = 1 the view's storage is already just B*C (a contiguous
+    view is kept; a strided one, the last row of a trimmed last block, is copied)."""
     last = x[:, -1]
-    return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
+    return last if x.shape[1] == 1 and last.is_contiguous() else last.clone(memory_format=torch.contiguous_format)
 
 
 class TimeMix(nn.Module):
@@ -238,6 +240,14 @@ def _GLOBAL_HOOKS() -> bool:  # noqa: N802
     return bool(getattr(m, "_global_forward_hooks", None) or getattr(m, "_global_forward_pre_hooks", None))
 
 
+def _AUTOCAST_CPU() -> bool:  # noqa: N802
+    """Whether CPU autocast is on (its products would run in its dtype, which the compiled paths ignore)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class Block(nn.Module):
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
@@ -273,15 +283,23 @@ class Block(nn.Module):
         kernels, a converted block (spike encoders or other modules in its sites), or any hook on
         its modules (an energy counter's, say), which the compiled step would not call."""
         step = cpu_op("rwkv6_block_step")
-        if step is None or torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS():
-            return None
-        p = self._step_params()
-        if p is None or len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
+        p = self._plain_cpu_params(x) if step is not None else None
+        if p is None:
             return None
         att_shift, wkv_state, ffn_shift = state
         y, att_shift, wkv_state, ffn_shift = step(x[:, 0], att_shift, wkv_state, ffn_shift, p, self.ln1.eps,
                                                   self.att.ln_x.eps)
         return y.unsqueeze(1), (att_shift, wkv_state, ffn_shift)
+
+    def _plain_cpu_params(self, x: Tensor) -> list[Tensor] | None:
+        """:meth:`_step_params` where the compiled paths may run (CPU, no gradient possible, no
+        autocast, no global module hooks, the block's matrices of one dtype), else None."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS() or _AUTOCAST_CPU():
+            return None
+        p = self._step_params()
+        if p is None or len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
+            return None
+        return p
 
     def _step_params(self) -> list[Tensor] | None:
         """The parameters of :attr:`STEP_PARAMS` (an empty tensor for a missing ``ln0``), or None
@@ -318,6 +336,10 @@ class Block(nn.Module):
             done = self._compiled_step(x, state)
             if done is not None:
                 return done
+        elif x.dtype == torch.float32 and cpu_op("token_lerp") is not None:
+            p = self._plain_cpu_params(x)
+            if p is not None and p[18].dtype == torch.float32:
+                return self._fused_forward(x, state, wkv_impl, last_only)
         att_shift, wkv_state, ffn_shift = state
         if hasattr(self, "ln0"):
             x = self.ln0(x)
@@ -331,9 +353,53 @@ class Block(nn.Module):
         h = self.ln2(x)
         if last_only and h.shape[1] > 1:
             h, ffn_shift = h[:, -1:], h[:, -2]
+            x = x[:, -1:]
         dx, ffn_shift = self.ffn(h, ffn_shift)
         x = x + dx
         return x, (att_shift, wkv_state, ffn_shift)
+
+    def _fused_forward(self, x: Tensor, state: LayerState, wkv_impl: str,
+                       last_only: bool) -> tuple[Tensor, LayerState]:
+        """:meth:`forward` of a float32 sequence on the CPU: torch's matrix products with the
+        compiled elementwise passes between them (``spikelm.ops.cpu_kernels``: ``token_lerp``,
+        ``rwkv6_decay_``, ``group_norm_gate_``, ``relu_square_``, ``sigmoid_gate_add_``), each one
+        pass where the modules make two to five; the same arithmetic (its twin, the modules'
+        forward, is tested against it). Taken under the decoding step's conditions: a plain block
+        with no hooks (no module forward is skipped that anyone observes), no gradient."""
+        ops = cpu_kernel()
+        att, ffn = self.att, self.ffn
+        att_shift, wkv_state, ffn_shift = state
+        B, T, C = x.shape
+        H, N = att.n_head, att.head_size
+        if hasattr(self, "ln0"):
+            x = self.ln0(x)
+        h = self.ln1(x)
+        # time mix: ddlerp's input x + xx * maa_x, its LoRA, then x + xx * (maa_* + m_*) for the five
+        xxx = ops.token_lerp(h, att_shift.contiguous(), att.time_maa_x.view(1, C))
+        lora = torch.tanh_(xxx.view(B * T, C) @ att.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
+        maa = torch.stack((att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g)).view(5, C)
+        mixed = ops.token_lerp(h, att_shift.contiguous(), maa, torch.bmm(lora, att.time_maa_w2).view(5, B, T, C))
+        xw, xk, xv, xr, xg = mixed.unbind(0)
+        r, k, v = F.linear(xr, att.receptance.weight), F.linear(xk, att.key.weight), F.linear(xv, att.value.weight)
+        d = torch.tanh_(xw.reshape(B * T, C) @ att.time_decay_w1) @ att.time_decay_w2
+        logw = ops.rwkv6_decay_(d, att.time_decay.view(-1), LOG_DECAY_FLOOR)
+        heads = lambda t: t.view(B, T, H, N)  # noqa: E731
+        y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), att.time_faaaa, wkv_state, impl=wkv_impl)
+        keep = 2 if last_only and T > 2 else T
+        y, xg, x = y[:, -keep:], xg[:, -keep:], x[:, -keep:]
+        g = ops.group_norm_gate_(y.reshape(B * keep, H * N), F.linear(xg, att.gate.weight).view(B * keep, H * N),
+                                 att.ln_x.weight, att.ln_x.bias, H, att.ln_x.eps)
+        x = torch.addmm(x.reshape(B * keep, C), g, att.output.weight.t()).view(B, keep, C)  # x + output(g)
+        att_shift = _last_token(h)
+        # channel mix: x + sigmoid(receptance(xr)) * value(relu(key(xk))^2)
+        h = self.ln2(x)
+        if last_only and keep > 1:
+            h, ffn_shift, x = h[:, -1:], h[:, -2], x[:, -1:]
+        xk, xr = ops.token_lerp(h.contiguous(), ffn_shift.contiguous(),
+                                torch.stack((ffn.time_maa_k, ffn.time_maa_r)).view(2, C)).unbind(0)
+        k = ops.relu_square_(F.linear(xk, ffn.key.weight))
+        x = ops.sigmoid_gate_add_(x.contiguous(), F.linear(xr, ffn.receptance.weight), F.linear(k, ffn.value.weight))
+        return x, (att_shift, wkv_state, _last_token(h))
 
 
 # The module types of a plain (not converted) block: the compiled decoding step computes exactly these.

@@ -1,4 +1,4 @@
-// spikelm's compiled CPU kernels, part 5 (after block_step.cpp): spike decoding and level histograms.
+// spikelm's compiled CPU kernels, part 6 (after prefill.cpp): spike decoding and level histograms.
 
 // q: levels (float32, integer values 0 .. 2^layers - 1, or NaN), x: the encoder's input (same
 // numel), unit: float32 of 1 or C (= x's last dimension) values. Returns int64
