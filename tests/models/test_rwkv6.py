@@ -165,7 +165,7 @@ def test_compiled_decoding_step_equals_the_modules(monkeypatch, dtype, tol, head
 @needs_kernels
 def test_compiled_decoding_step_only_where_it_computes_the_same(monkeypatch):
     """The modules' forward wherever the step would differ or skip something: a gradient possible,
-    a hook on any module (an energy counter's), a converted block, the kernels off."""
+    CPU autocast, a hook on any module (an energy counter's), a converted block, the kernels off."""
     model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=7)
     tok = torch.randint(0, 257, (1, 1))
     step = Block._compiled_step
@@ -181,6 +181,8 @@ def test_compiled_decoding_step_only_where_it_computes_the_same(monkeypatch):
 
     assert takes()
     assert not takes(inference=False)  # a gradient is possible
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not takes()
     h = model.blocks[1].att.key.register_forward_hook(lambda *a: None)
     used.clear()
     with torch.inference_mode():
@@ -226,28 +228,43 @@ def test_compiled_decoding_step_follows_swapped_parameters_and_modules(monkeypat
     assert model.blocks[1]._step_params()[19] is swapped.weight
 
 
+def _unfused(m):
+    """Make the time and channel mixes take their tensor operations (the fused passes' twin)."""
+    m.setattr(rwkv6_module, "cpu_kernel", lambda: None)
+
+
 @needs_kernels
-@pytest.mark.parametrize("B, T, last_only", [(1, 2, False), (2, 3, True), (2, 17, False), (1, 17, True), (1, 2, True)])
-@pytest.mark.parametrize("head_size", [16, 64])
-def test_fused_prefill_equals_the_modules(monkeypatch, B, T, last_only, head_size):
-    """A float32 sequence through the compiled elementwise passes (Block._fused_forward) against the
-    modules' forward: logits, every state, and each block's output shape ((B, 1, C) for the last
-    block of a last-only forward), from a non-zero state, layer 0's ln0, a trained initial state."""
+@pytest.mark.parametrize("B, T, last_only", [(1, 1, False), (1, 2, False), (2, 3, True), (2, 17, False),
+                                             (1, 17, True), (1, 2, True)])
+@pytest.mark.parametrize("head_size, preset", [(16, None), (64, None), (16, "SpikeRWKV-4L")])
+def test_fused_passes_equal_the_tensor_operations(monkeypatch, B, T, last_only, head_size, preset):
+    """float32 without a gradient: the mixes' compiled elementwise passes against their tensor
+    operations, on a plain model and a converted one (all sites), from a non-zero state, with
+    layer 0's ln0 and a trained initial state: logits, every state, and each block's output shape
+    ((B, 1, C) for the last block of a last-only forward)."""
+    from spikelm.convert import apply_preset
+
     model = make_rwkv6(n_layer=2, n_embd=128, head_size=head_size, seed=10, has_time_state=True)
+    if preset:
+        model = apply_preset(model, preset, [torch.randint(0, 257, (1, 8))], sites="all")
     idx = torch.randint(0, 257, (B, T + 1), generator=torch.Generator().manual_seed(T))
-    shapes = []
-    fused = Block._fused_forward
-    monkeypatch.setattr(Block, "_fused_forward", lambda self, x, *a: shapes.append(r := fused(self, x, *a)) or r)
-    with torch.inference_mode():
-        _, state = model(idx[:, :1])
-        got, s_got = model(idx[:, 1:], state, last_only=last_only)
-        assert [o[0].shape for o in shapes] == [(B, T, 128), (B, 1 if last_only else T, 128)]
-        with monkeypatch.context() as m:
-            m.setattr(rwkv6_module, "cpu_op", lambda name: None)  # the modules' forward
-            m.setattr(Block, "forward", lambda self, *a, **kw: shapes.append(r := real_forward(self, *a, **kw)) or r)
-            shapes.clear()
-            ref, s_ref = model(idx[:, 1:], state, last_only=last_only)
-        assert [o[0].shape for o in shapes] == [(B, T, 128), (B, 1 if last_only else T, 128)]
+    monkeypatch.setattr(Block, "_compiled_step", lambda self, x, s: None)  # one token too: the modules
+    used, shapes = [], []
+    fused = rwkv6_module._fused_cpu
+    monkeypatch.setattr(rwkv6_module, "_fused_cpu", lambda x: used.append(r := fused(x)) or r)
+    forward = Block.forward
+    monkeypatch.setattr(Block, "forward", lambda self, *a, **kw: shapes.append((r := forward(self, *a, **kw))[0].shape) or r)
+    runs = []
+    for unfused in (False, True):
+        with torch.inference_mode(), monkeypatch.context() as m:
+            if unfused:
+                _unfused(m)
+            _, state = model(idx[:, :1])
+            used.clear(), shapes.clear()
+            runs.append(model(idx[:, 1:], state, last_only=last_only))
+        assert len(used) == 4 and all((u is None) == unfused for u in used)
+        assert shapes == [(B, T, 128), (B, 1 if last_only else T, 128)]
+    (got, s_got), (ref, s_ref) = runs
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
     assert got.shape == ref.shape and rel(got, ref) < 5e-6
     for a, b in zip(s_got, s_ref):
@@ -255,38 +272,16 @@ def test_fused_prefill_equals_the_modules(monkeypatch, B, T, last_only, head_siz
             assert x.shape == y.shape and x.is_contiguous() and rel(x, y) < 5e-6
 
 
-real_forward = Block.forward
-
-
 @needs_kernels
-def test_fused_prefill_only_where_it_computes_the_same(monkeypatch):
-    """The modules' forward for a sequence wherever the fused passes would differ or skip something:
-    bf16, a gradient possible, autocast, a hook on any module, a converted block, the kernels off."""
-    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=11)
-    idx = torch.randint(0, 257, (1, 5))
-    used = []
-    fused = Block._fused_forward
-    monkeypatch.setattr(Block, "_fused_forward", lambda self, *a: used.append(1) or fused(self, *a))
-
-    def takes(m=model, inference=True):
-        used.clear()
-        with torch.inference_mode(inference):
-            m(idx)
-        return len(used)
-
-    assert takes() == 2
-    assert takes(inference=False) == 0
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert takes() == 0
-    h = model.blocks[0].ffn.value.register_forward_pre_hook(lambda *a: None)
-    assert takes() == 1
-    h.remove()
-    assert takes(make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=11).to(torch.bfloat16)) == 0
-    from spikelm.convert import apply_preset
-
-    assert takes(apply_preset(model, "SpikeRWKV-4L", [torch.randint(0, 257, (1, 8))], sites="time_mix")) == 0
-    monkeypatch.setattr(rwkv6_module, "cpu_op", lambda name: None)
-    assert takes() == 0
+def test_fused_passes_only_where_they_compute_the_same():
+    """Only float32 on the CPU without a gradient or autocast, with the kernels built."""
+    x = torch.randn(1, 3, 8)
+    with torch.inference_mode():
+        assert rwkv6_module._fused_cpu(x) is not None
+        assert rwkv6_module._fused_cpu(x.bfloat16()) is None and rwkv6_module._fused_cpu(x.double()) is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert rwkv6_module._fused_cpu(x) is None
+    assert rwkv6_module._fused_cpu(x) is None  # a gradient is possible
 
 
 def test_gradients_flow(tiny_rwkv6):

@@ -265,23 +265,14 @@ def test_exp_of_the_avx2_build_within_two_ulp(isa):
     assert clamped[0] == -60 and clamped[2] == -60 and abs(clamped[1] + torch.exp(torch.tensor(-3.0))) < 1e-8
 
 
-@pytest.mark.parametrize("R, H, N", [(1, 1, 16), (7, 3, 16), (64, 8, 64), (5, 2, 24)])
-def test_group_norm_gate_equals_group_norm_times_silu(isa, R, H, N):
-    g = torch.Generator().manual_seed(R * H)
-    y, gate = torch.randn(R, H * N, generator=g) * 3 + 1, torch.randn(R, H * N, generator=g) * 4
-    w, b = torch.randn(H * N, generator=g), torch.randn(H * N, generator=g)
-    ref = torch.nn.functional.group_norm(y, H, w, b, 64e-5) * torch.nn.functional.silu(gate)
-    got = cpu_kernels.kernel().group_norm_gate_(y, gate.clone(), w, b, H, 64e-5)
-    assert torch.allclose(got, ref, rtol=2e-6, atol=2e-6 * ref.abs().max().item())
-
-
-def test_channel_mix_passes_equal_torch(isa):
-    g = torch.Generator().manual_seed(5)
+def test_gates_equal_torch(isa):
+    """silu_gate_: y * silu(g); sigmoid_gate_: sigmoid(r) * v; relu_square_: relu(k)^2, NaN kept."""
+    ops, g = cpu_kernels.kernel(), torch.Generator().manual_seed(5)
     k = torch.cat((torch.randn(3, 1001, generator=g), torch.tensor([[float("nan"), 0.0, -0.0]] * 3)), 1)
     ref = torch.relu(k).square()
-    got = cpu_kernels.kernel().relu_square_(k.clone())
+    got = ops.relu_square_(k.clone())
     assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num())
-    x, r, v = (torch.randn(2, 37, 129, generator=g) * 5 for _ in range(3))
-    ref = x + torch.sigmoid(r) * v
-    got = cpu_kernels.kernel().sigmoid_gate_add_(x, r.clone(), v)
-    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+    a, b = torch.randn(2, 37, 129, generator=g) * 5, torch.randn(2, 37, 129, generator=g) * 5
+    for got, ref in ((ops.silu_gate_(a, b.clone()), a * torch.nn.functional.silu(b)),
+                     (ops.sigmoid_gate_(a.clone(), b), torch.sigmoid(a) * b)):
+        assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())

@@ -1,11 +1,10 @@
 """Count every arithmetic operation of a model's forward pass, from outside, by hooks.
 
 ``with EnergyCounter(model) as ec: model(idx)`` registers forward (pre-)hooks, reads shapes and
-spike-encoder inputs, and leaves the model's outputs bit-identical to its modules' forward (the
-hooks return nothing and never touch a tensor the model uses). A plain RWKV-6 block without hooks
-on the CPU runs compiled passes instead (the decoding step; a float32 prefill's elementwise
-passes) that agree with its modules to float32 rounding; the hooks send it back to its modules,
-so a counted run of such a model equals an uncounted one to that rounding, not bit for bit. ``ec.counts`` holds one :class:`Row` per counted piece of
+spike-encoder inputs, and leaves the model's outputs bit-identical (the hooks return nothing and
+never touch a tensor the model uses). One exception: a plain RWKV-6 block decoding one token on
+the CPU runs as one compiled step only where no hook is set, so there a counted step agrees with
+an uncounted one to float32 rounding (its modules' arithmetic), not bit for bit. ``ec.counts`` holds one :class:`Row` per counted piece of
 work with the operations that actually ran (``ops``) and what the same rows would cost with dense
 activations, i.e. in the ANN (``ann_ops``); ``full_report(ec.counts)`` (:mod:`.report`) prices them
 (:mod:`spikelm.energy.report`).

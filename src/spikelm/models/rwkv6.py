@@ -75,6 +75,29 @@ def _last_token(x: Tensor) -> Tensor:
     return last if x.shape[1] == 1 and last.is_contiguous() else last.clone(memory_format=torch.contiguous_format)
 
 
+def _AUTOCAST_CPU() -> bool:  # noqa: N802
+    """Whether CPU autocast is on (its products would run in its dtype, which the compiled paths ignore)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _fused_cpu(x: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu, or None)
+    """The compiled elementwise passes of the time and channel mixes (``spikelm.ops.cpu_kernels``:
+    ``token_lerp``, ``rwkv6_decay_``, ``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``), each one
+    pass over memory where the tensor operations make two to five, with the same float32
+    arithmetic (tested against them), or None where they do not apply: anything but float32 on
+    the CPU, a gradient possible (they have none), CPU autocast, or no compiled kernels. Every
+    module call stays (sites, encoders, hooks see what they saw): only operations between them are
+    fused, so an observed model and an unobserved one run the same arithmetic. The passes write
+    into the tensors they consume (the gate's, the key's and the receptance's outputs), as
+    ``inplace=True`` activations do: a hook that keeps such an output for later sees it gated."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled() or _AUTOCAST_CPU():
+        return None
+    return cpu_kernel()
+
+
 class TimeMix(nn.Module):
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
@@ -176,15 +199,25 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
 
-        # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp).
-        xx = _token_shift(x, shift) - x  # (B, T, C)
-        xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
+        fused = _fused_cpu(x)  # the compiled elementwise passes, where they apply (same arithmetic)
+
+        # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp), xx = x_{t-1} - x_t.
+        if fused is None:
+            xx = _token_shift(x, shift) - x  # (B, T, C)
+            xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
+        else:
+            x = x.contiguous()
+            xxx = fused.token_lerp(x, shift.contiguous(), self.time_maa_x.view(1, C))[0]
         xxx = torch.tanh(mm(self.maa_in(xxx), self.time_maa_w1))  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
         # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the GEMM adds time_maa_*
         maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        mix = baddbmm(maa.view(5, 1, C), xxx, self.time_maa_w2).view(5, B, T, C)
-        xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
+        if fused is None:
+            mix = baddbmm(maa.view(5, 1, C), xxx, self.time_maa_w2).view(5, B, T, C)
+            xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
+        else:
+            lora = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C)
+            xw, xk, xv, xr, xg = fused.token_lerp(x, shift.contiguous(), maa.view(5, C), lora).unbind(0)
 
         r = self.receptance(xr)  # (B, T, A)
         k = self.key(xk)
@@ -192,17 +225,23 @@ class TimeMix(nn.Module):
 
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
         d = mm(torch.tanh(mm(self.decay_in(xw), self.time_decay_w1)), self.time_decay_w2).float()
-        d = d + self.time_decay.float()
-        logw = (-torch.exp(d)).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
+        if fused is None:
+            logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
+        else:
+            logw = fused.rwkv6_decay_(d.contiguous(), self.time_decay.view(-1), LOG_DECAY_FLOOR)
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
         if rows is not None and rows < T:
             y, xg, T = y[:, -rows:], xg[:, -rows:], rows
-        g = F.silu(self.gate(xg))
+        g = self.gate(xg)
         y = y.reshape(B * T, H * N)
         y = self.ln_x(y).view(B, T, H * N)  # GroupNorm per head, float32 (its parameters stay float32)
-        out = self.output(y.to(x.dtype) * g)
+        if fused is None:
+            y = y.to(x.dtype) * F.silu(g)
+        else:
+            y = fused.silu_gate_(y.contiguous(), g.contiguous())
+        out = self.output(y)
         return out, _last_token(x), wkv_state
 
 
@@ -226,11 +265,17 @@ class ChannelMix(nn.Module):
                 "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        xx = _token_shift(x, shift) - x
-        xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
-        xr = torch.addcmul(x, xx, self.time_maa_r)
-        k = torch.relu(self.key(xk)).square()  # (B, T, F)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
+        fused = _fused_cpu(x)  # the compiled elementwise passes, where they apply (same arithmetic)
+        if fused is None:
+            xx = _token_shift(x, shift) - x
+            xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
+            xr = torch.addcmul(x, xx, self.time_maa_r)
+            k = torch.relu(self.key(xk)).square()  # (B, T, F)
+            return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
+        maa = torch.stack((self.time_maa_k, self.time_maa_r)).view(2, -1)
+        xk, xr = fused.token_lerp(x.contiguous(), shift.contiguous(), maa).unbind(0)
+        k = fused.relu_square_(self.key(xk).contiguous())
+        return fused.sigmoid_gate_(self.receptance(xr).contiguous(), self.value(k).contiguous()), _last_token(x)
 
 
 def _GLOBAL_HOOKS() -> bool:  # noqa: N802
@@ -238,14 +283,6 @@ def _GLOBAL_HOOKS() -> bool:  # noqa: N802
     from torch.nn.modules import module as m
 
     return bool(getattr(m, "_global_forward_hooks", None) or getattr(m, "_global_forward_pre_hooks", None))
-
-
-def _AUTOCAST_CPU() -> bool:  # noqa: N802
-    """Whether CPU autocast is on (its products would run in its dtype, which the compiled paths ignore)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
 
 
 class Block(nn.Module):
@@ -279,27 +316,19 @@ class Block(nn.Module):
     def _compiled_step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState] | None:
         """This block on one token as one compiled call (``spikelm.ops.cpu_kernels``,
         ``rwkv6_block_step``: the same operations in float32, without a hundred tensor operations'
-        dispatch), or None where it does not apply: not the CPU, a gradient possible, no compiled
-        kernels, a converted block (spike encoders or other modules in its sites), or any hook on
+        dispatch), or None where it does not apply: not the CPU, a gradient possible, CPU autocast,
+        no compiled kernels, a converted block (spike encoders or other modules in its sites), or any hook on
         its modules (an energy counter's, say), which the compiled step would not call."""
         step = cpu_op("rwkv6_block_step")
-        p = self._plain_cpu_params(x) if step is not None else None
-        if p is None:
+        if step is None or torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS() or _AUTOCAST_CPU():
+            return None
+        p = self._step_params()
+        if p is None or len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
             return None
         att_shift, wkv_state, ffn_shift = state
         y, att_shift, wkv_state, ffn_shift = step(x[:, 0], att_shift, wkv_state, ffn_shift, p, self.ln1.eps,
                                                   self.att.ln_x.eps)
         return y.unsqueeze(1), (att_shift, wkv_state, ffn_shift)
-
-    def _plain_cpu_params(self, x: Tensor) -> list[Tensor] | None:
-        """:meth:`_step_params` where the compiled paths may run (CPU, no gradient possible, no
-        autocast, no global module hooks, the block's matrices of one dtype), else None."""
-        if torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS() or _AUTOCAST_CPU():
-            return None
-        p = self._step_params()
-        if p is None or len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
-            return None
-        return p
 
     def _step_params(self) -> list[Tensor] | None:
         """The parameters of :attr:`STEP_PARAMS` (an empty tensor for a missing ``ln0``), or None
@@ -336,10 +365,6 @@ class Block(nn.Module):
             done = self._compiled_step(x, state)
             if done is not None:
                 return done
-        elif x.dtype == torch.float32 and cpu_op("token_lerp") is not None:
-            p = self._plain_cpu_params(x)
-            if p is not None and p[18].dtype == torch.float32:
-                return self._fused_forward(x, state, wkv_impl, last_only)
         att_shift, wkv_state, ffn_shift = state
         if hasattr(self, "ln0"):
             x = self.ln0(x)
@@ -357,49 +382,6 @@ class Block(nn.Module):
         dx, ffn_shift = self.ffn(h, ffn_shift)
         x = x + dx
         return x, (att_shift, wkv_state, ffn_shift)
-
-    def _fused_forward(self, x: Tensor, state: LayerState, wkv_impl: str,
-                       last_only: bool) -> tuple[Tensor, LayerState]:
-        """:meth:`forward` of a float32 sequence on the CPU: torch's matrix products with the
-        compiled elementwise passes between them (``spikelm.ops.cpu_kernels``: ``token_lerp``,
-        ``rwkv6_decay_``, ``group_norm_gate_``, ``relu_square_``, ``sigmoid_gate_add_``), each one
-        pass where the modules make two to five; the same arithmetic (its twin, the modules'
-        forward, is tested against it). Taken under the decoding step's conditions: a plain block
-        with no hooks (no module forward is skipped that anyone observes), no gradient."""
-        ops = cpu_kernel()
-        att, ffn = self.att, self.ffn
-        att_shift, wkv_state, ffn_shift = state
-        B, T, C = x.shape
-        H, N = att.n_head, att.head_size
-        if hasattr(self, "ln0"):
-            x = self.ln0(x)
-        h = self.ln1(x)
-        # time mix: ddlerp's input x + xx * maa_x, its LoRA, then x + xx * (maa_* + m_*) for the five
-        xxx = ops.token_lerp(h, att_shift.contiguous(), att.time_maa_x.view(1, C))
-        lora = torch.tanh_(xxx.view(B * T, C) @ att.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
-        maa = torch.stack((att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g)).view(5, C)
-        mixed = ops.token_lerp(h, att_shift.contiguous(), maa, torch.bmm(lora, att.time_maa_w2).view(5, B, T, C))
-        xw, xk, xv, xr, xg = mixed.unbind(0)
-        r, k, v = F.linear(xr, att.receptance.weight), F.linear(xk, att.key.weight), F.linear(xv, att.value.weight)
-        d = torch.tanh_(xw.reshape(B * T, C) @ att.time_decay_w1) @ att.time_decay_w2
-        logw = ops.rwkv6_decay_(d, att.time_decay.view(-1), LOG_DECAY_FLOOR)
-        heads = lambda t: t.view(B, T, H, N)  # noqa: E731
-        y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), att.time_faaaa, wkv_state, impl=wkv_impl)
-        keep = 2 if last_only and T > 2 else T
-        y, xg, x = y[:, -keep:], xg[:, -keep:], x[:, -keep:]
-        g = ops.group_norm_gate_(y.reshape(B * keep, H * N), F.linear(xg, att.gate.weight).view(B * keep, H * N),
-                                 att.ln_x.weight, att.ln_x.bias, H, att.ln_x.eps)
-        x = torch.addmm(x.reshape(B * keep, C), g, att.output.weight.t()).view(B, keep, C)  # x + output(g)
-        att_shift = _last_token(h)
-        # channel mix: x + sigmoid(receptance(xr)) * value(relu(key(xk))^2)
-        h = self.ln2(x)
-        if last_only and keep > 1:
-            h, ffn_shift, x = h[:, -1:], h[:, -2], x[:, -1:]
-        xk, xr = ops.token_lerp(h.contiguous(), ffn_shift.contiguous(),
-                                torch.stack((ffn.time_maa_k, ffn.time_maa_r)).view(2, C)).unbind(0)
-        k = ops.relu_square_(F.linear(xk, ffn.key.weight))
-        x = ops.sigmoid_gate_add_(x.contiguous(), F.linear(xr, ffn.receptance.weight), F.linear(k, ffn.value.weight))
-        return x, (att_shift, wkv_state, _last_token(h))
 
 
 # The module types of a plain (not converted) block: the compiled decoding step computes exactly these.

@@ -1,5 +1,5 @@
 """Compiled CPU loops: the WKV6 recurrence, one-row bf16/fp16 products, an RWKV-6 block's decoding
-step and the elementwise passes of its prefill, spike decoding, and the histogram of
+step and the elementwise passes of its mixes, spike decoding, and the histogram of
 spike-encoder levels.
 
 Each is a single pass over memory where the equivalent tensor operations make many (or, for the
@@ -46,13 +46,14 @@ tensor operations per block, each a few microseconds of dispatch, which cost mor
 block's arithmetic when decoding. ``Block`` takes it on the CPU without a gradient, for a plain
 block with no hook on its modules; its twin is the modules' own forward (tested).
 
-**The elementwise passes of a block over a sequence** (``token_lerp``, ``rwkv6_decay_``,
-``group_norm_gate_``, ``relu_square_``, ``sigmoid_gate_add_``): the token shift with the ddlerp's
-and the channel mix's interpolations, the decay chain ``max(-exp(d + time_decay), floor)``,
-GroupNorm with the gate's SiLU, relu squared, and the channel mix's sigmoid gate with the residual,
-each one pass where the modules make two to five. ``Block`` takes them for a float32 prefill
-under the decoding step's conditions (``Block._fused_forward``); their twin is again the modules'
-forward. The AVX2 build's exp is a polynomial within 2 ulp of ``std::exp`` (tested).
+**The elementwise passes of the time and channel mixes** (``token_lerp``, ``rwkv6_decay_``,
+``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``): the token shift with the ddlerp's and the
+channel mix's interpolations, the decay chain ``max(-exp(d + time_decay), floor)``, the gate's
+SiLU times the GroupNorm output, relu squared, and the channel mix's sigmoid gate, each one pass
+where the tensor operations make two to five. ``spikelm.models.rwkv6`` takes them in float32
+without a gradient (``_fused_cpu``), converted models included, since no module call is skipped;
+their twins are the tensor operations they replace (tested). The AVX2 build's exp is a
+polynomial within 2 ulp of the exact exp (tested).
 
 **Instruction sets.** On x86-64 the loops are built twice, portable and for AVX2 + FMA + F16C,
 and the second is chosen at run time where the CPU has them (``set_avx2(False)`` forces the

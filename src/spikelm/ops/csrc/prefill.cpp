@@ -1,8 +1,9 @@
-// spikelm's compiled CPU kernels, part 5 (after block_step.cpp): the elementwise passes of an RWKV-6
-// block over a sequence (spikelm.models.rwkv6.Block._fused_forward, float32, no gradient). Each op
-// does in one pass over memory what the modules do in several tensor operations, the same float32
+// spikelm's compiled CPU kernels, part 5 (after block_step.cpp): the elementwise passes of RWKV-6's
+// time mix and channel mix (spikelm.models.rwkv6, float32 without a gradient). Each op does in one
+// pass over memory what the modules' tensor operations do in two to five, the same float32
 // arithmetic in the same order (no contraction into FMAs); only exp comes from a vectorised
-// polynomial here (within 2 ulp of the exact exp; 0 below the smallest normal result) where torch uses its own.
+// polynomial here (within 2 ulp of the exact exp; 0 below the smallest normal result) where
+// torch uses its own.
 
 // ---- exp, 8 lanes: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial for exp(r), times 2^n.
 #ifdef SPIKELM_X86
@@ -116,42 +117,33 @@ at::Tensor rwkv6_decay_(at::Tensor d, at::Tensor time_decay, double floor) {
     return d;
 }
 
-// ---- group_norm_gate_: g <- (GroupNorm(y) * weight + bias) * silu(g) in place, per row of y and per
-// head of N channels (biased variance, as nn.GroupNorm): the time mix's ln_x and its gate.
+// ---- silu_gate_: g <- y * silu(g) in place (the time mix's GroupNorm output times its gate's SiLU;
+// silu(g) = g / (1 + exp(-g)), as torch computes it).
 #ifdef SPIKELM_X86
-__attribute__((target("avx2,fma"))) static int64_t silu_mul_avx2(const float* yn, float* g, int64_t n) {
+__attribute__((target("avx2,fma"))) static int64_t silu_gate_avx2(const float* y, float* g, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 gv = _mm256_loadu_ps(g + i);
         const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_xor_ps(gv, sign))));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_loadu_ps(yn + i), s));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), s));
     }
     return i;
 }
 #endif
 
-// y, g (R, A) float32 contiguous (g updated and returned); weight, bias (A,) float32; H heads.
-at::Tensor group_norm_gate_(at::Tensor y, at::Tensor g, at::Tensor weight, at::Tensor bias, int64_t H, double eps) {
+// y, g: float32 contiguous of one size; g updated and returned.
+at::Tensor silu_gate_(at::Tensor y, at::Tensor g) {
     TORCH_CHECK(y.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat && y.is_contiguous() &&
-                g.is_contiguous() && y.numel() == g.numel() && weight.scalar_type() == at::kFloat &&
-                bias.scalar_type() == at::kFloat && weight.numel() == y.size(-1) && bias.numel() == y.size(-1) &&
-                H > 0 && y.size(-1) % H == 0, "group_norm_gate_: shapes");
-    const int64_t A = y.size(-1), R = y.numel() / std::max<int64_t>(A, 1), N = A / H;
-    const float *yp = y.data_ptr<float>(), *wp = weight.data_ptr<float>(), *bp = bias.data_ptr<float>();
+                g.is_contiguous() && y.numel() == g.numel(), "silu_gate_: y and g float32 contiguous, one size");
+    const float* yp = y.data_ptr<float>();
     float* gp = g.data_ptr<float>();
-    at::parallel_for(0, R, std::max<int64_t>(1, 8192 / std::max<int64_t>(A, 1)), [&](int64_t begin, int64_t end) {
-        std::vector<float> yn(A);
-        for (int64_t r = begin; r < end; ++r) {
-            const float* yr = yp + r * A;
-            float* gr = gp + r * A;
-            for (int64_t h = 0; h < H; ++h) layer_norm(yr + h * N, wp + h * N, bp + h * N, N, float(eps), yn.data() + h * N);
-            int64_t i = 0;
+    at::parallel_for(0, g.numel(), 16384, [&](int64_t begin, int64_t end) {
+        int64_t i = begin;
 #ifdef SPIKELM_X86
-            if (has_avx2_fma()) i = silu_mul_avx2(yn.data(), gr, A);
+        if (has_avx2_fma()) i = begin + silu_gate_avx2(yp + begin, gp + begin, end - begin);
 #endif
-            for (; i < A; ++i) gr[i] = yn[i] * (gr[i] / (1.f + std::exp(-gr[i])));
-        }
+        for (; i < end; ++i) gp[i] = yp[i] * (gp[i] / (1.f + std::exp(-gp[i])));
     });
     return g;
 }
@@ -186,32 +178,31 @@ at::Tensor relu_square_(at::Tensor k) {
     return k;
 }
 
-// ---- sigmoid_gate_add_: r <- x + sigmoid(r) * v in place (the channel mix's output and the residual).
+// ---- sigmoid_gate_: r <- sigmoid(r) * v in place (the channel mix's output; sigmoid(r) = 1 / (1 + exp(-r))).
 #ifdef SPIKELM_X86
-__attribute__((target("avx2,fma"))) static int64_t gate_add_avx2(const float* x, float* r, const float* v, int64_t n) {
+__attribute__((target("avx2,fma"))) static int64_t sigmoid_gate_avx2(float* r, const float* v, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(_mm256_loadu_ps(r + i), sign))));
-        _mm256_storeu_ps(r + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_mul_ps(s, _mm256_loadu_ps(v + i))));
+        _mm256_storeu_ps(r + i, _mm256_mul_ps(s, _mm256_loadu_ps(v + i)));
     }
     return i;
 }
 #endif
 
-// x, r, v: float32 contiguous of one size; r updated and returned.
-at::Tensor sigmoid_gate_add_(at::Tensor x, at::Tensor r, at::Tensor v) {
-    TORCH_CHECK(x.scalar_type() == at::kFloat && r.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
-                x.is_contiguous() && r.is_contiguous() && v.is_contiguous() && x.numel() == r.numel() &&
-                v.numel() == r.numel(), "sigmoid_gate_add_: shapes");
-    const float *xp = x.data_ptr<float>(), *vp = v.data_ptr<float>();
+// r, v: float32 contiguous of one size; r updated and returned.
+at::Tensor sigmoid_gate_(at::Tensor r, at::Tensor v) {
+    TORCH_CHECK(r.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat && r.is_contiguous() &&
+                v.is_contiguous() && v.numel() == r.numel(), "sigmoid_gate_: r and v float32 contiguous, one size");
+    const float* vp = v.data_ptr<float>();
     float* rp = r.data_ptr<float>();
     at::parallel_for(0, r.numel(), 16384, [&](int64_t begin, int64_t end) {
         int64_t i = begin;
 #ifdef SPIKELM_X86
-        if (has_avx2_fma()) i = begin + gate_add_avx2(xp + begin, rp + begin, vp + begin, end - begin);
+        if (has_avx2_fma()) i = begin + sigmoid_gate_avx2(rp + begin, vp + begin, end - begin);
 #endif
-        for (; i < end; ++i) rp[i] = xp[i] + (1.f / (1.f + std::exp(-rp[i]))) * vp[i];
+        for (; i < end; ++i) rp[i] = (1.f / (1.f + std::exp(-rp[i]))) * vp[i];
     });
     return r;
 }

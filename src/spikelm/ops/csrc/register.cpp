@@ -9,9 +9,9 @@ TORCH_LIBRARY(spikelm_cpu, m) {
     m.def("rwkv6_block_step(Tensor x, Tensor att_shift, Tensor wkv, Tensor ffn_shift, Tensor[] p, float ln_eps, float gn_eps) -> Tensor[]");
     m.def("token_lerp(Tensor x, Tensor shift, Tensor maa, Tensor? lora=None) -> Tensor");
     m.def("rwkv6_decay_(Tensor(a!) d, Tensor time_decay, float floor) -> Tensor(a!)");
-    m.def("group_norm_gate_(Tensor y, Tensor(a!) g, Tensor weight, Tensor bias, int H, float eps) -> Tensor(a!)");
+    m.def("silu_gate_(Tensor y, Tensor(a!) g) -> Tensor(a!)");
     m.def("relu_square_(Tensor(a!) k) -> Tensor(a!)");
-    m.def("sigmoid_gate_add_(Tensor x, Tensor(a!) r, Tensor v) -> Tensor(a!)");
+    m.def("sigmoid_gate_(Tensor(a!) r, Tensor v) -> Tensor(a!)");
     m.def("mhse_decode(Tensor x, Tensor scale, int T, int layers, int n_int, bool init_half, float a_max) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(spikelm_cpu, CPU, m) {
@@ -23,9 +23,9 @@ TORCH_LIBRARY_IMPL(spikelm_cpu, CPU, m) {
     m.impl("rwkv6_block_step", &rwkv6_block_step);
     m.impl("token_lerp", &token_lerp);
     m.impl("rwkv6_decay_", &rwkv6_decay_);
-    m.impl("group_norm_gate_", &group_norm_gate_);
+    m.impl("silu_gate_", &silu_gate_);
     m.impl("relu_square_", &relu_square_);
-    m.impl("sigmoid_gate_add_", &sigmoid_gate_add_);
+    m.impl("sigmoid_gate_", &sigmoid_gate_);
 }
 TORCH_LIBRARY_IMPL(spikelm_cpu, CatchAll, m) {
     m.impl("set_avx2", &set_avx2);
