@@ -262,7 +262,8 @@ def test_fused_passes_equal_the_tensor_operations(monkeypatch, B, T, last_only, 
             _, state = model(idx[:, :1])
             used.clear(), shapes.clear()
             runs.append(model(idx[:, 1:], state, last_only=last_only))
-        assert len(used) == 4 and all((u is None) == unfused for u in used)
+        # the tensor operations' run also asks for the decay chain's pass (its float32 input)
+        assert len(used) == (6 if unfused else 4) and all((u is None) == unfused for u in used)
         assert shapes == [(B, T, 128), (B, 1 if last_only else T, 128)]
     (got, s_got), (ref, s_ref) = runs
     rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()  # noqa: E731
@@ -270,6 +271,32 @@ def test_fused_passes_equal_the_tensor_operations(monkeypatch, B, T, last_only, 
     for a, b in zip(s_got, s_ref):
         for x, y in zip(a, b):
             assert x.shape == y.shape and x.is_contiguous() and rel(x, y) < 5e-6
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decay_pass_in_a_low_precision_model(monkeypatch, tmp_path, dtype):
+    """The decay chain is float32 in every model dtype: a bf16 or fp16 model takes its compiled pass
+    (and only that one), and agrees with its tensor operations to within the model's own rounding."""
+    path = save_official(make_rwkv6(n_layer=2, n_embd=128, head_size=16, seed=11), tmp_path / "m.pth")
+    model = spikelm.load(path, dtype=dtype)
+    idx = torch.randint(0, 257, (1, 24), generator=torch.Generator().manual_seed(0))
+    calls = []
+    op = rwkv6_module.cpu_kernel().rwkv6_decay_
+
+    class Spy:
+        def rwkv6_decay_(self, *a):
+            calls.append(a[0].dtype)
+            return op(*a)
+
+    runs = []
+    for unfused in (False, True):
+        with torch.inference_mode(), monkeypatch.context() as m:
+            m.setattr(rwkv6_module, "cpu_kernel", (lambda: None) if unfused else Spy)
+            runs.append(model(idx)[0].float())
+    assert calls == [torch.float32, torch.float32]
+    got, ref = runs
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 2e-2
 
 
 @needs_kernels

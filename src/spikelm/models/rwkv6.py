@@ -224,11 +224,14 @@ class TimeMix(nn.Module):
         v = self.value(xv)
 
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
+        # The chain is float32 whatever the model's dtype (time_decay stays float32), so its compiled
+        # pass applies in a bf16 or fp16 model too.
         d = mm(torch.tanh(mm(self.decay_in(xw), self.time_decay_w1)), self.time_decay_w2).float()
-        if fused is None:
+        decay = fused if fused is not None else (_fused_cpu(d) if self.time_decay.dtype == torch.float32 else None)
+        if decay is None:
             logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
         else:
-            logw = fused.rwkv6_decay_(d.contiguous(), self.time_decay.view(-1), LOG_DECAY_FLOOR)
+            logw = decay.rwkv6_decay_(d.contiguous(), self.time_decay.view(-1), LOG_DECAY_FLOOR)
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
