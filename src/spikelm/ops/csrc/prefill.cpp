@@ -2,34 +2,8 @@
 // time mix and channel mix (spikelm.models.rwkv6, float32 without a gradient). Each op does in one
 // pass over memory what the modules' tensor operations do in two to five, the same float32
 // arithmetic in the same order (no contraction into FMAs); only exp comes from a vectorised
-// polynomial here (within 2 ulp of the exact exp; 0 below the smallest normal result) where
-// torch uses its own.
-
-// ---- exp, 8 lanes: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial for exp(r), times 2^n.
-#ifdef SPIKELM_X86
-__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504019f);
-    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
-    __m256 t = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    t = _mm256_sub_ps(t, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
-    t = _mm256_sub_ps(t, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(t, t), _mm256_add_ps(t, _mm256_set1_ps(1.f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    y = _mm256_andnot_ps(under, y);  // below the smallest normal result: 0
-    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
-    return _mm256_blendv_ps(y, x, nan);  // NaN stays NaN
-}
-#endif
+// polynomial (common.cpp's exp8: within 2 ulp of the exact exp; 0 below the smallest normal
+// result) where torch uses its own.
 
 // ---- token_lerp: out[g, b, t] = x[b, t] + (prev - x[b, t]) * (maa[g] + lora[g, b, t]) where prev is
 // x[b, t - 1], or shift[b] at t = 0 (without lora: maa[g] alone). The ddlerp's mixes of the time mix
