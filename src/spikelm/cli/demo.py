@@ -328,14 +328,20 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 def machine_info() -> dict[str, Any]:
     """The machine a result was measured on: CPU model, CPU count, torch version and threads, GPU."""
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    # the vector instructions decide which kernels run (one model name can cover CPUs with and without them)
+    isa = next((name for flag, name in (("amx_bf16", "AMX and AVX-512 with bf16"), ("avx512_bf16", "AVX-512 with bf16"),
+                                         ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
+    if isa:
+        cpu = f"{cpu} ({isa})"
     return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
