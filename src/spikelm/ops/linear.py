@@ -67,8 +67,9 @@ def _compiled_gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> boo
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, through float32 where :func:`emulated_low_precision`, and
-    through the compiled one-row product where :func:`_compiled_gemv`.
+    """``F.linear(x, weight, bias)``, through float32 where :func:`emulated_low_precision` or where
+    ``weight`` is not in x's low-precision dtype, and through the compiled one-row product where
+    :func:`_compiled_gemv`.
 
     A large weight (a 65536-word head) is taken in blocks of output rows, so the float32 copy
     that exists at any time stays under 64 MiB whatever the layer's size (a whole head of the
@@ -77,8 +78,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(x, weight, bias)
     if _compiled_gemv(x, weight, bias):
         return cpu_op("gemv")(x.reshape(-1), weight).view(x.shape[:-1] + weight.shape[:1])
-    if not emulated_low_precision(x):
+    if not emulated_low_precision(x) and weight.dtype == x.dtype:
         return F.linear(x, weight, bias)
+    # emulated, or weights of another dtype than x (a float32 layer given bf16 inputs): the float32
+    # product, in x's dtype, on every CPU alike
     xf = x.float()
     rows = max(1, _BLOCK_FLOATS // max(1, weight.shape[1]))
     if weight.shape[0] <= rows:
