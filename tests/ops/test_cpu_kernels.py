@@ -276,3 +276,36 @@ def test_gates_equal_torch(isa):
     for got, ref in ((ops.silu_gate_(a, b.clone()), a * torch.nn.functional.silu(b)),
                      (ops.sigmoid_gate_(a.clone(), b), torch.sigmoid(a) * b)):
         assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_passes_in_low_precision_round_float32_arithmetic_once(isa, dtype):
+    """In bf16 and fp16 the passes widen to float32, do the float32 arithmetic and round each
+    output once to nearest even: token_lerp and relu_square_ exactly that (against torch's float32
+    operations rounded once); the gates within one rounding of it (their exp is a polynomial).
+    Sizes leave a tail after the 8-wide loop; NaN stays NaN."""
+    ops, g = cpu_kernels.kernel(), torch.Generator().manual_seed(7)
+    B, T, C, G = 2, 5, 43, 5
+    x, shift, maa = (torch.randn(*s, generator=g).to(dtype) for s in ((B, T, C), (B, C), (G, C)))
+    lora = torch.randn(G, B, T, C, generator=g).to(dtype)
+    xf, mf, lf = x.float(), maa.float(), lora.float()
+    xx = _shifted(xf, shift.float()) - xf
+    ref = torch.stack([xf + xx * (mf[i] + lf[i]) for i in range(G)]).to(dtype)
+    got = ops.token_lerp(x, shift, maa, lora.clone())
+    assert got.dtype == dtype and torch.equal(got, ref)
+    assert torch.equal(ops.token_lerp(x, shift, maa[:1]), (xf + xx * mf[0]).to(dtype).unsqueeze(0))
+
+    k = torch.cat((torch.randn(3, 1001, generator=g) * 4, torch.tensor([[float("nan"), 0.0, -0.0]] * 3)), 1).to(dtype)
+    ref = torch.relu(k.float()).square().to(dtype)
+    got = ops.relu_square_(k.clone())
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num())
+
+    y, a, b = (torch.randn(2, 37, 129, generator=g) * 3 for _ in range(3))
+    a, b = a.to(dtype), b.to(dtype)
+    eps = torch.finfo(dtype).eps  # one rounding of the output, relative
+    for got, ref in ((ops.silu_gate_(y, a.clone()), y * torch.nn.functional.silu(a.float())),
+                     (ops.sigmoid_gate_(a.clone(), b), torch.sigmoid(a.float()) * b.float())):
+        assert got.dtype == dtype
+        assert ((got.float() - ref).abs() <= eps * ref.abs() + 1e-6 * ref.abs().max()).all()
+    with pytest.raises(RuntimeError, match="token_lerp"):
+        ops.token_lerp(x, shift.float(), maa)

@@ -83,19 +83,27 @@ def _AUTOCAST_CPU() -> bool:  # noqa: N802
         return torch.is_autocast_cpu_enabled()
 
 
-def _fused_cpu(x: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu, or None)
+def _fused_cpu(x: Tensor, *same: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu, or None)
     """The compiled elementwise passes of the time and channel mixes (``spikelm.ops.cpu_kernels``:
     ``token_lerp``, ``rwkv6_decay_``, ``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``), each one
-    pass over memory where the tensor operations make two to five, with the same float32
-    arithmetic (tested against them), or None where they do not apply: anything but float32 on
-    the CPU, a gradient possible (they have none), CPU autocast, or no compiled kernels. Every
+    pass over memory where the tensor operations make two to five, or None where they do not
+    apply: not float32, bf16 or fp16 on the CPU (or ``same``, the other inputs, in another dtype
+    than ``x``), a gradient possible (they have none), CPU autocast, or no compiled kernels. In
+    float32 they do the tensor operations' arithmetic (tested equal to them); in bf16 and fp16
+    they compute in float32 and round each output once, as the decoding step does, where the
+    tensor operations round after every step (tested within that rounding). Every
     module call stays (sites, encoders, hooks see what they saw): only operations between them are
     fused, so an observed model and an unobserved one run the same arithmetic. The passes write
     into the tensors they consume (the gate's, the key's and the receptance's outputs), as
     ``inplace=True`` activations do: a hook that keeps such an output for later sees it gated."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled() or _AUTOCAST_CPU():
+    if x.dtype not in _FUSED_DTYPES or any(t.dtype != x.dtype for t in same):
+        return None
+    if x.device.type != "cpu" or torch.is_grad_enabled() or _AUTOCAST_CPU():
         return None
     return cpu_kernel()
+
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class TimeMix(nn.Module):
@@ -199,7 +207,7 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
 
-        fused = _fused_cpu(x)  # the compiled elementwise passes, where they apply (same arithmetic)
+        fused = _fused_cpu(x, shift, self.time_maa_x)  # the compiled elementwise passes, where they apply
 
         # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp), xx = x_{t-1} - x_t.
         if fused is None:
@@ -224,10 +232,10 @@ class TimeMix(nn.Module):
         v = self.value(xv)
 
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
-        # The chain is float32 whatever the model's dtype (time_decay stays float32), so its compiled
-        # pass applies in a bf16 or fp16 model too.
+        # The chain is float32 whatever the model's dtype (time_decay stays float32 in a bf16 or fp16
+        # model spikelm.load builds).
         d = mm(torch.tanh(mm(self.decay_in(xw), self.time_decay_w1)), self.time_decay_w2).float()
-        decay = fused if fused is not None else (_fused_cpu(d) if self.time_decay.dtype == torch.float32 else None)
+        decay = _fused_cpu(d, self.time_decay)
         if decay is None:
             logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
         else:
@@ -243,7 +251,7 @@ class TimeMix(nn.Module):
         if fused is None:
             y = y.to(x.dtype) * F.silu(g)
         else:
-            y = fused.silu_gate_(y.contiguous(), g.contiguous())
+            y = fused.silu_gate_(y.float().contiguous(), g.contiguous())
         out = self.output(y)
         return out, _last_token(x), wkv_state
 
@@ -268,7 +276,7 @@ class ChannelMix(nn.Module):
                 "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        fused = _fused_cpu(x)  # the compiled elementwise passes, where they apply (same arithmetic)
+        fused = _fused_cpu(x, shift, self.time_maa_k, self.time_maa_r)  # the compiled passes, where they apply
         if fused is None:
             xx = _token_shift(x, shift) - x
             xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
@@ -278,7 +286,10 @@ class ChannelMix(nn.Module):
         maa = torch.stack((self.time_maa_k, self.time_maa_r)).view(2, -1)
         xk, xr = fused.token_lerp(x.contiguous(), shift.contiguous(), maa).unbind(0)
         k = fused.relu_square_(self.key(xk).contiguous())
-        return fused.sigmoid_gate_(self.receptance(xr).contiguous(), self.value(k).contiguous()), _last_token(x)
+        r, v = self.receptance(xr), self.value(k)
+        if r.dtype != v.dtype:  # sites that change the dtype (none of spikelm's own)
+            return torch.sigmoid(r) * v, _last_token(x)
+        return fused.sigmoid_gate_(r.contiguous(), v.contiguous()), _last_token(x)
 
 
 def _GLOBAL_HOOKS() -> bool:  # noqa: N802
