@@ -21,7 +21,7 @@ float32) kept in the loop::
     S[i][j] <- exp(logw_t[i]) S[i][j] + k_t[i] v_t[j]
 
 the same regrouping as :func:`~.wkv6.wkv6_step`. Heads run in parallel (``at::parallel_for``); the
-decays ``exp(logw)`` are taken in one vectorised pass first; with N a multiple of 32 the AVX2 build
+decays ``exp(logw)`` are taken in one vectorised pass first (the polynomial exp below); with N a multiple of 32 the AVX2 build
 keeps 32 values of ``v_t`` and of ``y_t`` in registers while it walks the state's rows, so each
 state value is loaded and stored once per token. Forward only, float32 only: ``wkv6`` takes it on
 the CPU when no gradient is needed (a prefill and each decoding step alike), and the other forms
@@ -50,10 +50,14 @@ block with no hook on its modules; its twin is the modules' own forward (tested)
 ``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``): the token shift with the ddlerp's and the
 channel mix's interpolations, the decay chain ``max(-exp(d + time_decay), floor)``, the gate's
 SiLU times the GroupNorm output, relu squared, and the channel mix's sigmoid gate, each one pass
-where the tensor operations make two to five. ``spikelm.models.rwkv6`` takes them in float32
-without a gradient (``_fused_cpu``), converted models included, since no module call is skipped;
-their twins are the tensor operations they replace (tested). The AVX2 build's exp is a
-polynomial within 2 ulp of the exact exp (tested).
+where the tensor operations make two to five. ``spikelm.models.rwkv6`` takes them without a
+gradient (``_fused_cpu``), converted models included, since no module call is skipped; their
+twins are the tensor operations they replace (tested). In float32 they do those operations'
+arithmetic; with bf16 or fp16 activations they widen to float32, do the same float32 arithmetic
+and round each output once to the activations' dtype, where the tensor operations round after
+each step (tested exact against float32 arithmetic rounded once, where no exp is involved). The
+decay chain is float32 in every model dtype. The AVX2 build's exp is a polynomial within 2 ulp
+of the exact exp (tested); the WKV op takes its decays from it too.
 
 **Instruction sets.** On x86-64 the loops are built twice, portable and for AVX2 + FMA + F16C,
 and the second is chosen at run time where the CPU has them (``set_avx2(False)`` forces the
