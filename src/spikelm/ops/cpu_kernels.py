@@ -21,9 +21,9 @@ float32) kept in the loop::
     S[i][j] <- exp(logw_t[i]) S[i][j] + k_t[i] v_t[j]
 
 the same regrouping as :func:`~.wkv6.wkv6_step`. Heads run in parallel (``at::parallel_for``); the
-decays ``exp(logw)`` are taken in one vectorised pass first (the polynomial exp below); with N a multiple of 32 the AVX2 build
-keeps 32 values of ``v_t`` and of ``y_t`` in registers while it walks the state's rows, so each
-state value is loaded and stored once per token. Forward only, float32 only: ``wkv6`` takes it on
+decays ``exp(logw)`` are taken in one vectorised pass first (the polynomial exp below); with N a
+multiple of 32 the AVX2 build keeps 32 values of ``v_t`` and of ``y_t`` in registers while it
+walks the state's rows, so each state value is loaded and stored once per token. Forward only, float32 only: ``wkv6`` takes it on
 the CPU when no gradient is needed (a prefill and each decoding step alike), and the other forms
 otherwise.
 
