@@ -227,7 +227,7 @@ def main() -> None:
         print("\npeak RSS: the child process's own ru_maxrss (os.wait4); tokens/s over the whole process "
               "(start-up and loading included), own tokens/s the command's own figure where its --json gives one "
               "(scoring alone); target RSS / weights <= 1.5. The baseline (torch + spikelm "
-              "imported, about 0.5 GiB) dominates small shapes: read the last ratio there."
+              "imported, its peak printed above) dominates small shapes: read the last ratio there."
               + (" Peak GPU: torch.cuda.max_memory_allocated of the child, written at its exit." if on_cuda else ""))
     finally:
         if not args.keep:
