@@ -328,15 +328,16 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 def machine_info() -> dict[str, Any]:
     """The machine a result was measured on: CPU model, CPU count, torch version and threads, GPU."""
 
-    cpu, flags = platform.processor() or platform.machine(), set()
+    model, flags = None, set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines
+            if line.startswith("model name") and model is None:
+                model = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    cpu = model or platform.processor() or platform.machine()
     # the vector instructions decide which kernels run (one model name can cover CPUs with and without them)
     isa = next((name for flag, name in (("amx_bf16", "AMX and AVX-512 with bf16"), ("avx512_bf16", "AVX-512 with bf16"),
                                          ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), None)
