@@ -4,10 +4,10 @@
 spike-encoder inputs, and leaves the model's outputs bit-identical (the hooks return nothing and
 never touch a tensor the model uses). One exception: a plain RWKV-6 block decoding one token on
 the CPU runs as one compiled step only where no hook is set, so there a counted step agrees with
-an uncounted one to float32 rounding (its modules' arithmetic), not bit for bit. ``ec.counts`` holds one :class:`Row` per counted piece of
-work with the operations that actually ran (``ops``) and what the same rows would cost with dense
-activations, i.e. in the ANN (``ann_ops``); ``full_report(ec.counts)`` (:mod:`.report`) prices them
-(:mod:`spikelm.energy.report`).
+an uncounted one to float32 rounding (its modules' arithmetic), not bit for bit. ``ec.counts``
+holds one :class:`Row` per counted piece of work with the operations that actually ran (``ops``)
+and what the same rows would cost with dense activations, i.e. in the ANN (``ann_ops``);
+``full_report(ec.counts)`` (:mod:`.report`) prices them (:mod:`spikelm.energy.report`).
 
 Operation kinds (priced in :mod:`spikelm.energy.constants`): ``mac`` dense multiply-accumulate,
 ``ac`` spike-driven accumulate, ``flag_ac`` accumulates a sign-flag spike would cost if it had

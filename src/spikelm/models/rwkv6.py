@@ -83,6 +83,9 @@ def _AUTOCAST_CPU() -> bool:  # noqa: N802
         return torch.is_autocast_cpu_enabled()
 
 
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _fused_cpu(x: Tensor, *same: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu, or None)
     """The compiled elementwise passes of the time and channel mixes (``spikelm.ops.cpu_kernels``:
     ``token_lerp``, ``rwkv6_decay_``, ``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``), each one
@@ -102,8 +105,6 @@ def _fused_cpu(x: Tensor, *same: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu
         return None
     return cpu_kernel()
 
-
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class TimeMix(nn.Module):
@@ -214,8 +215,8 @@ class TimeMix(nn.Module):
             xx = _token_shift(x, shift) - x  # (B, T, C)
             xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
         else:
-            x = x.contiguous()
-            xxx = fused.token_lerp(x, shift.contiguous(), self.time_maa_x.view(1, C))[0]
+            x, shift = x.contiguous(), shift.contiguous()
+            xxx = fused.token_lerp(x, shift, self.time_maa_x.view(1, C))[0]
         xxx = torch.tanh(mm(self.maa_in(xxx), self.time_maa_w1))  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
         # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the GEMM adds time_maa_*
@@ -225,7 +226,7 @@ class TimeMix(nn.Module):
             xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
         else:
             lora = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, C)
-            xw, xk, xv, xr, xg = fused.token_lerp(x, shift.contiguous(), maa.view(5, C), lora).unbind(0)
+            xw, xk, xv, xr, xg = fused.token_lerp(x, shift, maa.view(5, C), lora).unbind(0)
 
         r = self.receptance(xr)  # (B, T, A)
         k = self.key(xk)
