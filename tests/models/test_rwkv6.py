@@ -228,6 +228,18 @@ def test_compiled_decoding_step_follows_swapped_parameters_and_modules(monkeypat
     assert model.blocks[1]._step_params()[19] is swapped.weight
 
 
+def test_float64_model_decodes_through_its_modules(monkeypatch):
+    """The compiled step takes float32, bf16 and fp16 weights: a float64 model decoding one token
+    runs its modules (it used to reach the step and fail there), and matches its own prefill."""
+    model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=8).double()
+    idx = torch.randint(0, 257, (1, 4), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        _, st = model(idx[:, :3])
+        got = model(idx[:, 3:], st)[0]
+        ref = model(idx)[0][:, 3:]
+    assert got.dtype == torch.float64 and torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
 def _unfused(m):
     """Make the time and channel mixes take their tensor operations (the fused passes' twin)."""
     m.setattr(rwkv6_module, "cpu_kernel", lambda: None)

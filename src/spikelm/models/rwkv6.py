@@ -83,7 +83,7 @@ def _AUTOCAST_CPU() -> bool:  # noqa: N802
         return torch.is_autocast_cpu_enabled()
 
 
-_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the compiled CPU kernels take
 
 
 def _fused_cpu(x: Tensor, *same: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu, or None)
@@ -99,7 +99,7 @@ def _fused_cpu(x: Tensor, *same: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu
     fused, so an observed model and an unobserved one run the same arithmetic. The passes write
     into the tensors they consume (the gate's, the key's and the receptance's outputs), as
     ``inplace=True`` activations do: a hook that keeps such an output for later sees it gated."""
-    if x.dtype not in _FUSED_DTYPES or any(t.dtype != x.dtype for t in same):
+    if x.dtype not in _KERNEL_DTYPES or any(t.dtype != x.dtype for t in same):
         return None
     if x.device.type != "cpu" or torch.is_grad_enabled() or _AUTOCAST_CPU():
         return None
@@ -332,13 +332,17 @@ class Block(nn.Module):
         """This block on one token as one compiled call (``spikelm.ops.cpu_kernels``,
         ``rwkv6_block_step``: the same operations in float32, without a hundred tensor operations'
         dispatch), or None where it does not apply: not the CPU, a gradient possible, CPU autocast,
-        no compiled kernels, a converted block (spike encoders or other modules in its sites), or any hook on
+        no compiled kernels, matrices not all of one dtype among float32, bf16 and fp16 (a float64
+        model), a converted block (spike encoders or other modules in its sites), or any hook on
         its modules (an energy counter's, say), which the compiled step would not call."""
         step = cpu_op("rwkv6_block_step")
         if step is None or torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS() or _AUTOCAST_CPU():
             return None
         p = self._step_params()
-        if p is None or len({t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}) != 1:
+        if p is None:
+            return None
+        dtypes = {t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}
+        if len(dtypes) != 1 or dtypes.pop() not in _KERNEL_DTYPES:
             return None
         att_shift, wkv_state, ffn_shift = state
         y, att_shift, wkv_state, ffn_shift = step(x[:, 0], att_shift, wkv_state, ffn_shift, p, self.ln1.eps,
