@@ -231,3 +231,20 @@ def test_two_gloo_processes_fine_tune(data_root, ann, tmp_path):
     assert len(list(encoders(model))) == 10
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["val_gap_pct"] is not None
+
+
+def test_sweep_adds_a_fine_tuned_row_beside_each_preset(tiny_data, ann, tmp_path, capsys):
+    argv = ["sweep", str(ann), "--data", tiny_data, "--calib-data", tiny_data, "--presets", "SpikeRWKV-3L",
+            "--sites", "all", "--grid-T", "1", "--grid-l", "2", "--max-chars", "3000", "--finetune-steps", "3",
+            "--finetune-out", str(tmp_path / "ft"), "--no-progress"]
+    assert main([*argv, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-3L", "SpikeRWKV-3L +FT", "MHSE T=1 l=2"]
+    ft = rows[2]
+    assert ft["finetune_steps"] == 3 and ft["finetune_tokens"] == 3 * 8 * 256 and ft["l"] == 3
+    assert ft["ppl_gap_pct"] < rows[1]["ppl_gap_pct"]
+    assert (tmp_path / "ft" / "SpikeRWKV-3L-all" / "final" / "model.safetensors").is_file()
+    # a second sweep into the same folder reuses the finished fine-tune (same numbers), and prints its table
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "SpikeRWKV-3L +FT" in out and "Fine-tuned rows" in out and f"{ft['ppl']:.4f}" in out

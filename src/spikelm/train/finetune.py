@@ -34,9 +34,12 @@ lower levels have fewer spikes on average). Its gradient lowers magnitudes and r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,9 +49,11 @@ from torch.nn.utils import parametrize
 
 from ..checkpoints import describe, load
 from ..config import SITES, ConfigError, RunArgs, _require
-from ..convert import attach_encoders, convert, detach_encoders, encoders, preset_config
+from ..convert import PRESETS, attach_encoders, convert, detach_encoders, encoders, preset_config
 from ..data.text import calibration_batches
 from ..errors import CheckpointError, SpikelmError
+from ..evaluate.sweep import Prepared
+from ..markdown import md_table
 from ..ops.cross_entropy import cross_entropy_fp32, kl_distill_fp32
 from ..progress import ProgressFn
 from ..spiking.layers import SpikeEncoder
@@ -56,7 +61,7 @@ from .loop import Objective, TrainResult, param_groups, train
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["FinetuneArgs", "FINETUNE_MODES", "finetune", "Distillation", "LowRankDelta", "set_trainable", "merge_low_rank", "SCALE_FLOOR"]
+__all__ = ["FinetuneArgs", "FINETUNE_MODES", "finetune", "with_finetuned", "format_finetuned", "Distillation", "LowRankDelta", "set_trainable", "merge_low_rank", "SCALE_FLOOR"]
 
 SCALE_FLOOR = 1e-8  # scales are kept at or above this (calibration's floor for an all-zero site)
 
@@ -408,3 +413,60 @@ def finetune(args: FinetuneArgs, *, resume: bool = False, resume_from: str | os.
         return student
 
     return train(args, resume=resume, resume_from=resume_from, progress=progress, build=build, objective=objective)
+
+
+# ---------------------------------------------------------------------------- fine-tuned sweep rows
+def _preset_of(enc: Any) -> str | None:
+    """The preset whose encoding ``enc`` is (None for an MHSE grid setting)."""
+    from_presets = [name for name in PRESETS if preset_config(name, enc.sites).to_dict() == enc.to_dict()]
+    return from_presets[0] if from_presets else None
+
+
+def with_finetuned(settings: list[tuple[str, Any]], checkpoint: str, folder: Path, data: str, calib_data: str, steps: int,
+                   mode: str, device: str, loader: Callable[[Path], nn.Module],
+                   progress: ProgressFn | None = None) -> list[tuple[str, Any]]:
+    """``settings`` of a sweep with a fine-tuned row (``NAME +FT``, a :class:`~spikelm.evaluate.sweep.Prepared`)
+    after each preset's row: ``checkpoint`` converted with that preset and fine-tuned for ``steps``
+    steps on ``data`` (train split), into ``folder/<row>``. A folder holding that fine-tune already
+    is resumed (or, if finished, reused). ``loader`` reads the result (the sweep's device and dtype)."""
+    out: list[tuple[str, Any]] = []
+    for name, enc in settings:
+        out.append((name, enc))
+        preset = _preset_of(enc)
+        if preset is None:
+            continue
+        args = FinetuneArgs(checkpoint=str(checkpoint), preset=preset, sites=enc.sites, data=data, calib_data=calib_data,
+                            max_steps=steps, train=mode, device=device, out_dir=str(folder / f"{preset}-{enc.sites}"))
+        out.append((f"{name} +FT", Prepared(enc, *_finetuned_row(args, loader, progress))))
+    return out
+
+
+def _finetuned_row(args: FinetuneArgs, loader: Callable[[Path], nn.Module],
+                   progress: ProgressFn | None) -> tuple[Callable[[], nn.Module], Callable[[], dict[str, Any]]]:
+    """(make, info) of one fine-tuned sweep row: fine-tune once, on first use; load the result each time."""
+    done: dict[str, Any] = {}
+
+    def make() -> nn.Module:
+        if "result" not in done:
+            done["result"] = finetune(args, resume=True, progress=progress)
+            done["summary"] = json.loads((Path(args.out_dir) / "summary.json").read_text())
+        return loader(done["result"].final_path)
+
+    def info() -> dict[str, Any]:
+        r, s = done["result"], done["summary"]
+        return {"finetune_steps": r.steps, "finetune_tokens": r.tokens, "finetune_s": round(r.elapsed_s, 1),
+                "finetune_val_gap_before_pct": s.get("converted_gap_pct"), "finetune_val_gap_pct": s.get("val_gap_pct"),
+                "finetune_train": args.train}
+
+    return make, info
+
+
+def format_finetuned(rows: list[dict[str, Any]]) -> str:
+    """What each fine-tuned sweep row cost and gained (Markdown)."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:+.2f}%"
+
+    body = [[r["model"], r["finetune_train"], f"{r['finetune_steps']}", f"{r['finetune_tokens']:,}", f"{r['finetune_s']:.0f}",
+             pct(r["finetune_val_gap_before_pct"]), pct(r["finetune_val_gap_pct"]), pct(r["ppl_gap_pct"])] for r in rows]
+    return md_table(["Model", "trained", "steps", "tokens", "wall s", "valid gap converted", "valid gap fine-tuned",
+                     "test PPL gap"], body, "llrrrrrr")
