@@ -2,12 +2,16 @@
 
 On the embedded corpus (Brown, byte level) it trains a small RWKV-6 (the ANN) and a SpikeGPT of
 similar size on the same token budget, converts the ANN with every paper preset and spikelm's own
-setting, and measures all of them the same way: PPL / BPC on the held-out test split (SpikeRWKV
+setting, converts it with SpikeRWKV-4L and -3L at every site and fine-tunes those two
+(``spikelm finetune``), and measures all of them the same way: PPL / BPC on the held-out test split (SpikeRWKV
 Table 1), few-shot multiple-choice accuracy on the offline benchmark data (Table 2), energy by the
 paper's formula and by a full count (Table 3), firing rates, and a text sample from each kind of
-model. Table 1 gives perplexity with float32 weights and with the weights stored at ``--weight-bits``
-(8 by default); Table 3 prices those quantised models like for like (the spiking network and its
-ANN twins at the same weight precision, memory in SRAM), then keeps the paper's convention (fp32). It writes ``report.md``, ``results.json`` and PNG plots into ``--out``.
+model. Every model is measured with its weights stored at ``--weight-bits`` (8 by default: int8,
+a scale per output channel; each conversion calibrated on the quantised ANN, a fine-tuned one
+quantised after fine-tuning), so Table 3 prices the very networks Tables 1 and 2 score, like for
+like (the spiking network and its ANN twins at the same weight precision, memory in SRAM), then
+keeps the paper's convention (fp32); Table 1 adds the float ANN as a reference row. It writes
+``report.md``, ``results.json`` and PNG plots into ``--out``.
 
 Every stage's result is cached under ``<out>/cache`` with a key made of its settings, so a rerun
 reuses what is done (``--fresh`` starts over). Each file is written to a temporary name and
@@ -49,7 +53,7 @@ from ..generate import generate
 from ..io import OutputExistsError, atomic_write_json, atomic_write_text, check_file_target
 from ..models.quantized import quantize_weights
 from ..progress import ProgressFn
-from ..train import train
+from ..train import FinetuneArgs, finetune, train
 from .options import WeightBits, progress_bars, resolve_weight_bits
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ __all__ = ["DemoSettings", "run_demo", "cmd_demo", "machine_info"]
 
 PAPER_PRESETS = ["SNN-RWKV-3", "SNN-RWKV-4", "SpikeRWKV-3L", "SpikeRWKV-4L", "SpikeRWKV-5L"]
 OWN_PRESET = "spikelm-4L"
+FINETUNED = ["SpikeRWKV-4L", "SpikeRWKV-3L"]  # converted at every site, then fine-tuned (Tables 1 and 3)
+FLOAT_ANN = "RWKV (ANN), fp32 weights"  # Table 1's reference row where the models store fewer bits
 NLU_TASKS = ["arc_easy", "arc_challenge", "piqa", "copa", "winogrande", "hellaswag", "lambada"]
 
 
@@ -65,7 +71,7 @@ NLU_TASKS = ["arc_easy", "arc_challenge", "piqa", "copa", "winogrande", "hellasw
 class DemoSettings:
     """Sizes of the demo; ``minutes`` is the training budget of both models together."""
 
-    minutes: float = 9.0
+    minutes: float = 7.5
     n_layer: int = 4
     n_embd: int = 128
     head_size: int = 32
@@ -81,7 +87,10 @@ class DemoSettings:
     sample_tokens: int = 160
     prompt: str = "The jury said"
     seed: int = 0
-    weight_bits: int = 8  # Table 3's like-for-like precision, and Table 1's second perplexity column
+    finetune_steps: int = 40  # of batch_size x ctx_len tokens each
+    finetune_lr: float = 3e-4
+    finetune_scale_lr: float = 0.1
+    weight_bits: int = 8  # every model's weights (like for like); 32: float, as trained
 
     def key(self, *fields_: str) -> str:
         d = asdict(self)
@@ -122,12 +131,9 @@ def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: Prog
         model_cfg = {"kind": "spikegpt", "n_layer": s.n_layer, "n_embd": s.n_embd, "ctx_len": s.ctx_len}
     key = s.key("n_layer", "n_embd", "head_size", "ctx_len", "batch_size", "lr", "max_steps", "seed") + f"-{minutes:g}m"
     run_dir = out / "models" / f"{kind}-{key}"
-    done = run_dir / "result.json"
-    if done.exists() and (run_dir / "final" / "config.json").exists():
-        log.info("demo: reusing trained %s in %s", kind, run_dir)
-        return json.loads(done.read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run: never trusted
+    earlier = _finished(run_dir, f"trained {kind}")
+    if earlier is not None:
+        return earlier
     args = TrainArgs(
         model=model_cfg, data="default", tokenizer="bytes", ctx_len=s.ctx_len, batch_size=s.batch_size,
         max_steps=s.max_steps, max_minutes=minutes, lr=s.lr, min_lr=s.lr / 10, warmup_steps=50,
@@ -143,7 +149,39 @@ def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: Prog
         "params": sum(p.numel() for p in _load(res.final_path).parameters()),
         "history": [{k: h.get(k) for k in ("step", "tokens", "loss", "val_loss", "elapsed_s")} for h in res.history],
     }
-    _atomic_json(done, result)
+    _atomic_json(run_dir / "result.json", result)
+    return result
+
+
+def _finished(run_dir: Path, what: str) -> dict[str, Any] | None:
+    """A finished run's result.json (with its final model), or None; an unfinished run is deleted."""
+    done = run_dir / "result.json"
+    if done.exists() and (run_dir / "final" / "config.json").exists():
+        log.info("demo: reusing %s in %s", what, run_dir)
+        return json.loads(done.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run: never trusted
+    return None
+
+
+def _finetune(preset: str, s: DemoSettings, out: Path, ann_path: str, progress: ProgressFn | None) -> dict[str, Any]:
+    """Fine-tune the ANN's all-sites conversion with ``preset`` (cached by settings): path and cost."""
+    key = s.key("finetune_steps", "finetune_lr", "finetune_scale_lr", "ctx_len", "batch_size", "seed")
+    run_dir = out / "models" / f"ft-{preset}-all-{Path(ann_path).parent.name}-{key}"
+    earlier = _finished(run_dir, f"fine-tuned {preset}")
+    if earlier is not None:
+        return earlier
+    args = FinetuneArgs(checkpoint=ann_path, preset=preset, sites="all", data="default", calib_data="default",
+                        calib_batches=8, calib_ctx=s.ctx_len, ctx_len=s.ctx_len, batch_size=s.batch_size,
+                        max_steps=s.finetune_steps, lr=s.finetune_lr, min_lr=s.finetune_lr / 10,
+                        scale_lr=s.finetune_scale_lr, warmup_steps=max(1, s.finetune_steps // 10), eval_every=0,
+                        eval_batches=4, save_every=0, out_dir=str(run_dir), seed=s.seed)
+    res = finetune(args, progress=progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = {"preset": preset, "path": str(res.final_path), "steps": res.steps, "tokens": res.tokens,
+              "seconds": res.elapsed_s, "val_gap_before_pct": summary.get("converted_gap_pct"),
+              "val_gap_pct": summary.get("val_gap_pct")}
+    _atomic_json(run_dir / "result.json", result)
     return result
 
 
@@ -161,13 +199,13 @@ def _calibration(model) -> list:
     return calibration_batches("default", model.tokenizer_name, n_batches=8, batch_size=4, ctx_len=128)
 
 
-def _convert(ann, preset: str, calib):
-    return convert(copy.deepcopy(ann), preset_config(preset), calib)
+def _convert(ann, preset: str, calib, sites: str = "time_mix"):
+    return convert(copy.deepcopy(ann), preset_config(preset, sites), calib)
 
 
 def _quantized(model, bits: int):
-    """A copy of ``model`` with its weights stored at ``bits`` (the model itself at 32)."""
-    return model if bits == 32 else quantize_weights(copy.deepcopy(model), bits)
+    """``model`` with its weights stored at ``bits`` (in place; as it is at 32)."""
+    return model if bits == 32 else quantize_weights(model, bits)
 
 
 def _energy(model, tokens, method: str) -> dict[str, Any]:
@@ -243,18 +281,27 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     t = stage(f"training SpikeGPT ({s.minutes / 2:g} min budget)")
     sg_run = _train("spikegpt", s, out, s.minutes / 2, progress)
     timings["train_spikegpt"] = time.perf_counter() - t
+    ft_runs = {}
+    for p in FINETUNED:
+        t = stage(f"fine-tuning {p} at every site ({s.finetune_steps} steps)")
+        ft_runs[p] = _finetune(p, s, out, ann_run["path"], progress)
+        timings[f"finetune_{p}"] = time.perf_counter() - t
 
     torch.manual_seed(s.seed)
-    ann = _load(ann_run["path"])
-    spikegpt = _load(sg_run["path"])
+    wb = s.weight_bits
+    ann_float = _load(ann_run["path"])
+    ann = _quantized(copy.deepcopy(ann_float), wb)  # every model below stores its weights at wb bits
+    spikegpt = _quantized(_load(sg_run["path"]), wb)
     calib = _calibration(ann)
     presets = PAPER_PRESETS + [OWN_PRESET]
     models: dict[str, Callable[[], Any]] = {"RWKV (ANN)": lambda: ann}
     for p in presets:
         models[p] = (lambda p=p: _convert(ann, p, calib))
+    nlu_models = list(models) + ["SpikeGPT"]  # Table 2 (the all-sites rows are in Tables 1 and 3)
+    for p in FINETUNED:
+        models[f"{p} (all)"] = (lambda p=p: _convert(ann, p, calib, "all"))
+        models[f"{p} (all) +FT"] = (lambda p=p: _quantized(_load(ft_runs[p]["path"]), wb))  # fine-tuned in float
     built: dict[str, Any] = {}
-    qbuilt: dict[str, Any] = {}
-    wb = s.weight_bits
 
     def get(name: str):
         if name == "SpikeGPT":
@@ -263,18 +310,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
             built[name] = models[name]()
         return built[name]
 
-    def getq(name: str):
-        """The model with its weights at ``wb`` bits; a conversion calibrated on the quantised ANN."""
-        if name not in qbuilt:
-            if name == "SpikeGPT":
-                qbuilt[name] = _quantized(spikegpt, wb)
-            elif name == "RWKV (ANN)":
-                qbuilt[name] = _quantized(ann, wb)
-            else:
-                qbuilt[name] = _convert(getq("RWKV (ANN)"), name, calib)
-        return qbuilt[name]
-
-    ann_key = Path(ann_run["path"]).parent.name
+    ann_key = (Path(ann_run["path"]).parent.name + "-ft" + s.key("finetune_steps", "finetune_lr", "finetune_scale_lr")
+               + f"-w{wb}")
     sg_key = Path(sg_run["path"]).parent.name
 
     # Table 1: PPL / BPC on the held-out test split
@@ -284,21 +321,20 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     def table1():
         rows = []
         ann_res = None
-        ann_q = None
         for name in list(models) + ["SpikeGPT"]:
             r = evaluate_lm(get(name), tokens, n_units, chunk=1024, progress=False)
             ann_res = ann_res or r
-            q = evaluate_lm(getq(name), tokens, n_units, chunk=1024, progress=False) if wb != 32 else r
-            ann_q = ann_q or q
             enc = getattr(get(name), "encoding", None)
             rows.append({"model": name, "encoding": enc.encoding if enc else "none", "T": enc.T if enc else None,
-                         "l": enc.layers if enc else None, **r,
-                         "ppl_gap_pct": 100 * (r["ppl"] / ann_res["ppl"] - 1), "bpc_gap_pct": 100 * (r["bpc"] / ann_res["bpc"] - 1),
-                         "weight_bits_q": wb, "ppl_q": q["ppl"], "bpc_q": q["bpc"],
-                         "ppl_q_gap_pct": 100 * (q["ppl"] / ann_q["ppl"] - 1)})
-        return {"data": desc, "unit": unit, "rows": rows}
+                         "l": enc.layers if enc else None, **r, "weight_bits": wb,
+                         "ppl_gap_pct": 100 * (r["ppl"] / ann_res["ppl"] - 1), "bpc_gap_pct": 100 * (r["bpc"] / ann_res["bpc"] - 1)})
+        if wb != 32:  # the float ANN, for the cost of storing the weights at wb bits
+            r = evaluate_lm(ann_float, tokens, n_units, chunk=1024, progress=False)
+            rows.append({"model": FLOAT_ANN, "encoding": "none", "T": None, "l": None, **r, "weight_bits": 32,
+                         "ppl_gap_pct": 100 * (r["ppl"] / ann_res["ppl"] - 1), "bpc_gap_pct": 100 * (r["bpc"] / ann_res["bpc"] - 1)})
+        return {"data": desc, "unit": unit, "weight_bits": wb, "rows": rows}
 
-    t1 = _cached(cache, "table1", f"{ann_key}-{sg_key}-{s.key('eval_chars', 'weight_bits')}", table1)
+    t1 = _cached(cache, "table1", f"{ann_key}-{sg_key}-{s.key('eval_chars')}", table1)
     timings["table1"] = time.perf_counter() - t
 
     # Table 3 + firing rates: energy per token on test tokens
@@ -306,9 +342,9 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     def energy():
         e_tokens = list(tokens[: s.energy_tokens])
-        return {name: _energy(getq(name), e_tokens, name) for name in list(models) + ["SpikeGPT"]}
+        return {name: _energy(get(name), e_tokens, name) for name in list(models) + ["SpikeGPT"]}
 
-    en = _cached(cache, "energy", f"{ann_key}-{sg_key}-{s.key('energy_tokens', 'eval_chars', 'weight_bits')}-summary2", energy)
+    en = _cached(cache, "energy", f"{ann_key}-{sg_key}-{s.key('energy_tokens', 'eval_chars')}-summary2", energy)
     timings["energy"] = time.perf_counter() - t
 
     # Table 2: few-shot multiple choice
@@ -316,12 +352,13 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     def table2():
         rows = {}
-        for name in list(models) + ["SpikeGPT"]:
+        for name in nlu_models:
             rows[name] = evaluate_tasks(get(name), s.nlu_tasks, shots=s.nlu_shots, limit=s.nlu_limit, seed=1234,
                                         batch_size=16, progress=False)
         return rows
 
-    t2 = _cached(cache, "table2", f"{ann_key}-{sg_key}-{s.key('nlu_limit', 'nlu_shots', 'nlu_tasks')}", table2)
+    t2 = _cached(cache, "table2", f"{Path(ann_run['path']).parent.name}-w{wb}-{sg_key}-{s.key('nlu_limit', 'nlu_shots', 'nlu_tasks')}",
+                 table2)
     timings["table2"] = time.perf_counter() - t
 
     # Samples
@@ -345,7 +382,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     results = {
         "settings": asdict(s), "machine": machine_info(), "corpus": corpus_info,
-        "training": {"rwkv6": ann_run, "spikegpt": sg_run},
+        "training": {"rwkv6": ann_run, "spikegpt": sg_run}, "finetuning": ft_runs,
         "table1": t1, "table2": t2,
         "table3": {name: {k: v for k, v in e.items() if k not in ("markdown", "full", "summary")} for name, e in en.items()},
         "energy_summary": {name: e["summary"] for name, e in en.items()},
@@ -387,17 +424,16 @@ def _plots(out: Path, t1: dict, en: dict, ann_run: dict, sg_run: dict) -> dict[s
         log.warning("demo: matplotlib is not installed; no plots (pip install 'spikelm[plot]')")
         return {}
     paths = {}
-    wb = t1["rows"][0].get("weight_bits_q", 32)
+    wb = t1.get("weight_bits", 32)
     table = next(iter(en.values()))["summary"]["table"]
-    points = [(r["model"], r.get("ppl_q", r["ppl"]), en[r["model"]]["pj_per_token"]) for r in t1["rows"] if r["model"] in en]
+    points = [(r["model"], r["ppl"], en[r["model"]]["pj_per_token"]) for r in t1["rows"] if r["model"] in en]
     paths["tradeoff"] = str(plot_tradeoff(points, out / "tradeoff.png", log_energy=True,
                                           title=f"Perplexity vs energy per token, like for like: {wb}-bit weights\n"
-                                                f"(spiking networks at {table}; test split; compute only)"))
-    points = [(r["model"], r.get("ppl_q", r["ppl"]), en[r["model"]]["summary"]["snn"]["sram"]) for r in t1["rows"]
-              if r["model"] in en]
+                                                f"(test split; spiking networks at {table}, compute only)"))
+    points = [(r["model"], r["ppl"], en[r["model"]]["summary"]["snn"]["sram"]) for r in t1["rows"] if r["model"] in en]
     paths["tradeoff_sram"] = str(plot_tradeoff(points, out / "tradeoff_sram.png", log_energy=True,
                                                title=f"Perplexity vs energy per token, like for like: {wb}-bit weights\n"
-                                                     f"(spiking networks at {table}; compute + SRAM)"))
+                                                     f"(test split; spiking networks at {table}, compute + SRAM)"))
     for name, e in en.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
         paths[f"parts:{name}"] = str(plot_energy_parts(e["summary"], out / f"energy_parts_{slug}.png",
@@ -454,24 +490,32 @@ def _report(res: dict, en: dict, format_table1) -> str:
         L.append(f"| {name} | {r['params']:,} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_second']:,.0f} | {r['val_bits']:.4f} |")
     L += ["", f"Both models: {s['n_layer']} layers, width {s['n_embd']}, context {s['ctx_len']}, batch {s['batch_size']}, "
           f"{s['minutes'] / 2:g} minutes each. ![training curves](training_curves.png)", ""]
+    ft = res.get("finetuning") or {}
+    if ft:
+        L += ["Spiking-aware fine-tuning (`spikelm finetune`, every parameter and the encoder scales, distilled from the "
+              "ANN): each conversion at every site, from the same calibration as its converted row; the gap is the "
+              "perplexity gap to the ANN on the validation windows.", "",
+              "| model | steps | tokens (share of the ANN's) | seconds | validation gap converted | fine-tuned |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for p, r in ft.items():
+            share = r["tokens"] / max(1, tr["rwkv6"]["tokens"])
+            L.append(f"| {p} (all) +FT | {r['steps']} | {r['tokens']:,} ({100 * share:.0f}%) | {r['seconds']:.0f} | "
+                     f"{r['val_gap_before_pct']:+.2f}% | {r['val_gap_pct']:+.2f}% |")
+        L.append("")
     t1 = res["table1"]
-    wb = t1["rows"][0].get("weight_bits_q", 32)
+    wb = t1.get("weight_bits", 32)
+    quant = (f" Every model stores its weights at {wb} bits (int8 with a scale per output channel, head and embedding "
+             "included; each conversion calibrated on the quantised ANN, the +FT rows quantised after fine-tuning), the "
+             f"networks Table 3 prices; the last row is the ANN with float32 weights, against the {wb}-bit ANN."
+             if wb == 8 else f" Every model stores its weights at {wb} bits." if wb != 32 else "")
     L += ["## Table 1: perplexity and bits per byte", "", f"Scored on {t1['data']}; every model sees the same bytes. "
           "BPC here is bits per byte; PPL is per byte-token. The spiking rows are the ANN converted with each preset "
-          "(calibrated on 8 x 4 x 128 bytes of the training split).", "", format_table1(t1["rows"], "BPC"), ""]
-    if wb != 32:
-        L += [f"With the weights stored at {wb} bits (symmetric int8 per output channel, head and embedding included, "
-              "dequantised in the forward; each conversion calibrated on the quantised ANN):" if wb == 8 else
-              f"With the weights stored at {wb} bits (fp16):", "",
-              f"| model | PPL, fp32 weights | PPL, {wb}-bit weights | change | PPL gap to the {wb}-bit ANN |",
-              "|---|---:|---:|---:|---:|"]
-        L += [f"| {r['model']} | {r['ppl']:.4f} | {r['ppl_q']:.4f} | {100 * (r['ppl_q'] / r['ppl'] - 1):+.2f}% | "
-              f"{r['ppl_q_gap_pct']:+.2f}% |" for r in t1["rows"]]
-        L += [""]
+          "(calibrated on 8 x 4 x 128 bytes of the training split) at the paper's sites (time mixing); `(all)` rows "
+          "encode every site, and `+FT` rows are those fine-tuned (above)." + quant, "", format_table1(t1["rows"], "BPC"), ""]
     L += ["## Table 2: few-shot multiple choice (accuracy, %)", "",
           f"{s['nlu_shots']}-shot, first {s['nlu_limit']} items of each task (splits as in `spikelm.evaluate.tasks`), "
-          "fp32 weights; with so few items the standard error is about 10 points, so read the rows as a smoke test of "
-          "the pipeline, not as a ranking. LAMBADA is last-word accuracy.", "", format_table2(res["table2"]), ""]
+          f"{wb}-bit weights; with so few items the standard error is about 10 points, so read the rows as a smoke test "
+          "of the pipeline, not as a ranking. LAMBADA is last-word accuracy.", "", format_table2(res["table2"]), ""]
 
     def f(x: Any, fmt: str = ".2f") -> str:
         return "-" if x is None else (x if isinstance(x, str) else format(x, fmt))
@@ -480,15 +524,15 @@ def _report(res: dict, en: dict, format_table1) -> str:
     lead = en.get("SpikeRWKV-4L") or next(iter(en.values()))
     L += ["## Table 3: energy per token", "",
           f"**Headline (SpikeRWKV-4L).** {lead['headline']}", "",
-          f"Like for like: every model's weights stored at {wb} bits (the perplexities of Table 1's second table), the "
-          f"spiking network priced at {table} and each baseline at {wb}-bit weights: the dense ANN (W{wb}A{wb}), the "
+          f"Like for like: every model's weights stored at {wb} bits (the networks of Tables 1 and 2), the spiking "
+          f"network priced at {table} and each baseline with {wb}-bit weights: the dense ANN (W{wb}A{wb}), the "
           f"equal-information ANN (W{wb}Ak: activations with as many levels as the spike code, k bits) and its "
           "zero-skipping twin (weight fetches and MACs only for nonzero inputs at the spike sites, as the spiking network "
           "skips silent ones). Elementwise work, WKV and the dense layers are priced alike on both sides; sign-flag spikes "
           "select add or subtract and cost no accumulate. EE = baseline / spiking network; break-even fr: the firing rate "
-          "at which the spiking network would cost what the baseline costs (with SRAM; docs/energy.md).", "",
+          "at which the spiking network would cost what the baseline costs, with SRAM (docs/energy.md).", "",
           f"| model | compute pJ | +SRAM pJ | EE vs W{wb}A{wb} compute | +SRAM | +DRAM B=1 | k | EE vs W{wb}Ak compute | "
-          "+SRAM | EE vs zero-skipping compute | +SRAM | fr | break-even fr vs dense (SRAM) | vs zero-skipping (SRAM) |",
+          "+SRAM | EE vs zero-skipping compute | +SRAM | fr | break-even fr vs dense | vs zero-skipping |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in res["table3"].items():
         c = e["every_energy"]
@@ -499,8 +543,8 @@ def _report(res: dict, en: dict, format_table1) -> str:
                  f"{f(c['break_even_zero_skip_sram'], '.3f')} |")
     L += ["", "The paper's convention (SpikeRWKV Table 3): both sides at 45 nm fp32 (E_MAC 4.6 pJ, E_AC 0.9 pJ), compute "
           "only, on the same counts; `spike share` is the part spent on spike-driven accumulates; eq. 5: E_snn = C_in x fr "
-          "x T x l x E_AC per neuron input, with the firing rate pooled over the spike-encoded inputs. Not like for like "
-          f"for networks of {wb}-bit weights.", "",
+          "x T x l x E_AC per neuron input, with the firing rate pooled over the spike-encoded inputs"
+          + (f". Not like for like for networks of {wb}-bit weights." if wb != 32 else "."), "",
           "| model | pJ/token, fp32 (full count) | same model dense, fp32 | EE (dense / spiking) | spike share | fr | T x l "
           "| eq. 5 EE |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in res["table3"].items():
@@ -522,26 +566,29 @@ def _report(res: dict, en: dict, format_table1) -> str:
     return "\n".join(L)
 
 
-def cmd_demo(out: str = "runs/demo", minutes: float = 9.0, fresh: bool = False, tiny: bool = False,
+def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fresh: bool = False, tiny: bool = False,
              weight_bits: WeightBits = "auto", progress: bool = True) -> int:
     """Run the main job at small scale and write report.md, results.json and plots.
 
     Trains a small RWKV-6 and a SpikeGPT on the embedded Brown corpus, converts the RWKV-6 with every
-    SpikeRWKV preset, and measures PPL/BPC, few-shot accuracy, energy and firing rates.
+    SpikeRWKV preset, fine-tunes its SpikeRWKV-4L and -3L conversions at every site, and measures
+    PPL/BPC, few-shot accuracy, energy and firing rates.
 
     Args:
         out: output folder (report.md, results.json, PNGs, cache/ and models/).
         minutes: training budget of the two models together, in minutes.
         fresh: delete the demo's own cache and trained models in the output folder first (nothing else there).
         tiny: a seconds-long smoke run (tiny models, few items): for tests and CI.
-        weight_bits: the weight precision of Table 3 (like for like) and of Table 1's second perplexity column: 32, 16 or 8; auto: 8.
+        weight_bits: the precision every model's weights are stored at (Tables 1-3, like for like): 32, 16 or 8; auto: 8.
         progress: show progress bars on stderr.
     """
-    settings = DemoSettings(minutes=minutes, weight_bits=resolve_weight_bits(weight_bits, prices_energy=True) or 8)
+    bits = resolve_weight_bits(weight_bits, prices_energy=True)
+    settings = DemoSettings(minutes=minutes, weight_bits=8 if bits is None else bits)
     if tiny:
-        settings = DemoSettings(minutes=minutes if minutes != 9.0 else 0.2, n_layer=1, n_embd=32, head_size=16, ctx_len=32,
-                                batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2, nlu_shots=1, energy_tokens=64,
-                                sample_tokens=16, weight_bits=settings.weight_bits)
+        settings = DemoSettings(minutes=minutes if minutes != DemoSettings.minutes else 0.2, n_layer=1, n_embd=32,
+                                head_size=16, ctx_len=32, batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2,
+                                nlu_shots=1, energy_tokens=64, sample_tokens=16, finetune_steps=3,
+                                weight_bits=settings.weight_bits)
     res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print)
     print(f"\nreport:  {Path(out) / 'report.md'}\nresults: {Path(out) / 'results.json'}")
     for name, p in res["plots"].items():
