@@ -179,7 +179,7 @@ def _sweep_and_print(model, checkpoint, text, calib, calib_data, rows_settings, 
             priced = rows[0]["table"]
             print(f"\nEnergy per token (first {min(energy_tokens, len(text.tokens)):,} tokens), like for like: "
                   f"{wb}-bit weights on both sides, the spiking network at {priced}, every ANN baseline at {wb}-bit "
-                  f"weights; the last two columns keep the paper's convention (eq. 5; both sides fp32 at 45 nm):\n")
+                  f"weights (EE = baseline / spiking network; k: the equal-information ANN's activation bits):\n")
             print(format_energy_sweep(rows, batch))
 
 

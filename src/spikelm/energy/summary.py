@@ -109,6 +109,7 @@ class Baseline:
     """How one ANN twin is built: its site MAC price, activation width at the sites, zero skipping."""
 
     name: str
+    role: str  # "dense", "equal" (equal information) or "zero" (equal information, zero-skipping)
     site: EnergyTable
     site_bits: int
     quantiser: bool
@@ -129,6 +130,7 @@ class Network:
 
     name: str
     precision: str  # e.g. "W8 + spikes", "W8A8", "W8A5"
+    role: str  # "snn", or a baseline's: "dense", "equal" (equal information), "zero" (its zero-skipping twin)
     weight_bits: int
     act_bits: int | None  # activation bits at the spike sites (None: spikes)
     zero_skipping: bool
@@ -192,14 +194,9 @@ class EnergySummary:
         s = getattr(self.snn, col)
         return getattr(base, col) / s if s else float("nan")
 
-    def baseline(self, kind: str) -> Network | None:
-        """The baseline ``dense``, ``equal`` (equal information) or ``zero`` (zero-skipping)."""
-        for b in self.baselines:
-            if (kind == "zero" and b.zero_skipping) or (kind == "equal" and b.act_bits == self.bits and not b.zero_skipping
-                                                        and b.act_bits != self.weight_bits) \
-                    or (kind == "dense" and b.act_bits == self.weight_bits and not b.zero_skipping):
-                return b
-        return None
+    def baseline(self, role: str) -> Network | None:
+        """The baseline ``dense``, ``equal`` (equal information) or ``zero`` (zero-skipping), if present."""
+        return next((b for b in self.baselines if b.role == role), None)
 
     def to_dict(self) -> dict[str, Any]:
         be = {b.baseline: b for b in self.break_even}
@@ -302,10 +299,11 @@ def headline(s: EnergySummary, memory: str = "sram") -> str:
 
 def _baselines(wb: int, bits: int | None, t: EnergyTable) -> list[Baseline]:
     integer = wb == 8
-    out = [Baseline(f"ANN W{wb}A{wb}, dense", t, wb, quantiser=integer, zero_skipping=False)]
+    out = [Baseline(f"ANN W{wb}A{wb}, dense", "dense", t, wb, quantiser=integer, zero_skipping=False)]
     if bits is not None:
-        out.append(Baseline(f"equal-information ANN W{wb}A{bits}, dense", site_table(wb, bits), bits, True, False))
-        out.append(Baseline(f"equal-information ANN W{wb}A{bits}, zero-skipping", site_table(wb, bits), bits, True, True))
+        out.append(Baseline(f"equal-information ANN W{wb}A{bits}, dense", "equal", site_table(wb, bits), bits, True, False))
+        out.append(Baseline(f"equal-information ANN W{wb}A{bits}, zero-skipping", "zero", site_table(wb, bits), bits, True,
+                            True))
     return out
 
 
@@ -340,14 +338,15 @@ def energy_summary(model: nn.Module, counts: Counts, table: str | EnergyTable | 
                      f"{wb}-bit; the baselines use {wb}-bit weights")
 
     snn_mem = [memory_report(model, counts, m, weight_bits=wb, act_bits=t.bits) for m in mems]
-    snn = Network(f"spiking network W{wb}", f"W{wb} + spikes", wb, None, True, rep.total_snn,
+    snn = Network(f"spiking network W{wb}", f"W{wb} + spikes", "snn", wb, None, True, rep.total_snn,
                   rep.total_snn + snn_mem[0].e_snn, rep.total_snn + snn_mem[1].e_snn,
                   energy_parts(rep, snn_mem[0].e_snn), energy_parts(rep, snn_mem[1].e_snn))
     site_ann = {k: sum(s.row.ann_ops[k] for s in sites) / counts.tokens for k in rep.ann_ops_total}  # priced per site
     rest = {k: rep.ann_ops_total[k] - site_ann[k] for k in rep.ann_ops_total}
     base_t = table_for_bits(wb)
     out, base_mems = [], {}
-    for b in _baselines(wb, bits, base_t):
+    bases = _baselines(wb, bits, base_t)
+    for b in bases:
         site_pj = [b.site_compute(s, base_t) for s in sites]
         comp = base_t.energy(rest) + sum(site_pj)
         quant = sum(base_t.energy({k: v * s.inputs for k, v in QUANTISER_OPS.items()}) for s in sites) if b.quantiser else 0.0
@@ -358,9 +357,8 @@ def energy_summary(model: nn.Module, counts: Counts, table: str | EnergyTable | 
                              ann_skips_zeros=b.zero_skipping) for m in mems]
         base_mems[b.name] = mem
         parts = {"dense compute": comp - quant - event, "event-driven compute": event, "encoders / quantisers": quant}
-        out.append(Network(b.name, f"W{wb}A{b.site_bits}", wb, b.site_bits, b.zero_skipping, comp, comp + mem[0].e_ann,
+        out.append(Network(b.name, f"W{wb}A{b.site_bits}", b.role, wb, b.site_bits, b.zero_skipping, comp, comp + mem[0].e_ann,
                            comp + mem[1].e_ann, {**parts, "memory": mem[0].e_ann}, {**parts, "memory": mem[1].e_ann}))
-    bases = _baselines(wb, bits, base_t)
     be = [break_even(counts, rep, snn_mem, [base_mems[b.name][0], base_mems[b.name][1]],
                      [b.site_compute(s, base_t) for s in sites], net, sites, batch, entry.fr if entry else None)
           for b, net in zip(bases, out)] if sites and entry is not None else []
@@ -376,11 +374,11 @@ def _convention(model: nn.Module, counts: Counts, paper: str | EnergyTable, batc
     rep = full_report(counts, t, flag_acs=flag_acs)
     mems = [memory_report(model, counts, m, weight_bits=t.bits, act_bits=t.bits)
             for m in (MemoryModel("sram", 1), MemoryModel("dram", batch))]
-    snn = Network("spiking network", f"fp{t.bits} + spikes", t.bits, None, True, rep.total_snn, rep.total_snn + mems[0].e_snn,
+    snn = Network("spiking network", f"fp{t.bits} + spikes", "snn", t.bits, None, True, rep.total_snn, rep.total_snn + mems[0].e_snn,
                   rep.total_snn + mems[1].e_snn, energy_parts(rep, mems[0].e_snn), energy_parts(rep, mems[1].e_snn))
     comp = rep.total_ann
     dense = {"dense compute": comp, "event-driven compute": 0.0, "encoders / quantisers": 0.0}
-    ann = Network(f"ANN fp{t.bits}", f"W{t.bits}A{t.bits}", t.bits, t.bits, False, comp, comp + mems[0].e_ann,
+    ann = Network(f"ANN fp{t.bits}", f"W{t.bits}A{t.bits}", "dense", t.bits, t.bits, False, comp, comp + mems[0].e_ann,
                   comp + mems[1].e_ann, {**dense, "memory": mems[0].e_ann}, {**dense, "memory": mems[1].e_ann})
     e5, c_in = None, int(getattr(getattr(model, "cfg", None), "n_embd", 0) or 0)
     if entry is not None and c_in:  # eq. 5 needs C_in: the model's width

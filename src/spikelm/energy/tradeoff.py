@@ -69,18 +69,24 @@ def _f(x: Any, fmt: str) -> str:
 
 
 def format_energy_sweep(rows: list[dict[str, Any]], batch: int = 1) -> str:
-    """PPL gap against every energy, one row per setting (Markdown): like for like first (the
-    spiking network and its ANN twins at the same weight precision), then the paper's convention."""
-    body = [[r["model"], f"{r['ppl']:.4f}", f"{r['ppl_gap_pct']:+.2f}%", _f(r["quantised_bits"], "d"), _f(r["e_compute_pj"], ",.0f"),
-             _f(r["e_sram_pj"], ",.0f"), _f(r["ee_dense_compute"], ".2f"), _f(r["ee_dense_sram"], ".2f"),
-             _f(r["ee_dense_dram"], ".2f"), _f(r["ee_equal_compute"], ".2f"), _f(r["ee_equal_sram"], ".2f"),
-             _f(r["ee_zero_skip_compute"], ".2f"), _f(r["ee_zero_skip_sram"], ".2f"), _f(r["firing_rate"], ".3f"),
-             _f(r["break_even_dense_sram"], ".3f"), _f(r["break_even_zero_skip_sram"], ".3f"),
-             _f(r["ee_eq5"], ".2f"), _f(r["ee_fp32_compute"], ".2f")] for r in rows]
+    """PPL gap against every energy, one row per setting (Markdown), in two tables: like for like
+    (EE against each ANN twin at the same weight precision, compute / + SRAM / + DRAM), then the
+    energies, the firing rate and the break-even rates, and the paper's convention."""
     wb = rows[0].get("weight_bits") if rows else None
     dram = f"DRAM B={batch}"
-    head = ["Model", "PPL", "PPL gap", "k", "compute pJ", "+SRAM pJ", f"EE vs W{wb}A{wb} compute", f"EE vs W{wb}A{wb} SRAM",
-            f"EE vs W{wb}A{wb} {dram}", f"EE vs W{wb}Ak compute", f"EE vs W{wb}Ak SRAM", f"EE vs W{wb}Ak zero-skip compute",
-            f"EE vs W{wb}Ak zero-skip SRAM", "fr", f"break-even fr vs W{wb}A{wb} SRAM", "break-even fr vs zero-skip SRAM",
-            "EE eq.5 (paper)", "EE fp32 compute (paper)"]
-    return md_table(head, body, "lrr" + "r" * 15)
+    cols = ("compute", "sram", "dram")
+    body = [[r["model"], f"{r['ppl']:.4f}", f"{r['ppl_gap_pct']:+.2f}%", _f(r["quantised_bits"], "d"),
+             *(_f(r[f"ee_{k}_{c}"], ".2f") for k in ("dense", "equal", "zero_skip") for c in cols)] for r in rows]
+    head = ["Model", "PPL", "PPL gap", "k"] + [f"EE vs {who} {c}" for who in (f"W{wb}A{wb}", f"W{wb}Ak", f"W{wb}Ak zero-skip")
+                                               for c in ("compute", "SRAM", dram)]
+    first = md_table(head, body, "lrrr" + "r" * 9)
+    body = [[r["model"], _f(r["e_compute_pj"], ",.0f"), _f(r["e_sram_pj"], ",.0f"), _f(r["e_dram_pj"], ",.0f"),
+             _f(r["firing_rate"], ".3f"), *(_f(r[f"break_even_{k}_{c}"], ".3f") for k in ("dense", "zero_skip") for c in cols),
+             _f(r["ee_eq5"], ".2f"), _f(r["ee_fp32_compute"], ".2f"), _f(r["ee_fp32_sram"], ".2f")] for r in rows]
+    head = (["Model", "compute pJ", "+SRAM pJ", f"+{dram} pJ", "fr"]
+            + [f"break-even fr vs {who} {c}" for who in (f"W{wb}A{wb}", "zero-skip") for c in ("compute", "SRAM", dram)]
+            + ["EE eq.5 (paper)", "EE fp32 compute (paper)", "EE fp32 +SRAM (paper)"])
+    second = md_table(head, body, "l" + "r" * 13)
+    return (first + "\n\nEnergies per token of the spiking network; break-even fr: the firing rate at which it would "
+            "cost what the baseline costs ('-': not cheaper even silent; 'inf': cheaper at any rate); the paper's "
+            "convention (eq. 5, and both sides at 45 nm fp32):\n\n" + second)
