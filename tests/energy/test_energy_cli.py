@@ -119,6 +119,13 @@ def test_cli_sweep_with_energy_at_both_site_sets(files, capsys):
     assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-3L (time_mix)", "SpikeRWKV-3L (all)"]
     assert rows[0]["ee_dense_compute"] == pytest.approx(1.0) and rows[0]["ee_equal_compute"] is None
     assert all(r["weight_bits"] == 8 and r["table"] == "45nm-int8" for r in rows)  # --energy: like for like
+    assert all(r["break_even_dense_compute"] is not None for r in rows[1:])
     # encoding the feed-forward too (all) drives more MACs by spikes than the time mixing alone
     assert rows[2]["e_compute_pj"] < rows[1]["e_compute_pj"] < rows[0]["e_compute_pj"]
     assert all(r["quantised_bits"] == 4 for r in rows[1:])
+    # --table names the spiking network's table (the baselines keep the weights' precision)
+    assert main(["-q", "sweep", str(pth), "--data", str(txt), "--whole-file", "--presets", "SpikeRWKV-3L",
+                 "--calib-data", str(txt), "--energy", "--energy-tokens", "16", "--max-chars", "200", "--table", "45nm-fp16",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["table"] for r in rows} == {"45nm-fp16"} and {r["weight_bits"] for r in rows} == {8}

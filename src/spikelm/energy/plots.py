@@ -84,9 +84,10 @@ def plot_energy_per_layer(report: FullReport, path: str | Path) -> Path:
     xs = list(range(len(layers)))
     w = 0.4
     fig, ax = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
-    ax.bar([x - w / 2 for x in xs], [le.e_ann for le in layers], w, label="ANN (dense)", color="tab:gray")
+    t = report.table.name
+    ax.bar([x - w / 2 for x in xs], [le.e_ann for le in layers], w, label=f"ANN (dense activations), {t}", color="tab:gray")
     dense = [le.e_snn - le.e_spike for le in layers]
-    ax.bar([x + w / 2 for x in xs], dense, w, label="spiking: dense part", color="tab:blue")
+    ax.bar([x + w / 2 for x in xs], dense, w, label=f"spiking: dense part, {t}", color="tab:blue")
     ax.bar([x + w / 2 for x in xs], [le.e_spike for le in layers], w, bottom=dense,
            label="spiking: spike-driven ACs", color="tab:orange", hatch="//")
     ax.set_xticks(xs, names, rotation=60, ha="right", fontsize="small")
