@@ -90,7 +90,7 @@ def test_cli_energy_summary_and_stacked_bars(files, capsys):
     assert out["weight_bits"] == 8 and s["weight_bits"] == 8 and s["table"] == "45nm-int8"
     assert s["snn"]["weight_bits"] == 8 and all(b["weight_bits"] == 8 for b in s["baselines"])
     names = [b["name"] for b in s["baselines"]]
-    assert names == ["ANN W8A8, dense", "equal-information ANN W8A4, dense", "equal-information ANN W8A4, zero-skipping"]
+    assert names == ["ANN W8A8 (dense)", "equal-information ANN W8A4 (dense)", "equal-information ANN W8A4 (zero-skipping)"]
     dense, equal, zero = s["baselines"]
     assert zero["compute"] < equal["compute"] < dense["compute"] and zero["sram"] < equal["sram"]
     assert all(b["break_even"]["overall"]["compute"] is not None for b in s["baselines"])
@@ -107,7 +107,7 @@ def test_cli_energy_summary_and_stacked_bars(files, capsys):
     assert main(["-q", "energy", str(pth), "--data", str(txt), "--whole-file", "--tokens", "32", "--weight-bits", "32",
                  "--json"]) == 0
     s = json.loads(capsys.readouterr().out)["summary"]
-    assert s["table"] == "45nm-fp32" and [b["name"] for b in s["baselines"]] == ["ANN W32A32, dense"]
+    assert s["table"] == "45nm-fp32" and [b["name"] for b in s["baselines"]] == ["ANN W32A32 (dense)"]
 
 
 def test_cli_sweep_with_energy_at_both_site_sets(files, capsys):

@@ -137,7 +137,7 @@ def test_summary_parts_sum_to_totals_and_baselines_are_priced_by_hand():
     counts = count_model(m, list(range(1, 17)), chunk=8)
     s = energy_summary(m, counts, batch=4, weight_bits=8)  # an fp32 model priced as if 8-bit, for the arithmetic
     assert s.bits == 4 and [b.name for b in s.baselines] == [
-        "ANN W8A8, dense", "equal-information ANN W8A4, dense", "equal-information ANN W8A4, zero-skipping"]
+        "ANN W8A8 (dense)", "equal-information ANN W8A4 (dense)", "equal-information ANN W8A4 (zero-skipping)"]
     for net in (s.snn, *s.baselines):
         assert sum(net.parts_sram[p] for p in PARTS) == pytest.approx(net.sram)
         assert sum(net.parts_dram[p] for p in PARTS) == pytest.approx(net.dram)

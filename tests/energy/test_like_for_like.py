@@ -138,7 +138,7 @@ def test_the_summary_prices_the_model_at_its_weight_precision():
     convert(m, EncodingConfig(encoding="mhse", T=1, layers=3, sites="time_mix"), [torch.randint(0, 257, (2, 16))])
     counts = count_model(m, list(range(1, 17)), chunk=16)
     s32 = energy_summary(m, counts)
-    assert s32.weight_bits == 32 and s32.table == "45nm-fp32" and s32.baselines[0].name == "ANN W32A32, dense"
+    assert s32.weight_bits == 32 and s32.table == "45nm-fp32" and s32.baselines[0].name == "ANN W32A32 (dense)"
     assert re.search(r"ANN W32A4", s32.baselines[1].name)
     # like for like at fp32 equals the paper's convention's compute (both sides fp32)
     assert s32.snn.compute == pytest.approx(s32.convention.snn.compute)

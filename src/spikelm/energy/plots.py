@@ -156,7 +156,7 @@ def plot_energy_parts(summary: EnergySummary | dict, path: str | Path, title: st
     fig.clear()
     axes = fig.subplots(1, panels, sharey=False)
     colors = ("#4c72b0", "#dd8452", "#55a868", "#8172b3")
-    labels = [f"{n['name']}\n({n['precision']})" for n in nets]
+    labels = [n["name"] for n in nets]  # each name carries its precision (W8A8, W8 + spikes ...)
     for ax, which, label in ((axes[0], "parts_sram", "SRAM"), (axes[1], "parts_dram", f"DRAM B={d['batch']}")):
         bottom = [0.0] * len(nets)
         for part, color in zip(PARTS, colors):
@@ -164,7 +164,7 @@ def plot_energy_parts(summary: EnergySummary | dict, path: str | Path, title: st
             ax.bar(range(len(nets)), vals, bottom=bottom, color=color, label=part)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_xticks(range(len(nets)))
-        ax.set_xticklabels([lab.replace(", ", ",\n") for lab in labels], rotation=30, ha="right", fontsize=6)
+        ax.set_xticklabels([lab.replace(" (", "\n(") for lab in labels], rotation=30, ha="right", fontsize=6)
         ax.set_ylabel("pJ per token")
         ax.set_title(f"compute + memory ({label})")
     axes[0].legend(fontsize=7)
@@ -193,9 +193,9 @@ def _break_even_panel(ax: Any, be: list[dict]) -> None:
     ax.set_xticks(xs, [r["name"].replace("blocks.", "b").replace(".att.", ".a.").replace(".ffn.", ".f.") for r in rows],
                   rotation=90, fontsize=5)
     ax.set_ylabel("firing rate (+SRAM; capped at 2)")
-    short = lambda n: n.replace("equal-information ANN ", "eq.-info ").replace(", ", " ")  # noqa: E731
+    short = lambda n: n.replace("equal-information ANN ", "eq.-info ").replace("ANN ", "")  # noqa: E731
     overall = "; ".join(f"{short(b['baseline'])} {_rate(b['overall']['sram'])}" for b in be)
-    ax.set_title(f"break-even firing rate per layer (overall, SRAM: {overall})", fontsize=7)
+    ax.set_title(f"firing rate and break-even rate per spiking layer (+SRAM)\noverall break-even: {overall}", fontsize=7)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=6)
 

@@ -299,10 +299,10 @@ def headline(s: EnergySummary, memory: str = "sram") -> str:
 
 def _baselines(wb: int, bits: int | None, t: EnergyTable) -> list[Baseline]:
     integer = wb == 8
-    out = [Baseline(f"ANN W{wb}A{wb}, dense", "dense", t, wb, quantiser=integer, zero_skipping=False)]
+    out = [Baseline(f"ANN W{wb}A{wb} (dense)", "dense", t, wb, quantiser=integer, zero_skipping=False)]
     if bits is not None:
-        out.append(Baseline(f"equal-information ANN W{wb}A{bits}, dense", "equal", site_table(wb, bits), bits, True, False))
-        out.append(Baseline(f"equal-information ANN W{wb}A{bits}, zero-skipping", "zero", site_table(wb, bits), bits, True,
+        out.append(Baseline(f"equal-information ANN W{wb}A{bits} (dense)", "equal", site_table(wb, bits), bits, True, False))
+        out.append(Baseline(f"equal-information ANN W{wb}A{bits} (zero-skipping)", "zero", site_table(wb, bits), bits, True,
                             True))
     return out
 
@@ -338,7 +338,7 @@ def energy_summary(model: nn.Module, counts: Counts, table: str | EnergyTable | 
                      f"{wb}-bit; the baselines use {wb}-bit weights")
 
     snn_mem = [memory_report(model, counts, m, weight_bits=wb, act_bits=t.bits) for m in mems]
-    snn = Network(f"spiking network W{wb}", f"W{wb} + spikes", "snn", wb, None, True, rep.total_snn,
+    snn = Network(f"spiking network (W{wb} + spikes)", f"W{wb} + spikes", "snn", wb, None, True, rep.total_snn,
                   rep.total_snn + snn_mem[0].e_snn, rep.total_snn + snn_mem[1].e_snn,
                   energy_parts(rep, snn_mem[0].e_snn), energy_parts(rep, snn_mem[1].e_snn))
     site_ann = {k: sum(s.row.ann_ops[k] for s in sites) / counts.tokens for k in rep.ann_ops_total}  # priced per site
@@ -374,11 +374,11 @@ def _convention(model: nn.Module, counts: Counts, paper: str | EnergyTable, batc
     rep = full_report(counts, t, flag_acs=flag_acs)
     mems = [memory_report(model, counts, m, weight_bits=t.bits, act_bits=t.bits)
             for m in (MemoryModel("sram", 1), MemoryModel("dram", batch))]
-    snn = Network("spiking network", f"fp{t.bits} + spikes", "snn", t.bits, None, True, rep.total_snn, rep.total_snn + mems[0].e_snn,
+    snn = Network(f"spiking network (fp{t.bits} + spikes)", f"fp{t.bits} + spikes", "snn", t.bits, None, True, rep.total_snn, rep.total_snn + mems[0].e_snn,
                   rep.total_snn + mems[1].e_snn, energy_parts(rep, mems[0].e_snn), energy_parts(rep, mems[1].e_snn))
     comp = rep.total_ann
     dense = {"dense compute": comp, "event-driven compute": 0.0, "encoders / quantisers": 0.0}
-    ann = Network(f"ANN fp{t.bits}", f"W{t.bits}A{t.bits}", "dense", t.bits, t.bits, False, comp, comp + mems[0].e_ann,
+    ann = Network(f"ANN fp{t.bits} (dense)", f"W{t.bits}A{t.bits}", "dense", t.bits, t.bits, False, comp, comp + mems[0].e_ann,
                   comp + mems[1].e_ann, {**dense, "memory": mems[0].e_ann}, {**dense, "memory": mems[1].e_ann})
     e5, c_in = None, int(getattr(getattr(model, "cfg", None), "n_embd", 0) or 0)
     if entry is not None and c_in:  # eq. 5 needs C_in: the model's width
