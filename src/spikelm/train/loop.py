@@ -315,8 +315,13 @@ class _Run:
         optimizer step; returns the loss averaged over the global batch. A non-finite loss or
         gradient norm raises :class:`TrainingDiverged` before the weights change."""
         args, c = self.args, self.c
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        groups = self.optimizer.param_groups
+        relative = [g for g in groups if g.get("lr_relative")]
+        # a relative group's step follows its parameter's current size (one host read for all of them)
+        sizes = torch.stack([g["params"][0].detach().abs().mean().float() for g in relative]).tolist() if relative else []
+        size_of = {id(g): v for g, v in zip(relative, sizes)}
+        for group in groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0) * size_of.get(id(group), 1.0)
         assert self.sampler.step == c.step, "sampler and optimizer steps disagree"
         xs, ys = next(self.sampler)
         loss_sum = torch.zeros((), device=self.device)
