@@ -123,7 +123,8 @@ class TimeMix(nn.Module):
 
         dt = _wkv_dtype(x.dtype)
         w = -torch.exp(self.time_decay.to(dt))  # (A,) log decay, < 0
-        y, wkv_state = wkv4(w, self.time_first.to(dt), k.to(dt), v.to(dt), wkv_state, impl=wkv_impl)  # (B, T, A)
+        # k, v as they come (bf16 under autocast): the op computes in fp32 (fp64 for fp64) and gives y in v's dtype
+        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl)  # (B, T, A)
         return self.output(torch.sigmoid(r) * y.to(r.dtype)), x[:, -1], wkv_state
 
 
