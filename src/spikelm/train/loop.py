@@ -14,6 +14,12 @@ One loop serves a laptop CPU and a multi-GPU node:
   its rows of it (:class:`spikelm.data.sampler.BatchSampler`), splits them into ``grad_accum``
   micro-batches, and DDP averages the gradients; the logged loss is the mean over the global
   batch (averaged across processes), so it does not depend on the number of processes.
+* **Sharding** (``distributed: fsdp``): FSDP2 shards the parameters, gradients and AdamW state
+  over the processes (:func:`.distributed.shard_model`, before the optimizer is built); the
+  gradients of every micro-batch are reduce-scattered (no unsharded gradient is ever accumulated),
+  checkpoints are sharded (:func:`.checkpointing.save_sharded_checkpoint`) and ``final/`` is
+  gathered whole on rank 0. The wrapping, saving and restoring live in :class:`_Run`, so every
+  loop built on it (training, fine-tuning) speaks both.
 * **Precision**: autocast in bf16 (or fp16 with a gradient scaler) on GPUs, fp32 on CPU; the
   cross-entropy is always computed in fp32. ``precision: fp32`` on CUDA uses TF32 matmuls unless
   ``tf32: false`` (:func:`spikelm.devices.tf32`; restored when the run ends).
@@ -71,8 +77,19 @@ from .checkpointing import (
     restore,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
-from .distributed import Dist, autocast, resolve_precision, setup_distributed, train_device
+from .distributed import (
+    PARAM_DTYPES,
+    Dist,
+    MemoryWatch,
+    autocast,
+    local_bytes,
+    resolve_precision,
+    setup_distributed,
+    shard_model,
+    train_device,
+)
 
 log = logging.getLogger("spikelm.train")
 
@@ -93,6 +110,7 @@ class TrainResult:
     elapsed_s: float = 0.0
     stopped_by: str = "max_steps"  # or "max_minutes"
     checkpoint: Path | None = None  # the newest training checkpoint, if any was written
+    memory: dict[str, Any] = field(default_factory=dict)  # bytes per process, the largest over processes (_Run.memory)
 
     @property
     def val_bits(self) -> float | None:
@@ -108,7 +126,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if p.squeeze().dim() < 2 or leaf.startswith("time_") or id(p) in embeddings:
+        if sum(n != 1 for n in p.shape) < 2 or leaf.startswith("time_") or id(p) in embeddings:  # squeeze()'s dims, by shape (a sharded DTensor cannot squeeze)
             no_decay.append(p)
         else:
             decay.append(p)
@@ -169,17 +187,27 @@ def _validation_starts(n_tokens: int, ctx_len: int, n_windows: int) -> np.ndarra
 
 @torch.no_grad()
 def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len: int, micro_batch: int,
-              device: torch.device, amp: torch.dtype | None, dist: Dist) -> float:
-    """Mean next-token loss (nats) over the fixed windows; each process scores its share."""
+              device: torch.device, amp: torch.dtype | None, dist: Dist, lockstep: bool = False) -> float:
+    """Mean next-token loss (nats) over the fixed windows; each process scores its share.
+
+    ``lockstep``: every process runs the same number of forward passes (a sharded model gathers
+    its parameters in each, a collective); a process whose share is spent scores a window again
+    and counts nothing."""
     was_training = model.training
     model.eval()
     share = np.array_split(starts, dist.world_size)[dist.rank]
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of NLL, number of tokens)
-    for i in range(0, len(share), micro_batch):
-        rows = np.stack([np.asarray(tokens[s : s + ctx_len + 1], dtype=np.int64) for s in share[i : i + micro_batch]])
+    longest = -(-len(starts) // dist.world_size)  # np.array_split makes the first shares the longest
+    passes = -(-(longest if lockstep else len(share)) // micro_batch)
+    for i in range(0, passes * micro_batch, micro_batch):
+        rows = share[i : i + micro_batch]
+        counted = len(rows) > 0
+        rows = np.stack([np.asarray(tokens[s : s + ctx_len + 1], dtype=np.int64) for s in (rows if counted else starts[:1])])
         both = torch.from_numpy(rows).to(device)
         with autocast(device, amp):
             logits, _ = model(both[:, :-1])
+        if not counted:
+            continue
         nll = cross_entropy_fp32(logits.flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
         total[0] += nll.double()
         total[1] += both[:, 1:].numel()
@@ -290,14 +318,32 @@ class _Run:
     Every process builds one. The methods are the units of the loop: :meth:`step` (one optimizer
     step over ``grad_accum`` micro-batches), :meth:`validate`, :meth:`check_health` (the divergence
     guard), :meth:`log_row` and :meth:`save`.
+
+    ``args.distributed`` is honoured here and only here: with ``fsdp`` (several processes) ``raw``
+    is sharded in place before the optimizer is built on it, :meth:`save` writes sharded
+    checkpoints, :meth:`restore` reads either kind and :meth:`final_state_dict` gathers the weights
+    whole; with ``ddp`` :meth:`wrap` wraps it after any restore.
     """
 
     def __init__(self, args: TrainArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
                  use_scaler: bool, corpus: Any, vocab: int, out_dir: Path) -> None:
         self.args, self.raw, self.dist, self.device, self.amp = args, raw, dist, device, amp
         self.out_dir, self.vocab = out_dir, vocab
+        self.sharded = dist.active and getattr(args, "distributed", "ddp") == "fsdp"
+        if self.sharded:
+            param_dtype = getattr(args, "fsdp_param_dtype", "fp32")
+            if PARAM_DTYPES[param_dtype] not in (None, amp):
+                raise ConfigError(f"fsdp_param_dtype: {param_dtype} needs autocast in the same dtype (precision: "
+                                  f"{param_dtype}); this run's precision is {args.precision} ({amp or 'fp32'}); "
+                                  "use fsdp_param_dtype: fp32")
+            shard_model(raw, device, dist.world_size, param_dtype)
         self.optimizer = make_optimizer(raw, args)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        if self.sharded and use_scaler:  # the inf checks of the shards agreed on by every process
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(device.type, enabled=True)
+        else:
+            self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.sampler = BatchSampler(corpus.tokens("train"), args.batch_size, args.ctx_len, args.seed, dist.rank, dist.world_size)
         self.val_tokens = corpus.tokens("valid")
         self.val_starts = _validation_starts(len(self.val_tokens), args.ctx_len, args.eval_batches * args.batch_size)
@@ -307,10 +353,11 @@ class _Run:
         self.model: nn.Module = raw
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         self.t_start = time.perf_counter()
+        self.state_bytes: dict[str, int] | None = None  # this process's parameters, gradients, optimizer state
 
     def wrap(self) -> None:
-        """DDP (several processes) and torch.compile, after any restore into the raw model."""
-        if self.dist.active:
+        """DDP (several processes, unless sharded) and torch.compile, after any restore into the raw model."""
+        if self.dist.active and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = self.ddp = nn.parallel.DistributedDataParallel(self.raw, device_ids=ids)
         if self.args.compile:
@@ -354,6 +401,8 @@ class _Run:
         loss_t = self.dist.mean(loss_sum / args.grad_accum)
         self.scaler.unscale_(self.optimizer)
         gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+        if gnorm_t is not None and hasattr(gnorm_t, "full_tensor"):  # sharded gradients: a DTensor norm
+            gnorm_t = gnorm_t.full_tensor()
         # One host sync per step for the divergence guard: the loss and the gradient norm come to the
         # host together (both are needed before the weights may change; the values are the same floats).
         step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
@@ -366,6 +415,8 @@ class _Run:
             self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.state_bytes is None:  # once, while the gradients and the optimizer state both exist
+            self.state_bytes = local_bytes(self.raw, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         c.step += 1
         c.tokens += args.tokens_per_step
@@ -375,7 +426,7 @@ class _Run:
     # ------------------------------------------------------------ validation and the guard
     def validate(self) -> float:
         return _validate(self.raw, self.val_tokens, self.val_starts, self.args.ctx_len, self.micro,
-                         self.device, self.amp, self.dist)
+                         self.device, self.amp, self.dist, lockstep=self.sharded)
 
     def diverged(self, what: str, step: int) -> None:
         raise TrainingDiverged(diverged_message(what, step, self.out_dir, self.vocab, self.args.save_every))
@@ -407,10 +458,35 @@ class _Run:
                  "best_val_loss": c.best_val_loss, "pending_losses": c.pending_losses,
                  "sampler": self.sampler.state_dict(), "world_size": self.dist.world_size}
         path = None
-        if self.dist.is_main:
+        if self.sharded:  # every process writes its shards
+            path = save_sharded_checkpoint(self.out_dir, c.step, self.raw, self.optimizer, self.scaler, state, self.args,
+                                           rngs, self.dist)
+        elif self.dist.is_main:
             path = save_checkpoint(self.out_dir, c.step, self.raw, self.optimizer, self.scaler, state, self.args, rngs)
         self.dist.barrier()
         return path
+
+    def final_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The weights to save whole: None means ``raw.state_dict()``. A sharded model's are gathered
+        to rank 0's CPU memory (a collective: every process calls it; only rank 0 gets them)."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def memory(self, peak: int | None) -> dict[str, Any]:
+        """Bytes per process, the largest over the processes: ``peak`` (this process's, from a
+        :class:`.distributed.MemoryWatch`) and the parameters, gradients and optimizer state held
+        (a collective)."""
+        held = self.state_bytes or {"params": 0, "grads": 0, "optimizer": 0}
+        keys = ("params", "grads", "optimizer")
+        values = torch.tensor([float(held[k]) for k in keys] + [float(-1 if peak is None else peak)], dtype=torch.float64)
+        values = [float(v) for v in self.dist.max(values.to(self.device)).cpu()]
+        out: dict[str, Any] = {k: int(v) for k, v in zip(keys, values)}
+        out["peak"] = None if values[-1] < 0 else int(values[-1])
+        out["mode"] = "fsdp" if self.sharded else ("ddp" if self.dist.active else "single")
+        return out
 
 
 def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
@@ -464,6 +540,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # families may draw from the global one): every process builds the same model.
         _seed_everything(args.seed)
         corpus = prepare(args.data, args.tokenizer)
+        watch = MemoryWatch(device).start()
         if model is None:
             model = _build_model(args, int(corpus.meta["vocab_size"]))
         raw = model.to(device)
@@ -486,8 +563,9 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         total = args.total_steps
         n_params = sum(p.numel() for p in raw.parameters())
         if dist.is_main:
-            log.info("training %s (%s parameters) on %s x %d, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
-                     type(raw).__name__, f"{n_params:,}", device, dist.world_size,
+            log.info("training %s (%s parameters) on %s x %d%s, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
+                     type(raw).__name__.removeprefix("FSDP"), f"{n_params:,}", device, dist.world_size,
+                     " sharded (FSDP2)" if run.sharded else "",
                      ("fp32 (TF32 matmuls)" if tf32_on else "fp32") if amp is None else str(amp).split(".")[-1],
                      total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
@@ -502,20 +580,25 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         val_loss, elapsed = c.val_loss, run.elapsed()
         raw.eval()
         final_path = None
+        memory = run.memory(watch.peak())
+        whole = run.final_state_dict()  # a sharded model's weights, gathered (every process takes part)
         if dist.is_main:
-            final_path = save(raw, out_dir / "final")
+            final_path = save(raw, out_dir / "final", state_dict=whole)
             summary = {"final": str(final_path), "steps": c.step, "tokens": c.tokens, "val_loss": val_loss,
                        "val_bits_per_token": None if val_loss is None else val_loss / math.log(2),
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
-                       "world_size": dist.world_size, "device": str(device)}
+                       "world_size": dist.world_size, "device": str(device), "memory_bytes_per_process": memory}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
                      c.step, val_loss, val_loss / math.log(2), final_path)
+            held = memory["params"] + memory["grads"] + memory["optimizer"]
+            log.info("memory per process (%s): parameters, gradients and optimizer state %.1f MiB; peak %s above the start",
+                     memory["mode"], held / 2**20, "unknown" if memory["peak"] is None else f"{memory['peak'] / 2**20:.1f} MiB")
         dist.barrier()
         return TrainResult(final_path=final_path, val_loss=val_loss, history=runlog.history, steps=c.step,
                            tokens=c.tokens, elapsed_s=elapsed, stopped_by=stopped_by,
-                           checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None)
+                           checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None, memory=memory)
     finally:
         settings.close()
         lock.release()
