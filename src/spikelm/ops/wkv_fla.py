@@ -1,0 +1,132 @@
+"""WKV6 and WKV7 on CUDA through flash-linear-attention's Triton kernels (``fla-core``).
+
+flash-linear-attention (fla) is the maintained home of fast RWKV kernels; spikelm calls it rather
+than keeping kernels of its own (``pip install spikelm[gpu]`` installs it). Two forms of each:
+
+* ``chunk``: ``fla.ops.rwkv6.chunk_rwkv6`` / ``fla.ops.rwkv7.chunk_rwkv7``, the chunked
+  (matrix-product) kernels with a fused backward: what training and long prefills want;
+* ``recurrent``: ``fused_recurrent_rwkv6`` / ``fused_recurrent_rwkv7``, one kernel that steps the
+  recurrence with the state in fp32 registers: the arithmetic of the naive loop, fast for short
+  inputs and for scoring, where its error stays the loop's (the chunked kernels' final state is
+  about 1e-3 off in bf16, see docs/results.md). Forward only (see :func:`_forward_only`).
+
+Conventions at the boundary, all checked against spikelm's float64 loops
+(``tests/ops/test_wkv_fla.py`` under Triton's interpreter, ``tests/gpu/test_cuda.py`` on a GPU):
+
+* shapes (B, T, H, N) for r, k, v and the log-decays, (H, N) for RWKV-6's bonus ``u``: fla's
+  ``head_first=False`` layout, as spikelm's;
+* state (B, H, K, V): fla keeps [key, value], and so does spikelm for both WKV6 and WKV7 (the
+  official RWKV-7 code keeps [value, key]; spikelm's checkpoint readers transpose on load), so
+  the state passes through unchanged;
+* decays: fla takes the per-step *log* decay (``w`` of ``chunk_rwkv6`` and ``chunk_rwkv7``),
+  exactly spikelm's ``logw``; ``scale=1`` (fla's default 1/sqrt(K) is an attention habit RWKV does
+  not have); RWKV-7's ``a``, ``b`` as spikelm's model passes them (``-kk``, ``kk * alpha``);
+* dtypes: inputs as they come (spikelm's models pass fp32 r, k, v: the bf16 products' values,
+  widened without loss, so fla's chunked products run in tf32/fp32, not bf16), state and
+  accumulation fp32 inside the kernels; y in r's dtype, the final state fp32, as spikelm's forms
+  return them. fla warns that its RWKV-7 chunked kernel "does not support float32 on some
+  platforms"; the GPU tests check it on the machine at hand.
+
+Imported on first use (fla imports triton and many modules). Without fla, or for tensors not on
+CUDA, :func:`usable` is False and the callers (:func:`~.wkv6.wkv6`, :func:`~.wkv7.wkv7`) keep
+their PyTorch forms. ``TRITON_INTERPRET=1`` set before the first use runs the recurrent kernels on
+CPU tensors through Triton's interpreter (the chunked ones use constructs the interpreter lacks).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["HAS_FLA", "FLA_DTYPES", "MODES", "usable", "mode_for", "wkv6_fla", "wkv7_fla"]
+
+HAS_FLA = importlib.util.find_spec("fla") is not None
+FLA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MODES = ("chunk", "recurrent")
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """Whether fla takes these inputs: fla installed, every tensor on CUDA, none float64."""
+    ts = [t for t in tensors if t is not None]
+    return HAS_FLA and all(t.is_cuda and t.dtype in FLA_DTYPES for t in ts)
+
+
+def mode_for(needs_grad: bool) -> str:
+    """The form ``auto`` takes: the chunked kernels when a gradient is needed (training), the
+    recurrent one otherwise (scoring, prefill and decoding: the loop's error, one launch)."""
+    return "chunk" if needs_grad else "recurrent"
+
+
+def _ops(name: str) -> Any:
+    if not HAS_FLA:
+        raise RuntimeError("flash-linear-attention is not installed (pip install spikelm[gpu], or fla-core)")
+    if name == "rwkv6":
+        from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
+
+        return chunk_rwkv6, fused_recurrent_rwkv6
+    from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+
+    return chunk_rwkv7, fused_recurrent_rwkv7
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def _forward_only(mode: str, *tensors: Tensor | None) -> None:
+    """fla's recurrent kernels are for inference: RWKV-7's has no backward, and RWKV-6's drops the
+    gradient of the final state (fla 0.6: its backward ignores ``dht``), so a gradient through
+    them is refused rather than silently wrong."""
+    if mode == "recurrent" and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise ValueError("fla's recurrent WKV kernels are forward-only (RWKV-7's has no backward, RWKV-6's drops the "
+                         "final state's gradient); use impl='fla_chunk' or 'auto' where a gradient is needed")
+
+
+def _state(state: Tensor | None) -> Tensor | None:
+    return None if state is None else state.float().contiguous()
+
+
+def _out(y: Tensor, state: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    return (y if y.dtype == r.dtype else y.to(r.dtype)), state.float()
+
+
+def wkv6_fla(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None,
+             mode: str = "chunk") -> tuple[Tensor, Tensor]:
+    """:func:`~.wkv6.wkv6_naive`'s recurrence through fla (inputs checked by the caller).
+
+    r, k, v, logw (B, T, H, N); u (H, N); state (B, H, N, N) [key, value] or None. Returns y
+    (B, T, H, N) in r's dtype and the final state (fp32); differentiable in every input with
+    ``mode="chunk"``.
+    """
+    _check_mode(mode)
+    _forward_only(mode, r, k, v, logw, u, state)
+    chunk, recurrent = _ops("rwkv6")
+    fn = chunk if mode == "chunk" else recurrent
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        y, s = fn(r, k, v, logw.float(), u, scale=1.0, initial_state=_state(state), output_final_state=True)
+    return _out(y, s, r)
+
+
+def wkv7_fla(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None,
+             mode: str = "chunk") -> tuple[Tensor, Tensor]:
+    """:func:`~.wkv7.wkv7_naive`'s recurrence through fla (inputs checked by the caller).
+
+    r, k, v, logw, a, b (B, T, H, N); state (B, H, N, N) [key, value] or None. Returns y in r's
+    dtype and the final state (fp32); differentiable in every input with ``mode="chunk"``.
+    """
+    _check_mode(mode)
+    _forward_only(mode, r, k, v, logw, a, b, state)
+    chunk, recurrent = _ops("rwkv7")
+    with torch.autocast(device_type=r.device.type, enabled=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fla's float32 notice (see the module docstring)
+        if mode == "chunk":
+            # no lower_bound: fla trusts it unchecked, and this op takes any log-decay <= 0
+            y, s = chunk(r, logw.float(), k, v, a, b, scale=1.0, initial_state=_state(state), output_final_state=True)
+        else:
+            y, s = recurrent(r, logw.float(), k, v, a, b, scale=1.0, initial_state=_state(state), output_final_state=True)
+    return _out(y, s, r)
