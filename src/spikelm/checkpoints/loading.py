@@ -127,6 +127,7 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     """Instantiate the model a saved ``config.json`` names (``kind``), with its encoders if converted."""
     cfg_dict = dict(cfg_dict)
     encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
+    cfg_dict.pop("finetune", None)  # how a fine-tuned model was made (spikelm finetune): a record, not a setting
     kind = cfg_dict.get("kind", "rwkv6")
     if kind == "rwkv6":
         model: nn.Module = RWKV6(RWKV6Config.from_dict(cfg_dict))
@@ -226,13 +227,11 @@ def model_config(model: nn.Module) -> dict[str, Any]:
 
 
 def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
-         overwrite: bool = True, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+         overwrite: bool = True) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (temp folder, rename).
 
     An existing ``out_dir`` is replaced only when ``overwrite`` is True and it holds nothing but
     spikelm's own files (:func:`spikelm.io.claim_dir`); a user's folder is never deleted.
-    ``state_dict``: the weights to write instead of ``model.state_dict()`` (a sharded model's,
-    gathered whole).
     """
     out = claim_dir(out_dir, overwrite=overwrite)
     cfg = model_config(model)
@@ -240,7 +239,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
         cfg.update(extra)
     tmp = make_temp_dir(out)
     try:
-        sd = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state_dict is None else state_dict).items()}
+        sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"))
         honour_umask(tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", cfg)

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..checkpoints import load_state_dict, model_config, save
 from ..checkpoints.files import SHARDED_METADATA
-from ..config import ConfigError, TrainArgs
+from ..config import ConfigError, RunArgs
 from ..errors import CheckpointError, SpikelmError
 from ..io import atomic_write_json, atomic_write_text
 from .distributed import Dist, is_sharded
@@ -245,7 +245,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------- save and restore
 def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer | None, scaler: Any, state: dict[str, Any],
-                          args: TrainArgs, rng_states: list[dict[str, Any]]) -> None:
+                          args: RunArgs, rng_states: list[dict[str, Any]]) -> None:
     """Everything besides the weights that an exact resume needs (the optimizer None: it was
     saved sharded with the weights)."""
     if optimizer is not None:
@@ -268,7 +268,7 @@ def _temp_folder(out_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                    state: dict[str, Any], args: TrainArgs, rng_states: list[dict[str, Any]]) -> Path:
+                    state: dict[str, Any], args: RunArgs, rng_states: list[dict[str, Any]]) -> Path:
     """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones.
 
     ``rng_states`` holds every process's RNG states, rank by rank.
@@ -284,7 +284,7 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch
 
 
 def save_sharded_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                            state: dict[str, Any], args: TrainArgs, rng_states: list[dict[str, Any]],
+                            state: dict[str, Any], args: RunArgs, rng_states: list[dict[str, Any]],
                             dist: Dist) -> Path | None:
     """The checkpoint of a sharded (FSDP) model, called by every process: each writes its shards
     of the weights and the optimizer through ``torch.distributed.checkpoint`` into one temporary
@@ -312,7 +312,7 @@ def save_sharded_checkpoint(out_dir: Path, step: int, model: nn.Module, optimize
     return path if dist.is_main else None
 
 
-def _publish(out_dir: Path, tmp: Path, step: int, args: TrainArgs) -> Path:
+def _publish(out_dir: Path, tmp: Path, step: int, args: RunArgs) -> Path:
     """Rename the complete ``tmp`` into place, move ``latest`` to it, prune old checkpoints."""
     root = out_dir / CHECKPOINTS
     final = root / _step_dir_name(step)
@@ -424,11 +424,18 @@ def _load_whole_into_sharded(folder: Path, model: nn.Module, optimizer: torch.op
     set_optimizer_state_dict(model, optimizer, by_name, options=whole)
 
 
-def check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> None:
-    """Resuming with a different model is an error; other changes (longer runs) are allowed but noted."""
-    if saved.get("model") != args.model:
-        raise ConfigError(f"model: the checkpoint {folder} was trained with {saved.get('model')}, this run asks for {args.model}")
-    changed = sorted(k for k, v in args.to_dict().items() if k != "model" and saved.get(k) != v)
+def check_args_match(saved: dict[str, Any], args: RunArgs, folder: Path) -> None:
+    """Resuming with a different model (the keys in ``args.FIXED``: the model config of a training
+    run, the checkpoint, encoding and trainable parts of a fine-tune) or a different kind of run is
+    an error; other changes (longer runs) are allowed but noted."""
+    if saved.get("kind", args.kind) != args.kind:
+        raise ConfigError(f"the checkpoint {folder} belongs to a {saved.get('kind')} run, not a {args.kind} run; "
+                          "choose another --out-dir")
+    for key in args.FIXED:
+        if saved.get(key) != getattr(args, key):
+            raise ConfigError(f"{key}: the checkpoint {folder} was trained with {saved.get(key)!r}, this run asks for "
+                              f"{getattr(args, key)!r}")
+    changed = sorted(k for k, v in args.to_dict().items() if k not in args.FIXED and saved.get(k) != v)
     if changed:
         log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))
 

@@ -4,6 +4,7 @@ choice, FSDP2 sharding, and the memory a process used."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import re
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ..config import ConfigError
 from ..devices import resolve_device
 
 __all__ = ["Dist", "setup_distributed", "resolve_precision", "autocast", "train_device", "shard_model", "is_sharded",
-           "local_bytes", "MemoryWatch"]
+           "meta_copy", "local_bytes", "MemoryWatch"]
 
 PARAM_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -162,6 +163,22 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int, param_d
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are on the meta device (no storage):
+    its structure, parametrizations and settings, to be filled later (``to_empty`` then
+    ``load_state_dict``) with weights gathered from a sharded copy."""
+    memo: dict[int, Any] = {}
+    for _, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if id(t) not in memo:
+            meta = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    for m in model.modules():  # hooks are shared, not copied (a bound method would drag its whole object along)
+        for name, hooks in vars(m).items():
+            if name.endswith("hooks") and isinstance(hooks, dict):
+                memo.update((id(fn), fn) for fn in hooks.values())
+    return copy.deepcopy(model, memo)
 
 
 def is_sharded(model: nn.Module) -> bool:
