@@ -17,11 +17,13 @@ from neuron_scan_helpers import CASES, GRAD_TOL, run_case
 from wkv4_triton_helpers import CASES as WKV4_CASES
 from wkv4_triton_helpers import TOL as WKV4_TOL
 from wkv4_triton_helpers import run_case as run_wkv4_case
+from wkv_fla_helpers import CASES as FLA_CASES
+from wkv_fla_helpers import run_case as run_fla_case
 from spikelm.config import TrainArgs
 from spikelm.convert import convert, preset_config
 from spikelm.ops.wkv6 import wkv6, wkv6_naive
 from spikelm.models.spikegpt import SpikeGPT, SpikeGPTConfig
-from spikelm.ops import neuron_scan
+from spikelm.ops import neuron_scan, wkv_fla
 from spikelm.spiking.neurons import set_scan_backend
 from spikelm.testing import make_rwkv6
 
@@ -136,6 +138,72 @@ def test_spikegpt_triton_wkv4_matches_parallel_form_on_cuda():
     torch.testing.assert_close(l_a, l_p, rtol=1e-4, atol=1e-4)
     for a, p in zip(g_a, g_p):
         torch.testing.assert_close(a, p, rtol=1e-3, atol=1e-5)
+
+
+needs_fla = pytest.mark.skipif(not wkv_fla.HAS_FLA, reason="needs flash-linear-attention (pip install spikelm[gpu])")
+
+
+@needs_fla
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", list(FLA_CASES))
+def test_fla_chunk_against_the_float64_loop_on_cuda(case, dtype):
+    """fla's chunked kernels (training) through spikelm's wkv6/wkv7: output, final state from an
+    initial state, and every gradient, against the float64 loop; fla's own tests accept about
+    5e-3, bf16 inputs round the output to bf16."""
+    r = run_fla_case(FLA_CASES[case], device="cuda", impl="fla_chunk", dtype=dtype)["fla_chunk"]
+    tol = 1e-2 if dtype == "bfloat16" else 5e-3
+    assert r["y"] < tol and r["state"] < tol and r["grads"] < tol, r
+
+
+@needs_fla
+@pytest.mark.parametrize("case", list(FLA_CASES))
+def test_fla_recurrent_against_the_float64_loop_on_cuda(case):
+    """fla's recurrent kernels (scoring): the loop's arithmetic in fp32."""
+    r = run_fla_case(FLA_CASES[case], device="cuda", impl="fla_recurrent")["fla_recurrent"]
+    assert r["y"] < 1e-4 and r["state"] < 1e-4, r
+
+
+@needs_fla
+@pytest.mark.parametrize("kind", ["rwkv6", "rwkv7"])
+def test_models_take_fla_on_cuda_and_agree_with_the_reference(kind, monkeypatch):
+    """auto on CUDA: fla's chunked kernels under a gradient, its recurrent one without; the model's
+    logits and gradients against the PyTorch chunked form (the reference), fp32 and bf16 autocast."""
+    from spikelm.checkpoints import build_model
+
+    taken = []
+    for name in ("wkv6_fla", "wkv7_fla"):
+        real = getattr(wkv_fla, name)
+        monkeypatch.setattr(wkv_fla, name, lambda *a, _real=real, **k: (taken.append(k["mode"]), _real(*a, **k))[1])
+    if kind == "rwkv6":
+        m = make_rwkv6(n_layer=2, n_embd=128, head_size=64)
+    else:
+        m = build_model({"kind": "rwkv7", "vocab_size": 257, "n_layer": 2, "n_embd": 128, "tokenizer": "bytes"}).init_weights(0)
+        with torch.no_grad():  # the scratch init zeros the output projections: every WKV must reach the logits
+            for p in m.parameters():
+                if p.abs().max() == 0:
+                    p.normal_(0.0, 0.05)
+    m = m.cuda()
+    x = _batches(1, T=200)[0].cuda()
+    ref_impl = "chunked_fp32" if kind == "rwkv6" else "chunked"
+    for amp in (None, torch.bfloat16):
+        out = {}
+        for impl in (ref_impl, "auto"):
+            m.wkv_impl = impl
+            m.zero_grad()
+            with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+                logits, _ = m(x)
+            logits.float().square().mean().backward()
+            out[impl] = (logits.float().detach(), [p.grad.float().clone() for p in m.parameters() if p.grad is not None])
+            with torch.no_grad(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+                scored, _ = m(x)
+            out[impl + "-scored"] = scored.float()
+        (l_r, g_r), (l_a, g_a) = out[ref_impl], out["auto"]
+        tol = 2e-2 if amp is not None else 5e-3
+        assert (l_a - l_r).abs().max() / l_r.abs().max() < tol
+        assert (out["auto-scored"] - out[ref_impl + "-scored"]).abs().max() / l_r.abs().max() < tol
+        for a, b in zip(g_a, g_r):
+            assert (a - b).abs().max() <= tol * b.abs().max() + 1e-6
+    assert "chunk" in taken and "recurrent" in taken, taken
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -9,15 +9,12 @@ Skipped cleanly without triton. The same comparisons on a real GPU are in tests/
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from interpreted import run_interpreted
 from spikelm.ops import wkv4_naive, wkv4_triton
 from spikelm.ops.wkv4 import wkv4
 from wkv4_triton_helpers import CASES, TOL
@@ -29,12 +26,7 @@ HELPERS = Path(__file__).resolve().parents[1] / "wkv4_triton_helpers.py"
 def interpreted() -> dict:
     if not wkv4_triton.HAS_TRITON:
         pytest.skip("triton is not installed (optional: pip install spikelm[gpu])")
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root / "tests"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(HELPERS)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(HELPERS)
 
 
 @pytest.mark.parametrize("case", list(CASES))
