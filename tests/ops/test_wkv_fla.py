@@ -65,3 +65,26 @@ def test_recurrent_kernels_refuse_a_gradient():
         wkv7(r, k, v, logw, -k, k, impl="fla_recurrent")
     with pytest.raises(ValueError, match="fla_chunk"):
         wkv6(r, k, v, logw, torch.zeros(1, 4), impl="fla")
+
+
+@pytest.mark.parametrize("op", ["wkv6", "wkv7"])
+def test_auto_routes_to_fla_where_usable(op, monkeypatch):
+    """Where fla takes the inputs (CUDA, simulated here), auto calls its chunked kernels under a
+    gradient and its recurrent one otherwise, for any T, with the inputs untouched."""
+    taken = []
+
+    def fake(*a, mode):
+        taken.append(mode)
+        return a[0] * 1.0, torch.zeros(a[0].shape[0], a[0].shape[2], a[0].shape[3], a[0].shape[3])
+
+    monkeypatch.setattr(wkv_fla, "usable", lambda *t: True)
+    monkeypatch.setattr(wkv_fla, f"{op}_fla", fake)
+    for T in (1, 7):
+        r, k, v = (torch.randn(1, T, 2, 4) for _ in range(3))
+        logw = -torch.rand(1, T, 2, 4)
+        extra = [torch.randn(2, 4)] if op == "wkv6" else [-k, k * 0.5]
+        fn = wkv6 if op == "wkv6" else wkv7
+        fn(r, k, v, logw, *extra)
+        y, _ = fn(r.requires_grad_(), k, v, logw, *extra)
+        assert y.requires_grad
+    assert taken == ["recurrent", "chunk"] * 2

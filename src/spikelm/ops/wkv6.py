@@ -478,7 +478,7 @@ def wkv6(
     if impl == "auto":
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
                                                      if isinstance(t, Tensor))
-        if r.is_cuda and wkv_fla.usable(r, k, v, logw, u, state):
+        if wkv_fla.usable(r, k, v, logw, u, state):
             impl = "fla_" + wkv_fla.mode_for(needs_grad)
         elif r.device.type == "cpu" and r.dtype != torch.float64 and not needs_grad and cpu_kernel() is not None:
             impl = "recurrent_cpu"

@@ -252,13 +252,14 @@ def wkv7(
     checked against) for longer inputs. "naive", "chunked", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        if r.is_cuda and wkv_fla.usable(r, k, v, logw, a, b, state):
+        if wkv_fla.usable(r, k, v, logw, a, b, state):
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, a, b, state)
                                                          if isinstance(t, Tensor))
             impl = "fla_" + wkv_fla.mode_for(needs_grad)
         elif r.shape[1] == 1:
             return wkv7_step(r, k, v, logw, a, b, state)
-        impl = "chunked"
+        else:
+            impl = "chunked"
     if impl == "naive":
         return wkv7_naive(r, k, v, logw, a, b, state)
     if impl == "chunked":
