@@ -18,7 +18,7 @@ from ..config import ConfigError
 from ..devices import resolve_device
 
 __all__ = ["Dist", "setup_distributed", "resolve_precision", "autocast", "train_device", "shard_model", "is_sharded",
-           "meta_copy", "local_bytes", "MemoryWatch"]
+           "average_grads", "clip_sharded_grads", "meta_copy", "local_bytes", "MemoryWatch"]
 
 PARAM_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -136,7 +136,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 # ---------------------------------------------------------------------------- FSDP2
-def shard_model(model: nn.Module, device: torch.device, world_size: int, param_dtype: str = "fp32") -> nn.Module:
+def shard_model(model: nn.Module, device: torch.device, world_size: int, param_dtype: str = "fp32") -> list[nn.Parameter]:
     """Shard ``model`` in place with FSDP2 (``fully_shard``) over all the processes: one group per
     block of its ``blocks`` list (gathered just before the block runs, freed after it), then the
     root (embedding, head, final norm). Parameters, gradients and the optimizer state built on
@@ -145,6 +145,11 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int, param_d
     Mixed-precision policy: parameters gathered and used in ``param_dtype`` (``fp32`` keeps them as
     they are and leaves the casts to autocast, the arithmetic of DDP), gradients reduced in fp32.
     A block's inputs are never cast (its recurrent state stays fp32).
+
+    FSDP cannot shard a 0-dimensional parameter (a converted model's per-tensor spike scale, which
+    fine-tuning learns): such parameters stay whole on every process, left out of FSDP; they are
+    returned, and their gradients must be averaged over the processes by the caller
+    (:func:`average_grads`), as DDP would.
     """
     try:
         from torch.distributed.device_mesh import init_device_mesh
@@ -158,11 +163,45 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int, param_d
     mesh = init_device_mesh(device.type, (world_size,))
     policy = MixedPrecisionPolicy(param_dtype=PARAM_DTYPES[param_dtype], reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
+    whole = [p for p in model.parameters() if p.dim() == 0]
+    ignored = {"ignored_params": set(whole)} if whole else {}
     blocks = getattr(model, "blocks", None)
     for block in blocks if isinstance(blocks, nn.ModuleList) else ():
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
-    return model
+        fully_shard(block, mesh=mesh, mp_policy=policy, **ignored)
+    fully_shard(model, mesh=mesh, mp_policy=policy, **ignored)
+    return whole
+
+
+def average_grads(params: list[nn.Parameter], world_size: int) -> None:
+    """Average the gradients of parameters every process holds whole over the processes."""
+    for p in params:
+        if p.grad is not None:
+            tdist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def clip_sharded_grads(params: list[nn.Parameter], max_norm: float) -> Tensor:
+    """``clip_grad_norm_`` for a sharded model (DTensor gradients, and whole ones that
+    :func:`shard_model` left out): the norm of all the gradients together, each shard's squares
+    summed over the processes and each whole gradient's counted once; every gradient scaled by
+    ``min(1, max_norm / (norm + 1e-6))`` as torch does. Returns the norm (a plain tensor, the same
+    on every process)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [_local(g).float() for g in grads if hasattr(g, "to_local")]
+    whole = [g.float() for g in grads if not hasattr(g, "to_local")]
+    ref = grads[0] if grads else torch.zeros(())
+    sq = torch.zeros((), dtype=torch.float32, device=_local(ref).device)
+    for g in sharded:
+        sq += g.square().sum()
+    if tdist.is_initialized():
+        tdist.all_reduce(sq)
+    for g in whole:
+        sq += g.square().sum()
+    norm = sq.sqrt()
+    coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        _local(g).mul_(coef.to(_local(g).dtype))
+    return norm
 
 
 def meta_copy(model: nn.Module) -> nn.Module:

@@ -85,6 +85,8 @@ from .distributed import (
     Dist,
     MemoryWatch,
     autocast,
+    average_grads,
+    clip_sharded_grads,
     local_bytes,
     meta_copy,
     resolve_precision,
@@ -312,6 +314,7 @@ class _Run:
         self.args, self.raw, self.dist, self.device, self.amp = args, raw, dist, device, amp
         self.out_dir, self.vocab, self.objective = out_dir, vocab, objective
         self.sharded = dist.active and args.distributed == "fsdp"
+        self.whole_params: list[nn.Parameter] = []
         if self.sharded:
             param_dtype = args.fsdp_param_dtype
             if PARAM_DTYPES[param_dtype] not in (None, amp):
@@ -319,8 +322,13 @@ class _Run:
                                   f"{param_dtype}); this run's precision is {args.precision} ({amp or 'fp32'}); "
                                   "use fsdp_param_dtype: fp32")
             self._skeleton = meta_copy(raw)  # the structure final/ is rebuilt in (final_model)
-            shard_model(raw, device, dist.world_size, param_dtype)
+            self.whole_params = shard_model(raw, device, dist.world_size, param_dtype)
         self.optimizer = make_optimizer(raw, args, objective.param_groups(raw, args))
+        if self.sharded and self.whole_params:  # torch's foreach kernels refuse a mix of DTensors and tensors
+            whole = {id(p) for p in self.whole_params}
+            for g in self.optimizer.param_groups:
+                if len({id(p) in whole for p in g["params"]}) > 1:
+                    g["foreach"] = False
         if self.sharded and use_scaler:  # the inf checks of the shards agreed on by every process
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
@@ -380,10 +388,15 @@ class _Run:
                 self.scaler.scale(loss / args.grad_accum).backward()
             loss_sum += loss.detach()
         loss_t = self.dist.mean(loss_sum / args.grad_accum)
+        if self.sharded:
+            average_grads(self.whole_params, self.dist.world_size)  # what FSDP left whole (shard_model)
         self.scaler.unscale_(self.optimizer)
-        gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip) if args.grad_clip > 0 else None
-        if gnorm_t is not None and hasattr(gnorm_t, "full_tensor"):  # sharded gradients: a DTensor norm
-            gnorm_t = gnorm_t.full_tensor()
+        if args.grad_clip <= 0:
+            gnorm_t = None
+        elif self.sharded:
+            gnorm_t = clip_sharded_grads(list(self.raw.parameters()), args.grad_clip)
+        else:
+            gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip)
         # One host sync per step for the divergence guard: the loss and the gradient norm come to the
         # host together (both are needed before the weights may change; the values are the same floats).
         step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
