@@ -47,7 +47,7 @@ def test_wkv6_cuda_path_matches_the_loop():
     dev = [t.cuda() for t in (r, k, v, logw, u)]
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            y1, s1 = wkv6(*dev)  # CUDA inputs take the float32 chunked form
+            y1, s1 = wkv6(*dev)  # CUDA inputs: fla's recurrent kernel where installed, else the float32 chunked form
         torch.testing.assert_close(y1.double().cpu(), y0, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(s1.double().cpu(), s0, rtol=1e-4, atol=1e-4)
 

@@ -186,7 +186,20 @@ def _kernels() -> Any:
 
 
 # ---------------------------------------------------------------------------- the custom ops
-@torch.library.custom_op("spikelm_triton::wkv4_forward", mutates_args=())
+def _custom_op(name: str) -> Any:
+    """``torch.library.custom_op`` (torch >= 2.4); on an older torch the plain function, and its
+    ``register_fake`` a no-op (torch.compile then cannot trace around it, nothing else changes)."""
+    if hasattr(torch.library, "custom_op"):
+        return torch.library.custom_op(name, mutates_args=())
+
+    def plain(fn: Any) -> Any:
+        fn.register_fake = lambda fake: fake
+        return fn
+
+    return plain
+
+
+@_custom_op("spikelm_triton::wkv4_forward")
 def _forward_op(w: Tensor, u: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor, pp: Tensor,
                 has_state: bool, store_states: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y in v's dtype, final aa, bb, pp, the states entering each token (3, B, T, C) or an empty tensor)."""
@@ -215,7 +228,7 @@ def _(w, u, k, v, aa, bb, pp, has_state, store_states):
     return (k.new_empty(k.shape, dtype=v.dtype), *state, st)
 
 
-@torch.library.custom_op("spikelm_triton::wkv4_backward", mutates_args=())
+@_custom_op("spikelm_triton::wkv4_backward")
 def _backward_op(w: Tensor, u: Tensor, k: Tensor, v: Tensor, st: Tensor, gy: Tensor, gaa: Tensor, gbb: Tensor,
                  gpp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(gw (C,), gu (C,), gk, gv in k's and v's dtypes, gradients of the initial aa, bb, pp)."""
