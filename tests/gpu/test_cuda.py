@@ -198,7 +198,7 @@ def test_models_take_fla_on_cuda_and_agree_with_the_reference(kind, monkeypatch)
                 scored, _ = m(x)
             out[impl + "-scored"] = scored.float()
         (l_r, g_r), (l_a, g_a) = out[ref_impl], out["auto"]
-        tol = 2e-2 if amp is not None else 5e-3
+        tol = 5e-2 if amp is not None else 5e-3  # under autocast fla's chunked products run in bf16
         assert (l_a - l_r).abs().max() / l_r.abs().max() < tol
         assert (out["auto-scored"] - out[ref_impl + "-scored"]).abs().max() / l_r.abs().max() < tol
         for a, b in zip(g_a, g_r):

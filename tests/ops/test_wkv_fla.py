@@ -88,3 +88,30 @@ def test_auto_routes_to_fla_where_usable(op, monkeypatch):
         y, _ = fn(r.requires_grad_(), k, v, logw, *extra)
         assert y.requires_grad
     assert taken == ["recurrent", "chunk"] * 2
+
+
+@pytest.mark.parametrize("op", ["rwkv6", "rwkv7"])
+def test_chunked_kernels_get_the_autocast_dtype_and_recurrent_ones_fp32(op, monkeypatch):
+    """Under bf16 autocast (training) fla's chunked kernels get r, k, v (and RWKV-7's a, b) in bf16,
+    as fla's models train; log-decays and state stay fp32, y comes back in r's dtype; without
+    autocast, and always for the recurrent kernels, the inputs go as they come."""
+    seen = []
+
+    def fake(*a, initial_state=None, **k):
+        seen.append([t.dtype for t in a if isinstance(t, torch.Tensor)] + [initial_state.dtype])
+        return a[0] * 1, initial_state
+
+    monkeypatch.setattr(wkv_fla, "_ops", lambda name: (fake, fake))
+    r, k, v = (torch.randn(1, 3, 1, 4) for _ in range(3))
+    logw, s = -torch.rand(1, 3, 1, 4), torch.randn(1, 1, 4, 4)
+    fn = (lambda mode: wkv_fla.wkv6_fla(r, k, v, logw, torch.zeros(1, 4), s, mode=mode)) if op == "rwkv6" else \
+        (lambda mode: wkv_fla.wkv7_fla(r, k, v, logw, -k, k, s, mode=mode))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_chunk, _ = fn("chunk")
+        fn("recurrent")
+    fn("chunk")
+    bf, f32 = torch.bfloat16, torch.float32
+    n = 3 if op == "rwkv6" else 5  # the activations (r, k, v; RWKV-7 also a, b)
+    chunk_amp, recurrent_amp, chunk_plain = seen
+    assert chunk_amp.count(bf) == n and chunk_amp[-1] == f32 and y_chunk.dtype == f32
+    assert set(recurrent_amp) == {f32} and set(chunk_plain) == {f32}

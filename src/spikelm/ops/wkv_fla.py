@@ -21,11 +21,14 @@ Conventions at the boundary, all checked against spikelm's float64 loops
 * decays: fla takes the per-step *log* decay (``w`` of ``chunk_rwkv6`` and ``chunk_rwkv7``),
   exactly spikelm's ``logw``; ``scale=1`` (fla's default 1/sqrt(K) is an attention habit RWKV does
   not have); RWKV-7's ``a``, ``b`` as spikelm's model passes them (``-kk``, ``kk * alpha``);
-* dtypes: inputs as they come (spikelm's models pass fp32 r, k, v: the bf16 products' values,
-  widened without loss, so fla's chunked products run in tf32/fp32, not bf16), state and
-  accumulation fp32 inside the kernels; y in r's dtype, the final state fp32, as spikelm's forms
-  return them. fla warns that its RWKV-7 chunked kernel "does not support float32 on some
-  platforms"; the GPU tests check it on the machine at hand.
+* dtypes: spikelm's models pass fp32 r, k, v (the products' values, widened without loss). Under
+  bf16/fp16 autocast (training) the chunked kernels get them back in that dtype, as fla's own
+  models train (:func:`_chunk_dtype`; RWKV-7's a and b too), and their inner products run in it;
+  otherwise inputs go as they come, fp32 (fla's chunked products then in tf32/fp32). The
+  recurrent kernels always get them as they come. State and accumulation are fp32 inside the
+  kernels; y comes back in r's dtype, the final state fp32, as from spikelm's forms. fla warns
+  that its RWKV-7 chunked kernel "does not support float32 on some platforms"; the GPU tests
+  check it on the machine at hand.
 
 Imported on first use (fla imports triton and many modules). Without fla, or for tensors not on
 CUDA, :func:`usable` is False and the callers (:func:`~.wkv6.wkv6`, :func:`~.wkv7.wkv7`) keep
@@ -94,6 +97,22 @@ def _state(state: Tensor | None) -> Tensor | None:
     return None if state is None else state.float().contiguous()
 
 
+def _chunk_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype fla's chunked kernels take the activations in: under bf16/fp16 autocast (training),
+    that dtype, as fla's own models train. Nothing is lost on the way in: r, k, v are the outputs
+    of that dtype's matrix products, widened to fp32 by the model; the kernels' inner products then
+    run in it. Otherwise (fp32 training, no autocast) None: as they come."""
+    dev = x.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        return dt if dt in (torch.bfloat16, torch.float16) else None
+    return None
+
+
+def _cast(dt: torch.dtype | None, *ts: Tensor) -> list[Tensor]:
+    return list(ts) if dt is None else [t.to(dt) for t in ts]
+
+
 def _out(y: Tensor, state: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     return (y if y.dtype == r.dtype else y.to(r.dtype)), state.float()
 
@@ -110,8 +129,9 @@ def wkv6_fla(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Te
     _forward_only(mode, r, k, v, logw, u, state)
     chunk, recurrent = _ops("rwkv6")
     fn = chunk if mode == "chunk" else recurrent
+    rr, kk, vv = _cast(_chunk_dtype(r) if mode == "chunk" else None, r, k, v)
     with torch.autocast(device_type=r.device.type, enabled=False):
-        y, s = fn(r, k, v, logw.float(), u, scale=1.0, initial_state=_state(state), output_final_state=True)
+        y, s = fn(rr, kk, vv, logw.float(), u, scale=1.0, initial_state=_state(state), output_final_state=True)
     return _out(y, s, r)
 
 
@@ -125,10 +145,13 @@ def wkv7_fla(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, a: Tensor, b: Tensor
     _check_mode(mode)
     _forward_only(mode, r, k, v, logw, a, b, state)
     chunk, recurrent = _ops("rwkv7")
+    dt = _chunk_dtype(r) if mode == "chunk" else None
     with torch.autocast(device_type=r.device.type, enabled=False):
         if mode == "chunk":
+            rr, kk, vv, aa, bb = _cast(dt, r, k, v, a, b)
             # no lower_bound: fla trusts it unchecked, and this op takes any log-decay <= 0
-            y, s = chunk(r, logw.float(), k, v, a, b, scale=1.0, initial_state=_state(state), output_final_state=True)
+            y, s = chunk(rr, logw.float(), kk, vv, aa, bb, scale=1.0, initial_state=_state(state),
+                         output_final_state=True)
         else:
             y, s = recurrent(r, logw.float(), k, v, a, b, scale=1.0, initial_state=_state(state), output_final_state=True)
     return _out(y, s, r)
