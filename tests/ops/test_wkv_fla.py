@@ -9,6 +9,7 @@ RWKV-6's bonus and RWKV-7's a and b, against spikelm's own loop. Skipped without
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,8 @@ def test_auto_keeps_cpu_tensors_off_fla(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("fla ran on a CPU tensor")
 
-    monkeypatch.setattr(wkv_fla, "wkv6_fla", boom)
-    monkeypatch.setattr(wkv_fla, "wkv7_fla", boom)
+    monkeypatch.setattr(importlib.import_module("spikelm.ops.wkv6"), "wkv6_fla", boom)
+    monkeypatch.setattr(importlib.import_module("spikelm.ops.wkv7"), "wkv7_fla", boom)
     g = torch.Generator().manual_seed(0)
     r, k, v = (torch.randn(1, 5, 2, 4, generator=g) for _ in range(3))
     logw, u = -torch.rand(1, 5, 2, 4, generator=g), torch.randn(2, 4, generator=g)
@@ -77,8 +78,9 @@ def test_auto_routes_to_fla_where_usable(op, monkeypatch):
         taken.append(mode)
         return a[0] * 1.0, torch.zeros(a[0].shape[0], a[0].shape[2], a[0].shape[3], a[0].shape[3])
 
-    monkeypatch.setattr(wkv_fla, "usable", lambda *t: True)
-    monkeypatch.setattr(wkv_fla, f"{op}_fla", fake)
+    mod = importlib.import_module(f"spikelm.ops.{op}")
+    monkeypatch.setattr(mod, "fla_usable", lambda *t: True)
+    monkeypatch.setattr(mod, f"{op}_fla", fake)
     for T in (1, 7):
         r, k, v = (torch.randn(1, T, 2, 4) for _ in range(3))
         logw = -torch.rand(1, T, 2, 4)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import wkv4_triton
+from .wkv4_triton import usable as triton_usable
+from .wkv4_triton import wkv4_triton
 from ._precision import outside_autocast
 
 __all__ = ["WKV4State", "wkv4", "wkv4_naive", "wkv4_parallel", "wkv4_empty_state", "EMPTY_PP"]
@@ -208,7 +209,7 @@ def wkv4(
     "triton" force one ("triton" on CPU tensors needs ``TRITON_INTERPRET=1``, see that module).
     """
     if impl == "auto":
-        if wkv4_triton.usable(w, k):
+        if triton_usable(w, k):
             impl = "triton"
         else:
             impl = "naive" if k.shape[1] == 1 else "parallel"
@@ -218,5 +219,5 @@ def wkv4(
         return wkv4_parallel(w, u, k, v, state)
     if impl == "triton":
         _check_inputs(w, u, k, v, state)
-        return outside_autocast(wkv4_triton.wkv4_triton)(w, u, k, v, state)
+        return outside_autocast(wkv4_triton)(w, u, k, v, state)
     raise ValueError(f"impl must be 'auto', 'naive', 'parallel' or 'triton', got {impl!r}")

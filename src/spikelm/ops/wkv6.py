@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import wkv_fla
+from .wkv_fla import mode_for as fla_mode_for
+from .wkv_fla import usable as fla_usable
+from .wkv_fla import wkv6_fla
 from ._precision import outside_autocast
 from .cpu_kernels import kernel as cpu_kernel
 from .cpu_kernels import wkv6_recurrent_cpu
@@ -478,8 +480,8 @@ def wkv6(
     if impl == "auto":
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
                                                      if isinstance(t, Tensor))
-        if wkv_fla.usable(r, k, v, logw, u, state):
-            impl = "fla_" + wkv_fla.mode_for(needs_grad)
+        if fla_usable(r, k, v, logw, u, state):
+            impl = "fla_" + fla_mode_for(needs_grad)
         elif r.device.type == "cpu" and r.dtype != torch.float64 and not needs_grad and cpu_kernel() is not None:
             impl = "recurrent_cpu"
         elif r.shape[1] == 1:
@@ -497,6 +499,6 @@ def wkv6(
         return wkv6_chunked_fp32(r, k, v, logw, u, state, chunk_size=chunk_size)
     if impl in ("fla_chunk", "fla_recurrent"):
         _check_inputs(r, k, v, logw, u, state)
-        return wkv_fla.wkv6_fla(r, k, v, logw, u, state, mode=impl[4:])
+        return wkv6_fla(r, k, v, logw, u, state, mode=impl[4:])
     raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32', 'recurrent_cpu', 'fla_chunk' or "
                      f"'fla_recurrent', got {impl!r}")

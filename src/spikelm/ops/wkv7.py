@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import wkv_fla
+from .wkv_fla import mode_for as fla_mode_for
+from .wkv_fla import usable as fla_usable
+from .wkv_fla import wkv7_fla
 
 __all__ = ["LOG_DECAY_FLOOR", "wkv7", "wkv7_chunked", "wkv7_naive", "wkv7_step"]
 
@@ -252,10 +254,10 @@ def wkv7(
     checked against) for longer inputs. "naive", "chunked", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        if wkv_fla.usable(r, k, v, logw, a, b, state):
+        if fla_usable(r, k, v, logw, a, b, state):
             needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, a, b, state)
                                                          if isinstance(t, Tensor))
-            impl = "fla_" + wkv_fla.mode_for(needs_grad)
+            impl = "fla_" + fla_mode_for(needs_grad)
         elif r.shape[1] == 1:
             return wkv7_step(r, k, v, logw, a, b, state)
         else:
@@ -266,5 +268,5 @@ def wkv7(
         return wkv7_chunked(r, k, v, logw, a, b, state, chunk_size=chunk_size)
     if impl in ("fla_chunk", "fla_recurrent"):
         _check_inputs(r, k, v, logw, a, b, state)
-        return wkv_fla.wkv7_fla(r, k, v, logw, a, b, state, mode=impl[4:])
+        return wkv7_fla(r, k, v, logw, a, b, state, mode=impl[4:])
     raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'fla_chunk' or 'fla_recurrent', got {impl!r}")
