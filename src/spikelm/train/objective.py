@@ -21,7 +21,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if p.squeeze().dim() < 2 or leaf.startswith("time_") or id(p) in embeddings:
+        if sum(n != 1 for n in p.shape) < 2 or leaf.startswith("time_") or id(p) in embeddings:  # squeeze()'s dims, by shape (a sharded DTensor cannot squeeze)
             no_decay.append(p)
         else:
             decay.append(p)
