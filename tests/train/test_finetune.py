@@ -254,3 +254,18 @@ def test_sweep_adds_a_fine_tuned_row_beside_each_preset(tiny_data, ann, tmp_path
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "SpikeRWKV-3L +FT" in out and "Fine-tuned rows" in out and f"{ft['ppl']:.4f}" in out
+
+
+def test_weight_bits_quantise_the_final_model_and_validate_it_again(tiny_data, ann, tmp_path):
+    """--weight-bits 8: final/ holds int8 weights (round trip through save and load), and the summary
+    reports the gap measured again at 8 bits next to the float one."""
+    res = finetune(_ft(tiny_data, ann, tmp_path / "ft", preset="SpikeRWKV-4L", sites="all", max_steps=2, eval_every=0,
+                       weight_bits=8), progress=None)
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    assert summary["weight_bits"] == 8 and summary["val_gap_pct_at_weight_bits"] is not None
+    assert summary["val_loss_at_weight_bits"] != summary["val_loss"]
+    model = spikelm.load(res.final_path)
+    from spikelm.models.quantized import weight_bits
+    assert weight_bits(model) == 8 and model.encoding.sites == "all"
+    with pytest.raises(spikelm.errors.ConfigError, match="weight_bits"):
+        _ft(tiny_data, ann, tmp_path / "x", preset="SpikeRWKV-4L", weight_bits=4)
