@@ -161,6 +161,8 @@ CASES: list[Case] = [
     Case("malformed flag", ("sweep", OK, "--presets", "nope"), "nope"),
     Case("out-of-range flag", ("sweep", OK, "--chunk", "0"), "--chunk"),
     Case("out-of-range flag", ("sweep", OK, "--ctx", "-1"), "--ctx"),
+    Case("malformed flag", ("sweep", OK, "--calibration", "max,l2"), "--calibration"),
+    Case("conflicting flags", ("convert", OK, "--out", "{d}/out_pre", "--preset", "SpikeRWKV-4L", "--layers", "3"), "--layers"),
     Case("out-of-range flag", ("nlu", OK, "--shots", "-1"), "--shots"),
     Case("out-of-range flag", ("nlu", OK, "--batch-size", "0"), "--batch-size"),
     Case("malformed flag", ("nlu", OK, "--tasks", "nosuchtask"), "nosuchtask"),

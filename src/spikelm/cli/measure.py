@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..config import CALIBRATIONS
 from ..convert import encoders
 from ..data.text import calibration_batches, split_tokens
 from ..energy.constants import PAPER_TABLE, energy_table, table_for_bits
@@ -89,7 +90,7 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
               grid_T: str = "", grid_l: str = "", sites: str = "time_mix", calib_data: str = "default",
               max_chars: int = 0, chunk: int = 1024, ctx: int = 0, energy: bool = False, energy_tokens: int = 512,
               batch: int = 1, table: str = "auto", finetune_steps: int = 0, finetune_train: str = "all",
-              finetune_out: str = "", json_: bool = False, binary_embedding: BinaryEmbedding = "auto",
+              finetune_out: str = "", calibration: str = "max", json_: bool = False, binary_embedding: BinaryEmbedding = "auto",
               family: Family = "auto", weight_bits: WeightBits = "auto", device: str = "auto", dtype: str = "auto",
               progress: bool = True) -> int:
     """Evaluate the ANN and spiking conversions of it side by side (the paper's Table 1 layout).
@@ -118,6 +119,7 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
         table: energy table of the spiking network (with --energy): auto (the table of --weight-bits: 45nm-int8 for 8, 45nm-fp16 for 16, 45nm-fp32 for 32), 45nm-fp32, 45nm-fp16, 45nm-int32 or 45nm-int8; the baselines always have the spiking network's weight precision.
         finetune_steps: add a fine-tuned row beside each preset's row, fine-tuned for this many steps (0: none; MHSE grid rows are not fine-tuned).
         finetune_train: what the fine-tuning trains besides the encoder scales: scales, norms, lora or all.
+        calibration: how every row's spike scales are calibrated: max (the papers), percentile or mse (the clip whose spike code has the least squared error); comma-separated for rows of each, e.g. max,mse (rows named "NAME [mse]"). Fine-tuned rows always start from mse (spikelm finetune's default), once per preset and site set.
         finetune_out: keep the fine-tuned models in this folder, one sub-folder per row (a rerun resumes or reuses them; default: a temporary folder, removed at the end).
         json_: print one JSON object instead of text.
         binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
@@ -132,10 +134,16 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
     names = [] if presets in ("", "none") else [p.strip() for p in presets.split(",") if p.strip()]
     if energy_tokens <= 0 or batch <= 0:
         raise ConfigError(f"--energy-tokens and --batch must be positive (got {energy_tokens}, {batch})")
+    calibs = [c.strip() for c in calibration.split(",") if c.strip()]
+    bad = [c for c in calibs if c not in CALIBRATIONS]
+    if bad or not calibs:
+        raise ConfigError(f"--calibration takes {', '.join(CALIBRATIONS)} (comma-separated for several), got {calibration!r}")
     rows_settings = []
     for ss in (("time_mix", "all") if sites == "both" else (sites,)):
         for name, enc in settings(names, _ints(grid_T, "--grid-T"), _ints(grid_l, "--grid-l"), ss):
-            rows_settings.append((f"{name} ({ss})" if sites == "both" else name, enc))
+            for c in calibs:
+                label = (f"{name} ({ss})" if sites == "both" else name) + (f" [{c}]" if len(calibs) > 1 else "")
+                rows_settings.append((label, enc.replace(calibration=c)))
     if finetune_steps < 0:
         raise ConfigError(f"--finetune-steps must be >= 0, got {finetune_steps}")
     t = energy_table(table) if table != "auto" else None  # a named error before the model loads

@@ -465,11 +465,14 @@ def with_finetuned(settings: list[tuple[str, Any]], checkpoint: str, folder: Pat
     steps on ``data`` (train split), into ``folder/<row>``. A folder holding that fine-tune already
     is resumed (or, if finished, reused). ``loader`` reads the result (the sweep's device and dtype)."""
     out: list[tuple[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
     for name, enc in settings:
         out.append((name, enc))
         preset = _preset_of(enc)
-        if preset is None:
+        if preset is None or (preset, enc.sites) in seen:
             continue
+        seen.add((preset, enc.sites))
+        name = name.removesuffix(f" [{enc.calibration}]")
         args = FinetuneArgs(checkpoint=str(checkpoint), preset=preset, sites=enc.sites, data=data, calib_data=calib_data,
                             max_steps=steps, train=mode, device=device, out_dir=str(folder / f"{preset}-{enc.sites}"))
         out.append((f"{name} +FT", Prepared(enc, *_finetuned_row(args, loader, progress))))
