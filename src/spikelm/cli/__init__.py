@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import io
 import logging
+import os
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
+from ..data.corpus import cache_dir
 from ..errors import ConfigError, SpikelmError
+from ..io import describe_os_error
 from .demo import cmd_demo
 from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
 from .models import cmd_convert, cmd_generate, cmd_info, cmd_init
@@ -73,32 +78,33 @@ def entry() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    top = _TopParser(
-        prog="spikelm",
-        description="Spiking language models: convert RWKV-6 to spikes (SpikeRWKV), train SpikeGPT, "
-        "and measure accuracy and energy side by side. `spikelm COMMAND --help` documents each command.",
-    )
-    top.add_argument("--version", action="version", version=f"spikelm {__version__}")
-    top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    top.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
-    top.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
-    if not argv:
-        top.print_help()
-        return 2
+    """Run one command; every way it can end is an exit code and at most one line on stderr:
+    0 done, 2 a user's error (:class:`SpikelmError`, or an ``OSError`` named with its path and
+    cause), 130 Ctrl-C at any moment, 141 a closed stdout (``spikelm generate M | head``: quiet)."""
+    where = "spikelm"
     try:
-        ns = top.parse_args(argv)
-    except SpikelmError as e:  # an unknown command: one line, exit 2, like every other user error
-        print(f"spikelm: error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.DEBUG if ns.verbose else logging.WARNING if ns.quiet else logging.INFO,
-        format="%(message)s" if not ns.verbose else "%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    fn = COMMANDS[ns.command]
-    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        top = _TopParser(
+            prog="spikelm",
+            description="Spiking language models: convert RWKV-6 to spikes (SpikeRWKV), train SpikeGPT, "
+            "and measure accuracy and energy side by side. `spikelm COMMAND --help` documents each command.",
+        )
+        top.add_argument("--version", action="version", version=f"spikelm {__version__}")
+        top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+        top.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+        top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
+        top.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
+        if not argv:
+            top.print_help()
+            return 2
+        ns = top.parse_args(argv)  # an unknown command: a ConfigError, one line and exit 2 below
+        where = f"spikelm {ns.command}"
+        logging.basicConfig(
+            level=logging.DEBUG if ns.verbose else logging.WARNING if ns.quiet else logging.INFO,
+            format="%(message)s" if not ns.verbose else "%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        fn = COMMANDS[ns.command]
         parser, takes_overrides = build_parser(ns.command, fn)
         if takes_overrides:
             known, extra = parser.parse_known_args(ns.args)
@@ -107,13 +113,39 @@ def main(argv: list[str] | None = None) -> int:
         else:
             kwargs = vars(parser.parse_args(ns.args))
         result = fn(**kwargs)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except SpikelmError as e:
-        print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
+        print(f"{where}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a path the user named: missing, unreadable, a folder for a file ...
-        print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as Unix tools do
+        _stdout_to_devnull()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the closed pipe ended
+    except OSError as e:  # a path the user named: missing, unwritable, a full disk ...
+        print(f"{where}: error: {describe_os_error(e)}{_cache_hint(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nspikelm {ns.command}: interrupted", file=sys.stderr)
+        print(f"\n{where}: interrupted", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0
+
+
+def _stdout_to_devnull() -> None:
+    """Point the process's stdout at /dev/null, so that the interpreter's last flush of a closed
+    pipe does not print "Exception ignored ... BrokenPipeError" (the Python docs' recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # stdout is not a real file (tests)
+        pass
+
+
+def _cache_hint(e: OSError) -> str:
+    """For an error in spikelm's cache: where the cache is and how to move it."""
+    if e.filename is None:
+        return ""
+    try:
+        inside = Path(os.path.abspath(e.filename)).is_relative_to(cache_dir().absolute())
+    except (OSError, ValueError):
+        return ""
+    return (" (this is spikelm's cache, $SPIKELM_CACHE or ~/.cache/spikelm: set SPIKELM_CACHE to a folder with "
+            "room)") if inside else ""

