@@ -274,7 +274,11 @@ _CAUSES = {
 def user_path(path: str | os.PathLike) -> str:
     """``path`` as the user knows it: a temporary sibling spikelm writes first (``.NAME.tmp-PID-X``)
     is named by the file or folder it becomes."""
-    parts = [(_TEMP_NAME.match(part).group("name") if _TEMP_NAME.match(part) else part) for part in Path(path).parts]
+    parts = []
+    for part in Path(path).parts:
+        while (m := _TEMP_NAME.match(part)) is not None:  # a temporary of a temporary: the name it becomes
+            part = m.group("name")
+        parts.append(part)
     return str(Path(*parts)) if parts else str(path)
 
 
