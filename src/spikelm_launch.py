@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 
 
-def _interrupted(prog: str) -> int:
+def _interrupted(prog: str, when: str = " while loading") -> int:
     try:
-        sys.stderr.write(f"\n{prog}: interrupted while loading\n")
+        sys.stderr.write(f"\n{prog}: interrupted{when}\n")
         sys.stderr.flush()
     except (OSError, ValueError, KeyboardInterrupt):
         pass
@@ -39,8 +39,8 @@ def main() -> int:
         return _interrupted("spikelm")
     try:
         return entry()
-    except KeyboardInterrupt:  # between the command's own handlers (its last lines, the exit)
-        return _interrupted("spikelm")
+    except KeyboardInterrupt:  # outside the command's own handler (parsing its arguments, its last lines)
+        return _interrupted("spikelm", "")
 
 
 def lm_eval() -> int:
@@ -53,7 +53,7 @@ def lm_eval() -> int:
     try:
         return lm_eval_main()
     except KeyboardInterrupt:
-        return _interrupted("spikelm-lm-eval")
+        return _interrupted("spikelm-lm-eval", "")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class Case:
     # {full} is a full file system and {ro} a read-only one; skipped where unshare is refused
     sandbox: str = ""
     env: tuple[tuple[str, str], ...] = ()  # extra environment of a sandboxed case ({full}, {ro}, {d} filled in)
+    slow: bool = False  # a process of its own: run by `make test-slow` (the script runs every case)
 
     @property
     def command(self) -> str:
@@ -216,15 +217,16 @@ CASES: list[Case] = [
          absent="model.model"),
     Case("full disk", ("convert", OK, "--out", "{full}/conv", *CALIB), "no space left", sandbox="mounts"),
     Case("full disk", ("train", "{d}/train.yaml", "--out-dir", "{full}/run", "--save-every", "1"), "no space left",
-         sandbox="mounts"),
+         sandbox="mounts", slow=True),
     Case("full disk", ("data", "prepare", "{d}/good.txt"), "SPIKELM_CACHE", sandbox="mounts",
-         env=(("SPIKELM_CACHE", "{full}/cache"),)),
+         env=(("SPIKELM_CACHE", "{full}/cache"),), slow=True),
     Case("read-only target", ("convert", OK, "--out", "{ro}/conv", *CALIB), "read-only", sandbox="mounts"),
-    Case("read-only target", ("train", "{d}/train.yaml", "--out-dir", "{ro}/run"), "read-only", sandbox="mounts"),
+    Case("read-only target", ("train", "{d}/train.yaml", "--out-dir", "{ro}/run"), "read-only", sandbox="mounts",
+         slow=True),
     Case("read-only target", ("energy", OK, "--plot", "{ro}/plots/", "--tokens", "8", "--data", "{d}/good.txt"),
-         "read-only", sandbox="mounts"),
+         "read-only", sandbox="mounts", slow=True),
     Case("no network, default calibration", ("sweep", OK, "--data", "{d}/good.txt", "--presets", "SpikeRWKV-4L"),
-         "--calib-data", sandbox="mounts", env=(("SPIKELM_CACHE", "{d}/empty_cache"),)),
+         "--calib-data", sandbox="mounts", env=(("SPIKELM_CACHE", "{d}/empty_cache"),), slow=True),
     # --- more of our own (issue 27): inputs no other test tried
     Case("out-of-range flag", ("train", "{d}/train.yaml", "--lr", "-1"), "lr"),
     Case("out-of-range flag", ("train", "{d}/train.yaml", "--min-lr", "1"), "min_lr"),
@@ -490,7 +492,8 @@ def test_the_table_is_broad():
     assert len({c.id for c in CASES}) == len(CASES), "duplicate cases"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c.slow else []) for c in CASES],
+                         ids=[c.id for c in CASES])
 def test_bad_input_is_a_named_error(case: Case, inputs: Path, cache: Path):
     if case.needs_no_cuda and torch.cuda.is_available():
         pytest.skip("CUDA is available here, so this device is not a bad input")

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from spikelm.checkpoints import save, save_official
+from spikelm.checkpoints import save_official
 from spikelm.cli import main
-from spikelm.configfile import find_config, load_train_args
+from spikelm.configfile import load_train_args
 from spikelm.data.build import prepare
 from spikelm.errors import ConfigError
-from spikelm.io import RUN_RECORD, OutputExistsError, claim_dir, describe_os_error
+from spikelm.io import OutputExistsError, claim_dir
 from spikelm.testing import make_rwkv6
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +84,8 @@ def test_train_refuses_a_users_file_before_any_work(tmp_path, text, capsys, monk
 
 
 def test_train_resumes_its_own_run_and_overwrite_starts_over(tmp_path, text, capsys):
+    from spikelm.io import RUN_RECORD
+
     cfg = train_yaml(tmp_path, text, save_every=1)
     run = tmp_path / "run"
     assert main(["-q", "train", str(cfg), "--out-dir", str(run), "--no-progress"]) == 0
@@ -187,6 +189,8 @@ def test_a_full_disk_is_one_named_line_and_the_last_checkpoint_survives(tmp_path
 def test_os_errors_are_named_with_the_path_the_user_knows():
     import errno
 
+    from spikelm.io import describe_os_error
+
     e = OSError(errno.ENOSPC, "No space left on device", "/runs/x/.model.safetensors.tmp-123-abcdef")
     assert describe_os_error(e) == "/runs/x/model.safetensors: no space left on the device; free some space there or choose another path"
     assert "read-only file system" in describe_os_error(OSError(errno.EROFS, "Read-only file system", "/ro/a"))
@@ -276,6 +280,8 @@ def test_an_error_names_its_key_once(tmp_path, text, capsys):
 
 # ------------------------------------------------------------------------------------------ 9
 def test_configs_are_found_by_name_from_any_folder(tmp_path, text, monkeypatch):
+    from spikelm.configfile import find_config
+
     monkeypatch.chdir(tmp_path)  # no configs/ here
     assert find_config("rwkv6-tiny").read_text() == (ROOT / "configs" / "rwkv6-tiny.yaml").read_text()
     assert find_config("configs/spikegpt-tiny.yaml") == find_config("spikegpt-tiny.yaml")

@@ -80,31 +80,34 @@ def entry() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every way it can end is an exit code and at most one line on stderr:
     0 done, 2 a user's error (:class:`SpikelmError`, or an ``OSError`` named with its path and
-    cause), 130 Ctrl-C at any moment, 141 a closed stdout (``spikelm generate M | head``: quiet)."""
-    where = "spikelm"
+    cause), 130 Ctrl-C (spikelm_launch covers the moments outside this function), 141 a closed
+    stdout (``spikelm generate M | head``: quiet, as Unix tools end)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _TopParser(
+        prog="spikelm",
+        description="Spiking language models: convert RWKV-6 to spikes (SpikeRWKV), train SpikeGPT, "
+        "and measure accuracy and energy side by side. `spikelm COMMAND --help` documents each command.",
+    )
+    top.add_argument("--version", action="version", version=f"spikelm {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    top.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
+    top.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
+    if not argv:
+        top.print_help()
+        return 2
     try:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        top = _TopParser(
-            prog="spikelm",
-            description="Spiking language models: convert RWKV-6 to spikes (SpikeRWKV), train SpikeGPT, "
-            "and measure accuracy and energy side by side. `spikelm COMMAND --help` documents each command.",
-        )
-        top.add_argument("--version", action="version", version=f"spikelm {__version__}")
-        top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-        top.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-        top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
-        top.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command")
-        if not argv:
-            top.print_help()
-            return 2
-        ns = top.parse_args(argv)  # an unknown command: a ConfigError, one line and exit 2 below
-        where = f"spikelm {ns.command}"
-        logging.basicConfig(
-            level=logging.DEBUG if ns.verbose else logging.WARNING if ns.quiet else logging.INFO,
-            format="%(message)s" if not ns.verbose else "%(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        fn = COMMANDS[ns.command]
+        ns = top.parse_args(argv)
+    except SpikelmError as e:  # an unknown command: one line, exit 2, like every other user error
+        print(f"spikelm: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.WARNING if ns.quiet else logging.INFO,
+        format="%(message)s" if not ns.verbose else "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    fn = COMMANDS[ns.command]
+    try:
         parser, takes_overrides = build_parser(ns.command, fn)
         if takes_overrides:
             known, extra = parser.parse_known_args(ns.args)
@@ -115,16 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         result = fn(**kwargs)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
     except SpikelmError as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
+        print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as Unix tools do
         _stdout_to_devnull()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool the closed pipe ended
-    except OSError as e:  # a path the user named: missing, unwritable, a full disk ...
-        print(f"{where}: error: {describe_os_error(e)}{_cache_hint(e)}", file=sys.stderr)
+    except OSError as e:  # a path the user named: missing, unwritable, a full disk, a read-only target ...
+        print(f"spikelm {ns.command}: error: {describe_os_error(e)}{_cache_hint(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{where}: interrupted", file=sys.stderr)
+        print(f"\nspikelm {ns.command}: interrupted", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0
 

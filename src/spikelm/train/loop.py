@@ -490,7 +490,7 @@ def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: st
 
 def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
           resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
@@ -500,7 +500,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
     the validation loss blows up (:func:`.checkpointing.blow_up`), :class:`RunLocked` if another
     run holds ``out_dir``, and :class:`TrainingInterrupted` after SIGINT/SIGTERM (once the
     checkpoint of the step in progress is saved). ``out_dir`` must be empty, hold an earlier run
-    of ``train`` (spikelm's own files only), or ``overwrite`` is given (:func:`claim_run_dir`).
+    of ``command`` (spikelm's own files only: ``owns``, what that command writes there), or
+    ``overwrite`` is given (:func:`claim_run_dir`).
     """
     out_dir = Path(args.out_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -515,7 +516,7 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         amp, use_scaler = resolve_precision(args.precision, device)
         tf32_on = settings.enter_context(tf32(device, amp, args.tf32))
         start_from = dist.on_main(lambda: claim_run_dir(out_dir, lock, resume=resume, resume_from=resume_from,
-                                                        overwrite=overwrite))
+                                                        overwrite=overwrite, command=command, owns=owns))
 
         # Seed before building the model (init_weights has its own generator, but other model
         # families may draw from the global one): every process builds the same model.
