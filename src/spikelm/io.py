@@ -217,12 +217,12 @@ def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output fo
 
 
 def _earlier_run_of(folder: Path, command: str, legacy: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds an earlier run of ``command``: its record says so, or (no record:
+    a run of a spikelm from before the record) one of the ``legacy`` files is there."""
     try:
-        if json.loads((folder / RUN_RECORD).read_text()).get("command") == command:
-            return True
+        return json.loads((folder / RUN_RECORD).read_text()).get("command") == command
     except (OSError, ValueError, AttributeError):
-        pass
-    return any((folder / name).exists() for name in legacy)
+        return any((folder / name).exists() for name in legacy)
 
 
 def remove_owned(folder: str | os.PathLike, owns: tuple[str, ...] | list[str]) -> None:

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from ..checkpoints import load_state_dict, read_state, save, write_torch
-from ..config import ConfigError, TrainArgs
+from ..config import ConfigError, RunArgs
 from ..errors import CheckpointError, SpikelmError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, claim_dir, remove_owned
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
+__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "RUN_FILES", "claim_run_dir", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
            "save_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
            "rng_state", "set_rng_state", "read_json", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
            "UNIFORM_MARGIN_NATS", "RISE_MARGIN_NATS"]
@@ -230,7 +230,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------- save and restore
 def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
-                          args: TrainArgs, rng_states: list[dict[str, Any]]) -> None:
+                          args: RunArgs, rng_states: list[dict[str, Any]]) -> None:
     """Everything besides the weights that an exact resume needs."""
     write_torch(optimizer.state_dict(), folder / "optimizer.pt")
     for rank, rng in enumerate(rng_states):
@@ -242,7 +242,7 @@ def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler
 
 
 def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                    state: dict[str, Any], args: TrainArgs, rng_states: list[dict[str, Any]]) -> Path:
+                    state: dict[str, Any], args: RunArgs, rng_states: list[dict[str, Any]]) -> Path:
     """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones.
 
     ``rng_states`` holds every process's RNG states, rank by rank.
@@ -340,11 +340,18 @@ def read_json(path: Path) -> dict[str, Any]:
     return obj
 
 
-def check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> None:
-    """Resuming with a different model is an error; other changes (longer runs) are allowed but noted."""
-    if saved.get("model") != args.model:
-        raise ConfigError(f"model: the checkpoint {folder} was trained with {saved.get('model')}, this run asks for {args.model}")
-    changed = sorted(k for k, v in args.to_dict().items() if k != "model" and saved.get(k) != v)
+def check_args_match(saved: dict[str, Any], args: RunArgs, folder: Path) -> None:
+    """Resuming with a different model (the keys in ``args.FIXED``: the model config of a training
+    run, the checkpoint, encoding and trainable parts of a fine-tune) or a different kind of run is
+    an error; other changes (longer runs) are allowed but noted."""
+    if saved.get("kind", args.kind) != args.kind:
+        raise ConfigError(f"the checkpoint {folder} belongs to a {saved.get('kind')} run, not a {args.kind} run; "
+                          "choose another --out-dir")
+    for key in args.FIXED:
+        if saved.get(key) != getattr(args, key):
+            raise ConfigError(f"{key}: the checkpoint {folder} was trained with {saved.get(key)!r}, this run asks for "
+                              f"{getattr(args, key)!r}")
+    changed = sorted(k for k, v in args.to_dict().items() if k not in args.FIXED and saved.get(k) != v)
     if changed:
         log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))
 
@@ -403,3 +410,40 @@ def diverged_message(what: str, step: int, out_dir: Path, vocab_size: int, save_
         where = ("no kept checkpoint has a healthy recorded validation loss; lower lr, raise warmup_steps or "
                  "grad_clip, and start again in a new --out-dir")
     return f"{what} at step {step}; the run stopped without saving that step. {where}"
+
+
+# ---------------------------------------------------------------------------- the run folder
+# What a training run writes in its out_dir (spikelm.io.claim_dir): anything else there is the user's.
+RUN_FILES = ("log.csv", "log.jsonl", "summary.json", "train_args.json", f"{CHECKPOINTS}/",
+             "final/config.json", "final/model.safetensors")
+
+
+def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: str | os.PathLike | None,
+                  overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> Path | None:
+    """Rank 0's checks before a run starts (before any work): the one output rule on out_dir
+    (:func:`spikelm.io.claim_dir`: empty, an earlier run of ``command``, or ``overwrite``; never a
+    user's file), the lock, no start over an earlier run unless resuming (``overwrite`` starts over:
+    the earlier run's files go), no half-written checkpoints; return the checkpoint to resume from.
+    ``owns``: the files the command writes there (``finetune`` passes its own)."""
+    claim_dir(out_dir, overwrite=overwrite, what="out_dir", owns=owns, reuse=command, legacy=("train_args.json",))
+    out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
+    lock.acquire()
+    try:
+        if resume_from is not None:
+            folder = resolve_resume_from(resume_from, out_dir)
+            if folder.parent == out_dir / CHECKPOINTS:
+                point_latest_at(folder)  # an interrupted --resume-from run continues on the new branch
+        else:
+            earlier = (out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()
+            if earlier and not resume and overwrite:
+                log.info("--overwrite: removing the earlier run's files in %s", out_dir)
+                remove_owned(out_dir, owns)
+            elif earlier and not resume:
+                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, --overwrite to start "
+                                   "over (its checkpoints and logs go), or choose another --out-dir")
+            folder = latest_checkpoint(out_dir) if resume else None
+        remove_stale_temps(out_dir)
+        return folder
+    except BaseException:
+        lock.release()
+        raise

@@ -39,6 +39,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,21 +49,23 @@ import torch
 from torch import nn
 
 from ..checkpoints import build_model, save
-from ..config import ConfigError, TrainArgs
+from ..config import ConfigError, RunArgs, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
 from ..devices import tf32
 from ..errors import SpikelmError
-from ..io import atomic_write_json, atomic_write_text, claim_dir, remove_owned
+from ..io import atomic_write_json, atomic_write_text
 from ..ops.cross_entropy import cross_entropy_fp32
 from ..progress import ProgressFn, report
 from .checkpointing import (
     CHECKPOINTS,
+    RUN_FILES,
     LATEST,
     RunLock,
     TrainingDiverged,
     blow_up,
     check_args_match,
+    claim_run_dir,
     diverged_message,
     latest_checkpoint,
     point_latest_at,
@@ -74,11 +77,12 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .distributed import Dist, autocast, resolve_precision, setup_distributed, train_device
+from .objective import Objective, lr_at, make_optimizer, param_groups, schedule_description
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "param_groups", "make_optimizer", "lr_at", "claim_run_dir",
-           "RUN_FILES"]
+__all__ = ["TrainResult", "TrainingInterrupted", "Objective", "train", "param_groups", "make_optimizer", "lr_at",
+           "claim_run_dir", "RUN_FILES"]
 
 LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
@@ -100,60 +104,6 @@ class TrainResult:
     def val_bits(self) -> float | None:
         """Validation loss in bits per token."""
         return None if self.val_loss is None else self.val_loss / math.log(2)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weight matrices, and everything else (see the module docstring)."""
-    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.squeeze().dim() < 2 or leaf.startswith("time_") or id(p) in embeddings:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=args.betas, eps=args.eps)
-
-
-def lr_at(step: int, args: TrainArgs, total_steps: int | None = None, time_fraction: float | None = None) -> float:
-    """Learning rate of the optimizer step with 0-based index ``step``.
-
-    Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps,
-    then a cosine from ``lr`` down to ``min_lr``, reached at the last step.
-
-    With a time budget (``max_minutes``), ``time_fraction`` is the part of the budget spent when
-    this step ends (1.0: it is the last). The cosine then follows whichever end comes first, the
-    steps or the budget (the larger of the two progress fractions), so the rate reaches ``min_lr``
-    at the end of the run however many steps fit in it; the warm-up still counts steps.
-    """
-    total = args.total_steps if total_steps is None else total_steps
-    span = max(1, total - args.warmup_steps - 1)
-    progress = min(1.0, max(0.0, (step - args.warmup_steps) / span))
-    if time_fraction is not None:
-        progress = max(progress, min(1.0, max(0.0, time_fraction)))
-    cosine = args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * progress))
-    if step < args.warmup_steps:  # under a budget, never above the cosine (a budget may end inside the warm-up)
-        warm = args.lr * (step + 1) / args.warmup_steps
-        return warm if time_fraction is None else min(warm, cosine)
-    return cosine
-
-
-def schedule_description(args: TrainArgs, total_steps: int) -> str:
-    """What the run's learning rate follows, for the log and summary.json."""
-    warm = f"linear warm-up over {args.warmup_steps} steps, then " if args.warmup_steps else ""
-    if args.max_minutes > 0:
-        return (f"{warm}cosine from {args.lr:g} to min_lr {args.min_lr:g} over the time budget of {args.max_minutes:g} "
-                f"minutes (or {total_steps} steps, whichever ends first)")
-    return f"{warm}cosine from {args.lr:g} to min_lr {args.min_lr:g} at step {total_steps}"
 
 
 # ---------------------------------------------------------------------------- model and data
@@ -213,8 +163,9 @@ def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len:
 class _RunLog:
     """``log.csv`` and ``log.jsonl`` in out_dir (rank 0 only); rows are flushed as they come."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, extra_fields: tuple[str, ...] = ()) -> None:
         self.enabled = enabled
+        self.fields = LOG_FIELDS + tuple(extra_fields)
         self.csv_path, self.jsonl_path = out_dir / "log.csv", out_dir / "log.jsonl"
         self.history: list[dict[str, Any]] = []
         if not enabled:
@@ -231,7 +182,7 @@ class _RunLog:
     def _rewrite(self) -> None:
         atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self.history))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, LOG_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(buf, self.fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(self.history)
         atomic_write_text(self.csv_path, buf.getvalue())
@@ -241,7 +192,7 @@ class _RunLog:
         if not self.enabled:
             return
         buf = io.StringIO()
-        csv.DictWriter(buf, LOG_FIELDS, extrasaction="ignore").writerow(row)
+        csv.DictWriter(buf, self.fields, extrasaction="ignore").writerow(row)
         for path, line in ((self.jsonl_path, json.dumps(row) + "\n"), (self.csv_path, buf.getvalue())):
             _append(path, line.encode())
 
@@ -331,11 +282,11 @@ class _Run:
     guard), :meth:`log_row` and :meth:`save`.
     """
 
-    def __init__(self, args: TrainArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
-                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path) -> None:
+    def __init__(self, args: RunArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
+                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path, objective: Objective) -> None:
         self.args, self.raw, self.dist, self.device, self.amp = args, raw, dist, device, amp
-        self.out_dir, self.vocab = out_dir, vocab
-        self.optimizer = make_optimizer(raw, args)
+        self.out_dir, self.vocab, self.objective = out_dir, vocab, objective
+        self.optimizer = make_optimizer(raw, args, objective.param_groups(raw, args))
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.sampler = BatchSampler(corpus.tokens("train"), args.batch_size, args.ctx_len, args.seed, dist.rank, dist.world_size)
         self.val_tokens = corpus.tokens("valid")
@@ -374,7 +325,7 @@ class _Run:
         gradient norm raises :class:`TrainingDiverged` before the weights change."""
         args, c = self.args, self.c
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         assert self.sampler.step == c.step, "sampler and optimizer steps disagree"
         xs, ys = next(self.sampler)
         loss_sum = torch.zeros((), device=self.device)
@@ -385,9 +336,7 @@ class _Run:
                 sync = self.ddp.no_sync()  # accumulate locally; all-reduce on the last micro-batch
             with sync:
                 with autocast(self.device, self.amp):
-                    logits, _ = self.model(x)
-                # fp32 loss without an fp32 copy of the whole (bf16) logits: ops/cross_entropy.py
-                loss = cross_entropy_fp32(logits.flatten(0, 1), y.flatten())
+                    loss = self.objective.loss(self.model, x, y)
                 self.scaler.scale(loss / args.grad_accum).backward()
             loss_sum += loss.detach()
         loss_t = self.dist.mean(loss_sum / args.grad_accum)
@@ -406,15 +355,17 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.objective.after_step(self.raw)
         c.step += 1
         c.tokens += args.tokens_per_step
         c.pending_losses.append(step_loss)
         return step_loss
 
     # ------------------------------------------------------------ validation and the guard
-    def validate(self) -> float:
-        return _validate(self.raw, self.val_tokens, self.val_starts, self.args.ctx_len, self.micro,
-                         self.device, self.amp, self.dist)
+    def validate(self, model: nn.Module | None = None) -> float:
+        """Mean next-token loss of ``model`` (default: the model being trained) on the fixed windows."""
+        return _validate(self.raw if model is None else model, self.val_tokens, self.val_starts, self.args.ctx_len,
+                         self.micro, self.device, self.amp, self.dist)
 
     def diverged(self, what: str, step: int) -> None:
         raise TrainingDiverged(diverged_message(what, step, self.out_dir, self.vocab, self.args.save_every))
@@ -434,7 +385,8 @@ class _Run:
         resumes in the checkpoint, so the row is the same whether or not the run was resumed)."""
         c = self.c
         row = {"step": c.step, "tokens": c.tokens, "loss": sum(c.pending_losses) / len(c.pending_losses),
-               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3)}
+               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3),
+               **self.objective.row_extra(val)}
         c.pending_losses = []
         return row
 
@@ -452,46 +404,16 @@ class _Run:
         return path
 
 
-# What a training run writes in its out_dir (spikelm.io.claim_dir): anything else there is the user's.
-RUN_FILES = ("log.csv", "log.jsonl", "summary.json", "train_args.json", f"{CHECKPOINTS}/",
-             "final/config.json", "final/model.safetensors")
-
-
-def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: str | os.PathLike | None,
-                  overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> Path | None:
-    """Rank 0's checks before a run starts (before any work): the one output rule on out_dir
-    (:func:`spikelm.io.claim_dir`: empty, an earlier run of ``command``, or ``overwrite``; never a
-    user's file), the lock, no start over an earlier run unless resuming (``overwrite`` starts over:
-    the earlier run's files go), no half-written checkpoints; return the checkpoint to resume from.
-    ``owns``: the files the command writes there (``finetune`` passes its own)."""
-    claim_dir(out_dir, overwrite=overwrite, what="out_dir", owns=owns, reuse=command, legacy=("train_args.json",))
-    out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
-    lock.acquire()
-    try:
-        if resume_from is not None:
-            folder = resolve_resume_from(resume_from, out_dir)
-            if folder.parent == out_dir / CHECKPOINTS:
-                point_latest_at(folder)  # an interrupted --resume-from run continues on the new branch
-        else:
-            earlier = (out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()
-            if earlier and not resume and overwrite:
-                log.info("--overwrite: removing the earlier run's files in %s", out_dir)
-                remove_owned(out_dir, owns)
-            elif earlier and not resume:
-                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, --overwrite to start "
-                                   "over (its checkpoints and logs go), or choose another --out-dir")
-            folder = latest_checkpoint(out_dir) if resume else None
-        remove_stale_temps(out_dir)
-        return folder
-    except BaseException:
-        lock.release()
-        raise
-
-
-def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
+def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False,
           resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+          build: Callable[[bool], nn.Module] | None = None, objective: Objective | None = None,
           overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
+
+    ``build(resuming)``, when given, makes the model instead, after ``out_dir`` has been claimed
+    (so an out_dir that is refused costs no work; ``resuming`` says a checkpoint's weights will
+    replace what it builds). ``objective`` is what the run optimises (default :class:`Objective`:
+    next-token training); spiking-aware fine-tuning passes its own (:mod:`.finetune`).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
     With ``resume`` the run continues from ``out_dir``'s latest checkpoint (or starts fresh if
@@ -522,6 +444,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # families may draw from the global one): every process builds the same model.
         _seed_everything(args.seed)
         corpus = prepare(args.data, args.tokenizer)
+        if model is None and build is not None:
+            model = build(start_from is not None)  # every rank knows start_from (on_main)
         if model is None:
             model = _build_model(args, int(corpus.meta["vocab_size"]))
         raw = model.to(device)
@@ -529,17 +453,19 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # the data order depends only on (seed, step), never on these.
         _seed_everything(args.seed + dist.rank)
         vocab = int(getattr(getattr(raw, "cfg", None), "vocab_size", corpus.meta["vocab_size"]))
-        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir)
+        objective = objective if objective is not None else Objective()
+        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir, objective)
         if start_from is None and (resume or resume_from is not None):
             log.info("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINTS)
         if start_from is not None:
             run.restore(start_from)
             if dist.is_main:
                 log.info("resumed from %s (step %d, %s tokens)", start_from, run.c.step, f"{run.c.tokens:,}")
-        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None)
+        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None, objective.log_fields)
         if dist.is_main:
             atomic_write_json(out_dir / "train_args.json", args.to_dict())
         run.wrap()
+        objective.start(run)
 
         total = args.total_steps
         n_params = sum(p.numel() for p in raw.parameters())
@@ -565,13 +491,14 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         raw.eval()
         final_path = None
         if dist.is_main:
-            final_path = save(raw, out_dir / "final")
+            final_path = save(objective.final_model(raw), out_dir / "final", extra=objective.final_extra())
             summary = {"final": str(final_path), "steps": c.step, "tokens": c.tokens, "val_loss": val_loss,
                        "val_bits_per_token": None if val_loss is None else val_loss / math.log(2),
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
-                       "lr_schedule": schedule_description(args, total), "final_lr": runlog.history[-1]["lr"] if runlog.history else None,
-                       "world_size": dist.world_size, "device": str(device)}
+                       "lr_schedule": schedule_description(args, total),
+                       "final_lr": runlog.history[-1]["lr"] if runlog.history else None,
+                       "world_size": dist.world_size, "device": str(device), **objective.summary()}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
                      c.step, val_loss, val_loss / math.log(2), final_path)
