@@ -35,7 +35,6 @@ Only rank 0 writes files, logs and reports progress (:mod:`.distributed` sets th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
