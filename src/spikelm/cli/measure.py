@@ -142,17 +142,17 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
     if finetune_steps < 0:
         raise ConfigError(f"--finetune-steps must be >= 0, got {finetune_steps}")
     t = energy_table(table) if table != "auto" else None  # a named error before the model loads
-    model = load_model(checkpoint, device, dtype, binary_embedding, family, weight_bits, prices_energy=energy)
     bars = progress_bars(progress and not json_)
-    text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
-    calib = calibration_batches(calib_data, model.tokenizer_name, progress=bars)
     with contextlib.ExitStack() as stack:
-        if finetune_steps:
+        if finetune_steps:  # first: it checks every fine-tuning's folder (--finetune-out) before any work
             folder = Path(finetune_out) if finetune_out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spikelm-ft-")))
             # a fine-tuned row is fine-tuned in float and its weights then stored at the sweep's precision
             rows_settings = with_finetuned(rows_settings, checkpoint, folder, data, calib_data, finetune_steps, finetune_train,
                                            device, lambda p: load_model(str(p), device, dtype, weight_bits=weight_bits,
                                                                         prices_energy=energy), bars)
+        model = load_model(checkpoint, device, dtype, binary_embedding, family, weight_bits, prices_energy=energy)
+        text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
+        calib = calibration_batches(calib_data, model.tokenizer_name, progress=bars)
         _sweep_and_print(model, checkpoint, text, calib, calib_data, rows_settings, energy, energy_tokens, t, batch,
                          chunk, ctx, json_, bars)
     return 0

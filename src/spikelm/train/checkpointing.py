@@ -44,7 +44,7 @@ from .distributed import Dist, is_sharded
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "RUN_FILES", "claim_run_dir", "read_json", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
+__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "RUN_FILES", "claim_run_dir", "claim_run_folder", "read_json", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
            "save_checkpoint", "save_sharded_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
            "rng_state", "set_rng_state", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
            "UNIFORM_MARGIN_NATS", "RISE_MARGIN_NATS"]
@@ -516,6 +516,14 @@ RUN_FILES = ("log.csv", "log.jsonl", "summary.json", "train_args.json", f"{CHECK
              "final/config.json", "final/model.safetensors")
 
 
+def claim_run_folder(out_dir: str | os.PathLike, *, overwrite: bool = False, command: str = "train",
+                     owns: tuple[str, ...] = RUN_FILES) -> Path:
+    """The one output rule on a run's out_dir alone (:func:`spikelm.io.claim_dir`), without the lock:
+    :func:`claim_run_dir` starts with it, and a command that runs several fine-tunings later (the
+    sweep's fine-tuned rows) checks all their folders with it before any work."""
+    return claim_dir(out_dir, overwrite=overwrite, what="out_dir", owns=owns, reuse=command, legacy=("train_args.json",))
+
+
 def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: str | os.PathLike | None,
                   overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> Path | None:
     """Rank 0's checks before a run starts (before any work): the one output rule on out_dir
@@ -523,7 +531,7 @@ def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: st
     user's file), the lock, no start over an earlier run unless resuming (``overwrite`` starts over:
     the earlier run's files go), no half-written checkpoints; return the checkpoint to resume from.
     ``owns``: the files the command writes there (``finetune`` passes its own)."""
-    claim_dir(out_dir, overwrite=overwrite, what="out_dir", owns=owns, reuse=command, legacy=("train_args.json",))
+    claim_run_folder(out_dir, overwrite=overwrite, command=command, owns=owns)
     out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
     lock.acquire()
     try:

@@ -57,6 +57,7 @@ from ..markdown import md_table
 from ..ops.cross_entropy import cross_entropy_fp32, kl_distill_fp32
 from ..progress import ProgressFn
 from ..spiking.layers import SpikeEncoder
+from .checkpointing import claim_run_folder
 from .loop import Objective, TrainResult, param_groups, train
 
 log = logging.getLogger("spikelm.train")
@@ -431,7 +432,9 @@ def with_finetuned(settings: list[tuple[str, Any]], checkpoint: str, folder: Pat
     """``settings`` of a sweep with a fine-tuned row (``NAME +FT``, a :class:`~spikelm.evaluate.sweep.Prepared`)
     after each preset's row: ``checkpoint`` converted with that preset and fine-tuned for ``steps``
     steps on ``data`` (train split), into ``folder/<row>``. A folder holding that fine-tune already
-    is resumed (or, if finished, reused). ``loader`` reads the result (the sweep's device and dtype)."""
+    is resumed (or, if finished, reused). ``loader`` reads the result (the sweep's device and dtype).
+    Every row's folder is checked here, before the sweep's work (the one output rule): a folder
+    holding a file of the user's stops the sweep now, not after its first rows."""
     out: list[tuple[str, Any]] = []
     for name, enc in settings:
         out.append((name, enc))
@@ -440,6 +443,7 @@ def with_finetuned(settings: list[tuple[str, Any]], checkpoint: str, folder: Pat
             continue
         args = FinetuneArgs(checkpoint=str(checkpoint), preset=preset, sites=enc.sites, data=data, calib_data=calib_data,
                             max_steps=steps, train=mode, device=device, out_dir=str(folder / f"{preset}-{enc.sites}"))
+        claim_run_folder(args.out_dir, command="finetune")
         out.append((f"{name} +FT", Prepared(enc, *_finetuned_row(args, loader, progress))))
     return out
 
