@@ -7,7 +7,7 @@
 5. a text with no newline is split by bytes at a character boundary;
 6. `spikelm generate M | head -c 10` ends quietly;
 7. Ctrl-C while the command is still loading is exit 130 without a traceback;
-8. a duplicated config key is an error; a message names a key once; an OS error is named;
+8. a duplicated config key is an error; a message names a key once; an OS error is named; the kernels' notice only when they are built;
 9. the README's own-text commands: configs from any folder, calibration said explicitly;
 10. (in tests/train/test_time_budget.py) a time budget decays the learning rate to min_lr.
 
@@ -114,6 +114,22 @@ def test_the_rule_is_one_function_for_any_command(tmp_path):
     (out / "final" / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="final/notes.txt"):
         claim_dir(out, overwrite=True, owns=owns, reuse="finetune")
+
+
+def test_sweep_checks_its_fine_tuning_folders_before_any_work(tmp_path, text, monkeypatch, capsys):
+    """sweep --finetune-out: each fine-tuned row's folder follows the rule, checked before the first row."""
+    import spikelm.cli.measure as measure
+
+    ckpt = save_official(make_rwkv6(n_layer=1, n_embd=32, head_size=16), tmp_path / "ok.pth")
+    monkeypatch.setattr(measure, "load_model", lambda *a, **k: pytest.fail("the sweep's work began"))
+    ft = tmp_path / "ft"
+    (ft / "SpikeRWKV-4L-time_mix").mkdir(parents=True)
+    (ft / "SpikeRWKV-4L-time_mix" / "notes.txt").write_text("mine\n")
+    assert main(["sweep", str(ckpt), "--data", str(text), "--calib-data", str(text), "--presets", "SpikeRWKV-3L,SpikeRWKV-4L",
+                 "--finetune-steps", "1", "--finetune-out", str(ft), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "Traceback" not in err
+    assert (ft / "SpikeRWKV-4L-time_mix" / "notes.txt").read_text() == "mine\n"
 
 
 # ------------------------------------------------------------------------------------------ 2
@@ -228,7 +244,8 @@ def test_a_long_line_is_read_in_bounded_pieces(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ 6
 def test_a_closed_stdout_ends_quietly(tmp_path, tiny_ckpt):
     proc = subprocess.Popen([sys.executable, "-m", "spikelm", "generate", str(tiny_ckpt), "--max-tokens", "20000",
-                             "--prompt", "abc"], env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--prompt", "abc"], env=dict(env(tmp_path), SPIKELM_NO_CPP_KERNELS="1"),  # no build to wait for
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.read(10)  # `head -c 10`
     proc.stdout.close()
     err = proc.stderr.read().decode()
@@ -278,6 +295,41 @@ def test_an_error_names_its_key_once(tmp_path, text, capsys):
     assert "model.vocab_size" in line and "model.model" not in line, line
 
 
+def test_the_kernels_notice_only_when_a_build_runs(tmp_path, monkeypatch, caplog):
+    """Before, every command logged "loading spikelm's compiled CPU kernels (about 30 s)", built or not."""
+    import torch.utils.cpp_extension as cpp
+
+    from spikelm.ops import cpu_kernels
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.delenv("SPIKELM_NO_CPP_KERNELS", raising=False)
+    source = cpu_kernels._source()
+    assert cpu_kernels._build_needed(cpu_kernels.NAME, source)  # an empty cache: it builds
+    folder = tmp_path / "ext" / cpu_kernels.NAME
+    (folder / "main.cpp").write_text("#include <torch/extension.h>\n" + source, encoding="utf-8")
+    assert cpu_kernels._build_needed(cpu_kernels.NAME, source)  # the source, but no library yet
+    lib = folder / f"{cpu_kernels.NAME}.so"
+    lib.write_bytes(b"built")
+    os.utime(lib, (time.time() + 5, time.time() + 5))
+    assert not cpu_kernels._build_needed(cpu_kernels.NAME, source)  # built from this source: nothing to say
+    assert cpu_kernels._build_needed(cpu_kernels.NAME, source + "// changed\n")  # a new spikelm: it rebuilds
+
+    built = []
+    monkeypatch.setattr(cpp, "load_inline", lambda *a, **k: built.append(a))  # what kernel() says, not the build
+    caplog.set_level("DEBUG", logger="spikelm.ops.cpu_kernels")
+    try:
+        for needed in (False, True):
+            monkeypatch.setattr(cpu_kernels, "_build_needed", lambda *a, needed=needed: needed)
+            cpu_kernels.kernel.cache_clear()
+            caplog.clear()
+            cpu_kernels.kernel()
+            notices = [r for r in caplog.records if r.levelname == "INFO" and "kernels" in r.getMessage()]
+            assert len(notices) == needed, [r.getMessage() for r in caplog.records]
+        assert len(built) == 2
+    finally:
+        cpu_kernels.kernel.cache_clear()  # the next caller loads the real kernels
+
+
 # ------------------------------------------------------------------------------------------ 9
 def test_configs_are_found_by_name_from_any_folder(tmp_path, text, monkeypatch):
     from spikelm.configfile import find_config
@@ -304,6 +356,26 @@ def test_the_readme_works_offline_and_calibrates_on_the_users_text():
     assert "../shared" not in readme and "docs/design.md" in readme
     assert (ROOT / "docs" / "design.md").is_file()
     assert "at least 3" in own  # a --data folder needs 3 .txt files, and says so
+
+
+def test_a_sweep_reports_the_time_left_for_all_its_rows():
+    """sweep's long run (one evaluation per row) reports one task over every row, for a bar with an ETA."""
+    import torch
+
+    from spikelm.evaluate.sweep import settings as sweep_settings
+    from spikelm.evaluate.sweep import sweep
+
+    model = make_rwkv6(n_layer=1, n_embd=32, head_size=16)
+    tokens = torch.randint(0, 256, (96,))
+    calib = [torch.randint(0, 256, (2, 16))]
+    events = []
+    rows = sweep(model, tokens, 96, calib, sweep_settings(["SpikeRWKV-3L", "SpikeRWKV-4L"], [], [], "time_mix"), chunk=32,
+                 progress=events.append)
+    whole = [e for e in events if e.desc == "sweep"]
+    assert len(rows) == 3 and whole and {e.total for e in whole} == {3 * 96}
+    assert [e.done for e in whole] == sorted(e.done for e in whole) and whole[-1].done == 3 * 96
+    assert [e.finished for e in whole].count(True) == 1 and whole[-1].finished
+    assert {e.postfix["row"] for e in whole} == {"1/3", "2/3", "3/3"}
 
 
 def test_calibration_on_the_default_corpus_says_how_to_use_ones_own(tmp_path, monkeypatch, tiny_ckpt, text, capsys):
