@@ -38,11 +38,12 @@ data: setup
 demo: data
 	$(SPIKELM) demo
 
+# stdin from /dev/null: no test's child process can wait on a terminal or an open pipe
 test: data
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) < /dev/null
 
 test-slow: data
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow --durations=15 --timeout 1800 $(PYTEST_ARGS) < /dev/null
 
 test-gpu: data
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
