@@ -353,11 +353,11 @@ class _Run:
             loss_sum += loss.detach()
         loss_t = self.dist.mean(loss_sum / args.grad_accum)
         self.scaler.unscale_(self.optimizer)
-        gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+        # grad_clip 0 clips nothing, but the guard still needs the norm (max_norm inf scales by 1)
+        gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip if args.grad_clip > 0 else math.inf)
         # One host sync per step for the divergence guard: the loss and the gradient norm come to the
         # host together (both are needed before the weights may change; the values are the same floats).
-        step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
-                                        else gnorm_t.float()]).tolist()
+        step_loss, gnorm = torch.stack([loss_t.float(), gnorm_t.float()]).tolist()
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             self.diverged(f"the training loss is {step_loss}", c.step + 1)
