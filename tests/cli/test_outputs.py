@@ -38,14 +38,20 @@ def convert_args(ckpt: Path, out: Path, text: Path, *extra: str) -> list[str]:
             "--calib-ctx", "16", "--no-progress", *extra]
 
 
+USER_FILES = {"notes.txt": "three weeks of notes\n", "config.json": '{"mine": true}\n'}
+
+
 @pytest.mark.parametrize("command", ["init", "convert"])
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_a_folder_holding_a_users_file_survives(tmp_path, text, capsys, command, overwrite):
+@pytest.mark.parametrize("files", [("notes.txt",), ("notes.txt", "config.json")], ids=["one-file", "two-files"])
+def test_a_folder_holding_a_users_file_survives(tmp_path, text, capsys, command, overwrite, files):
+    """A folder holding one file is as non-empty as one holding two (even a spikelm-named file next to
+    a user's one)."""
     ckpt = save_official(tiny(), tmp_path / "ann.pth")
     out = tmp_path / "run"
     out.mkdir()
-    (out / "notes.txt").write_text("three weeks of notes\n")
-    (out / "config.json").write_text('{"mine": true}\n')  # even a spikelm-named file, next to a user's one
+    for name in files:
+        (out / name).write_text(USER_FILES[name])
     argv = (["init", str(out), "--n-layer", "1", "--n-embd", "32", "--head-size", "16"] if command == "init"
             else convert_args(ckpt, out, text))
     assert main(argv + (["--overwrite"] if overwrite else [])) == 2
@@ -53,10 +59,25 @@ def test_a_folder_holding_a_users_file_survives(tmp_path, text, capsys, command,
     assert "Traceback" not in err and str(out) in err and "--overwrite" in err
     if overwrite:
         assert "notes.txt" in err
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
-    assert (out / "notes.txt").read_text() == "three weeks of notes\n"
-    assert (out / "config.json").read_text() == '{"mine": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    for name in files:
+        assert (out / name).read_text() == USER_FILES[name]
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("entry", ["notes.txt", "config.json", "subfolder", ".hidden"])
+def test_claim_dir_refuses_a_folder_holding_a_single_entry(tmp_path, entry):
+    """One entry of any kind (a user's file, a spikelm-named file, a folder, a dot file) makes the
+    folder non-empty: refused without --overwrite. An empty folder is accepted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert spikelm.io.claim_dir(out, overwrite=False) == out
+    (out / entry).mkdir() if entry == "subfolder" else (out / entry).write_text("x")
+    with pytest.raises(spikelm.io.OutputExistsError, match="exists and is not empty"):
+        spikelm.io.claim_dir(out, overwrite=False)
+    if entry == "notes.txt":  # a user's file: refused with --overwrite too
+        with pytest.raises(spikelm.io.OutputExistsError, match="notes.txt"):
+            spikelm.io.claim_dir(out, overwrite=True)
 
 
 def test_overwrite_replaces_spikelms_own_folder_in_one_step(tmp_path, text, capsys):
