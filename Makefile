@@ -9,11 +9,13 @@ PIP        := $(PY) -m pip
 SPIKELM    := $(VENV)/bin/spikelm
 PYTEST_ARGS ?=
 
-.PHONY: help setup data demo test test-slow test-gpu bench clean
+.PHONY: help setup data demo test test-no-kernels test-slow test-gpu bench results-check mutations clean
 
 help:
 	@echo "make demo       set up .venv, fetch the embedded corpus and run the main job (spikelm demo)"
 	@echo "make test       set up .venv and run the test suite (fast tests, ~minutes on 2 CPU cores)"
+	@echo "make test-no-kernels  the spiking, model and energy tests with the compiled CPU kernels off"
+	@echo "                 (SPIKELM_NO_CPP_KERNELS=1: the tensor-operation paths on their own, as without a compiler)"
 	@echo "make test-slow  the tests marked slow"
 	@echo "make test-gpu   the CUDA tests (skipped without a GPU): bf16/fp16 forward and training, conversion, two-process NCCL"
 	@echo "make bench      speed benchmarks (printed as ratios measured in one run)"
@@ -38,6 +40,10 @@ demo: data
 
 test: data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# CI's second leg (.ci/run): the tensor-operation twins of the compiled kernels, checked on their own.
+test-no-kernels: data
+	SPIKELM_NO_CPP_KERNELS=1 $(PY) -m pytest -q tests/spiking tests/models tests/energy $(PYTEST_ARGS)
 
 test-slow: data
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
