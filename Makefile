@@ -19,6 +19,8 @@ help:
 	@echo "make test-slow  the tests marked slow"
 	@echo "make test-gpu   the CUDA tests (skipped without a GPU): bf16/fp16 forward and training, conversion, two-process NCCL"
 	@echo "make bench      speed benchmarks (printed as ratios measured in one run)"
+	@echo "make results-check  the sections of docs/results.md whose measured code has changed since (benchmarks/record.py --check)"
+	@echo "make mutations  plant known kinds of bugs in a temporary copy and report which tests catch them (minutes)"
 	@echo "variables: PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) VENV=$(VENV)"
 
 $(VENV)/.installed: pyproject.toml
@@ -57,6 +59,12 @@ bench: data
 	$(PY) benchmarks/spiking_forward.py
 	$(PY) benchmarks/tokenizer_speed.py
 	$(PY) benchmarks/train_speed.py
+
+results-check: setup
+	$(PY) benchmarks/record.py --check
+
+mutations: setup
+	$(PY) benchmarks/mutation_check.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
