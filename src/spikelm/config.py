@@ -434,12 +434,10 @@ def _model_config_class(kind: str) -> type[Config] | None:
 
 
 @dataclass
-class TrainArgs(Config):
-    """Everything a training run needs; saved as ``train_args.json`` in every checkpoint.
-
-    ``model`` is the nested model config with its ``kind`` (``{kind: rwkv6, n_layer: 2, ...}``);
-    on the command line its keys are set with dotted names (``--model.n_layer 4``). If it has no
-    ``tokenizer`` key, ``tokenizer`` is used; ``vocab_size``, if absent, is the tokenizer's.
+class RunArgs(Config):
+    """What every optimisation run needs (training from scratch, :class:`TrainArgs`, and
+    spiking-aware fine-tuning, :class:`FinetuneArgs`); saved as ``train_args.json`` in every
+    checkpoint.
 
     Length of the run: ``max_steps`` optimizer steps, or, when ``max_tokens > 0``, as many steps as
     it takes to see that many tokens (it replaces ``max_steps``). ``max_minutes > 0`` additionally
@@ -462,9 +460,9 @@ class TrainArgs(Config):
     (:func:`spikelm.devices.tf32`).
     """
 
-    kind: ClassVar[str] = "train"
+    kind: ClassVar[str] = "run"
+    FIXED: ClassVar[tuple[str, ...]] = ()  # keys a resume must not change (they define the model)
 
-    model: dict[str, Any] = field(default_factory=lambda: {"kind": "rwkv6", "n_layer": 2, "n_embd": 64, "head_size": 16})
     data: str = "default"
     tokenizer: str = "bytes"
     ctx_len: int = 128
@@ -517,6 +515,35 @@ class TrainArgs(Config):
         dev = self.device if isinstance(self.device, str) else ""
         _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "device",
                  f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.ctx_len
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: ``max_steps``, or enough to see ``max_tokens`` tokens."""
+        if self.max_tokens > 0:
+            return -(-self.max_tokens // self.tokens_per_step)
+        return self.max_steps
+
+
+@dataclass
+class TrainArgs(RunArgs):
+    """A training run from scratch (``spikelm train``): :class:`RunArgs` plus the model to build.
+
+    ``model`` is the nested model config with its ``kind`` (``{kind: rwkv6, n_layer: 2, ...}``);
+    on the command line its keys are set with dotted names (``--model.n_layer 4``). If it has no
+    ``tokenizer`` key, ``tokenizer`` is used; ``vocab_size``, if absent, is the tokenizer's.
+    """
+
+    kind: ClassVar[str] = "train"
+    FIXED: ClassVar[tuple[str, ...]] = ("model",)
+
+    model: dict[str, Any] = field(default_factory=lambda: {"kind": "rwkv6", "n_layer": 2, "n_embd": 64, "head_size": 16})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.model = self._checked_model(self.model)
 
     def _checked_model(self, m: Any) -> dict[str, Any]:
@@ -544,13 +571,4 @@ class TrainArgs(Config):
             raise ConfigError(f"model: {msg}" if msg.startswith("unknown") else f"model.{msg}") from None
         return {"kind": kind, **{k: checked[k] for k in body}}
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.ctx_len
 
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run: ``max_steps``, or enough to see ``max_tokens`` tokens."""
-        if self.max_tokens > 0:
-            return -(-self.max_tokens // self.tokens_per_step)
-        return self.max_steps

@@ -121,6 +121,7 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     """Instantiate the model a saved ``config.json`` names (``kind``), with its encoders if converted."""
     cfg_dict = dict(cfg_dict)
     encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
+    cfg_dict.pop("finetune", None)  # how a fine-tuned model was made (spikelm finetune): a record, not a setting
     kind = cfg_dict.get("kind", "rwkv6")
     if kind == "rwkv6":
         model: nn.Module = RWKV6(RWKV6Config.from_dict(cfg_dict))

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from ..configfile import load_train_args
+from ..configfile import load_run_args, load_train_args
 from ..data.build import corpus_path, prepare
 from ..data.corpus import SPLITS, Corpus
 from ..errors import DataError
-from ..train import TrainingInterrupted, train
+from ..train import FinetuneArgs, TrainingInterrupted, TrainResult, finetune, train
 from .options import progress_bars
 
-__all__ = ["cmd_data", "cmd_train"]
+__all__ = ["cmd_data", "cmd_train", "cmd_finetune"]
 
 
 def _mb(n: int) -> str:
@@ -87,13 +88,65 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
         progress: show progress bars on stderr.
     """
     args = load_train_args(config, overrides)
+    return _run("train", lambda: train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress)),
+                "model")
+
+
+def _run(command: str, run: Callable[[], TrainResult], what: str) -> int:
+    """Run a training (or fine-tuning) and print its one-line result; an interrupt is its exit code."""
     try:
-        result = train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress))
+        result = run()
     except TrainingInterrupted as e:  # the checkpoint is saved: 130 (SIGINT) or 143 (SIGTERM), as a shell reports
-        print(f"spikelm train: interrupted: {e}", file=sys.stderr)
+        print(f"spikelm {command}: interrupted: {e}", file=sys.stderr)
         return e.exit_code
     if result.final_path is not None:
         print(f"{result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.1f} s; "
               f"validation loss {result.val_loss:.4f} nats/token ({result.val_bits:.4f} bits/token); "
-              f"model: {result.final_path}")
+              f"{what}: {result.final_path}")
     return 0
+
+
+def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None = None, sites: str | None = None,
+                 train_: str | None = None, steps: int | None = None, out: str | None = None, teacher: str | None = None,
+                 rate_penalty: float | None = None, lr: float | None = None, resume: bool = False,
+                 resume_from: str | None = None, progress: bool = True, **overrides: Any) -> int:
+    """Spiking-aware fine-tuning: train a converted RWKV-6/RWKV-7 end to end through its spikes.
+
+    Starts from an ANN checkpoint (converted first with --preset, calibrated on --calib-data as
+    `spikelm convert` does) or from an already converted folder, and distils the ANN's logits into
+    the spiking model: the encoder scales learn (LSQ), gradients pass the spikes straight through,
+    and --train chooses what else learns. The teacher's logits are computed on the fly. The result,
+    OUT/final, is an ordinary converted folder (eval, energy, generate, sweep, nlu read it).
+
+    It is a training run like `spikelm train`: OUT/log.csv (val_gap_pct: the perplexity gap to the
+    teacher on the validation windows), checkpoints, the out_dir lock, exact --resume, the divergence
+    guard, a checkpoint on SIGINT/SIGTERM (exit 130/143), DDP under torchrun, bf16 autocast on CUDA.
+    Any other --key value pair sets a fine-tuning key (FinetuneArgs): data (the text to fine-tune on,
+    its train split, and its valid split for the validation windows: a corpus name or a text file;
+    default: default, the embedded corpus), calib_data (the text the scales are first calibrated on,
+    its train split; default: default), kd_temperature (1.0),
+    ce_weight (0: distillation only), scale_lr (1e-2: the scales' step relative to their size),
+    lora_rank (8), lora_alpha (16), calib_batches, calib_ctx, ctx_len, batch_size, grad_accum,
+    max_tokens, max_minutes, min_lr, warmup_steps, weight_decay, grad_clip, eval_every,
+    eval_batches, save_every, keep_checkpoints, seed, precision, device, tokenizer (auto).
+
+    Args:
+        checkpoint: the model to fine-tune: an ANN (official RWKV-6/RWKV-7 file or spikelm folder; needs --preset) or a converted folder.
+        config: a YAML or JSON file of fine-tuning keys (flags override it).
+        preset: the spike encoding of an ANN: SNN-RWKV-3, SNN-RWKV-4, SpikeRWKV-3L, SpikeRWKV-4L, SpikeRWKV-5L or spikelm-4L (leave out for a converted folder).
+        sites: time_mix (the paper's sites) or all (default: time_mix).
+        train_: what learns besides the encoder scales: scales (nothing else), norms (LayerNorm/GroupNorm), lora (a low-rank update of every block linear layer, merged at the end) or all (every weight; default).
+        steps: optimizer steps (default 100; each sees batch_size x ctx_len tokens, 8 x 256).
+        out: output folder (default runs/finetune): log.csv, checkpoints/, final/.
+        teacher: the ANN whose logits are learnt (default: the checkpoint, or the ANN a converted folder was made of).
+        rate_penalty: weight of the spike-rate term (the mean normalised spiking-input magnitude; default 0).
+        lr: peak learning rate of the weights (default 1e-4; warm-up then cosine to min_lr).
+        resume: continue from the latest checkpoint in OUT (starts fresh if there is none).
+        resume_from: continue from this checkpoint instead: a step number, a folder name in OUT/checkpoints or a path.
+        progress: show progress bars on stderr.
+    """
+    given = {"preset": preset, "sites": sites, "train": train_, "max_steps": steps, "out_dir": out, "teacher": teacher, "rate_penalty": rate_penalty, "lr": lr}
+    args = load_run_args(FinetuneArgs, config, {"checkpoint": checkpoint, **overrides,
+                                       **{k: v for k, v in given.items() if v is not None}})
+    return _run("finetune", lambda: finetune(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress)),
+                "converted model")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import load_state_dict, save
-from ..config import ConfigError, TrainArgs
+from ..config import ConfigError, RunArgs
 from ..errors import CheckpointError, SpikelmError
 from ..io import atomic_write_text
 
@@ -230,7 +230,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------- save and restore
 def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
-                          args: TrainArgs, rng_states: list[dict[str, Any]]) -> None:
+                          args: RunArgs, rng_states: list[dict[str, Any]]) -> None:
     """Everything besides the weights that an exact resume needs."""
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     for rank, rng in enumerate(rng_states):
@@ -242,7 +242,7 @@ def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler
 
 
 def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                    state: dict[str, Any], args: TrainArgs, rng_states: list[dict[str, Any]]) -> Path:
+                    state: dict[str, Any], args: RunArgs, rng_states: list[dict[str, Any]]) -> Path:
     """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones.
 
     ``rng_states`` holds every process's RNG states, rank by rank.
@@ -325,11 +325,18 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     return state
 
 
-def check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> None:
-    """Resuming with a different model is an error; other changes (longer runs) are allowed but noted."""
-    if saved.get("model") != args.model:
-        raise ConfigError(f"model: the checkpoint {folder} was trained with {saved.get('model')}, this run asks for {args.model}")
-    changed = sorted(k for k, v in args.to_dict().items() if k != "model" and saved.get(k) != v)
+def check_args_match(saved: dict[str, Any], args: RunArgs, folder: Path) -> None:
+    """Resuming with a different model (the keys in ``args.FIXED``: the model config of a training
+    run, the checkpoint, encoding and trainable parts of a fine-tune) or a different kind of run is
+    an error; other changes (longer runs) are allowed but noted."""
+    if saved.get("kind", args.kind) != args.kind:
+        raise ConfigError(f"the checkpoint {folder} belongs to a {saved.get('kind')} run, not a {args.kind} run; "
+                          "choose another --out-dir")
+    for key in args.FIXED:
+        if saved.get(key) != getattr(args, key):
+            raise ConfigError(f"{key}: the checkpoint {folder} was trained with {saved.get(key)!r}, this run asks for "
+                              f"{getattr(args, key)!r}")
+    changed = sorted(k for k, v in args.to_dict().items() if k not in args.FIXED and saved.get(k) != v)
     if changed:
         log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))
 

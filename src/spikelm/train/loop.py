@@ -39,6 +39,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import build_model, save
-from ..config import ConfigError, TrainArgs
+from ..config import ConfigError, RunArgs, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
 from ..devices import tf32
@@ -73,10 +74,11 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .distributed import Dist, autocast, resolve_precision, setup_distributed, train_device
+from .objective import Objective, make_optimizer, param_groups
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "param_groups", "make_optimizer", "lr_at"]
+__all__ = ["TrainResult", "TrainingInterrupted", "Objective", "train", "param_groups", "make_optimizer", "lr_at"]
 
 LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
@@ -100,29 +102,7 @@ class TrainResult:
         return None if self.val_loss is None else self.val_loss / math.log(2)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weight matrices, and everything else (see the module docstring)."""
-    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.squeeze().dim() < 2 or leaf.startswith("time_") or id(p) in embeddings:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=args.betas, eps=args.eps)
-
-
-def lr_at(step: int, args: TrainArgs, total_steps: int | None = None) -> float:
+def lr_at(step: int, args: RunArgs, total_steps: int | None = None) -> float:
     """Learning rate of the optimizer step with 0-based index ``step``.
 
     Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps,
@@ -191,8 +171,9 @@ def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len:
 class _RunLog:
     """``log.csv`` and ``log.jsonl`` in out_dir (rank 0 only); rows are flushed as they come."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, extra_fields: tuple[str, ...] = ()) -> None:
         self.enabled = enabled
+        self.fields = LOG_FIELDS + tuple(extra_fields)
         self.csv_path, self.jsonl_path = out_dir / "log.csv", out_dir / "log.jsonl"
         self.history: list[dict[str, Any]] = []
         if not enabled:
@@ -209,7 +190,7 @@ class _RunLog:
     def _rewrite(self) -> None:
         atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self.history))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, LOG_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(buf, self.fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(self.history)
         atomic_write_text(self.csv_path, buf.getvalue())
@@ -221,7 +202,7 @@ class _RunLog:
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -292,11 +273,11 @@ class _Run:
     guard), :meth:`log_row` and :meth:`save`.
     """
 
-    def __init__(self, args: TrainArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
-                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path) -> None:
+    def __init__(self, args: RunArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
+                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path, objective: Objective) -> None:
         self.args, self.raw, self.dist, self.device, self.amp = args, raw, dist, device, amp
-        self.out_dir, self.vocab = out_dir, vocab
-        self.optimizer = make_optimizer(raw, args)
+        self.out_dir, self.vocab, self.objective = out_dir, vocab, objective
+        self.optimizer = make_optimizer(raw, args, objective.param_groups(raw, args))
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.sampler = BatchSampler(corpus.tokens("train"), args.batch_size, args.ctx_len, args.seed, dist.rank, dist.world_size)
         self.val_tokens = corpus.tokens("valid")
@@ -335,7 +316,7 @@ class _Run:
         gradient norm raises :class:`TrainingDiverged` before the weights change."""
         args, c = self.args, self.c
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         assert self.sampler.step == c.step, "sampler and optimizer steps disagree"
         xs, ys = next(self.sampler)
         loss_sum = torch.zeros((), device=self.device)
@@ -346,9 +327,7 @@ class _Run:
                 sync = self.ddp.no_sync()  # accumulate locally; all-reduce on the last micro-batch
             with sync:
                 with autocast(self.device, self.amp):
-                    logits, _ = self.model(x)
-                # fp32 loss without an fp32 copy of the whole (bf16) logits: ops/cross_entropy.py
-                loss = cross_entropy_fp32(logits.flatten(0, 1), y.flatten())
+                    loss = self.objective.loss(self.model, x, y)
                 self.scaler.scale(loss / args.grad_accum).backward()
             loss_sum += loss.detach()
         loss_t = self.dist.mean(loss_sum / args.grad_accum)
@@ -367,15 +346,17 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.objective.after_step(self.raw)
         c.step += 1
         c.tokens += args.tokens_per_step
         c.pending_losses.append(step_loss)
         return step_loss
 
     # ------------------------------------------------------------ validation and the guard
-    def validate(self) -> float:
-        return _validate(self.raw, self.val_tokens, self.val_starts, self.args.ctx_len, self.micro,
-                         self.device, self.amp, self.dist)
+    def validate(self, model: nn.Module | None = None) -> float:
+        """Mean next-token loss of ``model`` (default: the model being trained) on the fixed windows."""
+        return _validate(self.raw if model is None else model, self.val_tokens, self.val_starts, self.args.ctx_len,
+                         self.micro, self.device, self.amp, self.dist)
 
     def diverged(self, what: str, step: int) -> None:
         raise TrainingDiverged(diverged_message(what, step, self.out_dir, self.vocab, self.args.save_every))
@@ -395,7 +376,8 @@ class _Run:
         resumes in the checkpoint, so the row is the same whether or not the run was resumed)."""
         c = self.c
         row = {"step": c.step, "tokens": c.tokens, "loss": sum(c.pending_losses) / len(c.pending_losses),
-               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3)}
+               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3),
+               **self.objective.row_extra(val)}
         c.pending_losses = []
         return row
 
@@ -434,9 +416,15 @@ def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str 
         raise
 
 
-def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
-          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None) -> TrainResult:
+def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False,
+          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+          build: Callable[[bool], nn.Module] | None = None, objective: Objective | None = None) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
+
+    ``build(resuming)``, when given, makes the model instead, after ``out_dir`` has been claimed
+    (so an out_dir that is refused costs no work; ``resuming`` says a checkpoint's weights will
+    replace what it builds). ``objective`` is what the run optimises (default :class:`Objective`:
+    next-token training); spiking-aware fine-tuning passes its own (:mod:`.finetune`).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
     With ``resume`` the run continues from ``out_dir``'s latest checkpoint (or starts fresh if
@@ -464,6 +452,8 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # families may draw from the global one): every process builds the same model.
         _seed_everything(args.seed)
         corpus = prepare(args.data, args.tokenizer)
+        if model is None and build is not None:
+            model = build(start_from is not None)  # every rank knows start_from (on_main)
         if model is None:
             model = _build_model(args, int(corpus.meta["vocab_size"]))
         raw = model.to(device)
@@ -471,17 +461,19 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # the data order depends only on (seed, step), never on these.
         _seed_everything(args.seed + dist.rank)
         vocab = int(getattr(getattr(raw, "cfg", None), "vocab_size", corpus.meta["vocab_size"]))
-        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir)
+        objective = objective if objective is not None else Objective()
+        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir, objective)
         if start_from is None and (resume or resume_from is not None):
             log.info("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINTS)
         if start_from is not None:
             run.restore(start_from)
             if dist.is_main:
                 log.info("resumed from %s (step %d, %s tokens)", start_from, run.c.step, f"{run.c.tokens:,}")
-        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None)
+        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None, objective.log_fields)
         if dist.is_main:
             atomic_write_json(out_dir / "train_args.json", args.to_dict())
         run.wrap()
+        objective.start(run)
 
         total = args.total_steps
         n_params = sum(p.numel() for p in raw.parameters())
@@ -503,12 +495,12 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         raw.eval()
         final_path = None
         if dist.is_main:
-            final_path = save(raw, out_dir / "final")
+            final_path = save(objective.final_model(raw), out_dir / "final", extra=objective.final_extra())
             summary = {"final": str(final_path), "steps": c.step, "tokens": c.tokens, "val_loss": val_loss,
                        "val_bits_per_token": None if val_loss is None else val_loss / math.log(2),
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
-                       "world_size": dist.world_size, "device": str(device)}
+                       "world_size": dist.world_size, "device": str(device), **objective.summary()}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
                      c.step, val_loss, val_loss / math.log(2), final_path)
