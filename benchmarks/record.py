@@ -54,7 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.md"
-HEADER = "# Results\n\nEvery section below is the verbatim output of the command it shows, recorded by\n`benchmarks/record.py` (rerun that line to update a section; nothing here is typed by hand).\n"
+HEADER = "# Results\n\nEvery section below is the verbatim output of the command it shows, recorded by\n`benchmarks/record.py` (rerun that line to update a section; nothing here is typed by hand).\nEach names the commit it was measured at and the code it measured (`- commit:`, `- code:`);\n`make results-check` lists the sections whose code has changed since.\n"
 SECTION = re.compile(r"<!-- section: (?P<title>.*?) -->\n(?P<body>.*?)<!-- end: (?P=title) -->", re.S)
 CODE_LINE = re.compile(r"^- code: (?P<paths>.*) \(digest (?P<digest>[0-9a-f]+)\)$", re.M)
 COMMIT_LINE = re.compile(r"^- commit: (?P<sha>[0-9a-f]{7,40})\b.*$", re.M)
