@@ -113,6 +113,49 @@ def test_a_crash_while_publishing_leaves_the_old_folder(tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("fail_at", ["write", "fsync", "replace"])
+def test_a_failed_file_write_leaves_the_old_file(tmp_path, monkeypatch, fail_at):
+    """spikelm.io.atomic_write (every JSON, config and report spikelm writes): a failure before the
+    new file is complete leaves the old one whole and no temporary file behind."""
+    target = tmp_path / "results.json"
+    target.write_text('{"old": true}\n')
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    if fail_at == "write":  # the failure comes mid-write, after the file was opened
+        monkeypatch.setattr(spikelm.io, "open", _FailingFile, raising=False)
+    elif fail_at == "fsync":
+        monkeypatch.setattr(spikelm.io.os, "fsync", boom)
+    else:
+        monkeypatch.setattr(spikelm.io.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        spikelm.io.atomic_write_json(target, {"new": True})
+    assert target.read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+class _FailingFile:
+    """A file opened for writing whose write fails half-way (after writing a few bytes)."""
+
+    def __init__(self, path, mode="r", *a, **k):
+        self.f = open(path, mode, *a, **k)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[:3])
+        self.f.flush()
+        raise OSError("disk full")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
 def test_init_official_onto_a_folder_is_a_named_error_and_leaves_nothing(tmp_path, capsys):
     folder = tmp_path / "models"
     folder.mkdir()
