@@ -32,11 +32,26 @@ TINY_TRAIN = ["--max-steps", "2", "--max-tokens", "0", "--model.n_layer", "1", "
               "--compile", "false", "--data", "my_text.txt"]
 
 
-def readme_commands() -> list[str]:
-    """The command lines of the README's bash blocks (comments after '#' dropped)."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+def _command_lines(text: str) -> list[str]:
+    """The command lines of the ```bash blocks of ``text`` (comments after '#' dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [ln.split("  #")[0].strip() for b in blocks for ln in b.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's bash blocks."""
+    return _command_lines(README.read_text())
+
+
+OWN_TEXT = "Your own text"  # the README section a user follows on their own text, end to end
+
+
+def section_commands(title: str) -> list[str]:
+    """The command lines of the bash blocks under the README heading ``## title``, in order."""
+    m = re.search(rf"^## {re.escape(title)}[^\n]*\n(.*?)(?=^## |\Z)", README.read_text(), flags=re.S | re.M)
+    assert m, f"README.md has no section '## {title}'"
+    return _command_lines(m[1])
 
 
 # The extra options of each command's smoke run, by the README line's first two words.
@@ -149,8 +164,56 @@ def test_every_readme_command_has_a_smoke_test():
             assert " ".join(argv[:2]) in SHRINK, line
 
 
-@pytest.mark.parametrize("line", readme_commands())
+@pytest.mark.parametrize("line", [ln for ln in readme_commands() if ln not in section_commands(OWN_TEXT)])
 def test_readme_command_runs(line, sandbox, monkeypatch):
     if line.startswith("spikelm-lm-eval"):
         pytest.importorskip("lm_eval")
     _smoke(line, sandbox, monkeypatch)
+
+
+def _own_text(n_sentences: int = 700) -> str:
+    """A small English-like text file (deterministic): enough to split, train two steps and sample."""
+    subj = ["The river", "A miller", "The old town", "My friend", "The teacher", "A small bird"]
+    verb = ["runs past", "looks at", "remembers", "follows", "carries", "paints"]
+    obj = ["the mill", "a green field", "the long road", "an apple tree", "the evening light"]
+    return "".join(f"{subj[i % 6]} {verb[i * 7 % 6]} {obj[i * 5 % 5]}.{chr(10) if i % 5 == 4 else ' '}"
+                   for i in range(n_sentences))
+
+
+def test_your_own_text_end_to_end(tmp_path, monkeypatch, capsys):
+    """The README's "Your own text" commands, read from the README (not a copy), run in order in a
+    fresh folder on a small text file, each with tiny settings appended (SHRINK): prepare, train
+    (both models), then eval, sweep and generate on the model the training wrote, as a user would."""
+    lines = section_commands(OWN_TEXT)
+    assert len(lines) >= 4 and all(shlex.split(ln)[0] == "spikelm" for ln in lines), lines
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPIKELM_CACHE", str(tmp_path / "cache"))
+    words = [w for ln in lines for w in shlex.split(ln)]
+    texts = sorted({w for w in words if w.endswith(".txt")})  # the user's text file(s) the section names
+    assert texts, "the section names no text file"
+    for name in texts:
+        Path(name).write_text(_own_text(), encoding="utf-8")
+    # TINY_TRAIN's --data is the sandbox's file: here, the section's own
+    tiny_train = [a if a != "my_text.txt" else texts[0] for a in TINY_TRAIN]
+    shrink = dict(SHRINK, **{"spikelm train": tiny_train})
+    trained = []
+    for line in lines:
+        argv = shlex.split(line)
+        argv = [str(REPO / a) if a.startswith("configs/") and not Path(a).exists() else a for a in argv]
+        extra = shrink[" ".join(argv[:2])]
+        if argv[1] == "train":
+            if "spikegpt" in argv[2]:  # SpikeGPT has no heads
+                i = extra.index("--model.head_size")
+                extra = extra[:i] + extra[i + 2:]
+            assert "--out-dir" in argv, f"{line}: the README should say where the run goes"
+            trained.append(Path(argv[argv.index("--out-dir") + 1]))
+        capsys.readouterr()
+        assert main(["-q", *argv[1:], *extra]) == 0, f"{line}\n{capsys.readouterr().err[-3000:]}"
+        out = capsys.readouterr().out
+        if argv[1] in ("eval", "sweep", "generate"):
+            assert out.strip(), f"{line}: printed nothing"
+            assert Path(argv[2]) in [t / "final" for t in trained], f"{line}: not a model the section trained"
+    import spikelm
+
+    for run in trained:  # each training left its final model where the section reads it
+        assert spikelm.load(run / "final") is not None
