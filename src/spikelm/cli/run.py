@@ -125,7 +125,7 @@ def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None 
     its train split, and its valid split for the validation windows: a corpus name or a text file;
     default: default, the embedded corpus), calib_data (the text the scales are first calibrated on,
     its train split; default: default), kd_temperature (1.0),
-    ce_weight (0: distillation only), scale_lr (1e-2: the scales' step relative to their size),
+    ce_weight (0: distillation only), scale_lr (0.1: the scales' step relative to their size),
     lora_rank (8), lora_alpha (16), calib_batches, calib_ctx, ctx_len, batch_size, grad_accum,
     max_tokens, max_minutes, min_lr, warmup_steps, weight_decay, grad_clip, eval_every,
     eval_batches, save_every, keep_checkpoints, seed, precision, device, tokenizer (auto).
@@ -140,7 +140,7 @@ def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None 
         out: output folder (default runs/finetune): log.csv, checkpoints/, final/.
         teacher: the ANN whose logits are learnt (default: the checkpoint, or the ANN a converted folder was made of).
         rate_penalty: weight of the spike-rate term (the mean normalised spiking-input magnitude; default 0).
-        lr: peak learning rate of the weights (default 1e-4; warm-up then cosine to min_lr).
+        lr: peak learning rate of the weights (default 3e-4; warm-up then cosine to min_lr).
         resume: continue from the latest checkpoint in OUT (starts fresh if there is none).
         resume_from: continue from this checkpoint instead: a step number, a folder name in OUT/checkpoints or a path.
         progress: show progress bars on stderr.

@@ -111,7 +111,7 @@ class FinetuneArgs(RunArgs):
     kd_temperature: float = 1.0
     ce_weight: float = 0.0
     rate_penalty: float = 0.0
-    scale_lr: float = 1e-2
+    scale_lr: float = 0.1
     lora_rank: int = 8
     lora_alpha: float = 16.0
     # run defaults for a short fine-tune (RunArgs' are for training from scratch)
@@ -119,8 +119,8 @@ class FinetuneArgs(RunArgs):
     ctx_len: int = 256
     batch_size: int = 8
     max_steps: int = 100
-    lr: float = 1e-4
-    min_lr: float = 1e-5
+    lr: float = 3e-4
+    min_lr: float = 3e-5
     warmup_steps: int = 10
     weight_decay: float = 0.0
     eval_every: int = 25
