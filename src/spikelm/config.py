@@ -415,6 +415,8 @@ SPIKEGPT_PRESETS: dict[str, dict] = {
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
+PARAM_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def _model_config_class(kind: str) -> type[Config] | None:
@@ -458,6 +460,17 @@ class RunArgs(Config):
     Ampere and newer; about 1e-3 relative error per product, the WKV chunked forms' included);
     ``false`` keeps full fp32. It has no effect on the CPU or under bf16/fp16 autocast
     (:func:`spikelm.devices.tf32`).
+
+    ``distributed`` (several processes under ``torchrun``): ``ddp`` keeps the whole model, its
+    gradients and its AdamW state on every process (16 bytes per parameter in fp32); ``fsdp``
+    shards all three over the processes with FSDP2 (``torch.distributed.fsdp.fully_shard``, one
+    group per block), saves checkpoints sharded (``torch.distributed.checkpoint``) and the final
+    model whole. ``fsdp_param_dtype``: the dtype FSDP gathers the parameters in and computes with
+    (its mixed-precision policy; gradients are reduced in fp32 and the sharded master weights stay
+    fp32 either way). ``fp32`` (default) leaves the casts to autocast, exactly as under DDP; ``bf16``
+    or ``fp16`` halves the gathering traffic and the gathered block's memory, and rounds every
+    parameter (decays and LayerNorm gains included) to that dtype for the forward and backward, as
+    fully-bf16 trainers do. In a single process both are plain training.
     """
 
     kind: ClassVar[str] = "run"
@@ -489,6 +502,8 @@ class RunArgs(Config):
     compile: bool = False
     log_every: int = 10
     tf32: bool = True
+    distributed: str = "ddp"
+    fsdp_param_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         for k in ("data", "tokenizer", "out_dir"):
@@ -512,6 +527,10 @@ class RunArgs(Config):
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0: no clipping), got {self.grad_clip!r}")
         _require(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        _require(self.distributed in DISTRIBUTED, "distributed",
+                 f"unknown {self.distributed!r}; choose one of {', '.join(DISTRIBUTED)}")
+        _require(self.fsdp_param_dtype in PARAM_DTYPES, "fsdp_param_dtype",
+                 f"unknown {self.fsdp_param_dtype!r}; choose one of {', '.join(PARAM_DTYPES)}")
         dev = self.device if isinstance(self.device, str) else ""
         _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "device",
                  f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")

@@ -210,7 +210,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_fine_tune(data_root, tiny_
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_fine_tune(data_root, ann, tmp_path):
+@pytest.mark.parametrize("distributed,train_mode", [("ddp", "all"), ("fsdp", "lora")])
+def test_two_gloo_processes_fine_tune(distributed, train_mode, data_root, ann, tmp_path):
+    """DDP, and FSDP2 with low-rank updates (parametrized weights, sharded; merged in final/)."""
     import subprocess
     import sys
 
@@ -219,14 +221,15 @@ def test_two_gloo_processes_fine_tune(data_root, ann, tmp_path):
     from train_helpers import child_env
 
     args = _ft(data_root[0], ann, tmp_path / "ddp", preset="SpikeRWKV-4L", sites="all", max_steps=4, eval_every=2,
-               batch_size=4, grad_accum=2)
+               batch_size=4, grad_accum=2, distributed=distributed, train=train_mode)
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(args.to_dict()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "spikelm",
            "finetune", str(ann), "--config", str(cfg), "--no-progress"]
     run = subprocess.run(cmd, env=child_env(data_root[1]), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "x 2, fp32" in run.stderr and "accumulation 2" in run.stderr
+    assert ("x 2, fp32" if distributed == "ddp" else "x 2 sharded (FSDP2), fp32") in run.stderr
+    assert "accumulation 2" in run.stderr
     model = spikelm.load(tmp_path / "ddp" / "final")
     assert len(list(encoders(model))) == 10
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())

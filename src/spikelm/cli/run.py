@@ -65,7 +65,8 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
 
     Any other --key value pair overrides a TrainArgs key (--lr 3e-4, --out-dir runs/x); nested model
     keys are dotted (--model.n_layer 4). For several processes or GPUs launch it with
-    `torchrun --nproc-per-node N -m spikelm train CONFIG ...`. Writes out_dir/log.csv,
+    `torchrun --nproc-per-node N -m spikelm train CONFIG ...` (add --distributed fsdp to shard the
+    model, its gradients and optimizer state over them). Writes out_dir/log.csv,
     out_dir/log.jsonl, out_dir/summary.json, checkpoints under out_dir/checkpoints (save_every),
     and the final model in out_dir/final (loadable by `spikelm eval` and spikelm.load).
 
@@ -78,7 +79,9 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
     grad_accum, max_steps, max_tokens, max_minutes, lr, min_lr, warmup_steps, betas, eps, weight_decay,
     grad_clip, eval_every, eval_batches, save_every, keep_checkpoints, out_dir, seed, precision
     (auto, fp32, bf16, fp16), device (auto, cpu, cuda, cuda:N), compile, log_every, tf32 (TF32 matmuls when
-    precision is fp32 on CUDA; default true).
+    precision is fp32 on CUDA; default true), distributed (ddp: every process holds the whole model;
+    fsdp: FSDP2 shards it, checkpoints sharded, final/ whole), fsdp_param_dtype (fp32, bf16, fp16: the
+    dtype FSDP gathers and computes the parameters in; fp32, the default, leaves the casts to autocast).
 
     Args:
         config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).

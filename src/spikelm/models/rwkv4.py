@@ -123,7 +123,8 @@ class TimeMix(nn.Module):
 
         dt = _wkv_dtype(x.dtype)
         w = -torch.exp(self.time_decay.to(dt))  # (A,) log decay, < 0
-        y, wkv_state = wkv4(w, self.time_first.to(dt), k.to(dt), v.to(dt), wkv_state, impl=wkv_impl)  # (B, T, A)
+        # k, v as they come (bf16 under autocast): the op computes in fp32 (fp64 for fp64) and gives y in v's dtype
+        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl)  # (B, T, A)
         return self.output(torch.sigmoid(r) * y.to(r.dtype)), x[:, -1], wkv_state
 
 
@@ -201,7 +202,7 @@ class RWKV4(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "auto" (naive for T == 1)
+        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "triton" | "auto" (Triton on CUDA, else naive for T == 1)
 
     @property
     def tokenizer_name(self) -> str:

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .wkv_fla import mode_for as fla_mode_for
+from .wkv_fla import usable as fla_usable
+from .wkv_fla import wkv6_fla
 from ._precision import outside_autocast
 from .cpu_kernels import kernel as cpu_kernel
 from .cpu_kernels import wkv6_recurrent_cpu
@@ -465,17 +468,21 @@ def wkv6(
 ) -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV with a choice of implementation.
 
-    ``impl="auto"``: on the CPU, when no gradient is needed and the inputs are not float64, the
-    compiled recurrence (:func:`~.cpu_kernels.wkv6_recurrent_cpu`, where it could be built) for any
-    T, so a prefill and token-by-token decoding run the same loop. Otherwise :func:`wkv6_step` for
-    T == 1 (decoding, where chunking only adds overhead) and, for longer inputs, the float32
-    chunked form on CUDA and the float64-accumulating chunked form on the CPU. "naive", "chunked",
-    "chunked_fp32" and "recurrent_cpu" force one.
+    ``impl="auto"``: on CUDA, where flash-linear-attention is installed, its kernels
+    (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the recurrent one otherwise. On
+    the CPU, when no gradient is needed and the inputs are not float64, the compiled recurrence
+    (:func:`~.cpu_kernels.wkv6_recurrent_cpu`, where it could be built) for any T, so a prefill and
+    token-by-token decoding run the same loop. Otherwise :func:`wkv6_step` for T == 1 (decoding,
+    where chunking only adds overhead) and, for longer inputs, the float32 chunked form on CUDA
+    (the reference fla is checked against) and the float64-accumulating chunked form on the CPU.
+    "naive", "chunked", "chunked_fp32", "recurrent_cpu", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        if r.device.type == "cpu" and r.dtype != torch.float64 and not (
-                torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
-                                                if isinstance(t, Tensor))) and cpu_kernel() is not None:
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
+                                                     if isinstance(t, Tensor))
+        if fla_usable(r, k, v, logw, u, state):
+            impl = "fla_" + fla_mode_for(needs_grad)
+        elif r.device.type == "cpu" and r.dtype != torch.float64 and not needs_grad and cpu_kernel() is not None:
             impl = "recurrent_cpu"
         elif r.shape[1] == 1:
             return wkv6_step(r, k, v, logw, u, state)
@@ -490,4 +497,8 @@ def wkv6(
         return wkv6_chunked(r, k, v, logw, u, state, chunk_size=chunk_size)
     if impl == "chunked_fp32":
         return wkv6_chunked_fp32(r, k, v, logw, u, state, chunk_size=chunk_size)
-    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32' or 'recurrent_cpu', got {impl!r}")
+    if impl in ("fla_chunk", "fla_recurrent"):
+        _check_inputs(r, k, v, logw, u, state)
+        return wkv6_fla(r, k, v, logw, u, state, mode=impl[4:])
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32', 'recurrent_cpu', 'fla_chunk' or "
+                     f"'fla_recurrent', got {impl!r}")

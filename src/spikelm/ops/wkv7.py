@@ -29,6 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .wkv_fla import mode_for as fla_mode_for
+from .wkv_fla import usable as fla_usable
+from .wkv_fla import wkv7_fla
+
 __all__ = ["LOG_DECAY_FLOOR", "wkv7", "wkv7_chunked", "wkv7_naive", "wkv7_step"]
 
 # Per-step log-decays are clamped to this floor in the chunked form (as in wkv6): e^-60 ~ 9e-27 of
@@ -244,15 +248,25 @@ def wkv7(
 ) -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV with a choice of implementation.
 
-    ``impl="auto"`` uses :func:`wkv7_step` for T == 1 (decoding) and the chunked form otherwise;
-    "naive" and "chunked" force one.
+    ``impl="auto"``: on CUDA, where flash-linear-attention is installed, its kernels
+    (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the recurrent one otherwise.
+    Otherwise :func:`wkv7_step` for T == 1 (decoding) and the chunked form (the reference fla is
+    checked against) for longer inputs. "naive", "chunked", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        if r.shape[1] == 1:
+        if fla_usable(r, k, v, logw, a, b, state):
+            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, a, b, state)
+                                                         if isinstance(t, Tensor))
+            impl = "fla_" + fla_mode_for(needs_grad)
+        elif r.shape[1] == 1:
             return wkv7_step(r, k, v, logw, a, b, state)
-        impl = "chunked"
+        else:
+            impl = "chunked"
     if impl == "naive":
         return wkv7_naive(r, k, v, logw, a, b, state)
     if impl == "chunked":
         return wkv7_chunked(r, k, v, logw, a, b, state, chunk_size=chunk_size)
-    raise ValueError(f"impl must be 'auto', 'naive' or 'chunked', got {impl!r}")
+    if impl in ("fla_chunk", "fla_recurrent"):
+        _check_inputs(r, k, v, logw, a, b, state)
+        return wkv7_fla(r, k, v, logw, a, b, state, mode=impl[4:])
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'fla_chunk' or 'fla_recurrent', got {impl!r}")

@@ -92,7 +92,7 @@ class FinetuneArgs(RunArgs):
     ``kd_temperature``, plus ``ce_weight`` times the next-token cross-entropy, plus
     ``rate_penalty`` times the mean normalised input magnitude of the spiking sites (the firing
     rate of a rate code, a monotone proxy of a multi-head code's). ``scale_lr``: the scales' step
-    relative to their size: each encoder's learning rate is ``scale_lr`` times its calibrated scale
+    relative to their size: each encoder's learning rate is ``scale_lr`` times its current scale
     (mean over channels), following the same warm-up and cosine as ``lr``.
     ``tokenizer``: ``auto`` takes the checkpoint's.
     """
@@ -258,12 +258,12 @@ class Distillation(Objective):
     # -- the loop's hooks
     def param_groups(self, model: nn.Module, args: FinetuneArgs) -> list[dict[str, Any]]:  # type: ignore[override]
         """The scales one group per encoder (no weight decay; learning rate ``scale_lr`` times the
-        encoder's calibrated scale, relative to ``lr``), then the other trainable parameters."""
+        scale's current size, following the schedule of ``lr``: a relative step, so a scale can
+        neither overshoot to zero nor crawl), then the other trainable parameters."""
         groups = []
         scale_ids = set()
         for _, e in encoders(model):
-            size = float(e.scale.detach().abs().mean())
-            groups.append({"params": [e.scale], "weight_decay": 0.0, "lr_scale": args.scale_lr * size / args.lr})
+            groups.append({"params": [e.scale], "weight_decay": 0.0, "lr_scale": args.scale_lr / args.lr, "lr_relative": True})
             scale_ids.add(id(e.scale))
         for g in param_groups(model, args.weight_decay):
             rest = [p for p in g["params"] if id(p) not in scale_ids]

@@ -21,7 +21,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if p.squeeze().dim() < 2 or leaf.startswith("time_") or id(p) in embeddings:
+        if sum(n != 1 for n in p.shape) < 2 or leaf.startswith("time_") or id(p) in embeddings:  # squeeze()'s dims, by shape (a sharded DTensor cannot squeeze)
             no_decay.append(p)
         else:
             decay.append(p)
@@ -33,7 +33,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def make_optimizer(model: nn.Module, args: RunArgs, groups: list[dict[str, Any]] | None = None) -> torch.optim.AdamW:
     """AdamW over ``groups`` (default :func:`param_groups`). A group may carry ``lr_scale``: its
-    learning rate is the schedule's times that factor at every step."""
+    learning rate is the schedule's times that factor at every step; with ``lr_relative`` also
+    times its (single) parameter's current mean magnitude, so each step moves it by about the same
+    fraction of itself (a multiplicative step, as on its logarithm)."""
     groups = param_groups(model, args.weight_decay) if groups is None else groups
     return torch.optim.AdamW(groups, lr=args.lr, betas=args.betas, eps=args.eps)
 
