@@ -44,7 +44,9 @@ def readme_commands() -> list[str]:
     return _command_lines(README.read_text())
 
 
-OWN_TEXT = "Your own text"  # the README section a user follows on their own text, end to end
+# The README sections a user follows in order on their own text, end to end: the second continues
+# from the model the first trains.
+WALKTHROUGH = ("Your own text", "Spiking-aware fine-tuning")
 
 
 def section_commands(title: str) -> list[str]:
@@ -65,7 +67,16 @@ SHRINK = {
     "spikelm convert": ["--calib-batches", "1", "--calib-ctx", "16"],
     "spikelm energy": ["--tokens", "48"],
     "spikelm nlu": ["--limit", "2", "--tasks", str(REPO / "tests/evaluate/data/tiny_mc.jsonl")],
+    "spikelm finetune": ["--steps", "2", "--ctx-len", "16", "--batch-size", "2", "--calib-batches", "1",
+                         "--calib-ctx", "16", "--eval-every", "0", "--save-every", "0", "--warmup-steps", "1"],
 }
+# Options whose value the smoke run shrinks in place, where a README line gives them (appending the
+# option to a line without it would change what the line does).
+SHRINK_VALUES = {"--finetune-steps": "1"}
+
+
+def shrink_values(argv: list[str]) -> list[str]:
+    return [SHRINK_VALUES[argv[i - 1]] if i > 0 and argv[i - 1] in SHRINK_VALUES else a for i, a in enumerate(argv)]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +116,7 @@ def _free_port() -> int:
 
 
 def _smoke(line: str, d: Path, monkeypatch) -> None:
-    argv = shlex.split(line)
+    argv = shrink_values(shlex.split(line))
     argv = [str(REPO / a) if a.startswith("configs/") else a for a in argv]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", SPIKELM_CACHE=str(d / "cache"),
                HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
@@ -164,7 +175,11 @@ def test_every_readme_command_has_a_smoke_test():
             assert " ".join(argv[:2]) in SHRINK, line
 
 
-@pytest.mark.parametrize("line", [ln for ln in readme_commands() if ln not in section_commands(OWN_TEXT)])
+def walkthrough_commands() -> list[str]:
+    return [ln for title in WALKTHROUGH for ln in section_commands(title)]
+
+
+@pytest.mark.parametrize("line", [ln for ln in readme_commands() if ln not in walkthrough_commands()])
 def test_readme_command_runs(line, sandbox, monkeypatch):
     if line.startswith("spikelm-lm-eval"):
         pytest.importorskip("lm_eval")
@@ -181,10 +196,11 @@ def _own_text(n_sentences: int = 700) -> str:
 
 
 def test_your_own_text_end_to_end(tmp_path, monkeypatch, capsys):
-    """The README's "Your own text" commands, read from the README (not a copy), run in order in a
-    fresh folder on a small text file, each with tiny settings appended (SHRINK): prepare, train
-    (both models), then eval, sweep and generate on the model the training wrote, as a user would."""
-    lines = section_commands(OWN_TEXT)
+    """The README's "Your own text" commands, then its fine-tuning ones, read from the README (not a
+    copy), run in order in a fresh folder on a small text file, each with tiny settings (SHRINK):
+    prepare, train (both models), eval, sweep and generate on the model the training wrote, then
+    fine-tune it and evaluate the result, as a user would."""
+    lines = walkthrough_commands()
     assert len(lines) >= 4 and all(shlex.split(ln)[0] == "spikelm" for ln in lines), lines
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SPIKELM_CACHE", str(tmp_path / "cache"))
@@ -198,15 +214,16 @@ def test_your_own_text_end_to_end(tmp_path, monkeypatch, capsys):
     shrink = dict(SHRINK, **{"spikelm train": tiny_train})
     trained = []
     for line in lines:
-        argv = shlex.split(line)
+        argv = shrink_values(shlex.split(line))
         argv = [str(REPO / a) if a.startswith("configs/") and not Path(a).exists() else a for a in argv]
         extra = shrink[" ".join(argv[:2])]
-        if argv[1] == "train":
+        if argv[1] in ("train", "finetune"):
             if "spikegpt" in argv[2]:  # SpikeGPT has no heads
                 i = extra.index("--model.head_size")
                 extra = extra[:i] + extra[i + 2:]
-            assert "--out-dir" in argv, f"{line}: the README should say where the run goes"
-            trained.append(Path(argv[argv.index("--out-dir") + 1]))
+            out = "--out-dir" if argv[1] == "train" else "--out"
+            assert out in argv, f"{line}: the README should say where the run goes"
+            trained.append(Path(argv[argv.index(out) + 1]))
         capsys.readouterr()
         assert main(["-q", *argv[1:], *extra]) == 0, f"{line}\n{capsys.readouterr().err[-3000:]}"
         out = capsys.readouterr().out
