@@ -67,7 +67,7 @@ SHRINK = {
     "spikelm convert": ["--calib-batches", "1", "--calib-ctx", "16"],
     "spikelm energy": ["--tokens", "48"],
     "spikelm nlu": ["--limit", "2", "--tasks", str(REPO / "tests/evaluate/data/tiny_mc.jsonl")],
-    "spikelm finetune": ["--steps", "2", "--ctx-len", "16", "--batch-size", "2", "--calib-batches", "1",
+    "spikelm finetune": ["--steps", "2", "--ctx-len", "16", "--batch-size", "2", "--eval-batches", "1", "--calib-batches", "1",
                          "--calib-ctx", "16", "--eval-every", "0", "--save-every", "0", "--warmup-steps", "1"],
 }
 # Options whose value the smoke run shrinks in place, where a README line gives them (appending the
