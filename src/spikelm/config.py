@@ -25,6 +25,8 @@ __all__ = [
     "RWKV6Config",
     "RWKV7Config",
     "EncodingConfig",
+    "WeightQuantConfig",
+    "WEIGHT_BITS",
     "SpikeGPTConfig",
     "SPIKEGPT_PRESETS",
 ]
@@ -318,6 +320,29 @@ class EncodingConfig(Config):
         _require(self.granularity in GRANULARITIES, "granularity", f"choose one of {', '.join(GRANULARITIES)}")
         if self.encoding == "rate":
             _require(self.layers == 1, "layers", "rate coding (SNN-RWKV) uses a single IF neuron per value: set layers=1")
+
+
+WEIGHT_BITS = (32, 16, 8)
+
+
+@dataclass
+class WeightQuantConfig(Config):
+    """How a model's weight matrices are stored (``spikelm.models.quantized.quantize_weights``).
+
+    ``bits``: 8 (symmetric int8, one float32 scale per output channel) or 16 (fp16); a float32
+    model has no such config. ``head`` / ``embedding``: whether the LM head and the embedding are
+    stored at ``bits`` too (the default: every weight the energy tables price at that width is
+    stored at it) or kept float32.
+    """
+
+    kind: ClassVar[str] = "weight_quantization"
+
+    bits: int = 8
+    head: bool = True
+    embedding: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.bits in (8, 16), "bits", f"quantised weights have 8 or 16 bits (32 is float32, no quantisation), got {self.bits!r}")
 
 
 TOKEN_SHIFT_INITS = ("paper", "official")

@@ -38,6 +38,7 @@ NEEDS = {
     "json_": ["info", "eval", "sweep", "energy", "nlu", "generate", "convert"],
     "binary_embedding": LOADS_MODEL,
     "family": LOADS_MODEL,
+    "weight_bits": ["convert", "eval", "energy", "sweep", "nlu", "demo"],
 }
 
 

@@ -28,10 +28,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config
+from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config, WeightQuantConfig
 from ..convert import attach_encoders
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write, atomic_write_json, claim_dir, honour_umask, make_temp_dir, publish_dir
+from ..models.quantized import dequantized_state_dict, quantize_weights, weight_quantization
 from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
@@ -127,6 +128,7 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     """Instantiate the model a saved ``config.json`` names (``kind``), with its encoders if converted."""
     cfg_dict = dict(cfg_dict)
     encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
+    wq = cfg_dict.pop("weight_quantization", None)  # present where the weights are stored at 8 or 16 bits
     cfg_dict.pop("finetune", None)  # how a fine-tuned model was made (spikelm finetune): a record, not a setting
     kind = cfg_dict.get("kind", "rwkv6")
     if kind == "rwkv6":
@@ -141,6 +143,9 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv4, rwkv6, rwkv7, spikegpt")
     if encoding is not None:
         attach_encoders(model, EncodingConfig.from_dict(encoding))
+    if wq is not None:  # the quantised matrices' places (q, scale) before the stored values are assigned
+        w = WeightQuantConfig.from_dict(wq)
+        quantize_weights(model, w.bits, head=w.head, embedding=w.embedding)
     return model
 
 
@@ -219,10 +224,13 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
-    """What ``config.json`` records of ``model``: its config, and its encoding if converted."""
+    """What ``config.json`` records of ``model``: its config, its encoding if converted, and how its
+    weights are stored if quantised."""
     cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
     if getattr(model, "encoding", None) is not None:  # a converted (spiking) model
         cfg["encoding"] = model.encoding.to_dict()
+    if weight_quantization(model) is not None:  # int8 (or fp16) weights, stored as they are
+        cfg["weight_quantization"] = weight_quantization(model).to_dict()
     return cfg
 
 
@@ -251,9 +259,10 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
 
 
 def save_official(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the state dict in the official RWKV-6 ``.pth`` layout (what RWKV-LM saves)."""
+    """Write the state dict in the official RWKV-6 ``.pth`` layout (what RWKV-LM saves); quantised
+    weights are written dequantised, under their official names."""
     p = Path(path)
-    sd = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in dequantized_state_dict(model, dtype).items()}
     buf = io.BytesIO()
     torch.save(sd, buf)
     return atomic_write(p, buf.getbuffer())
