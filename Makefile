@@ -42,15 +42,16 @@ data: setup
 demo: data
 	$(SPIKELM) demo
 
+# stdin from /dev/null: no test's child process can wait on a terminal or an open pipe
 test: data
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) < /dev/null
 
 # CI's second leg (.ci/run): the tensor-operation twins of the compiled kernels, checked on their own.
 test-no-kernels: data
 	SPIKELM_NO_CPP_KERNELS=1 $(PY) -m pytest -q tests/spiking tests/models tests/energy $(PYTEST_ARGS)
 
 test-slow: data
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow --durations=15 --timeout 1800 $(PYTEST_ARGS) < /dev/null
 
 test-gpu: data
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)

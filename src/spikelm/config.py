@@ -275,7 +275,7 @@ class RWKV4Config(Config):
 ENCODINGS = ("mhse", "rate", "none")
 SITES = ("time_mix", "all")
 SATURATIONS = ("clip",)
-CALIBRATIONS = ("max", "percentile")
+CALIBRATIONS = ("max", "percentile", "mse")
 GRANULARITIES = ("tensor", "channel")
 
 

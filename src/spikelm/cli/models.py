@@ -84,7 +84,7 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         T: time steps per token (>= 1).
         layers: spike layers l of the multi-head encoding (>= 1; default 4 for mhse, 1 for rate).
         sites: time_mix (receptance/key/value/gate inputs, as in the paper) or all (also output, channel mix, LoRA).
-        calibration: max or percentile of |x| per site.
+        calibration: max or percentile of |x| per site, or mse: the clip whose spike code has the least squared error.
         percentile: the percentile used with --calibration percentile.
         granularity: tensor (one scale per site) or channel (one per input channel).
         init_half: start membranes at half the smallest weight (rounding instead of truncation).
@@ -101,7 +101,18 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         json_: print one JSON object instead of text.
     """
     if preset:
+        shaping = {"--encoding": encoding != "mhse", "--T": T != 1, "--layers": layers is not None,
+                   "--init-half": init_half, "--n-int": n_int != 1}
+        given = [flag for flag, set_ in shaping.items() if set_]
+        if given:
+            raise ConfigError(f"--preset {preset} sets the spike code; {', '.join(given)} would change it: "
+                              "leave them out, or drop --preset and give the code in full")
+        # how the scales are set is not part of the code: --calibration/--percentile/--granularity
+        # apply on top of the preset (where given: the preset's own otherwise)
         enc = preset_config(preset, sites)
+        over = {k: v for k, v, default in (("calibration", calibration, "max"), ("percentile", percentile, 99.99),
+                                           ("granularity", granularity, "tensor")) if v != default}
+        enc = EncodingConfig.from_dict({**enc.to_dict(), **over}) if over else enc
     else:
         if layers is None:
             layers = 1 if encoding == "rate" else 4

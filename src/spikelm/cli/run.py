@@ -127,7 +127,10 @@ def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None 
     Any other --key value pair sets a fine-tuning key (FinetuneArgs): data (the text to fine-tune on,
     its train split, and its valid split for the validation windows: a corpus name or a text file;
     default: default, the embedded corpus), calib_data (the text the scales are first calibrated on,
-    its train split; default: default), kd_temperature (1.0),
+    its train split; default: default), calibration (how an ANN's scales are first set: mse (default),
+    the clip whose spike code has the least squared error, or max / percentile as `convert`),
+    weight_bits (32: final/ as trained; 16 or 8: its weights quantised after fine-tuning and
+    validated again), kd_temperature (1.0),
     ce_weight (0: distillation only), scale_lr (0.1: the scales' step relative to their size),
     lora_rank (8), lora_alpha (16), calib_batches, calib_ctx, ctx_len, batch_size, grad_accum,
     max_tokens, max_minutes, min_lr, warmup_steps, weight_decay, grad_clip, eval_every,
