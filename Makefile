@@ -48,7 +48,7 @@ test: data
 
 # CI's second leg (.ci/run): the tensor-operation twins of the compiled kernels, checked on their own.
 test-no-kernels: data
-	SPIKELM_NO_CPP_KERNELS=1 $(PY) -m pytest -q tests/spiking tests/models tests/energy $(PYTEST_ARGS)
+	SPIKELM_NO_CPP_KERNELS=1 $(PY) -m pytest -q --durations=15 tests/spiking tests/models tests/energy $(PYTEST_ARGS) < /dev/null
 
 test-slow: data
 	$(PY) -m pytest -q -m slow --durations=15 --timeout 1800 $(PYTEST_ARGS) < /dev/null
