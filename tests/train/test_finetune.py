@@ -269,3 +269,16 @@ def test_weight_bits_quantise_the_final_model_and_validate_it_again(tiny_data, a
     assert weight_bits(model) == 8 and model.encoding.sites == "all"
     with pytest.raises(spikelm.errors.ConfigError, match="weight_bits"):
         _ft(tiny_data, ann, tmp_path / "x", preset="SpikeRWKV-4L", weight_bits=4)
+
+
+def test_sweep_compares_calibrations_and_fine_tunes_each_preset_once(tiny_data, ann, tmp_path, capsys):
+    """--calibration max,mse: a row of each, named; the fine-tuned row (from mse) once per preset."""
+    argv = ["sweep", str(ann), "--data", tiny_data, "--calib-data", tiny_data, "--presets", "SpikeRWKV-4L",
+            "--sites", "all", "--max-chars", "3000", "--calibration", "max,mse", "--finetune-steps", "1",
+            "--finetune-out", str(tmp_path / "ft"), "--no-progress", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-4L [max]", "SpikeRWKV-4L +FT", "SpikeRWKV-4L [mse]"]
+    assert rows[1]["ppl"] != rows[3]["ppl"]
+    assert json.loads((tmp_path / "ft" / "SpikeRWKV-4L-all" / "final" / "config.json").read_text())[
+        "encoding"]["calibration"] == "mse"

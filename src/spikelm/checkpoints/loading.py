@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config, WeightQuantConfig
@@ -37,7 +36,7 @@ from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from .files import SHARDED_METADATA, assign_weights, read_sharded_model, read_tensors
+from .files import SHARDED_METADATA, assign_weights, read_sharded_model, read_tensors, write_safetensors
 from .rwkv4 import rwkv4_from_state_dict
 from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
 from .rwkv7 import from_official, infer_rwkv7_config, is_rwkv7_state_dict, rwkv7_from_state_dict
@@ -140,7 +139,7 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     elif kind == "rwkv4":
         model = RWKV4(RWKV4Config.from_dict(cfg_dict))
     else:
-        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv4, rwkv6, rwkv7, spikegpt")
+        raise ConfigError(f"kind: unknown model kind {kind!r}; known: rwkv4, rwkv6, rwkv7, spikegpt")
     if encoding is not None:
         attach_encoders(model, EncodingConfig.from_dict(encoding))
     if wq is not None:  # the quantised matrices' places (q, scale) before the stored values are assigned
@@ -248,7 +247,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     tmp = make_temp_dir(out)
     try:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(sd, str(tmp / "model.safetensors"))
+        write_safetensors(sd, tmp / "model.safetensors")
         honour_umask(tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", cfg)
         publish_dir(tmp, out)

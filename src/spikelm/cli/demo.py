@@ -50,7 +50,7 @@ from ..evaluate.multiple_choice import evaluate_tasks, format_table2
 from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1
 from ..generate import generate
-from ..io import OutputExistsError, atomic_write_json, atomic_write_text, check_file_target
+from ..io import atomic_write_json, atomic_write_text, claim_dir
 from ..models.quantized import quantize_weights
 from ..progress import ProgressFn
 from ..train import FinetuneArgs, finetune, train
@@ -230,33 +230,26 @@ def _energy(model, tokens, method: str) -> dict[str, Any]:
     }
 
 
-# Everything the demo writes in its output folder (claim_dir refuses a folder holding anything else).
-DEMO_FILES = ("cache", "models", "results.json", "report.md", "tradeoff.png", "tradeoff_sram.png", "firing_rates.png",
-              "training_curves.png")
-DEMO_FILE_PREFIXES = ("energy_parts_",)  # one stacked-bar plot per model
+# Everything the demo writes in its output folder (spikelm.io.claim_dir refuses a folder holding anything else).
+DEMO_FILES = ("cache/", "models/", "results.json", "report.md", "tradeoff.png", "tradeoff_sram.png", "firing_rates.png",
+              "training_curves.png", "energy_parts_*.png")  # one stacked-bar plot per model
 
 
-def _claim_demo_dir(out: Path) -> Path:
-    """A rerun reuses the demo's own files; a folder holding anything else is the user's and is refused."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {out} is a file; the demo writes a folder: choose another --out")
-    check_file_target(out / "report.md", "--out")  # no parent of it is a file
-    if out.is_dir():
-        foreign = sorted(e.name for e in out.iterdir() if e.name not in DEMO_FILES and not e.name.startswith((".", *DEMO_FILE_PREFIXES)))
-        if foreign:
-            raise OutputExistsError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:5])}); "
-                                    "the demo writes only into a new folder or one of its own: choose another --out")
-    return out
+def _claim_demo_dir(out: Path, overwrite: bool = False) -> Path:
+    """A rerun reuses the demo's own folder (its record says the demo wrote it); a folder holding
+    anything else is the user's and is refused; spikelm-named files without the record need --overwrite."""
+    return claim_dir(out, overwrite=overwrite, what="--out", owns=DEMO_FILES, reuse="demo")
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False,
-             progress: ProgressFn | None = None, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+             progress: ProgressFn | None = None, echo: Callable[[str], None] = lambda m: None,
+             overwrite: bool = False) -> dict[str, Any]:
     """Run every stage (reusing cached ones) and write the report; returns results.json's content."""
 
     s = settings or DemoSettings()
     if not s.minutes > 0:
         raise ConfigError(f"--minutes must be > 0 (the training budget of both models), got {s.minutes}")
-    out = _claim_demo_dir(Path(out))
+    out = _claim_demo_dir(Path(out), overwrite)
     if fresh:  # only what the demo itself wrote: its cache and trained models
         for sub in ("cache", "models"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -567,7 +560,7 @@ def _report(res: dict, en: dict, format_table1) -> str:
 
 
 def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fresh: bool = False, tiny: bool = False,
-             weight_bits: WeightBits = "auto", progress: bool = True) -> int:
+             weight_bits: WeightBits = "auto", overwrite: bool = False, progress: bool = True) -> int:
     """Run the main job at small scale and write report.md, results.json and plots.
 
     Trains a small RWKV-6 and a SpikeGPT on the embedded Brown corpus, converts the RWKV-6 with every
@@ -580,6 +573,7 @@ def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fres
         fresh: delete the demo's own cache and trained models in the output folder first (nothing else there).
         tiny: a seconds-long smoke run (tiny models, few items): for tests and CI.
         weight_bits: the precision every model's weights are stored at (Tables 1-3, like for like): 32, 16 or 8; auto: 8.
+        overwrite: write into a folder holding demo-named files (report.md, results.json, ...) that no earlier demo run recorded as its own; a folder holding other files is refused even so.
         progress: show progress bars on stderr.
     """
     bits = resolve_weight_bits(weight_bits, prices_energy=True)
@@ -589,7 +583,7 @@ def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fres
                                 head_size=16, ctx_len=32, batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2,
                                 nlu_shots=1, energy_tokens=64, sample_tokens=16, finetune_steps=3,
                                 weight_bits=settings.weight_bits)
-    res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print)
+    res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print, overwrite=overwrite)
     print(f"\nreport:  {Path(out) / 'report.md'}\nresults: {Path(out) / 'results.json'}")
     for name, p in res["plots"].items():
         print(f"plot:    {p}  ({name})")

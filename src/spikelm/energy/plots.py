@@ -15,12 +15,14 @@ global state or display backend is touched. Each function writes a PNG and retur
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SpikelmError
+from ..io import atomic_write
 from .report import FullReport
 from .summary import PARTS, EnergySummary
 
@@ -41,10 +43,11 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    """Render ``fig`` in memory, then write it atomically: a full disk never leaves half a PNG."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    return p
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format=p.suffix.lstrip(".") or "png")
+    return atomic_write(p, buf.getvalue())
 
 
 def plot_firing_rates(report: FullReport, path: str | Path) -> Path:

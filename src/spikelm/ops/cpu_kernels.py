@@ -95,6 +95,25 @@ def _source() -> str:
 
 
 
+NAME = "spikelm_cpu_kernels"  # the extension's name: its build folder in the cache
+
+
+def _build_needed(name: str, source: str) -> bool:
+    """Whether loading the extension will compile it: its build folder has no library yet, or
+    holds another source than ``source`` (``load_inline`` writes ``main.cpp`` only when it
+    changed, and ninja rebuilds what is older than it). True where it cannot tell."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        folder = Path(_get_build_directory(name, verbose=False))
+        lib, main = folder / f"{name}.so", folder / "main.cpp"
+        # load_inline's main.cpp: its implicit header, then the source (torch.utils.cpp_extension.load_inline)
+        return (not lib.is_file() or main.read_text(encoding="utf-8") != "#include <torch/extension.h>\n" + source
+                or lib.stat().st_mtime < main.stat().st_mtime)
+    except Exception:  # noqa: BLE001 - a private helper of torch, or an unreadable cache: say it may take a while
+        return True
+
+
 @functools.lru_cache(maxsize=None)
 def kernel() -> Any | None:
     """The compiled ops (``torch.ops.spikelm_cpu``: ``wkv6_forward``, ``gemv``, ``gemv_t``,
@@ -113,8 +132,10 @@ def kernel() -> Any | None:
         except (ImportError, AttributeError):
             pass
 
-        log.info("loading spikelm's compiled CPU kernels (built on first use, about 30 s)")
-        load_inline("spikelm_cpu_kernels", cpp_sources=_source(), is_python_module=False,
+        source = _source()
+        if _build_needed(NAME, source):  # the notice only when the compiler really runs (else every command said it)
+            log.info("building spikelm's compiled CPU kernels (once, about 30 s)")
+        load_inline(NAME, cpp_sources=source, is_python_module=False,
                     extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"], verbose=False)
         return torch.ops.spikelm_cpu
     except Exception as e:  # no compiler, no ninja, no headers: the tensor-operation forms still work

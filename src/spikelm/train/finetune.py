@@ -58,6 +58,7 @@ from ..markdown import md_table
 from ..ops.cross_entropy import cross_entropy_fp32, kl_distill_fp32
 from ..progress import ProgressFn
 from ..spiking.layers import SpikeEncoder
+from .checkpointing import claim_run_folder
 from .loop import Objective, TrainResult, param_groups, train
 
 log = logging.getLogger("spikelm.train")
@@ -428,9 +429,11 @@ def resolve_tokenizer(args: FinetuneArgs) -> FinetuneArgs:
 
 
 def finetune(args: FinetuneArgs, *, resume: bool = False, resume_from: str | os.PathLike | None = None,
-             progress: ProgressFn | None = None) -> TrainResult:
+             progress: ProgressFn | None = None, overwrite: bool = False) -> TrainResult:
     """Fine-tune ``args.checkpoint``'s spiking conversion (see the module docstring); ``final/`` is
-    a converted folder. Raises what :func:`.loop.train` raises."""
+    a converted folder. Its out_dir follows the one output rule (:func:`.loop.claim_run_dir`, as
+    ``finetune``'s: a folder of an earlier fine-tuning is resumed, a training's is not).
+    Raises what :func:`.loop.train` raises."""
     args = resolve_tokenizer(args)
     objective = Distillation(args)
 
@@ -442,7 +445,8 @@ def finetune(args: FinetuneArgs, *, resume: bool = False, resume_from: str | os.
                  args.checkpoint, student.encoding.sites, args.train, f"{n_train:,}", sum(1 for _ in encoders(student)))
         return student
 
-    return train(args, resume=resume, resume_from=resume_from, progress=progress, build=build, objective=objective)
+    return train(args, resume=resume, resume_from=resume_from, progress=progress, build=build, objective=objective,
+                 overwrite=overwrite, command="finetune")
 
 
 def _code(enc: Any) -> dict[str, Any]:
@@ -463,15 +467,21 @@ def with_finetuned(settings: list[tuple[str, Any]], checkpoint: str, folder: Pat
     """``settings`` of a sweep with a fine-tuned row (``NAME +FT``, a :class:`~spikelm.evaluate.sweep.Prepared`)
     after each preset's row: ``checkpoint`` converted with that preset and fine-tuned for ``steps``
     steps on ``data`` (train split), into ``folder/<row>``. A folder holding that fine-tune already
-    is resumed (or, if finished, reused). ``loader`` reads the result (the sweep's device and dtype)."""
+    is resumed (or, if finished, reused). ``loader`` reads the result (the sweep's device and dtype).
+    Every row's folder is checked here, before the sweep's work (the one output rule): a folder
+    holding a file of the user's stops the sweep now, not after its first rows."""
     out: list[tuple[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
     for name, enc in settings:
         out.append((name, enc))
         preset = _preset_of(enc)
-        if preset is None:
+        if preset is None or (preset, enc.sites) in seen:
             continue
+        seen.add((preset, enc.sites))
+        name = name.removesuffix(f" [{enc.calibration}]")
         args = FinetuneArgs(checkpoint=str(checkpoint), preset=preset, sites=enc.sites, data=data, calib_data=calib_data,
                             max_steps=steps, train=mode, device=device, out_dir=str(folder / f"{preset}-{enc.sites}"))
+        claim_run_folder(args.out_dir, command="finetune")
         out.append((f"{name} +FT", Prepared(enc, *_finetuned_row(args, loader, progress))))
     return out
 
