@@ -56,7 +56,7 @@ MUTATIONS = (
                "if not math.isfinite(gnorm) and self.scaler.is_enabled():"),),
              ("tests/train/test_guard.py",)),
     Mutation("claim", "io.claim_dir: a folder is non-empty only with more than one entry", "src/spikelm/io.py",
-             (("if p.is_dir() and any(p.iterdir()):", "if p.is_dir() and len(list(p.iterdir())) > 1:"),),
+             (("    if p.is_dir() and _visible(p):", "    if p.is_dir() and len(_visible(p)) > 1:"),),
              ("tests/cli/test_outputs.py",)),
     Mutation("init-half", "mhse_decode's tensor-operation path drops init_half's +1/2", "src/spikelm/spiking/encoding.py",
              (("    if init_half:\n        q.add_(0.5)\n    q.floor_()  # q_T", "    q.floor_()  # q_T"),),
