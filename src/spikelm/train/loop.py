@@ -293,16 +293,15 @@ class _Run:
         if self.sharded:
             average_grads(self.whole_params, self.dist.world_size)  # what FSDP left whole (shard_model)
         self.scaler.unscale_(self.optimizer)
-        if args.grad_clip <= 0:
-            gnorm_t = None
-        elif self.sharded:
-            gnorm_t = clip_sharded_grads(list(self.raw.parameters()), args.grad_clip)
+        # grad_clip 0 clips nothing, but the guard still needs the norm (max_norm inf scales by 1)
+        max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+        if self.sharded:
+            gnorm_t = clip_sharded_grads(list(self.raw.parameters()), max_norm)
         else:
-            gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip)
+            gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
         # One host sync per step for the divergence guard: the loss and the gradient norm come to the
         # host together (both are needed before the weights may change; the values are the same floats).
-        step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
-                                        else gnorm_t.float()]).tolist()
+        step_loss, gnorm = torch.stack([loss_t.float(), gnorm_t.float()]).tolist()
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             self.diverged(f"the training loss is {step_loss}", c.step + 1)
