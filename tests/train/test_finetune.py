@@ -250,8 +250,12 @@ def test_sweep_adds_a_fine_tuned_row_beside_each_preset(tiny_data, ann, tmp_path
     assert ft["finetune_steps"] == 3 and ft["finetune_tokens"] == 3 * 8 * 256 and ft["l"] == 3
     assert ft["ppl_gap_pct"] < rows[1]["ppl_gap_pct"]
     assert (tmp_path / "ft" / "SpikeRWKV-3L-all" / "final" / "model.safetensors").is_file()
-    # a second sweep into the same folder reuses the finished fine-tune (same numbers), and prints its table
+    # a second sweep into the same folder reuses the finished fine-tune (same numbers, the folder untouched),
+    # and prints its table
+    run = tmp_path / "ft" / "SpikeRWKV-3L-all"
+    before = {p.name: p.read_bytes() for p in (run / "summary.json", run / "train_args.json", run / "log.jsonl")}
     assert main(argv) == 0
+    assert before == {p.name: p.read_bytes() for p in (run / "summary.json", run / "train_args.json", run / "log.jsonl")}
     out = capsys.readouterr().out
     assert "SpikeRWKV-3L +FT" in out and "Fine-tuned rows" in out and f"{ft['ppl']:.4f}" in out
 
@@ -282,3 +286,15 @@ def test_sweep_compares_calibrations_and_fine_tunes_each_preset_once(tiny_data, 
     assert rows[1]["ppl"] != rows[3]["ppl"]
     assert json.loads((tmp_path / "ft" / "SpikeRWKV-4L-all" / "final" / "config.json").read_text())[
         "encoding"]["calibration"] == "mse"
+
+
+def test_resuming_a_finished_fine_tune_keeps_its_gaps(tiny_data, ann, tmp_path):
+    """finetune --resume on a finished run takes no step and rewrites the summary with the same gaps
+    (the converted model's included), not with nulls."""
+    args = _ft(tiny_data, ann, tmp_path / "ft", preset="SpikeRWKV-4L", sites="all", max_steps=2, eval_every=2)
+    finetune(args, progress=None)
+    first = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    finetune(args, resume=True, progress=None)
+    again = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    for k in ("val_gap_pct", "converted_gap_pct", "converted_val_loss", "steps"):
+        assert again[k] == first[k] and again[k] is not None, k

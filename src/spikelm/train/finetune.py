@@ -295,6 +295,10 @@ class Distillation(Objective):
         self.teacher_val = run.validate(self.teacher)
         if run.c.step == 0:
             self.start_val = run.validate()
+        else:  # a resume: the latest validation, and the converted model's from a finished run's summary
+            self.last_val = run.c.val_loss
+            earlier = _read_json(run.out_dir / "summary.json")
+            self.start_val = earlier.get("converted_val_loss") if earlier else None
         if run.dist.is_main:
             log.info("teacher (the ANN): validation loss %.4f nats/token (%.4f bits/token)", self.teacher_val,
                      self.teacher_val / math.log(2))
@@ -492,14 +496,17 @@ def _finetuned_row(args: FinetuneArgs, loader: Callable[[Path], nn.Module],
     done: dict[str, Any] = {}
 
     def make() -> nn.Module:
-        if "result" not in done:
-            done["result"] = finetune(args, resume=True, progress=progress)
-            done["summary"] = json.loads((Path(args.out_dir) / "summary.json").read_text())
-        return loader(done["result"].final_path)
+        if "summary" not in done:
+            finished = _finished(args)
+            if finished is None:  # resume a stopped run, or start one
+                finetune(args, resume=True, progress=progress)
+                finished = _read_json(Path(args.out_dir) / "summary.json")
+            done["summary"] = finished
+        return loader(Path(args.out_dir) / "final")
 
     def info() -> dict[str, Any]:
-        r, s = done["result"], done["summary"]
-        return {"finetune_steps": r.steps, "finetune_tokens": r.tokens, "finetune_s": round(r.elapsed_s, 1),
+        s = done["summary"]
+        return {"finetune_steps": s["steps"], "finetune_tokens": s["tokens"], "finetune_s": round(s["elapsed_s"], 1),
                 "finetune_val_gap_before_pct": s.get("converted_gap_pct"), "finetune_val_gap_pct": s.get("val_gap_pct"),
                 "finetune_train": args.train}
 
@@ -515,3 +522,23 @@ def format_finetuned(rows: list[dict[str, Any]]) -> str:
              pct(r["finetune_val_gap_before_pct"]), pct(r["finetune_val_gap_pct"]), pct(r["ppl_gap_pct"])] for r in rows]
     return md_table(["Model", "trained", "steps", "tokens", "wall s", "valid gap converted", "valid gap fine-tuned",
                      "test PPL gap"], body, "llrrrrrr")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _finished(args: FinetuneArgs) -> dict[str, Any] | None:
+    """The summary of a fine-tune already finished in ``args.out_dir`` with the same fixed keys and
+    at least ``max_steps`` steps (reused as it is: nothing in the folder is touched), else None."""
+    out = Path(args.out_dir)
+    summary, saved = _read_json(out / "summary.json"), _read_json(out / "train_args.json")
+    if summary is None or saved is None or not (out / "final" / "config.json").is_file():
+        return None
+    if saved.get("kind", args.kind) != args.kind or any(saved.get(k) != getattr(args, k) for k in args.FIXED):
+        return None  # finetune() names the difference
+    return summary if int(summary.get("steps", 0)) >= args.max_steps else None
