@@ -48,7 +48,7 @@ from ..ops.cpu_kernels import kernel as cpu_kernel
 from ..ops.cpu_kernels import op as cpu_op
 from ..ops.wkv6 import wkv6
 from .init import head_gain, orthogonal_like, tall_gain
-from .optable import OpRow, matmul
+from .optable import OpRow, matmul_row
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
 State = list[LayerState]
@@ -167,10 +167,10 @@ class TimeMix(nn.Module):
         H, N = self.n_head, self.head_size
         return {
             "ddlerp": OpRow("elementwise", {"add": 12 * C, "mul": 6 * C, "special": 5 * Dm}),
-            "time_maa_w1": matmul(C, 5 * Dm, encoder="maa_in"),
+            "time_maa_w1": matmul_row(C, 5 * Dm, encoder="maa_in"),
             "time_maa_w2": OpRow("linear", {"mac": 5 * Dm * C}, Dm, C),
-            "time_decay_w1": matmul(C, Dd, encoder="decay_in"),
-            "time_decay_w2": matmul(Dd, A),
+            "time_decay_w1": matmul_row(C, Dd, encoder="decay_in"),
+            "time_decay_w2": matmul_row(Dd, A),
             "decay": OpRow("elementwise", {"add": 2 * A, "special": Dd + A}),
             "wkv": OpRow("wkv", {"mac": H * (N * N + N), "mul": H * (2 * N * N + 2 * N), "add": H * (N * N + N),
                                  "special": H * N}),
