@@ -181,11 +181,11 @@ def main() -> None:
     from spikelm.ops.cpu_kernels import kernel
 
     print(f"spikelm's compiled CPU kernels: {'built' if kernel() is not None else 'not available (tensor operations)'}")
-    from spikelm.ops.linear import _native_cpu
+    from spikelm.ops.linear import native_low_precision
 
     if dtype != torch.float32:
-        print(f"native {args.dtype} GEMMs on this CPU (oneDNN): {_native_cpu(dtype)}")
-    if dtype != torch.float32 and not _native_cpu(dtype):
+        print(f"native {args.dtype} GEMMs on this CPU (oneDNN): {native_low_precision(dtype)}")
+    if dtype != torch.float32 and not native_low_precision(dtype):
         print(f"(in {args.dtype} the floor is spikelm's own products: on a CPU without native {args.dtype} GEMMs spikelm "
               f"multiplies many rows in fp32 and the package in emulated {args.dtype}, so its 'cannot exceed' holds for fp32 only)")
     print(f"model: RWKV-6 L={args.layers} C={args.width} V={args.vocab} {args.dtype}; last-logit max rel. diff vs reference {rel:.2e}")

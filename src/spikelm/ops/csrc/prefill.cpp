@@ -1,17 +1,16 @@
-// spikelm's compiled CPU kernels, part 5 (after block_step.cpp): the elementwise passes of RWKV-6's
-// time mix and channel mix (spikelm.models.rwkv6, without a gradient). Each op does in one pass over
-// memory what the modules' tensor operations do in two to five. In float32: the same arithmetic in
-// the same order (no contraction into FMAs). In bf16 or fp16 (the activations' dtype A): the values
-// widened to float32, the same float32 arithmetic, each output rounded once to A (to nearest even),
-// where the tensor operations round after each of their steps; only exp comes from a vectorised
-// polynomial (common.cpp's exp8: within 2 ulp of the exact exp; 0 below the smallest normal
-// result) where torch uses its own.
+// The elementwise passes of RWKV-6's time mix and channel mix (spikelm.ops.rwkv6; their twins are
+// its tensor operations). Each op does in one pass over memory what the tensor operations do in two
+// to five. In float32: the same arithmetic in the same order (no contraction into FMAs). In bf16 or
+// fp16 (the activations' dtype A): the values widened to float32, the same float32 arithmetic, each
+// output rounded once to A (to nearest even), where the tensor operations round after each of their
+// steps; only exp comes from a vectorised polynomial (the header's exp8) where torch uses its own.
+#include "spikelm.h"
 
-// ---- 8 values of an activation dtype as float32 and back (widen8 is products.cpp's); narrow8
-// rounds to nearest even, NaN stays NaN.
+// ---- 8 float32 values rounded to an activation dtype (to nearest even; NaN stays NaN): the
+// inverse of the header's widen8.
 #ifdef SPIKELM_X86
-__attribute__((target("avx2,fma,f16c"))) static inline void narrow8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-__attribute__((target("avx2,fma,f16c"))) static inline void narrow8(at::BFloat16* p, __m256 v) {
+SPIKELM_AVX2 static inline void narrow8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+SPIKELM_AVX2 static inline void narrow8(at::BFloat16* p, __m256 v) {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     const __m256i rounded = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb));
@@ -20,7 +19,7 @@ __attribute__((target("avx2,fma,f16c"))) static inline void narrow8(at::BFloat16
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(hi, hi), 0xD8);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
-__attribute__((target("avx2,fma,f16c"))) static inline void narrow8(at::Half* p, __m256 v) {
+SPIKELM_AVX2 static inline void narrow8(at::Half* p, __m256 v) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 #endif
@@ -47,7 +46,7 @@ static void lerp_tail(const A* x, const A* prev, const A* m, const A* l, A* o, i
 
 #ifdef SPIKELM_X86
 template <typename A>
-__attribute__((target("avx2,fma,f16c"))) static void lerp_row_avx2(const A* x, const A* prev, const A* m,
+SPIKELM_AVX2 static void lerp_row_avx2(const A* x, const A* prev, const A* m,
                                                                    const A* l, A* o, int64_t C) {
     int64_t c = 0;
     for (; c + 8 <= C; c += 8) {
@@ -139,7 +138,7 @@ at::Tensor rwkv6_decay_(at::Tensor d, at::Tensor time_decay, double floor) {
 // silu(g) = g / (1 + exp(-g)), as torch computes it).
 #ifdef SPIKELM_X86
 template <typename A>
-__attribute__((target("avx2,fma,f16c"))) static int64_t silu_gate_avx2(const float* y, A* g, int64_t n) {
+SPIKELM_AVX2 static int64_t silu_gate_avx2(const float* y, A* g, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -178,7 +177,7 @@ at::Tensor silu_gate_(at::Tensor y, at::Tensor g) {
 // an activation dtype; NaN stays NaN, as torch.relu keeps it.
 #ifdef SPIKELM_X86
 template <typename A>
-__attribute__((target("avx2,fma,f16c"))) static int64_t relu_square_avx2(A* k, int64_t n) {
+SPIKELM_AVX2 static int64_t relu_square_avx2(A* k, int64_t n) {
     const __m256 zero = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -212,7 +211,7 @@ at::Tensor relu_square_(at::Tensor k) {
 // ---- sigmoid_gate_: r <- sigmoid(r) * v in place (the channel mix's output; sigmoid(r) = 1 / (1 + exp(-r))).
 #ifdef SPIKELM_X86
 template <typename A>
-__attribute__((target("avx2,fma,f16c"))) static int64_t sigmoid_gate_avx2(A* r, const A* v, int64_t n) {
+SPIKELM_AVX2 static int64_t sigmoid_gate_avx2(A* r, const A* v, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {

@@ -1,4 +1,6 @@
-// spikelm's compiled CPU kernels, part 6 (after prefill.cpp): spike decoding and level histograms.
+// Spike decoding over T steps and the histogram of spike-encoder levels (spikelm.ops.spikes; their
+// twins: the tensor operations of spikelm.ops.spikes.decode_steps and spikelm.energy.spike_counts).
+#include "spikelm.h"
 
 // q: levels (float32, integer values 0 .. 2^layers - 1, or NaN), x: the encoder's input (same
 // numel), unit: float32 of 1 or C (= x's last dimension) values. Returns int64
@@ -16,11 +18,12 @@ static void level_histogram_range(const float* __restrict q, const X* __restrict
     const int64_t bins = int64_t(2) << layers, top = (int64_t(1) << layers) - 1;
     std::vector<int32_t> hv(K * bins, 0);
     int32_t* __restrict h = hv.data();
-    int64_t clipped = 0, nans = 0;
+    int64_t clipped = 0, nans = 0, bad = 0;
     int64_t c = begin % C;  // the channel of value i (no division per value)
     for (int64_t i = begin; i < end; ++i, c = (c + 1 == C) ? 0 : c + 1) {
         const float qv = q[i];
         if (!(qv == qv)) { ++nans; continue; }
+        if (!(qv >= 0.f && qv <= float(top))) { ++bad; continue; }  // not a level: counted, refused by the caller
         const int64_t level = int64_t(qv);
         const float xv = float(x[i]);
         ++h[(i & (K - 1)) * bins + level + (int64_t(xv < 0.f) << layers)];
@@ -30,6 +33,7 @@ static void level_histogram_range(const float* __restrict q, const X* __restrict
         for (int64_t b = 0; b < bins; ++b) out[b] += h[k * bins + b];
     out[bins] += clipped;
     out[bins + 1] += nans;
+    out[bins + 2] += bad;
 }
 
 // q: levels (float32, integer values 0 .. 2^layers - 1, or NaN), x: the encoder's input (same
@@ -38,7 +42,7 @@ static void level_histogram_range(const float* __restrict q, const X* __restrict
 template <typename X>
 static void level_histogram_impl(const float* q, const X* x, const float* unit, int64_t n, int64_t C,
                                  int64_t layers, int64_t* out) {
-    const int64_t width = (int64_t(2) << layers) + 2;
+    const int64_t width = (int64_t(2) << layers) + 3;  // the bins, clipped, NaN, and values that are no level
     const double u_max = double((int64_t(1) << layers) - 1);
     const double half_ulp = std::ldexp(1.0, int(layers) - 1 - 24);  // ulp(u_max) / 2
     std::vector<double> thr(C);
@@ -60,17 +64,26 @@ static void level_histogram_impl(const float* q, const X* x, const float* unit, 
 }
 
 at::Tensor level_histogram(at::Tensor q, at::Tensor x, at::Tensor unit, int64_t layers) {
+    const char* op = "level_histogram";
+    TORCH_CHECK(layers >= 1 && layers <= 16, op, ": layers must be 1 to 16, got ", layers);
+    check_tensor(q, op, "q", {at::kFloat});
+    check_floats(x, op, "x");
+    check_tensor(unit, op, "unit", {at::kFloat});
+    check_numel(x, q.numel(), op, "x (as many values as q)");
+    TORCH_CHECK(unit.numel() == 1 || (x.dim() > 0 && unit.numel() == x.size(-1)), op,
+                ": unit must hold 1 value or one per channel of x's last dimension");
     const int64_t bins = int64_t(2) << layers;
-    auto out = at::zeros({bins + 2}, at::kLong);
+    auto out = at::zeros({bins + 3}, at::kLong);
     const int64_t n = q.numel(), C = unit.numel();
     const float* qp = q.data_ptr<float>();
     const float* up = unit.data_ptr<float>();
-    int64_t* op = out.data_ptr<int64_t>();
-    if (x.scalar_type() == at::kFloat) level_histogram_impl(qp, x.data_ptr<float>(), up, n, C, layers, op);
-    else if (x.scalar_type() == at::kBFloat16) level_histogram_impl(qp, x.data_ptr<at::BFloat16>(), up, n, C, layers, op);
-    else if (x.scalar_type() == at::kHalf) level_histogram_impl(qp, x.data_ptr<at::Half>(), up, n, C, layers, op);
-    else TORCH_CHECK(false, "level_histogram: x must be float32, bfloat16 or float16");
-    return out;
+    int64_t* hist = out.data_ptr<int64_t>();
+    if (x.scalar_type() == at::kFloat) level_histogram_impl(qp, x.data_ptr<float>(), up, n, C, layers, hist);
+    else if (x.scalar_type() == at::kBFloat16) level_histogram_impl(qp, x.data_ptr<at::BFloat16>(), up, n, C, layers, hist);
+    else level_histogram_impl(qp, x.data_ptr<at::Half>(), up, n, C, layers, hist);
+    TORCH_CHECK(hist[bins + 2] == 0, "level_histogram: q must hold integer levels 0 to 2^layers - 1 (or NaN); ",
+                hist[bins + 2], " values are not");
+    return out.narrow(0, 0, bins + 2);
 }
 
 // The spike encoders' decoded values (spikelm.spiking.encoding.mhse_decode's general path), one
@@ -146,13 +159,22 @@ static void mhse_decode_impl(const X* x, const float* scale, X* out, int64_t n, 
 
 at::Tensor mhse_decode(at::Tensor x, at::Tensor scale, int64_t T, int64_t layers, int64_t n_int, bool init_half,
                        double a_max) {
-    TORCH_CHECK(x.is_contiguous() && scale.is_contiguous() && scale.scalar_type() == at::kFloat
-                && (scale.numel() == 1 || (x.dim() > 0 && scale.numel() == x.size(-1))), "mhse_decode: shapes");
+    const char* op = "mhse_decode";
+    check_floats(x, op, "x");
+    check_tensor(scale, op, "scale", {at::kFloat});
+    TORCH_CHECK(scale.numel() == 1 || (x.dim() > 0 && scale.numel() == x.size(-1)), op,
+                ": scale must hold 1 value or one per channel of x's last dimension (shapes)");
+    TORCH_CHECK(T >= 1 && layers >= 1 && layers <= 24 && n_int >= 0 && n_int <= layers && std::isfinite(a_max)
+                && a_max > 0, op, ": T >= 1, 1 <= layers <= 24, 0 <= n_int <= layers and a finite a_max > 0");
+    // the table of decoded levels below has q_top + 1 entries
+    TORCH_CHECK(a_max * std::ldexp(1.0, int(layers - n_int)) * double(T) <= double(1 << 24), op,
+                ": a_max 2^(layers - n_int) T must be at most 2^24 (the table of levels)");
     auto out = at::empty_like(x);
     if (x.numel() == 0) return out;
     const int64_t n = x.numel(), C = x.dim() > 0 ? x.size(-1) : 1;
     std::vector<float> per_channel(C, scale.data_ptr<float>()[0]);  // one scale: the same for every channel
     if (scale.numel() == C) std::copy(scale.data_ptr<float>(), scale.data_ptr<float>() + C, per_channel.begin());
+    for (float v : per_channel) TORCH_CHECK(std::isfinite(v) && v > 0.f, op, ": every scale must be finite and > 0");
     const float* sp = per_channel.data();
     const float am = float(a_max);
     if (x.scalar_type() == at::kFloat)
@@ -160,8 +182,7 @@ at::Tensor mhse_decode(at::Tensor x, at::Tensor scale, int64_t T, int64_t layers
     else if (x.scalar_type() == at::kBFloat16)
         mhse_decode_impl(x.data_ptr<at::BFloat16>(), sp, out.data_ptr<at::BFloat16>(), n, C, T, layers, n_int,
                          init_half, am);
-    else if (x.scalar_type() == at::kHalf)
+    else
         mhse_decode_impl(x.data_ptr<at::Half>(), sp, out.data_ptr<at::Half>(), n, C, T, layers, n_int, init_half, am);
-    else TORCH_CHECK(false, "mhse_decode: x must be float32, bfloat16 or float16");
     return out;
 }

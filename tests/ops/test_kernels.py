@@ -1,5 +1,6 @@
-"""The compiled CPU loops against their naive twins (the WKV6 recurrence, the one-row bf16/fp16
-products, in their portable and AVX2 builds), and when ``wkv6`` takes the recurrence."""
+"""The C++ kernels against their naive twins (the WKV6 recurrence, the one-row products, spike
+decoding and counting, in their portable and AVX2 builds), their argument checks, and when ``wkv6``
+takes the recurrence."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import torch
 
 import importlib
 
-from spikelm.ops import cpu_kernels
-from spikelm.ops.wkv6 import wkv6, wkv6_naive
+from spikelm.ops import backend, kernels
+from spikelm.ops.spikes import level_histogram
+from spikelm.ops.wkv6 import wkv6, wkv6_naive, wkv6_recurrent_cpu
 
 wkv6_module = importlib.import_module("spikelm.ops.wkv6")  # the package attribute is the function
 
-needs_kernel = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ compiler / ninja to build the kernel")
+needs_kernel = pytest.mark.skipif(kernels.library() is None, reason="no C++ compiler / ninja to build the kernel")
 
 
 def _close(got, ref, tol=2e-6):
@@ -36,7 +38,7 @@ def _inputs(B, T, H, N, seed=0, floor=False):
 @pytest.fixture(params=[True, False], ids=["avx2", "portable"])
 def isa(request):
     """Each compiled loop in both builds (on a CPU without AVX2 both runs take the portable one)."""
-    ops = cpu_kernels.kernel()
+    ops = kernels.library()
     if ops is None:
         pytest.skip("no C++ compiler / ninja to build the kernel")
     ops.set_avx2(request.param)
@@ -51,7 +53,7 @@ def isa(request):
 def test_recurrent_cpu_equals_the_naive_loop(isa, B, T, H, N, with_state, floor):
     r, k, v, logw, u, s0 = _inputs(B, T, H, N, seed=T, floor=floor)
     state = s0 if with_state else None
-    y, s = cpu_kernels.wkv6_recurrent_cpu(r, k, v, logw, u, state)
+    y, s = wkv6_recurrent_cpu(r, k, v, logw, u, state)
     ref_y, ref_s = wkv6_naive(*(t.double() for t in (r, k, v, logw, u)), None if state is None else state.double())
     assert y.dtype == torch.float32 and s.dtype == torch.float32 and s.shape == (B, H, N, N)
     _close(y, ref_y)
@@ -64,7 +66,7 @@ def test_recurrent_cpu_equals_the_naive_loop(isa, B, T, H, N, with_state, floor)
 def test_recurrent_cpu_takes_bf16_inputs_and_returns_their_dtype():
     r, k, v, logw, u, _ = _inputs(1, 20, 2, 32)
     rb, kb, vb = (t.bfloat16() for t in (r, k, v))
-    y, s = cpu_kernels.wkv6_recurrent_cpu(rb, kb, vb, logw, u)
+    y, s = wkv6_recurrent_cpu(rb, kb, vb, logw, u)
     ref_y, ref_s = wkv6_naive(*(t.double() for t in (rb, kb, vb, logw, u)))
     assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
     _close(y, ref_y, tol=1e-2)  # y rounded to bf16
@@ -97,25 +99,28 @@ def test_auto_takes_the_kernel_only_without_gradients(monkeypatch):
 
 
 def test_without_the_kernel_auto_keeps_the_chunked_form(monkeypatch):
-    monkeypatch.setattr(wkv6_module, "cpu_kernel", lambda: None)
-    monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
+    monkeypatch.setattr(backend, "library", lambda: None)
+    monkeypatch.setattr(kernels, "library", lambda: None)
     r, k, v, logw, u, s0 = _inputs(1, 16, 2, 16)
     with torch.no_grad():
         y, s = wkv6(r, k, v, logw, u, s0)
         ref_y, ref_s = wkv6(r, k, v, logw, u, s0, impl="chunked")
     assert torch.equal(y, ref_y) and torch.equal(s, ref_s)
     with pytest.raises(RuntimeError, match="not available"):
-        cpu_kernels.wkv6_recurrent_cpu(r, k, v, logw, u)
+        wkv6_recurrent_cpu(r, k, v, logw, u)
 
 
-def test_the_switch_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setenv("SPIKELM_NO_CPP_KERNELS", "1")
-    cpu_kernels.kernel.cache_clear()
-    try:
-        assert cpu_kernels.kernel() is None
-    finally:
-        monkeypatch.delenv("SPIKELM_NO_CPP_KERNELS")
-        cpu_kernels.kernel.cache_clear()
+def test_the_environment_turns_the_kernels_off(monkeypatch):
+    """SPIKELM_BACKEND=torch: every op takes its tensor operations and nothing is built."""
+    monkeypatch.setenv("SPIKELM_BACKEND", "torch")
+    monkeypatch.setattr(backend, "_default", None)
+    monkeypatch.setattr(backend, "library", lambda: pytest.fail("the kernels were loaded"))
+    r, k, v, logw, u, s0 = _inputs(1, 4, 1, 16)
+    calls = []
+    monkeypatch.setattr(wkv6_module, "wkv6_recurrent_cpu", lambda *a: calls.append(1))
+    with torch.no_grad():
+        wkv6(r, k, v, logw, u, s0)
+    assert calls == [] and backend.resolve("wkv6", None, r) == "torch"
 
 
 @needs_kernel
@@ -131,12 +136,12 @@ def test_level_histogram_equals_tensor_operations(layers, dtype, per_channel):
     u = x.float().abs() / unit  # as the encoder computes it
     q = u.clamp(max=float(top)).floor()
     q[1, 1] = float("nan")
-    got = cpu_kernels.level_histogram(q, x, unit, layers)
+    got = level_histogram(q, x, unit, layers)
     ok = ~q.isnan()
     code = (q[ok] + 2**layers * (x.float()[ok] < 0)).long()
     assert got[0] == torch.bincount(code, minlength=2 ** (layers + 1)).tolist()
     assert got[1] == int((u[ok] > top).sum()) and got[2] == 1
-    assert cpu_kernels.level_histogram(q.double(), x, unit, layers) is None  # not a float32 level tensor
+    assert level_histogram(q.double(), x, unit, layers) is None  # not a float32 level tensor
 
 
 def _exact_product(x, w):
@@ -150,7 +155,7 @@ def _exact_product(x, w):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("O, I", [(1, 1), (7, 33), (64, 512), (300, 96), (129, 40), (5, 1000)])
 def test_one_row_products_equal_a_float32_product_rounded_once(isa, dtype, O, I):
-    ops = cpu_kernels.kernel()
+    ops = kernels.library()
     g = torch.Generator().manual_seed(O * I)
     x, w = torch.randn(I, generator=g).to(dtype), torch.randn(O, I, generator=g).to(dtype)
     exact, bound = _exact_product(x.unsqueeze(0), w)
@@ -173,15 +178,15 @@ def test_one_row_products_equal_a_float32_product_rounded_once(isa, dtype, O, I)
 
 
 def test_one_row_products_refuse_what_they_do_not_take():
-    ops = cpu_kernels.kernel()
+    ops = kernels.library()
     if ops is None:
         pytest.skip("no C++ compiler / ninja to build the kernel")
     x, w = torch.randn(8).bfloat16(), torch.randn(4, 8).bfloat16()
     with pytest.raises(RuntimeError, match="shapes"):
         ops.gemv(x[:5], w)
-    with pytest.raises(RuntimeError, match="shapes"):
-        ops.gemv(x, w.t().contiguous().t())  # not contiguous
-    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.gemv(x, w.t().contiguous().t())
+    with pytest.raises(RuntimeError, match="dtype"):
         ops.gemv(x.double(), w.double())
     with pytest.raises(RuntimeError, match="shapes"):
         ops.gemv_t(x, w.t().contiguous(), torch.zeros(5))  # c of the wrong size
@@ -207,10 +212,8 @@ def test_compiled_decode_is_the_general_path_bit_for_bit(isa, dtype, per_channel
                        (k + 0.5) * unit, -(k + 0.5) * unit])
         x[0, :5] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])
         x = x.to(dtype)
-        got = enc.mhse_decode(x, scale, T, layers, n_int, init_half)
-        with monkeypatch.context() as m:
-            m.setattr(enc, "cpu_op", lambda name: None)
-            ref = enc.mhse_decode(x, scale, T, layers, n_int, init_half)
+        got = enc.mhse_decode(x, scale, T, layers, n_int, init_half, backend="cpp")
+        ref = enc.mhse_decode(x, scale, T, layers, n_int, init_half, backend="torch")
         bits = torch.int32 if dtype == torch.float32 else torch.int16
         nan = ref.isnan()
         assert torch.equal(got.isnan(), nan)
@@ -223,11 +226,11 @@ def test_the_kernels_build_where_a_compiler_and_ninja_are_present():
     import os
     import shutil
 
-    if os.environ.get("SPIKELM_NO_CPP_KERNELS", "") not in ("", "0"):
-        pytest.skip("the kernels are switched off (SPIKELM_NO_CPP_KERNELS)")
+    if os.environ.get("SPIKELM_BACKEND", "auto") == "torch":
+        pytest.skip("the kernels are switched off (SPIKELM_BACKEND=torch)")
     if not shutil.which("c++") or not (shutil.which("ninja") or importlib.util.find_spec("ninja")):
         pytest.skip("no C++ compiler or no ninja here")
-    assert cpu_kernels.kernel() is not None, "the compiled CPU kernels failed to build (see the logged warning)"
+    assert kernels.library() is not None, "the compiled CPU kernels failed to build (see the logged warning)"
 
 
 # ---- the elementwise passes of a float32 prefill (Block._fused_forward), against torch's operations
@@ -247,7 +250,7 @@ def test_token_lerp_is_the_modules_arithmetic(isa, G, B, T, C, with_lora):
     lora = torch.randn(G, B, T, C, generator=g) if with_lora else None
     xx = _shifted(x, shift) - x
     ref = torch.stack([torch.addcmul(x, xx, maa[i] + lora[i] if with_lora else maa[i]) for i in range(G)])
-    got = cpu_kernels.kernel().token_lerp(x, shift, maa, None if lora is None else lora.clone())
+    got = kernels.library().token_lerp(x, shift, maa, None if lora is None else lora.clone())
     assert got.shape == (G, B, T, C) and torch.allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -255,19 +258,19 @@ def test_exp_of_the_avx2_build_within_two_ulp(isa):
     """The decay pass takes its exp from a polynomial in the AVX2 build: over the float32 range,
     within 2 ulp of the exact exp; beyond it 0 or inf; NaN stays NaN; the floor clamps."""
     d = torch.cat((torch.linspace(-87.0, 88.0, 200003), torch.tensor([-1e4, -100.0, 0.0, -0.0, 89.0, float("nan")])))
-    got = cpu_kernels.kernel().rwkv6_decay_(d.clone(), torch.zeros(d.numel()), -float("inf"))
+    got = kernels.library().rwkv6_decay_(d.clone(), torch.zeros(d.numel()), -float("inf"))
     exact = -torch.exp(d.double())
     fin = exact.abs() < 3e38
     ulp = torch.finfo(torch.float32).eps * exact[fin].abs()
     assert ((got[fin].double() - exact[fin]).abs() <= 2 * ulp + 1e-37).all()
     assert got[-2] == -float("inf") and got[-1].isnan() and got[-6] == 0 and got[-4] == -1
-    clamped = cpu_kernels.kernel().rwkv6_decay_(torch.tensor([5.0, -3.0, 3.0]), torch.tensor([0.0, 0.0, 2.0]), -60.0)
+    clamped = kernels.library().rwkv6_decay_(torch.tensor([5.0, -3.0, 3.0]), torch.tensor([0.0, 0.0, 2.0]), -60.0)
     assert clamped[0] == -60 and clamped[2] == -60 and abs(clamped[1] + torch.exp(torch.tensor(-3.0))) < 1e-8
 
 
 def test_gates_equal_torch(isa):
     """silu_gate_: y * silu(g); sigmoid_gate_: sigmoid(r) * v; relu_square_: relu(k)^2, NaN kept."""
-    ops, g = cpu_kernels.kernel(), torch.Generator().manual_seed(5)
+    ops, g = kernels.library(), torch.Generator().manual_seed(5)
     k = torch.cat((torch.randn(3, 1001, generator=g), torch.tensor([[float("nan"), 0.0, -0.0]] * 3)), 1)
     ref = torch.relu(k).square()
     got = ops.relu_square_(k.clone())
@@ -284,7 +287,7 @@ def test_passes_in_low_precision_round_float32_arithmetic_once(isa, dtype):
     output once to nearest even: token_lerp and relu_square_ exactly that (against torch's float32
     operations rounded once); the gates within one rounding of it (their exp is a polynomial).
     Sizes leave a tail after the 8-wide loop; NaN stays NaN."""
-    ops, g = cpu_kernels.kernel(), torch.Generator().manual_seed(7)
+    ops, g = kernels.library(), torch.Generator().manual_seed(7)
     B, T, C, G = 2, 5, 43, 5
     x, shift, maa = (torch.randn(*s, generator=g).to(dtype) for s in ((B, T, C), (B, C), (G, C)))
     lora = torch.randn(G, B, T, C, generator=g).to(dtype)

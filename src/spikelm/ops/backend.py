@@ -1,0 +1,188 @@
+"""The one switch that picks each op's implementation: ``torch``, ``compile``, ``cpp`` or ``auto``.
+
+Every op of :mod:`spikelm.ops` with more than one implementation takes ``backend=`` and asks
+:func:`resolve` which one runs; models call the op and never test devices or CPU features. The
+backend is chosen, most specific first:
+
+* per call: ``wkv6(..., backend="cpp")``;
+* per model: ``spikelm.ops.set_backend(model, "torch")`` (each module of the model that runs an
+  op keeps it in its ``backend`` attribute; a converter carries it over to the modules it swaps in);
+* per process: the environment variable ``SPIKELM_BACKEND`` (read at the first op call);
+* otherwise ``auto``.
+
+A backend is one of :data:`BACKENDS`, or a mapping from op names (:data:`OPS`) to backends, with
+``"*"`` for the others: ``{"rwkv6_block": "compile", "*": "auto"}``, or in the environment
+``SPIKELM_BACKEND=rwkv6_block:compile,*:auto``. For one op:
+
+* ``torch``: the tensor operations (each op's reference twin). Every device and dtype, with
+  gradients; the compiled kernels are never built.
+* ``compile``: those tensor operations under ``torch.compile`` (inductor: on the CPU it emits
+  vectorised C++ and needs a C++ compiler; the first call of each shape compiles). Inside a
+  region torch.compile is already tracing, the tensor operations (the outer compile fuses them).
+* ``cpp``: spikelm's C++ kernel (:mod:`.kernels`) where the op has one and it takes these inputs
+  (the CPU, its dtypes, no gradient), else the tensor operations.
+* ``auto``: per op and dtype, what was measured fastest on the CPU (docs/results.md, "CPU paths:
+  torch.compile against the C++ kernels"), falling back as ``cpp`` does; the tensor operations
+  on other devices.
+
+:data:`OPS` is the table of ops and their paths; the README's table and ``spikelm kernels status``
+print it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .kernels import library
+
+__all__ = ["BACKENDS", "ENV", "OPS", "OpPaths", "Backend", "resolve", "default_backend", "set_backend", "check_backend",
+           "grad_needed", "autocast_cpu", "compiled"]
+
+BACKENDS = ("auto", "torch", "compile", "cpp")
+ENV = "SPIKELM_BACKEND"
+Backend = Union[str, Mapping[str, str], None]  # a name, {op: name, "*": name}, or None (the default)
+
+
+@dataclass(frozen=True)
+class OpPaths:
+    """One op's implementations: ``cpp``, the inputs its C++ kernel takes (None: no kernel);
+    ``auto``, what ``auto`` runs where the kernel takes the inputs, per dtype (``"*"`` for the
+    rest), "cpp", "compile" or "torch"."""
+
+    name: str
+    what: str
+    cpp: str | None
+    auto: Mapping[str, str]
+
+    def auto_for(self, dtype: torch.dtype) -> str:
+        return self.auto.get(str(dtype).removeprefix("torch."), self.auto["*"])
+
+
+# The ops with more than one implementation, and what auto takes on the CPU (measured: see the
+# module docstring). README.md's table lists the same (a test compares).
+OPS: dict[str, OpPaths] = {p.name: p for p in (
+    OpPaths("wkv6", "RWKV-6 WKV recurrence",
+            "float32, bf16, fp16 inputs (computed in float32); no gradient", {"*": "cpp"}),
+    OpPaths("rwkv6_block", "an RWKV-6 block: one decoding step in one call",
+            "one token; float32, bf16, fp16 weights; no gradient, no hooks, not converted", {"*": "cpp"}),
+    OpPaths("rwkv6_mix", "the elementwise passes of the RWKV-6 mixes: token shift + interpolations, decay, gates",
+            "float32, bf16, fp16; no gradient, no autocast", {"*": "cpp"}),
+    OpPaths("gemv", "one-row products (decoding)",
+            "bf16, fp16 (float32 too inside the block step); contiguous weights; no gradient",
+            {"float32": "torch", "*": "cpp"}),
+    OpPaths("mhse_decode", "spike decoding over T > 1 steps (rate, multi-step MHSE)",
+            "float32 values, float32 scale", {"float32": "cpp", "*": "compile"}),
+    OpPaths("level_histogram", "the energy counter's histogram of spike-encoder levels",
+            "float32 levels; float32, bf16, fp16 inputs", {"*": "cpp"}),
+)}
+
+_default: Backend = None
+
+
+def check_backend(backend: Backend) -> Backend:
+    """``backend`` itself where it names backends of :data:`BACKENDS` (and ops of :data:`OPS`),
+    else a ConfigError naming the choices."""
+    if backend is None:
+        return None
+    names = backend.values() if isinstance(backend, Mapping) else [backend]
+    for name in names:
+        if name not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if isinstance(backend, Mapping):
+        unknown = [op for op in backend if op != "*" and op not in OPS]
+        if unknown:
+            raise ConfigError(f"backend: no op named {unknown[0]!r}; ops: {', '.join(OPS)}")
+    return backend
+
+
+def _parse(value: str) -> Backend:
+    """``SPIKELM_BACKEND``'s text: a backend, or ``op:backend`` pairs separated by commas."""
+    if ":" not in value:
+        return value
+    pairs = [item.split(":", 1) for item in value.split(",") if item.strip()]
+    return {op.strip(): name.strip() for op, name in pairs}
+
+
+def default_backend() -> Backend:
+    """The process's backend: ``$SPIKELM_BACKEND`` (read once), else ``auto``."""
+    global _default
+    if _default is None:
+        value = os.environ.get(ENV, "").strip() or "auto"
+        try:
+            _default = check_backend(_parse(value))
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"{ENV}={value!r}: {e}") from None
+    return _default
+
+
+def set_backend(module: nn.Module, backend: Backend) -> nn.Module:
+    """Give ``module`` and each of its submodules that runs an op (those with a ``backend``
+    attribute) the backend ``backend`` (None: the process's default). Returns ``module``."""
+    check_backend(backend)
+    for m in module.modules():
+        if hasattr(m, "backend"):
+            m.backend = backend
+    return module
+
+
+def _name(op: str, backend: Backend) -> str:
+    b = default_backend() if backend is None else backend
+    return b.get(op, b.get("*", "auto")) if isinstance(b, Mapping) else b
+
+
+def resolve(op: str, backend: Backend, x: Tensor, cpp_ok: bool = True) -> str:
+    """Which implementation of ``op`` runs: "torch", "compile" or "cpp".
+
+    ``backend``: the caller's (None: :func:`default_backend`); ``x``: the op's main input (device
+    and dtype); ``cpp_ok``: whether the C++ kernel takes these inputs (the op checks its own
+    shapes, dtypes and gradients). ``cpp`` and ``auto`` give the kernel only where it applies and
+    the kernels could be built (:func:`.kernels.library`), else the tensor operations."""
+    name = _name(op, backend)
+    if name == "torch":
+        return "torch"
+    if name == "compile":
+        return "torch" if torch.compiler.is_compiling() else "compile"
+    cpp = cpp_ok and x.device.type == "cpu" and OPS[op].cpp is not None and library() is not None
+    if name == "cpp":
+        return "cpp" if cpp else "torch"
+    if name != "auto":
+        check_backend(name)
+    if x.device.type != "cpu":
+        return "torch"
+    choice = OPS[op].auto_for(x.dtype)
+    if choice == "cpp":
+        return "cpp" if cpp else "torch"
+    if choice == "compile":
+        return "torch" if torch.compiler.is_compiling() else "compile"
+    return "torch"
+
+
+def grad_needed(*tensors: Tensor | None) -> bool:
+    """Whether autograd would record an op on these tensors (the C++ kernels have no backward)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def autocast_cpu() -> bool:
+    """Whether CPU autocast is on (its products run in its dtype, which the C++ kernels ignore)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+_compiled: dict[Callable, Callable] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)``, made once per function (the ``compile`` backend of an op)."""
+    c = _compiled.get(fn)
+    if c is None:
+        c = _compiled[fn] = torch.compile(fn)
+    return c
