@@ -2,7 +2,9 @@
 
 Run: ``python benchmarks/compile_budget.py``. Tiny random models (2 layers, C = 64) on the CPU;
 graph breaks do not depend on the size. A graph break splits a compiled region (each one costs a
-Python round trip per call), so the budget is 0 for every family; the reasons are printed.
+Python round trip per call), so the budget is 0 for every family; the reasons are printed. The ops
+run as the backend (``SPIKELM_BACKEND``, default auto) picks them: with the C++ kernels built,
+they appear in the graphs as custom ops (each has a fake implementation).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 from spikelm.config import SpikeGPTConfig
 from spikelm.convert import attach_encoders, preset_config
 from spikelm.models.spikegpt import SpikeGPT
+from spikelm.ops.backend import default_backend
+from spikelm.ops.kernels import library
 from spikelm.testing import make_rwkv6
 
 
@@ -29,12 +33,14 @@ def explain(name: str, model: torch.nn.Module, T: int) -> None:
 def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype float32, CPU")
+    print(f"backend: {default_backend()} (spikelm.ops.backend); C++ kernels: "
+          f"{'built, traced as custom ops through their fake implementations' if library() is not None else 'not available'}")
     print("| model | call | graph breaks | graphs | reasons |")
     print("|---|---|---:|---:|---|")
     ann = make_rwkv6(n_layer=2, n_embd=64, head_size=16)
     for T in (16, 1):
         explain("RWKV-6 ANN", ann, T)
-    for preset, sites in (("SpikeRWKV-4L", "time_mix"), ("spikelm-4L", "all")):
+    for preset, sites in (("SpikeRWKV-4L", "time_mix"), ("spikelm-4L", "all"), ("SNN-RWKV-4", "all")):
         conv = attach_encoders(make_rwkv6(n_layer=2, n_embd=64, head_size=16), preset_config(preset, sites)).eval()
         for T in (16, 1):
             explain(f"converted {preset} ({sites})", conv, T)

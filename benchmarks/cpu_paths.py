@@ -7,14 +7,13 @@ in fp32 and bf16, one decoding step and a --prefill-token prefill, batch 1, no g
   compile          torch.compile of the block on those tensor operations
   compile+kernels  torch.compile of the block, with the C++ WKV recurrence and one-row products
                    as custom ops inside the graph (their fake implementations let it trace)
-  cpp              the C++ path: the block step (decode), or the elementwise passes + the WKV
-                   recurrence between torch's products (prefill)
+  cpp              the C++ paths (backend "cpp"): the block step (decode); the C++ WKV recurrence
+                   between the tensor operations (prefill)
   cpp-ops          decode only: the C++ ops without the block step (the modules' forward)
-  torch+wkv        prefill only: the tensor operations with the C++ WKV recurrence
 
-then each kernel on its own against its tensor operations, eager and compiled: the WKV6 recurrence
-(wkv6.cpp), the one-row products (products.cpp), spike decoding and the level histogram
-(spikes.cpp). Every contender of a row runs in alternation with the others (best of --repeats,
+then each op on its own against its tensor operations, eager and compiled: the WKV6 recurrence
+(wkv6.cpp), the one-row products (products.cpp), spike decoding over T > 1 steps (no C++ kernel
+since the comparison recorded in docs/results.md) and the level histogram (spikes.cpp). Every contender of a row runs in alternation with the others (best of --repeats,
 after one untimed call); compile times (the first call, wall time) are printed apart and never
 included.
 
@@ -67,7 +66,6 @@ BLOCK_PATHS = {
     "compile+kernels": {"rwkv6_block": "compile", "wkv6": "cpp", "gemv": "cpp", "*": "torch"},
     "cpp": "cpp",
     "cpp-ops": {"rwkv6_block": "torch", "*": "cpp"},
-    "torch+wkv": {"wkv6": "cpp", "gemv": "cpp", "*": "torch"},
 }
 
 
@@ -86,7 +84,7 @@ def block_rows(args, compile_times):
             state[0] = torch.randn(1, C, generator=g).to(dtype)
             state[2] = torch.randn(1, C, generator=g).to(dtype)
             state = tuple(state)
-            names = [n for n in BLOCK_PATHS if n != ("torch+wkv" if T == 1 else "cpp-ops")]
+            names = [n for n in BLOCK_PATHS if T == 1 or n != "cpp-ops"]
             cont = {}
             for name in names:
                 blk = set_backend(copy.deepcopy(model.blocks[0]), BLOCK_PATHS[name])
@@ -117,7 +115,7 @@ def op_rows(args, compile_times):
     from spikelm.ops.linear import baddbmm, linear
     from spikelm.ops.spikes import decode_steps, level_histogram
     from spikelm.ops.wkv6 import wkv6
-    from spikelm.spiking.encoding import mhse_a_max  # noqa: F401 (imported before the block rows too)
+    from spikelm.spiking.encoding import mhse_a_max
 
     lib = kernels.library()
     g = torch.Generator().manual_seed(1)
@@ -167,10 +165,7 @@ def op_rows(args, compile_times):
             a_max = mhse_a_max(layers, 2.0, 1)
             cont = _by_backend(lambda b, x=x, T=T, layers=layers, a_max=a_max:
                                decode_steps(x, scale, s64, T, layers, 1, False, a_max, backend=b),
-                               f"mhse_decode {dname} T={T} l={layers}", compile_times)
-            if dtype != torch.float32:  # the kernel's own bf16 loop, called directly
-                cont["cpp"] = lambda x=x, T=T, layers=layers, a_max=a_max: lib.mhse_decode(x, scale, T, layers, 1,
-                                                                                          False, a_max)
+                               f"mhse_decode {dname} T={T} l={layers}", compile_times, ("torch", "compile"))
             results[("mhse", dname, T, layers)] = _row(f"mhse_decode {dname} {rows}x{C} T={T} l={layers}", cont,
                                                         args.repeats)
             torch._dynamo.reset()
@@ -217,6 +212,8 @@ def main() -> None:
     print(f"C++ kernels: {'built' if kernels.library() is not None else 'NOT AVAILABLE'}, {lines} lines in "
           f"{len(files)} files ({', '.join(f.name for f in files)}); "
           f"native bf16 GEMMs (oneDNN): {native_low_precision(torch.bfloat16)}")
+    if kernels.library() is None:
+        raise SystemExit("the C++ kernels could not be built here (see the logged warning): nothing to compare")
     compile_times: dict[str, float] = {}
     if args.only in (None, "block"):
         block_rows(args, compile_times)

@@ -54,7 +54,7 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     (in fp32 F.linear; in bf16 on a CPU without native bf16 GEMMs the fp32 product of the bf16
     values, where the package runs oneDNN's emulated bf16 GEMM, so in bf16 the floor bounds only
     spikelm's own remaining time); a decoding step's through the compiled one-row products of its
-    block step (spikelm.ops.cpu_kernels), the head through linear.
+    block step (spikelm.ops.kernels), the head through linear.
     """
     from spikelm.ops.linear import linear
 
@@ -74,7 +74,7 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     # the head keeps the model's own memory order (the model lays it out for its matrix-vector product)
     work = [(x, w if w is model.head.weight else w.contiguous()) for x, w in work]
     if T == 1:  # decoding reads each weight once from memory: the products one after the other, as in a step
-        from spikelm.ops.cpu_kernels import op
+        from spikelm.ops.kernels import op
 
         # the blocks' products as spikelm's compiled decoding step does them (where it can be built)
         gemv = op("gemv")
@@ -178,9 +178,11 @@ def main() -> None:
         t_floor_dec = matmul_floor(ours, 1, args.repeats * 8)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
-    from spikelm.ops.cpu_kernels import kernel
+    from spikelm.ops.backend import default_backend
+    from spikelm.ops.kernels import library
 
-    print(f"spikelm's compiled CPU kernels: {'built' if kernel() is not None else 'not available (tensor operations)'}")
+    print(f"spikelm's C++ kernels: {'built' if library() is not None else 'not available (tensor operations)'}; "
+          f"backend {default_backend()}")
     from spikelm.ops.linear import native_low_precision
 
     if dtype != torch.float32:

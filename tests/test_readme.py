@@ -154,3 +154,11 @@ def test_readme_command_runs(line, sandbox, monkeypatch):
     if line.startswith("spikelm-lm-eval"):
         pytest.importorskip("lm_eval")
     _smoke(line, sandbox, monkeypatch)
+
+
+def test_readme_lists_every_op_and_its_backends():
+    """The README's table of ops and backends is spikelm.ops.backend.paths_table() (add an op to
+    OPS and the README must follow)."""
+    from spikelm.ops.backend import paths_table
+
+    assert paths_table() in README.read_text()

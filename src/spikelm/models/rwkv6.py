@@ -44,13 +44,20 @@ from torch import Tensor, nn
 from ..config import RWKV6Config
 from ..ops import rwkv6 as ops6
 from ..ops.backend import Backend, compiled, resolve
-from ..ops.linear import Linear, bmm, matmul
+from ..ops.linear import Linear, baddbmm, matmul
 from ..ops.wkv6 import LOG_DECAY_FLOOR, wkv6
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul_row
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
 State = list[LayerState]
+
+def _token_shift(x: Tensor, last: Tensor) -> Tensor:
+    """Previous token's vector for every position: (B, T, C) with ``last`` (B, C) in front."""
+    if x.shape[1] == 1:  # decoding: the previous token is the state itself (no copy)
+        return last.unsqueeze(1)
+    return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
+
 
 def _last_token(x: Tensor) -> Tensor:
     """The token-shift state: x[:, -1] (B, C) as its own B*C buffer. A view would keep the whole
@@ -163,16 +170,17 @@ class TimeMix(nn.Module):
         the output projection skip the others."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        be = self.backend  # every op below: spikelm.ops.backend
+        be = self.backend  # the products' and WKV's implementations (spikelm.ops.backend)
 
-        # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp), with xx = x_{t-1} - x_t:
-        # first x + xx * maa_x, the LoRA's input; then x + xx * (time_maa_* + m_*) for the five targets.
-        xxx = ops6.token_lerp(x, shift, self.time_maa_x.view(1, C), backend=be)[0]  # (B, T, C)
+        # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp), xx = x_{t-1} - x_t.
+        xx = _token_shift(x, shift) - x  # (B, T, C)
+        xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
         xxx = torch.tanh(matmul(self.maa_in(xxx), self.time_maa_w1, be))  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
-        lora = bmm(xxx, self.time_maa_w2, be).view(5, B, T, C)
+        # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the product adds time_maa_*
         maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        xw, xk, xv, xr, xg = ops6.token_lerp(x, shift, maa.view(5, C), lora, backend=be).unbind(0)
+        mix = baddbmm(maa.view(5, 1, C), xxx, self.time_maa_w2, be).view(5, B, T, C)
+        xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
 
         r = self.receptance(xr)  # (B, T, A)
         k = self.key(xk)
@@ -182,7 +190,7 @@ class TimeMix(nn.Module):
         # The chain is float32 whatever the model's dtype (time_decay stays float32 in a bf16 or fp16
         # model spikelm.load builds).
         d = matmul(torch.tanh(matmul(self.decay_in(xw), self.time_decay_w1, be)), self.time_decay_w2, be).float()
-        logw = ops6.decay(d, self.time_decay, LOG_DECAY_FLOOR, backend=be)  # (B, T, A)
+        logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
         y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl,
@@ -192,13 +200,11 @@ class TimeMix(nn.Module):
         g = self.gate(xg)
         y = y.reshape(B * T, H * N)
         y = self.ln_x(y).view(B, T, H * N)  # GroupNorm per head, float32 (its parameters stay float32)
-        out = self.output(ops6.silu_gate(y, g, backend=be))
+        out = self.output(y.to(x.dtype) * F.silu(g))
         return out, _last_token(x), wkv_state
 
 
 class ChannelMix(nn.Module):
-    backend: Backend = None  # the implementation of each op (spikelm.ops.set_backend)
-
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
         C, Fh = cfg.n_embd, cfg.dim_ffn
@@ -218,14 +224,11 @@ class ChannelMix(nn.Module):
                 "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        be = self.backend
-        maa = torch.stack((self.time_maa_k, self.time_maa_r)).view(2, -1)
-        xk, xr = ops6.token_lerp(x, shift, maa, backend=be).unbind(0)  # x + xx * maa_k, x + xx * maa_r
-        k = ops6.relu_square(self.key(xk), backend=be)  # (B, T, F)
-        r, v = self.receptance(xr), self.value(k)
-        if r.dtype != v.dtype:  # sites that change the dtype (none of spikelm's own)
-            return torch.sigmoid(r) * v, _last_token(x)
-        return ops6.sigmoid_gate(r, v, backend=be), _last_token(x)
+        xx = _token_shift(x, shift) - x
+        xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
+        xr = torch.addcmul(x, xx, self.time_maa_r)
+        k = torch.relu(self.key(xk)).square()  # (B, T, F)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
 
 
 def _GLOBAL_HOOKS() -> bool:  # noqa: N802
@@ -354,8 +357,7 @@ class RWKV6(nn.Module):
 
         Same parameter, shape and values; only the memory order changes. Decoding's largest product
         is the head's matrix-vector product (V x C: 128 MB at V = 65536, C = 512), and MKL's fp32
-        kernel streams the (C, V) order about twice as fast (5 against 10 ms on one thread, AVX2)
-        as the (V, C) one. bf16/fp16 (oneDNN is the other way round) and CUDA keep (V, C). Called
+        kernel streams the (C, V) order faster than the (V, C) one (on an AVX2 CPU, about twice). bf16/fp16 (oneDNN is the other way round) and CUDA keep (V, C). Called
         when the model is built and after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through
         ``_apply``); the checkpoint loader reads ``CPU_FP32_TRANSPOSED`` and casts a file's head
         straight into this order (one copy, as any cast). Saving writes the usual contiguous (V, C)

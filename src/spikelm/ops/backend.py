@@ -31,6 +31,7 @@ print it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from .kernels import library
 __all__ = ["BACKENDS", "ENV", "OPS", "OpPaths", "Backend", "resolve", "default_backend", "set_backend", "check_backend",
            "grad_needed", "autocast_cpu", "compiled"]
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "torch", "compile", "cpp")
 ENV = "SPIKELM_BACKEND"
 Backend = Union[str, Mapping[str, str], None]  # a name, {op: name, "*": name}, or None (the default)
@@ -53,12 +56,14 @@ Backend = Union[str, Mapping[str, str], None]  # a name, {op: name, "*": name}, 
 @dataclass(frozen=True)
 class OpPaths:
     """One op's implementations: ``cpp``, the inputs its C++ kernel takes (None: no kernel);
-    ``auto``, what ``auto`` runs where the kernel takes the inputs, per dtype (``"*"`` for the
-    rest), "cpp", "compile" or "torch"."""
+    ``compile``, what the ``compile`` backend runs; ``auto``, what ``auto`` runs on the CPU per
+    dtype (``"*"``: the other dtypes), "cpp" (where the kernel takes the inputs), "compile" or
+    "torch"."""
 
     name: str
     what: str
     cpp: str | None
+    compile: str
     auto: Mapping[str, str]
 
     def auto_for(self, dtype: torch.dtype) -> str:
@@ -66,22 +71,36 @@ class OpPaths:
 
 
 # The ops with more than one implementation, and what auto takes on the CPU (measured: see the
-# module docstring). README.md's table lists the same (a test compares).
+# module docstring). README.md's table is paths_table() (a test compares).
 OPS: dict[str, OpPaths] = {p.name: p for p in (
-    OpPaths("wkv6", "RWKV-6 WKV recurrence",
-            "float32, bf16, fp16 inputs (computed in float32); no gradient", {"*": "cpp"}),
-    OpPaths("rwkv6_block", "an RWKV-6 block: one decoding step in one call",
-            "one token; float32, bf16, fp16 weights; no gradient, no hooks, not converted", {"*": "cpp"}),
-    OpPaths("rwkv6_mix", "the elementwise passes of the RWKV-6 mixes: token shift + interpolations, decay, gates",
-            "float32, bf16, fp16; no gradient, no autocast", {"*": "cpp"}),
-    OpPaths("gemv", "one-row products (decoding)",
-            "bf16, fp16 (float32 too inside the block step); contiguous weights; no gradient",
-            {"float32": "torch", "*": "cpp"}),
-    OpPaths("mhse_decode", "spike decoding over T > 1 steps (rate, multi-step MHSE)",
-            "float32 values, float32 scale", {"float32": "cpp", "*": "compile"}),
+    OpPaths("wkv6", "RWKV-6 WKV recurrence", "float32, bf16, fp16 inputs (computed in float32); no gradient",
+            "the step (one token) or the chunked form, compiled", {"*": "cpp"}),
+    OpPaths("rwkv6_block", "an RWKV-6 block (a decoding step in one call)",
+            "one token; float32, bf16, fp16 weights; no gradient, no hooks, not converted",
+            "the block's modules, compiled (prefill and decoding)", {"*": "cpp"}),
+    OpPaths("gemv", "one-row products (decoding)", "bf16, fp16, one row, contiguous weights; no gradient",
+            "`torch` (one library call: nothing to fuse)", {"float32": "torch", "*": "cpp"}),
+    OpPaths("mhse_decode", "spike decoding over T > 1 steps (rate codes, multi-step MHSE)", None,
+            "its ten float64 passes, fused", {"*": "compile"}),
     OpPaths("level_histogram", "the energy counter's histogram of spike-encoder levels",
-            "float32 levels; float32, bf16, fp16 inputs", {"*": "cpp"}),
+            "float32 levels; float32, bf16, fp16 inputs", "`torch` (a histogram: inductor does not fuse it)", {"*": "cpp"}),
 )}
+
+
+def paths_table() -> str:
+    """:data:`OPS` as a Markdown table: each op against the backends, with the devices and dtypes
+    each implementation takes."""
+    rows = ["| op | computes | `torch` | `compile` | `cpp` | `auto` |", "|---|---|---|---|---|---|"]
+    for p in OPS.values():
+        cpp = f"CPU: {p.cpp}; elsewhere `torch`" if p.cpp else "no C++ kernel: `torch`"
+        picks = {k: v for k, v in p.auto.items() if k != "*"}
+        auto = f"CPU: `{p.auto['*']}`" + "".join(f" (`{v}` in {k})" for k, v in picks.items())
+        if "cpp" in p.auto.values():
+            auto += ", `torch` where the kernel does not take the inputs"
+        rows.append(f"| `{p.name}` | {p.what} | every device and dtype | {p.compile} | {cpp} | {auto}; "
+                    f"other devices: `torch` |")
+    return "\n".join(rows)
+
 
 _default: Backend = None
 
@@ -178,11 +197,29 @@ def autocast_cpu() -> bool:
 
 
 _compiled: dict[Callable, Callable] = {}
+_eager_only: set[Callable] = set()
 
 
 def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)``, made once per function (the ``compile`` backend of an op)."""
+    """``fn`` under ``torch.compile`` (the ``compile`` backend of an op), made once per function.
+    Where compiling fails (no C++ compiler for inductor, an unsupported input), the call is made
+    with ``fn`` itself, and from then on every call, with one logged warning."""
+    if fn in _eager_only:
+        return fn
     c = _compiled.get(fn)
     if c is None:
         c = _compiled[fn] = torch.compile(fn)
-    return c
+
+    def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if fn in _eager_only:
+            return fn(*args, **kwargs)
+        try:
+            return c(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (inductor's errors have no common base class)
+            out = fn(*args, **kwargs)  # an error of the inputs themselves is raised here, as without compile
+            _eager_only.add(fn)
+            log.warning("torch.compile failed on %s (%s: %s); running its tensor operations", fn.__qualname__,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            return out
+
+    return call

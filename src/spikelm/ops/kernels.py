@@ -14,7 +14,7 @@ row and head, with the state ``S`` (N x N, float32) kept in the loop::
     S[i][j] <- exp(logw_t[i]) S[i][j] + k_t[i] v_t[j]
 
 the regrouping of :func:`~.wkv6.wkv6_step`. Heads run in parallel; the decays ``exp(logw)`` are
-taken in one vectorised pass first; with N a multiple of 32 the AVX2 build keeps 32 values of
+taken in one vectorised pass first (in the AVX2 build a polynomial within 2 ulp of the exact exp); with N a multiple of 32 the AVX2 build keeps 32 values of
 ``v_t`` and of ``y_t`` in registers while it walks the state's rows, so each state value is
 loaded and stored once per token. Forward only, float32.
 
@@ -26,17 +26,16 @@ bf16 GEMM, at the speed of reading the 2-byte weights.
 
 **A decoding step of an RWKV-6 block** (``rwkv6_block_step``): every operation of
 ``spikelm.models.rwkv6.Block`` on one token in one call, in float32 between the products (the
-weights read in their dtype), the WKV state float32.
+weights read in their dtype), the WKV state float32; its parameters by name
+(``rwkv6_block_step_params``, the table in block_step.cpp).
 
-**The elementwise passes of the time and channel mixes** (``token_lerp``, ``rwkv6_decay_``,
-``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``): each one pass over memory where the tensor
-operations make two to five. In float32 they do those operations' arithmetic; with bf16 or fp16
-activations they widen to float32 and round each output once. The AVX2 build's exp is a
-polynomial within 2 ulp of the exact exp.
+**The level histogram** (``level_histogram``): the energy counter's histogram of spike-encoder
+codes, in one parallel pass.
 
-**Spike decoding** (``mhse_decode``) and the **level histogram** (``level_histogram``): the
-general path of ``spikelm.spiking.encoding.mhse_decode`` (the same float operations in the same
-order, so the same bits) and the energy counter's histogram of spike-encoder codes, one pass each.
+Each was measured against ``torch.compile`` and the tensor operations and kept for beating them
+by 10% or more (docs/results.md, "CPU paths: torch.compile against the C++ kernels"); the
+elementwise passes of an RWKV-6 prefill and the spike decoding over T > 1 steps did not, and
+are ``torch.compile``'s or the tensor operations'.
 
 **Instruction sets.** On x86-64 the loops are built twice, portable and for AVX2 + FMA + F16C,
 and the second is chosen at run time where the CPU has them (``set_avx2(False)`` forces the
@@ -59,7 +58,7 @@ __all__ = ["library", "op", "reset"]
 
 CSRC = Path(__file__).with_name("csrc")
 # The C++ sources, each compiled on its own (each includes spikelm.h), linked into one library.
-SOURCES = ("wkv6.cpp", "products.cpp", "block_step.cpp", "prefill.cpp", "spikes.cpp", "register.cpp")
+SOURCES = ("wkv6.cpp", "products.cpp", "block_step.cpp", "spikes.cpp", "register.cpp")
 HEADERS = ("spikelm.h",)
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 
@@ -155,11 +154,3 @@ def _register_fakes() -> None:
     @fake("spikelm_cpu::rwkv6_block_step")
     def _(x, att_shift, wkv, ffn_shift, p, ln_eps, gn_eps):  # noqa: ANN001, ANN202
         return [torch.empty_like(x), torch.empty_like(x), torch.empty_like(wkv), torch.empty_like(x)]
-
-    @fake("spikelm_cpu::token_lerp")
-    def _(x, shift, maa, lora=None):  # noqa: ANN001, ANN202
-        return x.new_empty(maa.shape[0], *x.shape)
-
-    @fake("spikelm_cpu::mhse_decode")
-    def _(x, scale, T, layers, n_int, init_half, a_max):  # noqa: ANN001, ANN202
-        return torch.empty_like(x)

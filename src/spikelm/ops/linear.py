@@ -2,8 +2,8 @@
 
 A bf16 matrix product multiplies bf16 values exactly and accumulates in float32 whatever the
 hardware; only the speed depends on it. On a CPU with AVX512-BF16 or AMX, oneDNN runs bf16 GEMMs
-several times faster than fp32 ones; on one without (AVX2 only), it emulates them about 10x
-*slower* than fp32 (measured 7 against 90 GFLOP/s on a 512 x 512 x 1792 product). There, a product
+several times faster than fp32 ones; on one without (AVX2 only), it emulates them several times
+*slower* than fp32 (docs/results.md, the bf16 rows). There, a product
 of more than one row is computed here as the float32 product of the same bf16 values (exact
 products, float32 accumulation: the arithmetic of a bf16 GEMM) and rounded back to the input's
 dtype. Weights stay stored in their dtype; a float32 copy of one weight lives for one product.

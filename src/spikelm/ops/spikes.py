@@ -1,12 +1,13 @@
-"""Spike encoders' ops with a C++ kernel: decoding over T > 1 steps, and the level histogram.
+"""Spike encoders' ops with more than one implementation: decoding over T > 1 steps, and the level
+histogram.
 
 :func:`decode_steps` is the general path of ``spikelm.spiking.encoding.mhse_decode`` (rate codes,
-and MHSE over T > 1 steps; op ``mhse_decode`` of :mod:`.backend`): its tensor operations here, and
-a C++ kernel that performs the same float operations in the same order, one pass per value
-instead of some ten float64 passes (so the same bits), for float32 inputs.
+and MHSE over T > 1 steps; op ``mhse_decode`` of :mod:`.backend`): some ten float64 passes over
+memory, which ``torch.compile`` fuses into one (``auto``; the same float operations in the same
+order, so the same bits).
 
-:func:`level_histogram` (op ``level_histogram``) counts a one-step encoder's codes for the
-energy counter in one parallel pass with per-thread histograms.
+:func:`level_histogram` (op ``level_histogram``) counts a one-step encoder's codes for the energy
+counter in one parallel C++ pass with per-thread histograms.
 """
 
 from __future__ import annotations
@@ -44,15 +45,8 @@ def decode_steps(x: Tensor, scale: Tensor, s: Tensor, T: int, layers: int, n_int
 
     ``scale``: the encoder's scale tensor (float32, or any dtype: then ``s``, the scale as float64
     broadcast to x, is used); ``|x| / s`` is a float32 quotient, everything after it float64,
-    rounded once to x's dtype. The C++ kernel takes float32 values and a float32 scale of 1 or
-    x's last dimension of values, on the CPU (a NaN input decodes to a NaN, whose payload bits may
-    differ)."""
-    ok = (x.dtype == torch.float32 and scale.dtype == torch.float32 and x.dim() > 0 and scale.device.type == "cpu"
-          and scale.numel() in (1, x.shape[-1]))
-    how = resolve("mhse_decode", backend, x, ok)
-    if how == "cpp":
-        return cpp_op("mhse_decode")(x.contiguous(), scale.detach().reshape(-1).contiguous(), T, layers, n_int,
-                                     init_half, a_max)
+    rounded once to x's dtype."""
+    how = resolve("mhse_decode", backend, x, cpp_ok=False)
     return (compiled(_decode_steps) if how == "compile" else _decode_steps)(x, scale, s, T, layers, n_int, init_half,
                                                                              a_max)
 

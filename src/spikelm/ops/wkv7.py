@@ -160,8 +160,7 @@ def wkv7_chunked(
 
     Cost per token and head: O(L N) for the decay tables and the four interaction matrices, plus
     O(N^2 / L) for the state passing, balanced near L ~ sqrt(N); L = 8 was fastest on CPU for
-    N = 64 (forward, B=1 T=512 H=12, one thread: 0.10 s for L = 8, 0.25 s for 16, 0.79 s for 32,
-    0.18 s for the loop). Memory for autograd is O(T L N) per head, against O(T N^2) of states
+    N = 64 (benchmarks/wkv_ops.py). Memory for autograd is O(T L N) per head, against O(T N^2) of states
     that the loop keeps. Gradients come from ordinary autograd. Args and returns as :func:`wkv7_naive`; ``chunk_size`` >= 1 need not
     divide T.
     """

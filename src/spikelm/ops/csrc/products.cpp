@@ -5,6 +5,18 @@
 // dtype W (float, bf16, fp16) and x as float32; exact products, float32 sums, y rounded once to
 // its dtype (round to nearest even), the arithmetic of a bf16 GEMM. Bound by memory: each weight
 // is read once, in its own bytes.
+#ifdef SPIKELM_X86
+// 8 values of a weight or activation dtype widened to float32 (exact).
+SPIKELM_AVX2 static inline __m256 widen8(const float* p) { return _mm256_loadu_ps(p); }
+SPIKELM_AVX2 static inline __m256 widen8(const at::BFloat16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+SPIKELM_AVX2 static inline __m256 widen8(const at::Half* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+
 template <typename W>
 static float dot_row(const W* w, const float* x, int64_t n) {
     float s = 0.f;

@@ -46,59 +46,6 @@ inline void check_floats(const at::Tensor& t, const char* op, const char* name) 
     check_tensor(t, op, name, {at::kFloat, at::kBFloat16, at::kHalf});
 }
 
-// ---- exp, 8 lanes: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial for exp(r), times 2^n;
-// within 2 ulp of the exact exp; 0 below the smallest normal result, inf above the largest, NaN kept.
-#ifdef SPIKELM_X86
-SPIKELM_AVX2 inline __m256 exp8(__m256 x) {
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504019f);
-    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
-    __m256 t = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(t, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    t = _mm256_sub_ps(t, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
-    t = _mm256_sub_ps(t, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(t, t), _mm256_add_ps(t, _mm256_set1_ps(1.f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    y = _mm256_andnot_ps(under, y);  // below the smallest normal result: 0
-    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
-    return _mm256_blendv_ps(y, x, nan);  // NaN stays NaN
-}
-
-// 8 values of a weight or activation dtype widened to float32 (exact).
-SPIKELM_AVX2 inline __m256 widen8(const float* p) { return _mm256_loadu_ps(p); }
-SPIKELM_AVX2 inline __m256 widen8(const at::BFloat16* p) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-SPIKELM_AVX2 inline __m256 widen8(const at::Half* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-SPIKELM_AVX2 inline int64_t exp_avx2(const float* in, float* out, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp8(_mm256_loadu_ps(in + i)));
-    return i;
-}
-#endif
-
-// out[i] = exp(in[i]) for n floats: exp8 where AVX2 is allowed, std::exp for the rest (one thread;
-// callers split the work).
-inline void exp_into(const float* in, float* out, int64_t n) {
-    int64_t i = 0;
-#ifdef SPIKELM_X86
-    if (has_avx2_fma()) i = exp_avx2(in, out, n);
-#endif
-    for (; i < n; ++i) out[i] = std::exp(in[i]);
-}
-
 // x's values as float32: its own memory where it is a contiguous float32 tensor, else widened
 // into buf (bf16 / fp16, without a torch operation per call), else through a cast kept in keep.
 inline const float* float_values(const at::Tensor& x, std::vector<float>& buf, at::Tensor& keep) {
@@ -145,11 +92,4 @@ at::Tensor gemv_t(at::Tensor x, at::Tensor b, c10::optional<at::Tensor> c);
 std::vector<at::Tensor> rwkv6_block_step(at::Tensor x, at::Tensor att_shift, at::Tensor wkv, at::Tensor ffn_shift,
                                          std::vector<at::Tensor> p, double ln_eps, double gn_eps);
 std::tuple<std::vector<std::string>, std::vector<int64_t>> rwkv6_block_step_params();
-at::Tensor token_lerp(at::Tensor x, at::Tensor shift, at::Tensor maa, c10::optional<at::Tensor> lora);
-at::Tensor rwkv6_decay_(at::Tensor d, at::Tensor time_decay, double floor);
-at::Tensor silu_gate_(at::Tensor y, at::Tensor g);
-at::Tensor relu_square_(at::Tensor k);
-at::Tensor sigmoid_gate_(at::Tensor r, at::Tensor v);
-at::Tensor mhse_decode(at::Tensor x, at::Tensor scale, int64_t T, int64_t layers, int64_t n_int, bool init_half,
-                       double a_max);
 at::Tensor level_histogram(at::Tensor q, at::Tensor x, at::Tensor unit, int64_t layers);
