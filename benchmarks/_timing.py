@@ -7,8 +7,19 @@ folder import it as ``from _timing import best_times`` (Python puts a script's f
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+
+# --clock: wall time, or this process's CPU time (every thread's): on a machine shared with other
+# work, one thread and the CPU time measure what a path costs without the time spent waiting for a
+# core; on a quiet machine, wall time measures what a user waits.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def add_clock_option(ap: argparse.ArgumentParser, default: str = "wall") -> None:
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default=default,
+                    help="wall: wall time; cpu: this process's CPU time (steady on a shared machine, with --threads 1)")
 
 
 def best_times(*fns: Callable[[], object], repeats: int, warmup: bool = True,

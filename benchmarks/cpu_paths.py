@@ -31,7 +31,7 @@ import copy
 import time
 
 import torch
-from _timing import best_times
+from _timing import CLOCKS, add_clock_option, best_times
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -44,7 +44,6 @@ def _compiled(fn, label, compile_times):
     return fn
 
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 CLOCK = CLOCKS["cpu"]
 
 
@@ -190,8 +189,7 @@ def op_rows(args, compile_times):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
-                    help="cpu: this process's CPU time (steady on a shared machine, with one thread); wall: wall time")
+    add_clock_option(ap, default="cpu")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--width", type=int, default=512)
