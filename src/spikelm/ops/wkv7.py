@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .wkv6 import LOG_DECAY_FLOOR
+
 __all__ = ["LOG_DECAY_FLOOR", "wkv7", "wkv7_chunked", "wkv7_naive", "wkv7_step"]
 
-# Per-step log-decays are clamped to this floor in the chunked form (as in wkv6): e^-60 ~ 9e-27 of
-# the state survives instead of exactly 0, far below float32 resolution, so no result changes; it
-# keeps -inf (and inf - inf) out of the cumulative sums and their gradients. The model's own decays
-# never come near it (logw >= -exp(-0.5) ~ -0.61 per step).
-LOG_DECAY_FLOOR = -60.0
+# Per-step log-decays are clamped to wkv6's floor in the chunked form: e^-60 ~ 9e-27 of the state
+# survives instead of exactly 0, far below float32 resolution, so no result changes; it keeps -inf
+# (and inf - inf) out of the cumulative sums and their gradients. The model's own decays never come
+# near it (logw >= -exp(-0.5) ~ -0.61 per step).
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
