@@ -9,7 +9,7 @@ PIP        := $(PY) -m pip
 SPIKELM    := $(VENV)/bin/spikelm
 PYTEST_ARGS ?=
 
-.PHONY: help setup data demo test test-slow test-gpu bench clean
+.PHONY: help setup data demo test test-slow test-gpu bench bench-gpu clean
 
 help:
 	@echo "make demo       set up .venv, fetch the embedded corpus and run the main job (spikelm demo)"
@@ -17,6 +17,8 @@ help:
 	@echo "make test-slow  the tests marked slow"
 	@echo "make test-gpu   the CUDA tests (skipped without a GPU): bf16/fp16 forward and training, conversion, two-process NCCL"
 	@echo "make bench      speed benchmarks (printed as ratios measured in one run)"
+	@echo "make bench-gpu  the GPU tests and benchmarks in one run, <= 8 min on one H100 (outputs in BENCH_OUT;"
+	@echo "                no setup, no network: the python with a CUDA torch; SPIKEGPT_REPO=PATH adds the public SpikeGPT)"
 	@echo "variables: PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) VENV=$(VENV)"
 
 $(VENV)/.installed: pyproject.toml
@@ -51,6 +53,14 @@ bench: data
 	$(PY) benchmarks/spiking_forward.py
 	$(PY) benchmarks/tokenizer_speed.py
 	$(PY) benchmarks/train_speed.py
+
+# The prepared GPU check: runs where a GPU is (a lent machine without network: its own python3 with a
+# CUDA torch, the repo's src on the path); writes BENCH_OUT/*.txt + manifest.json, recorded into
+# docs/results.md by `python benchmarks/gpu_suite.py record BENCH_OUT` (or at once with BENCH_GPU_ARGS=--record).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+BENCH_OUT  ?= bench-gpu-out
+bench-gpu:
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_suite.py run --out $(BENCH_OUT) $(if $(SPIKEGPT_REPO),--spikegpt-repo $(SPIKEGPT_REPO)) $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

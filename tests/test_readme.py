@@ -50,6 +50,9 @@ SHRINK = {
     "spikelm convert": ["--calib-batches", "1", "--calib-ctx", "16"],
     "spikelm energy": ["--tokens", "48"],
     "spikelm nlu": ["--limit", "2", "--tasks", str(REPO / "tests/evaluate/data/tiny_mc.jsonl")],
+    "spikelm finetune": ["--steps", "2", "--ctx-len", "32", "--batch-size", "2", "--eval-batches", "1", "--eval-every", "0",
+                         "--save-every", "0", "--calib-batches", "1", "--calib-ctx", "32", "--warmup-steps", "1",
+                         "--no-progress"],
 }
 
 
@@ -104,6 +107,8 @@ def _smoke(line: str, d: Path, monkeypatch) -> None:
         extra = SHRINK[" ".join(argv[:2])]
         if argv[1] == "train" and "--out-dir" not in argv:  # the config's own out_dir: keep it apart
             extra = extra + ["--out-dir", str(d / "runs" / Path(argv[2]).stem)]
+        if argv[1] == "sweep" and "--finetune-steps" in argv:  # one step of each fine-tune
+            extra = extra + ["--finetune-steps", "1"]
         if argv[1] == "train" and "spikegpt" in argv[2]:  # SpikeGPT has no heads
             i = extra.index("--model.head_size")
             extra = extra[:i] + extra[i + 2:]

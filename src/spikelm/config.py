@@ -420,6 +420,8 @@ SPIKEGPT_PRESETS: dict[str, dict] = {
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
+PARAM_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def _model_config_class(kind: str) -> type[Config] | None:
@@ -439,12 +441,10 @@ def _model_config_class(kind: str) -> type[Config] | None:
 
 
 @dataclass
-class TrainArgs(Config):
-    """Everything a training run needs; saved as ``train_args.json`` in every checkpoint.
-
-    ``model`` is the nested model config with its ``kind`` (``{kind: rwkv6, n_layer: 2, ...}``);
-    on the command line its keys are set with dotted names (``--model.n_layer 4``). If it has no
-    ``tokenizer`` key, ``tokenizer`` is used; ``vocab_size``, if absent, is the tokenizer's.
+class RunArgs(Config):
+    """What every optimisation run needs (training from scratch, :class:`TrainArgs`, and
+    spiking-aware fine-tuning, :class:`FinetuneArgs`); saved as ``train_args.json`` in every
+    checkpoint.
 
     Length of the run: ``max_steps`` optimizer steps, or, when ``max_tokens > 0``, as many steps as
     it takes to see that many tokens (it replaces ``max_steps``). ``max_minutes > 0`` additionally
@@ -465,11 +465,22 @@ class TrainArgs(Config):
     Ampere and newer; about 1e-3 relative error per product, the WKV chunked forms' included);
     ``false`` keeps full fp32. It has no effect on the CPU or under bf16/fp16 autocast
     (:func:`spikelm.devices.tf32`).
+
+    ``distributed`` (several processes under ``torchrun``): ``ddp`` keeps the whole model, its
+    gradients and its AdamW state on every process (16 bytes per parameter in fp32); ``fsdp``
+    shards all three over the processes with FSDP2 (``torch.distributed.fsdp.fully_shard``, one
+    group per block), saves checkpoints sharded (``torch.distributed.checkpoint``) and the final
+    model whole. ``fsdp_param_dtype``: the dtype FSDP gathers the parameters in and computes with
+    (its mixed-precision policy; gradients are reduced in fp32 and the sharded master weights stay
+    fp32 either way). ``fp32`` (default) leaves the casts to autocast, exactly as under DDP; ``bf16``
+    or ``fp16`` halves the gathering traffic and the gathered block's memory, and rounds every
+    parameter (decays and LayerNorm gains included) to that dtype for the forward and backward, as
+    fully-bf16 trainers do. In a single process both are plain training.
     """
 
-    kind: ClassVar[str] = "train"
+    kind: ClassVar[str] = "run"
+    FIXED: ClassVar[tuple[str, ...]] = ()  # keys a resume must not change (they define the model)
 
-    model: dict[str, Any] = field(default_factory=lambda: {"kind": "rwkv6", "n_layer": 2, "n_embd": 64, "head_size": 16})
     data: str = "default"
     tokenizer: str = "bytes"
     ctx_len: int = 128
@@ -496,6 +507,8 @@ class TrainArgs(Config):
     compile: bool = False
     log_every: int = 10
     tf32: bool = True
+    distributed: str = "ddp"
+    fsdp_param_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         for k in ("data", "tokenizer", "out_dir"):
@@ -519,9 +532,42 @@ class TrainArgs(Config):
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         _require(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0: no clipping), got {self.grad_clip!r}")
         _require(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        _require(self.distributed in DISTRIBUTED, "distributed",
+                 f"unknown {self.distributed!r}; choose one of {', '.join(DISTRIBUTED)}")
+        _require(self.fsdp_param_dtype in PARAM_DTYPES, "fsdp_param_dtype",
+                 f"unknown {self.fsdp_param_dtype!r}; choose one of {', '.join(PARAM_DTYPES)}")
         dev = self.device if isinstance(self.device, str) else ""
         _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "device",
                  f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.ctx_len
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: ``max_steps``, or enough to see ``max_tokens`` tokens."""
+        if self.max_tokens > 0:
+            return -(-self.max_tokens // self.tokens_per_step)
+        return self.max_steps
+
+
+@dataclass
+class TrainArgs(RunArgs):
+    """A training run from scratch (``spikelm train``): :class:`RunArgs` plus the model to build.
+
+    ``model`` is the nested model config with its ``kind`` (``{kind: rwkv6, n_layer: 2, ...}``);
+    on the command line its keys are set with dotted names (``--model.n_layer 4``). If it has no
+    ``tokenizer`` key, ``tokenizer`` is used; ``vocab_size``, if absent, is the tokenizer's.
+    """
+
+    kind: ClassVar[str] = "train"
+    FIXED: ClassVar[tuple[str, ...]] = ("model",)
+
+    model: dict[str, Any] = field(default_factory=lambda: {"kind": "rwkv6", "n_layer": 2, "n_embd": 64, "head_size": 16})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.model = self._checked_model(self.model)
 
     def _checked_model(self, m: Any) -> dict[str, Any]:
@@ -549,13 +595,4 @@ class TrainArgs(Config):
             raise ConfigError(f"model: {msg}" if msg.startswith("unknown") else f"model.{msg}") from None
         return {"kind": kind, **{k: checked[k] for k in body}}
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.ctx_len
 
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run: ``max_steps``, or enough to see ``max_tokens`` tokens."""
-        if self.max_tokens > 0:
-            return -(-self.max_tokens // self.tokens_per_step)
-        return self.max_steps

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from .config import TrainArgs
+from .config import RunArgs, TrainArgs
 from .errors import ConfigError
 
-__all__ = ["load_train_args"]
+__all__ = ["load_train_args", "load_run_args"]
 
 
 def _parse_value(text: Any) -> Any:
@@ -31,6 +31,11 @@ def load_train_args(config: str | os.PathLike | None, overrides: dict[str, Any] 
     Dotted keys address the nested model config (``model.n_layer``); unknown keys and bad values
     fail with a :class:`ConfigError` naming the key.
     """
+    return load_run_args(TrainArgs, config, overrides)  # type: ignore[return-value]
+
+
+def load_run_args(cls: type[RunArgs], config: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RunArgs:
+    """:func:`load_train_args` for any :class:`RunArgs` class (``spikelm finetune``'s, say)."""
     d: dict[str, Any] = {}
     if config is not None:
         path = Path(config)
@@ -51,7 +56,7 @@ def load_train_args(config: str | os.PathLike | None, overrides: dict[str, Any] 
     d = dict(d)
     model = dict(d.get("model") or {}) if isinstance(d.get("model", {}), dict) else d.get("model")
     for key, value in (overrides or {}).items():
-        if key.startswith("model."):
+        if key.startswith("model.") and "model" in cls.fields():
             if not isinstance(model, dict):
                 raise ConfigError("model: must be a mapping to set model.* keys")
             sub = key[len("model."):]
@@ -62,6 +67,6 @@ def load_train_args(config: str | os.PathLike | None, overrides: dict[str, Any] 
             raise ConfigError(f"{key}: unknown key; only model.* keys are nested")
         else:
             d[key] = value
-    if model is not None and (model or "model" in d):
+    if "model" in cls.fields() and model is not None and (model or "model" in d):
         d["model"] = model
-    return TrainArgs.from_dict(d)
+    return cls.from_dict(d)

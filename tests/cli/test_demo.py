@@ -26,10 +26,14 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     for section in ("settings", "machine", "corpus", "training", "table1", "table2", "table3", "energy_full", "samples", "plots", "timings"):
         assert section in res, section
     models = [r["model"] for r in res["table1"]["rows"]]
-    assert models == ["RWKV (ANN)", "SNN-RWKV-3", "SNN-RWKV-4", "SpikeRWKV-3L", "SpikeRWKV-4L", "SpikeRWKV-5L", "spikelm-4L", "SpikeGPT"]
+    nlu = ["RWKV (ANN)", "SNN-RWKV-3", "SNN-RWKV-4", "SpikeRWKV-3L", "SpikeRWKV-4L", "SpikeRWKV-5L", "spikelm-4L"]
+    tuned = ["SpikeRWKV-4L (all)", "SpikeRWKV-4L (all) +FT", "SpikeRWKV-3L (all)", "SpikeRWKV-3L (all) +FT"]
+    assert models == nlu + tuned + ["SpikeGPT"]
     for r in res["table1"]["rows"]:
         assert math.isfinite(r["ppl"]) and math.isfinite(r["bpc"])
-    assert set(res["table2"]) == set(models) and all(len(v) == 7 for v in res["table2"].values())
+    assert set(res["table2"]) == set(nlu + ["SpikeGPT"]) and all(len(v) == 7 for v in res["table2"].values())
+    assert set(res["table3"]) == set(models)
+    assert set(res["finetuning"]) == {"SpikeRWKV-4L", "SpikeRWKV-3L"} and res["finetuning"]["SpikeRWKV-4L"]["steps"] == 3
     for name, e in res["table3"].items():
         assert e["pj_per_token"] > 0 and math.isfinite(e["pj_per_token"]), name
     bad = [(p, v) for p, v in _finite_numbers({k: res[k] for k in ("table1", "table3", "training")}) if not math.isfinite(v)]

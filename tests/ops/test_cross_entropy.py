@@ -73,3 +73,26 @@ def test_bad_reduction():
     x, y = _logits()
     with pytest.raises(ValueError, match="reduction"):
         cross_entropy_fp32(x, y, reduction="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_distillation_loss_and_gradient_equal_the_naive_kl(dtype, tau):
+    from spikelm.ops.cross_entropy import kl_distill_fp32
+
+    s, _ = _logits(dtype=dtype, seed=1)
+    t, _ = _logits(dtype=dtype, seed=2)
+    ref = tau**2 * F.kl_div(torch.log_softmax(s.float() / tau, -1), torch.log_softmax(t.float() / tau, -1),
+                            log_target=True, reduction="batchmean")
+    (g_ref,) = torch.autograd.grad(ref * 0.37, s)
+    with LargestFloat32() as mode:
+        got = kl_distill_fp32(s, t, tau, chunk_rows=10)
+        (g,) = torch.autograd.grad(got * 0.37, s)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-5)
+    torch.testing.assert_close(g.float(), g_ref.float(), **tol)
+    assert g.dtype == dtype
+    if dtype != torch.float32:
+        assert mode.largest < s.numel()  # never an fp32 copy of the whole logits
+    same = kl_distill_fp32(s, s.detach(), tau)
+    assert abs(float(same)) < 1e-6  # a student equal to its teacher has no loss

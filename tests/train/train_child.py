@@ -1,4 +1,4 @@
-"""A training child process for the kill and signal tests: ``python train_child.py CONFIG MODE [train flags]``.
+"""A training child process for the kill and signal tests: ``python train_child.py [finetune] CONFIG MODE [flags]``.
 
 MODE makes the failure deterministic with real signals:
   slow                each training step sleeps 50 ms (the parent sends the signal)
@@ -6,7 +6,8 @@ MODE makes the failure deterministic with real signals:
   kill-save:K         SIGKILL itself half-way through writing the K-th checkpoint (optimizer.pt written)
   kill-latest:K       SIGKILL itself after the K-th checkpoint folder is renamed, before `latest` moves
   run                 nothing special
-It then runs ``spikelm train CONFIG --no-progress [flags]`` and exits with its code.
+It then runs ``spikelm train CONFIG --no-progress [flags]`` (with ``finetune`` first: ``spikelm finetune
+CHECKPOINT --config CONFIG``, the checkpoint read from the config) and exits with its code.
 """
 
 from __future__ import annotations
@@ -76,5 +77,13 @@ def _patch(mode: str) -> None:
 
 
 if __name__ == "__main__":
-    _patch(sys.argv[2])
-    sys.exit(main(["train", sys.argv[1], "--no-progress", *sys.argv[3:]]))
+    argv = sys.argv[1:]
+    if argv[0] == "finetune":
+        import yaml
+
+        cfg = argv[1]
+        _patch(argv[2])
+        checkpoint = yaml.safe_load(open(cfg))["checkpoint"]
+        sys.exit(main(["finetune", checkpoint, "--config", cfg, "--no-progress", *argv[3:]]))
+    _patch(argv[1])
+    sys.exit(main(["train", argv[0], "--no-progress", *argv[2:]]))

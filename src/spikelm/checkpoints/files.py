@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,10 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 
-__all__ = ["read_tensors", "assign_weights"]
+__all__ = ["read_tensors", "assign_weights", "read_sharded_model", "SHARDED_METADATA"]
+
+# The index file of a torch.distributed.checkpoint folder (what FSDP training checkpoints hold).
+SHARDED_METADATA = ".metadata"
 
 
 def read_tensors(path: Path) -> dict[str, Any]:
@@ -72,6 +76,26 @@ def read_tensors(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; "
                                   "expected a dict of tensor names to tensors")
     return obj
+
+
+def read_sharded_model(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole model of a sharded training checkpoint (``torch.distributed.checkpoint``, saved
+    as ``{"model": ..., "optimizer": ...}`` by ``distributed: fsdp``), read in this one process."""
+    try:  # torch's own reader of a whole DCP checkpoint without a process group (what dcp_to_torch_save uses)
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    except ImportError:
+        raise CheckpointError(f"{folder}: a sharded training checkpoint, which this torch {torch.__version__} cannot read "
+                              "in one process; load the run's final/ folder, or resume training from it") from None
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            sd = _load_state_dict_from_keys(keys={"model"}, checkpoint_id=str(folder)).get("model")
+    except Exception as e:  # DCP raises CheckpointException and others for missing or cut-off shards
+        raise CheckpointError(f"{folder}: cannot read the sharded checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); a shard file may be missing or truncated") from None
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(f"{folder}: the sharded checkpoint holds no model weights")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
 def assign_weights(build: Callable[[], nn.Module], sd: dict[str, Any], dtype: torch.dtype | None = None,

@@ -5,7 +5,9 @@
 * an official RWKV-6 ``.pth`` / ``.safetensors`` or a Hugging Face RWKV-6 folder (:mod:`.rwkv6`);
 * a SpikeGPT release ``.pth`` (RWKV-4 layout, :mod:`.spikegpt`);
 * a spikelm folder: ``model.safetensors`` + ``config.json`` (written by :func:`save`), including
-  converted (spiking) models, whose encoders are attached before the calibrated scales load.
+  converted (spiking) models, whose encoders are attached before the calibrated scales load;
+  a sharded training checkpoint (``config.json`` + ``torch.distributed.checkpoint`` files, what
+  ``distributed: fsdp`` saves) is read whole, in one process.
 
 Files are never unpickled as code (:mod:`.files`). Other RWKV generations and files already
 converted by the ``rwkv`` pip package are recognised and rejected with a message that says what
@@ -34,7 +36,7 @@ from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from .files import assign_weights, read_tensors
+from .files import SHARDED_METADATA, assign_weights, read_sharded_model, read_tensors
 from .rwkv4 import rwkv4_from_state_dict
 from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
 from .rwkv7 import from_official, infer_rwkv7_config, is_rwkv7_state_dict, rwkv7_from_state_dict
@@ -42,7 +44,7 @@ from .spikegpt import SPIKEGPT_LAYOUT, infer_spikegpt_config, is_spikegpt_state_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "save", "save_official", "load_state_dict", "build_model", "describe", "n_params"]
+__all__ = ["load", "save", "save_official", "load_state_dict", "build_model", "describe", "n_params", "model_config"]
 
 MODEL_FILES = ("model.safetensors", "config.json")
 
@@ -92,6 +94,10 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             meta["format"] = "spikelm"
             sd = read_tensors(p / "model.safetensors")
             return sd, meta
+        if config.get("kind") and (p / SHARDED_METADATA).exists():  # a sharded training checkpoint (FSDP)
+            meta["spikelm_config"] = config
+            meta["format"] = "spikelm"
+            return read_sharded_model(p), meta
         files = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin")) or sorted(p.glob("*.pth"))
         if not files:
             raise CheckpointError(f"{p}: folder holds no model.safetensors, pytorch_model*.bin or .pth file")
@@ -121,6 +127,7 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     """Instantiate the model a saved ``config.json`` names (``kind``), with its encoders if converted."""
     cfg_dict = dict(cfg_dict)
     encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
+    cfg_dict.pop("finetune", None)  # how a fine-tuned model was made (spikelm finetune): a record, not a setting
     kind = cfg_dict.get("kind", "rwkv6")
     if kind == "rwkv6":
         model: nn.Module = RWKV6(RWKV6Config.from_dict(cfg_dict))
@@ -211,6 +218,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
     return model
 
 
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """What ``config.json`` records of ``model``: its config, and its encoding if converted."""
+    cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
+    if getattr(model, "encoding", None) is not None:  # a converted (spiking) model
+        cfg["encoding"] = model.encoding.to_dict()
+    return cfg
+
+
 def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None,
          overwrite: bool = True) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (temp folder, rename).
@@ -219,9 +234,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     spikelm's own files (:func:`spikelm.io.claim_dir`); a user's folder is never deleted.
     """
     out = claim_dir(out_dir, overwrite=overwrite)
-    cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
-    if getattr(model, "encoding", None) is not None:  # a converted (spiking) model
-        cfg["encoding"] = model.encoding.to_dict()
+    cfg = model_config(model)
     if extra:
         cfg.update(extra)
     tmp = make_temp_dir(out)

@@ -20,7 +20,7 @@ from .demo import cmd_demo
 from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
 from .models import cmd_convert, cmd_generate, cmd_info, cmd_init
 from .parser import build_parser, parse_overrides
-from .run import cmd_data, cmd_train
+from .run import cmd_data, cmd_finetune, cmd_train
 
 __all__ = ["main", "entry", "COMMANDS", "release_large_frees"]
 
@@ -29,6 +29,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "init": cmd_init,
     "data": cmd_data,
     "train": cmd_train,
+    "finetune": cmd_finetune,
     "eval": cmd_eval,
     "generate": cmd_generate,
     "convert": cmd_convert,

@@ -2,7 +2,8 @@
 
 On the embedded corpus (Brown, byte level) it trains a small RWKV-6 (the ANN) and a SpikeGPT of
 similar size on the same token budget, converts the ANN with every paper preset and spikelm's own
-setting, and measures all of them the same way: PPL / BPC on the held-out test split (SpikeRWKV
+setting, converts it with SpikeRWKV-4L and -3L at every site and fine-tunes those two
+(``spikelm finetune``), and measures all of them the same way: PPL / BPC on the held-out test split (SpikeRWKV
 Table 1), few-shot multiple-choice accuracy on the offline benchmark data (Table 2), energy by the
 paper's formula and by a full count (Table 3), firing rates, and a text sample from each kind of
 model. It writes ``report.md``, ``results.json`` and PNG plots into ``--out``.
@@ -45,7 +46,7 @@ from ..evaluate.sweep import format_table1
 from ..generate import generate
 from ..io import OutputExistsError, atomic_write_json, atomic_write_text, check_file_target
 from ..progress import ProgressFn
-from ..train import train
+from ..train import FinetuneArgs, finetune, train
 from .options import progress_bars
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ __all__ = ["DemoSettings", "run_demo", "cmd_demo", "machine_info"]
 
 PAPER_PRESETS = ["SNN-RWKV-3", "SNN-RWKV-4", "SpikeRWKV-3L", "SpikeRWKV-4L", "SpikeRWKV-5L"]
 OWN_PRESET = "spikelm-4L"
+FINETUNED = ["SpikeRWKV-4L", "SpikeRWKV-3L"]  # converted at every site, then fine-tuned (Tables 1 and 3)
 NLU_TASKS = ["arc_easy", "arc_challenge", "piqa", "copa", "winogrande", "hellaswag", "lambada"]
 
 
@@ -61,7 +63,7 @@ NLU_TASKS = ["arc_easy", "arc_challenge", "piqa", "copa", "winogrande", "hellasw
 class DemoSettings:
     """Sizes of the demo; ``minutes`` is the training budget of both models together."""
 
-    minutes: float = 9.0
+    minutes: float = 7.5
     n_layer: int = 4
     n_embd: int = 128
     head_size: int = 32
@@ -77,6 +79,9 @@ class DemoSettings:
     sample_tokens: int = 160
     prompt: str = "The jury said"
     seed: int = 0
+    finetune_steps: int = 40  # of batch_size x ctx_len tokens each
+    finetune_lr: float = 3e-4
+    finetune_scale_lr: float = 0.1
 
     def key(self, *fields_: str) -> str:
         d = asdict(self)
@@ -117,12 +122,9 @@ def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: Prog
         model_cfg = {"kind": "spikegpt", "n_layer": s.n_layer, "n_embd": s.n_embd, "ctx_len": s.ctx_len}
     key = s.key("n_layer", "n_embd", "head_size", "ctx_len", "batch_size", "lr", "max_steps", "seed") + f"-{minutes:g}m"
     run_dir = out / "models" / f"{kind}-{key}"
-    done = run_dir / "result.json"
-    if done.exists() and (run_dir / "final" / "config.json").exists():
-        log.info("demo: reusing trained %s in %s", kind, run_dir)
-        return json.loads(done.read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run: never trusted
+    earlier = _finished(run_dir, f"trained {kind}")
+    if earlier is not None:
+        return earlier
     args = TrainArgs(
         model=model_cfg, data="default", tokenizer="bytes", ctx_len=s.ctx_len, batch_size=s.batch_size,
         max_steps=s.max_steps, max_minutes=minutes, lr=s.lr, min_lr=s.lr / 10, warmup_steps=50,
@@ -138,7 +140,39 @@ def _train(kind: str, s: DemoSettings, out: Path, minutes: float, progress: Prog
         "params": sum(p.numel() for p in _load(res.final_path).parameters()),
         "history": [{k: h.get(k) for k in ("step", "tokens", "loss", "val_loss", "elapsed_s")} for h in res.history],
     }
-    _atomic_json(done, result)
+    _atomic_json(run_dir / "result.json", result)
+    return result
+
+
+def _finished(run_dir: Path, what: str) -> dict[str, Any] | None:
+    """A finished run's result.json (with its final model), or None; an unfinished run is deleted."""
+    done = run_dir / "result.json"
+    if done.exists() and (run_dir / "final" / "config.json").exists():
+        log.info("demo: reusing %s in %s", what, run_dir)
+        return json.loads(done.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run: never trusted
+    return None
+
+
+def _finetune(preset: str, s: DemoSettings, out: Path, ann_path: str, progress: ProgressFn | None) -> dict[str, Any]:
+    """Fine-tune the ANN's all-sites conversion with ``preset`` (cached by settings): path and cost."""
+    key = s.key("finetune_steps", "finetune_lr", "finetune_scale_lr", "ctx_len", "batch_size", "seed")
+    run_dir = out / "models" / f"ft-{preset}-all-{Path(ann_path).parent.name}-{key}"
+    earlier = _finished(run_dir, f"fine-tuned {preset}")
+    if earlier is not None:
+        return earlier
+    args = FinetuneArgs(checkpoint=ann_path, preset=preset, sites="all", data="default", calib_data="default",
+                        calib_batches=8, calib_ctx=s.ctx_len, ctx_len=s.ctx_len, batch_size=s.batch_size,
+                        max_steps=s.finetune_steps, lr=s.finetune_lr, min_lr=s.finetune_lr / 10,
+                        scale_lr=s.finetune_scale_lr, warmup_steps=max(1, s.finetune_steps // 10), eval_every=0,
+                        eval_batches=4, save_every=0, out_dir=str(run_dir), seed=s.seed)
+    res = finetune(args, progress=progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = {"preset": preset, "path": str(res.final_path), "steps": res.steps, "tokens": res.tokens,
+              "seconds": res.elapsed_s, "val_gap_before_pct": summary.get("converted_gap_pct"),
+              "val_gap_pct": summary.get("val_gap_pct")}
+    _atomic_json(run_dir / "result.json", result)
     return result
 
 
@@ -156,8 +190,8 @@ def _calibration(model) -> list:
     return calibration_batches("default", model.tokenizer_name, n_batches=8, batch_size=4, ctx_len=128)
 
 
-def _convert(ann, preset: str, calib):
-    return convert(copy.deepcopy(ann), preset_config(preset), calib)
+def _convert(ann, preset: str, calib, sites: str = "time_mix"):
+    return convert(copy.deepcopy(ann), preset_config(preset, sites), calib)
 
 
 def _energy(model, tokens, method: str) -> dict[str, Any]:
@@ -228,6 +262,11 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     t = stage(f"training SpikeGPT ({s.minutes / 2:g} min budget)")
     sg_run = _train("spikegpt", s, out, s.minutes / 2, progress)
     timings["train_spikegpt"] = time.perf_counter() - t
+    ft_runs = {}
+    for p in FINETUNED:
+        t = stage(f"fine-tuning {p} at every site ({s.finetune_steps} steps)")
+        ft_runs[p] = _finetune(p, s, out, ann_run["path"], progress)
+        timings[f"finetune_{p}"] = time.perf_counter() - t
 
     torch.manual_seed(s.seed)
     ann = _load(ann_run["path"])
@@ -237,6 +276,10 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     models: dict[str, Callable[[], Any]] = {"RWKV (ANN)": lambda: ann}
     for p in presets:
         models[p] = (lambda p=p: _convert(ann, p, calib))
+    nlu_models = list(models) + ["SpikeGPT"]  # Table 2 (the all-sites rows are in Tables 1 and 3)
+    for p in FINETUNED:
+        models[f"{p} (all)"] = (lambda p=p: _convert(ann, p, calib, "all"))
+        models[f"{p} (all) +FT"] = (lambda p=p: _load(ft_runs[p]["path"]))
     built: dict[str, Any] = {}
 
     def get(name: str):
@@ -246,7 +289,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
             built[name] = models[name]()
         return built[name]
 
-    ann_key = Path(ann_run["path"]).parent.name
+    ann_key = Path(ann_run["path"]).parent.name + "-ft" + s.key("finetune_steps", "finetune_lr", "finetune_scale_lr")
     sg_key = Path(sg_run["path"]).parent.name
 
     # Table 1: PPL / BPC on the held-out test split
@@ -283,12 +326,12 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     def table2():
         rows = {}
-        for name in list(models) + ["SpikeGPT"]:
+        for name in nlu_models:
             rows[name] = evaluate_tasks(get(name), s.nlu_tasks, shots=s.nlu_shots, limit=s.nlu_limit, seed=1234,
                                         batch_size=16, progress=False)
         return rows
 
-    t2 = _cached(cache, "table2", f"{ann_key}-{sg_key}-{s.key('nlu_limit', 'nlu_shots', 'nlu_tasks')}", table2)
+    t2 = _cached(cache, "table2", f"{Path(ann_run['path']).parent.name}-{sg_key}-{s.key('nlu_limit', 'nlu_shots', 'nlu_tasks')}", table2)
     timings["table2"] = time.perf_counter() - t
 
     # Samples
@@ -312,7 +355,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     results = {
         "settings": asdict(s), "machine": machine_info(), "corpus": corpus_info,
-        "training": {"rwkv6": ann_run, "spikegpt": sg_run},
+        "training": {"rwkv6": ann_run, "spikegpt": sg_run}, "finetuning": ft_runs,
         "table1": t1, "table2": t2,
         "table3": {name: {k: v for k, v in e.items() if k not in ("markdown", "full", "summary")} for name, e in en.items()},
         "energy_summary": {name: e["summary"] for name, e in en.items()},
@@ -416,10 +459,23 @@ def _report(res: dict, en: dict, format_table1) -> str:
         L.append(f"| {name} | {r['params']:,} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_second']:,.0f} | {r['val_bits']:.4f} |")
     L += ["", f"Both models: {s['n_layer']} layers, width {s['n_embd']}, context {s['ctx_len']}, batch {s['batch_size']}, "
           f"{s['minutes'] / 2:g} minutes each. ![training curves](training_curves.png)", ""]
+    ft = res.get("finetuning") or {}
+    if ft:
+        L += ["Spiking-aware fine-tuning (`spikelm finetune`, every parameter and the encoder scales, distilled from the "
+              "ANN): each conversion at every site, from the same calibration as its converted row; the gap is the "
+              "perplexity gap to the ANN on the validation windows.", "",
+              "| model | steps | tokens (share of the ANN's) | seconds | validation gap converted | fine-tuned |",
+              "|---|---:|---:|---:|---:|---:|"]
+        for p, r in ft.items():
+            share = r["tokens"] / max(1, tr["rwkv6"]["tokens"])
+            L.append(f"| {p} (all) +FT | {r['steps']} | {r['tokens']:,} ({100 * share:.0f}%) | {r['seconds']:.0f} | "
+                     f"{r['val_gap_before_pct']:+.2f}% | {r['val_gap_pct']:+.2f}% |")
+        L.append("")
     t1 = res["table1"]
     L += ["## Table 1: perplexity and bits per byte", "", f"Scored on {t1['data']}; every model sees the same bytes. "
           "BPC here is bits per byte; PPL is per byte-token. The spiking rows are the ANN converted with each preset "
-          "(calibrated on 8 x 4 x 128 bytes of the training split).", "", format_table1(t1["rows"], "BPC"), ""]
+          "(calibrated on 8 x 4 x 128 bytes of the training split) at the paper's sites (time mixing); `(all)` rows "
+          "encode every site, and `+FT` rows are those fine-tuned (above).", "", format_table1(t1["rows"], "BPC"), ""]
     L += ["## Table 2: few-shot multiple choice (accuracy, %)", "",
           f"{s['nlu_shots']}-shot, first {s['nlu_limit']} items of each task (splits as in `spikelm.evaluate.tasks`); "
           "with so few items the standard error is about 10 points, so read the rows as a smoke test of the pipeline, "
@@ -463,12 +519,13 @@ def _report(res: dict, en: dict, format_table1) -> str:
     return "\n".join(L)
 
 
-def cmd_demo(out: str = "runs/demo", minutes: float = 9.0, fresh: bool = False, tiny: bool = False,
+def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fresh: bool = False, tiny: bool = False,
              progress: bool = True) -> int:
     """Run the main job at small scale and write report.md, results.json and plots.
 
     Trains a small RWKV-6 and a SpikeGPT on the embedded Brown corpus, converts the RWKV-6 with every
-    SpikeRWKV preset, and measures PPL/BPC, few-shot accuracy, energy and firing rates.
+    SpikeRWKV preset, fine-tunes its SpikeRWKV-4L and -3L conversions at every site, and measures
+    PPL/BPC, few-shot accuracy, energy and firing rates.
 
     Args:
         out: output folder (report.md, results.json, PNGs, cache/ and models/).
@@ -479,9 +536,9 @@ def cmd_demo(out: str = "runs/demo", minutes: float = 9.0, fresh: bool = False, 
     """
     settings = DemoSettings(minutes=minutes)
     if tiny:
-        settings = DemoSettings(minutes=minutes if minutes != 9.0 else 0.2, n_layer=1, n_embd=32, head_size=16, ctx_len=32,
-                                batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2, nlu_shots=1, energy_tokens=64,
-                                sample_tokens=16)
+        settings = DemoSettings(minutes=minutes if minutes != DemoSettings.minutes else 0.2, n_layer=1, n_embd=32,
+                                head_size=16, ctx_len=32, batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2,
+                                nlu_shots=1, energy_tokens=64, sample_tokens=16, finetune_steps=3)
     res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print)
     print(f"\nreport:  {Path(out) / 'report.md'}\nresults: {Path(out) / 'results.json'}")
     for name, p in res["plots"].items():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from ..convert import encoders
@@ -16,6 +18,7 @@ from ..errors import ConfigError, DataError, SpikelmError
 from ..evaluate.multiple_choice import evaluate_tasks, format_table2
 from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1, settings, sweep
+from ..train.finetune import format_finetuned, with_finetuned
 from ..evaluate.tasks import DEFAULT_TASKS
 from ..evaluate.variants import apply_encoding
 from ..io import atomic_write_json, check_file_target
@@ -81,12 +84,15 @@ def cmd_eval(ckpt: str, data: str = "default", split: str = "test", whole_file: 
 def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole_file: bool = False, presets: str = "all",
               grid_T: str = "", grid_l: str = "", sites: str = "time_mix", calib_data: str = "default",
               max_chars: int = 0, chunk: int = 1024, ctx: int = 0, energy: bool = False, energy_tokens: int = 512,
-              batch: int = 1, json_: bool = False, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
+              batch: int = 1, finetune_steps: int = 0, finetune_train: str = "all", finetune_out: str = "",
+              json_: bool = False, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
               device: str = "auto", dtype: str = "auto", progress: bool = True) -> int:
     """Evaluate the ANN and spiking conversions of it side by side (the paper's Table 1 layout).
 
     Every row is converted from the same ANN, calibrated on the same batches of --calib-data's train
-    split, and scored on the same tokens of --data's --split.
+    split, and scored on the same tokens of --data's --split. With --finetune-steps N each preset's
+    row gets a fine-tuned row beside it ("+FT"): `spikelm finetune` from that same conversion for N
+    steps of 8 x 256 tokens of --data's train split (validated on its valid split, never on --split).
 
     Args:
         checkpoint: the ANN (official RWKV-6 file, Hugging Face folder or spikelm folder).
@@ -104,6 +110,9 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
         energy: add every energy of each setting (full count with sign-flag spikes, compute only, +SRAM, +DRAM, EE vs the fp32 ANN and vs the equal-information quantised ANN); see docs/energy.md.
         energy_tokens: tokens of the split each setting's energy is counted on (with --energy).
         batch: tokens that share one DRAM weight read (with --energy).
+        finetune_steps: add a fine-tuned row beside each preset's row, fine-tuned for this many steps (0: none; MHSE grid rows are not fine-tuned).
+        finetune_train: what the fine-tuning trains besides the encoder scales: scales, norms, lora or all.
+        finetune_out: keep the fine-tuned models in this folder, one sub-folder per row (a rerun resumes or reuses them; default: a temporary folder, removed at the end).
         json_: print one JSON object instead of text.
         binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
         family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
@@ -120,10 +129,24 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
     for ss in (("time_mix", "all") if sites == "both" else (sites,)):
         for name, enc in settings(names, _ints(grid_T, "--grid-T"), _ints(grid_l, "--grid-l"), ss):
             rows_settings.append((f"{name} ({ss})" if sites == "both" else name, enc))
+    if finetune_steps < 0:
+        raise ConfigError(f"--finetune-steps must be >= 0, got {finetune_steps}")
     model = load_model(checkpoint, device, dtype, binary_embedding, family)
     bars = progress_bars(progress and not json_)
     text = split_tokens(data, split, model.tokenizer_name, whole_file=whole_file, max_chars=max_chars, progress=bars)
     calib = calibration_batches(calib_data, model.tokenizer_name, progress=bars)
+    with contextlib.ExitStack() as stack:
+        if finetune_steps:
+            folder = Path(finetune_out) if finetune_out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spikelm-ft-")))
+            rows_settings = with_finetuned(rows_settings, checkpoint, folder, data, calib_data, finetune_steps, finetune_train,
+                                           device, lambda p: load_model(str(p), device, dtype), bars)
+        _sweep_and_print(model, checkpoint, text, calib, calib_data, rows_settings, energy, energy_tokens, batch,
+                         chunk, ctx, json_, bars)
+    return 0
+
+
+def _sweep_and_print(model, checkpoint, text, calib, calib_data, rows_settings, energy, energy_tokens, batch, chunk, ctx,
+                     json_, bars) -> None:
     if energy:
         rows = energy_sweep(model, text.tokens, text.n_units, calib, rows_settings, energy_tokens=energy_tokens,
                             batch=batch, chunk=chunk, ctx=ctx, progress=bars)
@@ -135,10 +158,13 @@ def cmd_sweep(checkpoint: str, data: str = "default", split: str = "test", whole
         print(f"{checkpoint} on {text.description}: {len(text.tokens):,} tokens; BPC = bits per {text.unit}; "
               f"calibrated on {calib_data} (train split)")
         print(format_table1(rows, "BPC"))
+        tuned = [r for r in rows if "finetune_tokens" in r]
+        if tuned:
+            print("\nFine-tuned rows (spikelm finetune; validation gap on --data's valid split):\n")
+            print(format_finetuned(tuned))
         if energy:
             print(f"\nEnergy per token (first {min(energy_tokens, len(text.tokens)):,} tokens; fp32 at 45 nm):\n")
             print(format_energy_sweep(rows, batch))
-    return 0
 
 
 def cmd_nlu(checkpoint: str, tasks: str = ",".join(DEFAULT_TASKS), shots: int = 5, limit: int = 0, seed: int = 1234,

@@ -70,6 +70,11 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
+def _default(value: Any) -> str:
+    """The help's default note; None means "not given" (the help text says what applies then)."""
+    return "" if value is None else f" (default: {value})"
+
+
 def build_parser(name: str, fn: Callable[..., Any]) -> tuple[argparse.ArgumentParser, bool]:
     desc, helps = _parse_docstring(fn.__doc__)
     p = _Parser(prog=f"spikelm {name}", description=desc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,13 +101,13 @@ def build_parser(name: str, fn: Callable[..., Any]) -> tuple[argparse.ArgumentPa
                            help=help_text + (f" (default: {param.default})" if help_text else ""))
         elif typing.get_origin(tp) is list:
             p.add_argument(flag, dest=pname, nargs="+", type=typing.get_args(tp)[0], default=param.default,
-                           help=help_text + f" (default: {param.default})")
+                           help=help_text + _default(param.default))
         elif typing.get_origin(tp) is typing.Literal:  # a fixed set of words: argparse choices
             p.add_argument(flag, dest=pname, type=str, choices=typing.get_args(tp), default=param.default,
-                           help=help_text + f" (default: {param.default})")
+                           help=help_text + _default(param.default))
         else:
-            p.add_argument(flag, dest=pname, type=tp, default=param.default,
-                           help=help_text + f" (default: {param.default})")
+            p.add_argument(flag, dest=pname, type=tp, default=param.default, metavar=pname.rstrip("_").upper(),
+                           help=help_text + _default(param.default))
     if takes_overrides:
         p.epilog = "Any other --key value pair overrides the configuration key of that name."
     return p, takes_overrides

@@ -15,8 +15,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..config import EncodingConfig
-from ..convert import converted
-from ..evaluate.sweep import sweep
+from ..evaluate.sweep import Prepared, sweep, variant
 from ..markdown import md_table
 from ..progress import ProgressFn
 from .constants import EnergyTable
@@ -39,7 +38,8 @@ def energy_columns(s: EnergySummary) -> dict[str, Any]:
     return out
 
 
-def energy_sweep(model: nn.Module, tokens: Sequence[int], n_chars: int, calib, settings: list[tuple[str, EncodingConfig]],
+def energy_sweep(model: nn.Module, tokens: Sequence[int], n_chars: int, calib,
+                 settings: list[tuple[str, EncodingConfig | Prepared]],
                  energy_tokens: int = 512, table: str | EnergyTable = "45nm-fp32", batch: int = 1, chunk: int = 1024,
                  ctx: int = 0, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     """The rows of :func:`~spikelm.evaluate.sweep.sweep` with :func:`energy_columns` added to each."""
@@ -47,8 +47,8 @@ def energy_sweep(model: nn.Module, tokens: Sequence[int], n_chars: int, calib, s
     rows = sweep(model, tokens, n_chars, calib, settings, chunk=chunk, ctx=ctx, progress=progress)
     e_tokens = list(tokens[:energy_tokens])
     rows[0].update(energy_columns(energy_summary(model, count_model(model, e_tokens, chunk), table, batch=batch)))
-    for row, (_, enc) in zip(rows[1:], settings):
-        with converted(model, enc, calib) as m:  # in place, restored after: no second copy of the model
+    for row, (_, spec) in zip(rows[1:], settings):
+        with variant(model, spec, calib) as m:
             row.update(energy_columns(energy_summary(m, count_model(m, e_tokens, chunk), table, batch=batch)))
     return rows
 

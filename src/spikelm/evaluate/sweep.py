@@ -2,12 +2,17 @@
 
 Every setting is converted from the same ANN, calibrated on the same batches of the corpus's
 *train* split, and scored on the same held-out tokens, so the rows differ only in the encoding.
+A setting may also be a :class:`Prepared` model (a fine-tuned conversion, ``sweep
+--finetune-steps``): it is made by its own function and scored on the same tokens.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -21,7 +26,28 @@ from .perplexity import evaluate_lm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["sweep", "settings", "format_table1"]
+__all__ = ["sweep", "settings", "format_table1", "Prepared", "variant"]
+
+
+@dataclass
+class Prepared:
+    """A sweep row whose model is made by ``make()`` (e.g. fine-tuned from the ANN) rather than
+    converted in place; ``enc`` is its encoding, ``info()`` extra fields of its row."""
+
+    enc: EncodingConfig
+    make: Callable[[], nn.Module]
+    info: Callable[[], dict[str, Any]] = field(default=lambda: {})
+
+
+@contextmanager
+def variant(model: nn.Module, spec: EncodingConfig | Prepared, calib) -> Iterator[nn.Module]:
+    """The model of one sweep row: ``model`` converted in place with ``spec`` (restored after), or
+    the :class:`Prepared` model ``spec`` makes (dropped after)."""
+    if isinstance(spec, Prepared):
+        yield spec.make()
+        return
+    with converted(model, spec, calib) as m:  # in place, restored after: no second copy of the model
+        yield m
 
 
 def settings(presets: list[str], grid_T: list[int], grid_l: list[int], sites: str) -> list[tuple[str, EncodingConfig]]:
@@ -37,10 +63,10 @@ def settings(presets: list[str], grid_T: list[int], grid_l: list[int], sites: st
     return out
 
 
-def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[str, EncodingConfig]],
+def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[str, EncodingConfig | Prepared]],
           chunk: int = 1024, ctx: int = 0, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     """Evaluate the ANN and each (name, encoding) on ``tokens``; one dict per row, ANN first."""
-    if any(enc.encoding != "none" for _, enc in settings):
+    if any(isinstance(enc, EncodingConfig) and enc.encoding != "none" for _, enc in settings):
         check_convertible(model)  # before the ANN is scored: a SpikeGPT must not cost a full evaluation first
     rows = []
     t0 = time.perf_counter()
@@ -48,12 +74,14 @@ def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[st
     rows.append({"model": "RWKV (ANN)", "encoding": "none", "T": None, "l": None, **ann, "ppl_gap_pct": 0.0,
                  "bpc_gap_pct": 0.0})
     log.info("ANN: ppl %.4f bpc %.4f (%.1f s)", ann["ppl"], ann["bpc"], time.perf_counter() - t0)
-    for name, enc in settings:
-        with converted(model, enc, calib) as m:  # in place, restored after: no second copy of the model
+    for name, spec in settings:
+        enc = spec.enc if isinstance(spec, Prepared) else spec
+        with variant(model, spec, calib) as m:
             r = evaluate_lm(m, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
         rows.append({"model": name, "encoding": enc.encoding, "T": enc.T, "l": enc.layers, "sites": enc.sites, **r,
                      "ppl_gap_pct": 100.0 * (r["ppl"] / ann["ppl"] - 1.0),
-                     "bpc_gap_pct": 100.0 * (r["bpc"] / ann["bpc"] - 1.0)})
+                     "bpc_gap_pct": 100.0 * (r["bpc"] / ann["bpc"] - 1.0),
+                     **(spec.info() if isinstance(spec, Prepared) else {})})
         log.info("%s: ppl %.4f bpc %.4f", name, r["ppl"], r["bpc"])
     return rows
 

@@ -135,7 +135,8 @@ class TimeMix(nn.Module):
 
         dt = wkv_dtype(x.dtype)
         w = -torch.exp(self.time_decay.to(dt))  # (A,) log decay, < 0
-        y, wkv_state = wkv4(w, self.time_first.to(dt), k.to(dt), v.to(dt), wkv_state, impl=wkv_impl)  # (B, T, A)
+        # k, v as they come (bf16 under autocast): the op computes in fp32 (fp64 for fp64) and gives y in v's dtype
+        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl)  # (B, T, A)
         g = torch.sigmoid(r) * y.to(r.dtype)  # the receptance gate
         return self.output(g if pre_proj is None else pre_proj(g)), last_token(x), wkv_state
 
@@ -221,7 +222,7 @@ class RWKV4(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "auto" (naive for T == 1)
+        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "triton" | "auto" (Triton on CUDA, else naive for T == 1)
 
     @property
     def tokenizer_name(self) -> str:

@@ -329,7 +329,7 @@ class SpikeGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "auto" (naive for T == 1)
+        self.wkv_impl = "auto"  # wkv4: "naive" | "parallel" | "triton" | "auto" (Triton on CUDA, else naive for T == 1)
 
     @property
     def tokenizer_name(self) -> str:

@@ -2,14 +2,14 @@
 
 Recurrences: WKV7 (RWKV-7), WKV6 (RWKV-6) and WKV4 (RWKV-4 / SpikeGPT), each a naive token loop (the
 reference) and a fast form with the same signature, behind a dispatcher (``wkv7``, ``wkv6``,
-``wkv4``). Products (:mod:`.linear`), the RWKV-6 block's elementwise passes and decoding step
-(:mod:`.rwkv6`), spike decoding and counting (:mod:`.spikes`), the fused cross-entropy and the
-neuron scans.
+``wkv4``). Products (:mod:`.linear`), the RWKV-6 block's decoding step (:mod:`.rwkv6`), spike
+decoding and counting (:mod:`.spikes`), the fused cross-entropy and the neuron scans.
 
-Every op with more than one implementation (tensor operations, ``torch.compile``, a C++ kernel)
-takes ``backend=`` (:mod:`.backend`: ``torch``, ``compile``, ``cpp``, ``auto``), settable per call,
-per model (:func:`set_backend`) and per process (``SPIKELM_BACKEND``). The C++ kernels are built
-and loaded by :mod:`.kernels` alone; nothing outside this package imports it.
+Every op with more than one implementation (tensor operations, ``torch.compile``, a C++ kernel, a
+CUDA library: flash-linear-attention) takes ``backend=`` (:mod:`.backend`: ``torch``, ``compile``,
+``cpp``, ``auto``), settable per call, per model (:func:`set_backend`) and per process
+(``SPIKELM_BACKEND``). The C++ kernels are built and loaded by :mod:`.kernels` alone; nothing
+outside this package imports it.
 
 Note that the dispatcher functions shadow their submodules as attributes of this package; reach
 a module itself with ``importlib.import_module``.

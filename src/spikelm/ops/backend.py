@@ -58,13 +58,14 @@ class OpPaths:
     """One op's implementations: ``cpp``, the inputs its C++ kernel takes (None: no kernel);
     ``compile``, what the ``compile`` backend runs; ``auto``, what ``auto`` runs on the CPU per
     dtype (``"*"``: the other dtypes), "cpp" (where the kernel takes the inputs), "compile" or
-    "torch"."""
+    "torch"; ``cuda``, a library of CUDA kernels ``auto`` takes where it is installed."""
 
     name: str
     what: str
     cpp: str | None
     compile: str
     auto: Mapping[str, str]
+    cuda: str | None = None  # the CUDA library auto takes where it is installed and takes the inputs
 
     def auto_for(self, dtype: torch.dtype) -> str:
         return self.auto.get(str(dtype).removeprefix("torch."), self.auto["*"])
@@ -74,7 +75,10 @@ class OpPaths:
 # module docstring). README.md's table is paths_table() (a test compares).
 OPS: dict[str, OpPaths] = {p.name: p for p in (
     OpPaths("wkv6", "RWKV-6 WKV recurrence", "float32, bf16, fp16 inputs (computed in float32); no gradient",
-            "the step (one token) or the chunked form, compiled", {"*": "cpp"}),
+            "the step (one token) or the chunked form, compiled", {"*": "cpp"},
+            "flash-linear-attention (`spikelm[gpu]`): chunked kernels under a gradient, recurrent ones else"),
+    OpPaths("wkv7", "RWKV-7 WKV recurrence", None, "the step (one token) or the chunked form, compiled", {"*": "torch"},
+            "flash-linear-attention (`spikelm[gpu]`): chunked kernels under a gradient, recurrent ones else"),
     OpPaths("rwkv6_block", "an RWKV-6 block (a decoding step in one call)",
             "one token; float32, bf16, fp16 weights; no gradient, no hooks, not converted",
             "the block's modules, compiled (prefill and decoding)", {"*": "cpp"}),
@@ -97,8 +101,8 @@ def paths_table() -> str:
         auto = f"CPU: `{p.auto['*']}`" + "".join(f" (`{v}` in {k})" for k, v in picks.items())
         if "cpp" in p.auto.values():
             auto += ", `torch` where the kernel does not take the inputs"
-        rows.append(f"| `{p.name}` | {p.what} | every device and dtype | {p.compile} | {cpp} | {auto}; "
-                    f"other devices: `torch` |")
+        auto += f"; CUDA: {p.cuda}, else `torch`" if p.cuda else "; other devices: `torch`"
+        rows.append(f"| `{p.name}` | {p.what} | every device and dtype | {p.compile} | {cpp} | {auto} |")
     return "\n".join(rows)
 
 
@@ -156,26 +160,37 @@ def _name(op: str, backend: Backend) -> str:
     return b.get(op, b.get("*", "auto")) if isinstance(b, Mapping) else b
 
 
-def resolve(op: str, backend: Backend, x: Tensor, cpp_ok: bool = True) -> str:
-    """Which implementation of ``op`` runs: "torch", "compile" or "cpp".
+def resolve(op: str, backend: Backend, x: Tensor, cpp_ok: bool = True, cuda_ok: bool = False) -> str:
+    """Which implementation of ``op`` runs: "torch", "compile", "cpp" or "cuda" (the op's CUDA
+    library, :attr:`OpPaths.cuda`).
 
     ``backend``: the caller's (None: :func:`default_backend`); ``x``: the op's main input (device
     and dtype); ``cpp_ok``: whether the C++ kernel takes these inputs (the op checks its own
-    shapes, dtypes and gradients). ``cpp`` and ``auto`` give the kernel only where it applies and
-    the kernels could be built (:func:`.kernels.library`), else the tensor operations."""
+    shapes, dtypes and gradients); ``cuda_ok``: whether the CUDA library is installed and takes
+    them. ``cpp`` and ``auto`` give the C++ kernel only where it applies and the kernels could be
+    built (:func:`.kernels.library`, built and loaded at the first such call), else the tensor
+    operations; ``auto`` gives the CUDA library where ``cuda_ok``."""
     name = _name(op, backend)
+    if name == "auto" and cuda_ok and OPS[op].cuda:
+        return "cuda"
     if name == "torch":
         return "torch"
     if name == "compile":
         return "torch" if torch.compiler.is_compiling() else "compile"
-    cpp = cpp_ok and x.device.type == "cpu" and OPS[op].cpp is not None and library() is not None
+    if name not in ("cpp", "auto"):
+        check_backend(name)
+    return _choose(op, name, x.device.type, x.dtype, cpp_ok and OPS[op].cpp is not None and x.device.type == "cpu"
+                   and library() is not None)
+
+
+def _choose(op: str, name: str, device: str, dtype: torch.dtype, cpp: bool) -> str:
+    """``cpp`` or ``auto``'s choice for ``op`` on ``device`` and ``dtype``, ``cpp`` telling whether
+    the kernel is there and takes the inputs."""
     if name == "cpp":
         return "cpp" if cpp else "torch"
-    if name != "auto":
-        check_backend(name)
-    if x.device.type != "cpu":
+    if device != "cpu":
         return "torch"
-    choice = OPS[op].auto_for(x.dtype)
+    choice = OPS[op].auto_for(dtype)
     if choice == "cpp":
         return "cpp" if cpp else "torch"
     if choice == "compile":

@@ -14,7 +14,8 @@ maximum exponent so that nothing is ever exponentiated above 0. An empty state i
 Both implementations share one signature, compute in float32 (float64 when given float64; nothing
 is promoted to float64), outside autocast, and
 return ``y`` in the dtype of ``v`` and the state in the compute dtype. ``wkv4`` picks the loop for
-single-token decoding and the parallel form otherwise.
+single-token decoding and the parallel form otherwise, and on CUDA the fused Triton kernels of
+:mod:`.wkv4_triton` (the loop's recurrence in one launch each way) where triton is installed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .wkv4_triton import usable as triton_usable
+from .wkv4_triton import wkv4_triton
 from ._precision import outside_autocast
 
 __all__ = ["WKV4State", "wkv4", "wkv4_naive", "wkv4_parallel", "wkv4_empty_state", "EMPTY_PP"]
@@ -200,13 +203,21 @@ def wkv4(
 ) -> tuple[Tensor, WKV4State]:
     """RWKV-4 WKV with a choice of implementation.
 
-    ``impl="auto"`` uses the loop for T == 1 (token-by-token decoding) and the parallel form
-    otherwise; "naive" and "parallel" force one.
+    ``impl="auto"``: on CUDA, where triton is installed and the inputs are not float64, the fused
+    Triton kernels (:func:`~.wkv4_triton.wkv4_triton`, any T); otherwise the loop for T == 1
+    (token-by-token decoding) and the parallel form for longer inputs. "naive", "parallel" and
+    "triton" force one ("triton" on CPU tensors needs ``TRITON_INTERPRET=1``, see that module).
     """
     if impl == "auto":
-        impl = "naive" if k.shape[1] == 1 else "parallel"
+        if triton_usable(w, k):
+            impl = "triton"
+        else:
+            impl = "naive" if k.shape[1] == 1 else "parallel"
     if impl == "naive":
         return wkv4_naive(w, u, k, v, state)
     if impl == "parallel":
         return wkv4_parallel(w, u, k, v, state)
-    raise ValueError(f"impl must be 'auto', 'naive' or 'parallel', got {impl!r}")
+    if impl == "triton":
+        _check_inputs(w, u, k, v, state)
+        return outside_autocast(wkv4_triton)(w, u, k, v, state)
+    raise ValueError(f"impl must be 'auto', 'naive', 'parallel' or 'triton', got {impl!r}")

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .wkv_fla import mode_for as fla_mode_for
+from .wkv_fla import usable as fla_usable
+from .wkv_fla import wkv6_fla
 from ._precision import outside_autocast
 from .backend import Backend, compiled, grad_needed, resolve
 from .kernels import op as cpp_op
@@ -431,25 +434,36 @@ def wkv6(
 ) -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV with a choice of implementation.
 
-    ``impl="auto"``: the op ``wkv6`` of :mod:`.backend`. Its C++ kernel (:func:`wkv6_recurrent_cpu`)
-    runs the recurrence for any T on the CPU when no gradient is needed and the inputs are not
-    float64, so a prefill and token-by-token decoding run the same loop. The tensor operations are
+    ``impl="auto"``: the op ``wkv6`` of :mod:`.backend`. On CUDA, where flash-linear-attention is
+    installed, its kernels (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the
+    recurrent one otherwise. On the CPU, spikelm's C++ kernel (:func:`wkv6_recurrent_cpu`) runs
+    the recurrence for any T when no gradient is needed and the inputs are not float64, so a
+    prefill and token-by-token decoding run the same loop. The tensor operations are
     :func:`wkv6_step` for T == 1 (decoding, where chunking only adds overhead) and, for longer
-    inputs, the float32 chunked form on CUDA and the float64-accumulating chunked form elsewhere
-    (under ``torch.compile`` with the ``compile`` backend). ``impl`` "naive", "chunked" and
-    "chunked_fp32" force one of the tensor forms.
+    inputs, the float32 chunked form on CUDA (the reference fla is checked against) and the
+    float64-accumulating chunked form elsewhere (under ``torch.compile`` with the ``compile``
+    backend). ``impl`` "naive", "chunked", "chunked_fp32", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        ok = r.dtype != torch.float64 and not grad_needed(r, k, v, logw, u, state)
-        how = resolve("wkv6", backend, r, ok)
+        needs_grad = grad_needed(r, k, v, logw, u, state)
+        how = resolve("wkv6", backend, r, cpp_ok=r.dtype != torch.float64 and not needs_grad,
+                      cuda_ok=fla_usable(r, k, v, logw, u, state))
+        if how == "cuda":
+            return wkv6_fla(r, k, v, logw, u, state, mode=fla_mode_for(needs_grad))
         if how == "cpp":
             return wkv6_recurrent_cpu(r, k, v, logw, u, state)
-        form = wkv6_step if r.shape[1] == 1 else wkv6_chunked_fp32 if r.is_cuda else wkv6_chunked
-        return (compiled(form) if how == "compile" else form)(r, k, v, logw, u, state)
+        if r.shape[1] == 1:
+            return (compiled(wkv6_step) if how == "compile" else wkv6_step)(r, k, v, logw, u, state)
+        form = wkv6_chunked_fp32 if r.is_cuda else wkv6_chunked
+        return (compiled(form) if how == "compile" else form)(r, k, v, logw, u, state, chunk_size=chunk_size)
     if impl == "naive":
         return wkv6_naive(r, k, v, logw, u, state)
     if impl == "chunked":
         return wkv6_chunked(r, k, v, logw, u, state, chunk_size=chunk_size)
     if impl == "chunked_fp32":
         return wkv6_chunked_fp32(r, k, v, logw, u, state, chunk_size=chunk_size)
-    raise ValueError(f"impl must be 'auto', 'naive', 'chunked' or 'chunked_fp32', got {impl!r}")
+    if impl in ("fla_chunk", "fla_recurrent"):
+        _check_inputs(r, k, v, logw, u, state)
+        return wkv6_fla(r, k, v, logw, u, state, mode=impl[4:])
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32', 'fla_chunk' or 'fla_recurrent', "
+                     f"got {impl!r}")

@@ -29,7 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backend import Backend, compiled, grad_needed, resolve
 from .wkv6 import LOG_DECAY_FLOOR
+from .wkv_fla import mode_for as fla_mode_for
+from .wkv_fla import usable as fla_usable
+from .wkv_fla import wkv7_fla
 
 __all__ = ["LOG_DECAY_FLOOR", "wkv7", "wkv7_chunked", "wkv7_naive", "wkv7_step"]
 
@@ -241,18 +245,29 @@ def wkv7(
     state: Tensor | None = None,
     impl: str = "auto",
     chunk_size: int = 8,
+    backend: Backend = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV with a choice of implementation.
 
-    ``impl="auto"`` uses :func:`wkv7_step` for T == 1 (decoding) and the chunked form otherwise;
-    "naive" and "chunked" force one.
+    ``impl="auto"``: the op ``wkv7`` of :mod:`.backend`. On CUDA, where flash-linear-attention is
+    installed, its kernels (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the
+    recurrent one otherwise. Otherwise :func:`wkv7_step` for T == 1 (decoding) and the chunked form
+    (the reference fla is checked against) for longer inputs, under ``torch.compile`` with the
+    ``compile`` backend. "naive", "chunked", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
+        how = resolve("wkv7", backend, r, cpp_ok=False, cuda_ok=fla_usable(r, k, v, logw, a, b, state))
+        if how == "cuda":
+            return wkv7_fla(r, k, v, logw, a, b, state, mode=fla_mode_for(grad_needed(r, k, v, logw, a, b, state)))
         if r.shape[1] == 1:
-            return wkv7_step(r, k, v, logw, a, b, state)
-        impl = "chunked"
+            return (compiled(wkv7_step) if how == "compile" else wkv7_step)(r, k, v, logw, a, b, state)
+        return (compiled(wkv7_chunked) if how == "compile" else wkv7_chunked)(r, k, v, logw, a, b, state,
+                                                                              chunk_size=chunk_size)
     if impl == "naive":
         return wkv7_naive(r, k, v, logw, a, b, state)
     if impl == "chunked":
         return wkv7_chunked(r, k, v, logw, a, b, state, chunk_size=chunk_size)
-    raise ValueError(f"impl must be 'auto', 'naive' or 'chunked', got {impl!r}")
+    if impl in ("fla_chunk", "fla_recurrent"):
+        _check_inputs(r, k, v, logw, a, b, state)
+        return wkv7_fla(r, k, v, logw, a, b, state, mode=impl[4:])
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'fla_chunk' or 'fla_recurrent', got {impl!r}")

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from ..config import EncodingConfig
 from ..ops.backend import Backend
 from ..ops.linear import Linear, linear
-from .encoding import check_scale, mhse_a_max, mhse_closed_form, mhse_decode, mhse_simulate
+from .encoding import check_scale, mhse_a_max, mhse_decode, mhse_simulate
+from .lsq import mhse_learned_step
 
 __all__ = ["SpikeEncoder", "SpikingLinear"]
 
@@ -27,7 +28,13 @@ class SpikeEncoder(nn.Module):
     the encoding computes in float32/float64 and returns the input's dtype. Loading refuses a
     scale that is not finite and > 0 (checked here once, not on every forward).
     ``method``: ``closed`` (fast, exact closed form) or ``sim`` (step-by-step IF cascade; slow,
-    the reference). Both give bit-identical outputs. ``straight_through`` passes gradients.
+    the reference). Both give bit-identical outputs.
+
+    ``straight_through`` (fine-tuning): with gradients enabled the forward value is unchanged and
+    gradients pass to the input (straight through inside the representable range, zero where
+    clipped) and, once :meth:`learn_scale` has made the scale a parameter, to the scale (LSQ, with
+    the gradient scale ``grad_scale``: None for LSQ's ``1 / sqrt(N Q_p)``; see
+    :func:`~spikelm.spiking.lsq.mhse_learned_step`).
 
     ``levels`` is an observation point (``nn.Identity``, no weights): the closed form's one-step
     fast path calls it with the integer levels whose bits are the spikes (see
@@ -43,6 +50,7 @@ class SpikeEncoder(nn.Module):
         self.register_buffer("scale", torch.ones(channels if enc.granularity == "channel" else ()))
         self.method = "closed"
         self.straight_through = False
+        self.grad_scale: float | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: check_scale(module.scale))
         self.levels = nn.Identity()
 
@@ -51,10 +59,28 @@ class SpikeEncoder(nn.Module):
     def _apply(self, fn, recurse=True):
         # Module.to/half/bfloat16 all go through _apply: keep the scale's float32 value and take
         # only the new device (a scale rounded to bfloat16 moves every decision threshold).
-        scale = self.scale
+        scale = self.scale.detach()  # the float32 values (a Parameter's data is replaced, not this)
         super()._apply(fn, recurse)
         if self.scale.dtype != scale.dtype and scale.dtype == torch.float32:
-            self.scale = scale.to(self.scale.device)
+            kept = scale.to(self.scale.device)
+            if isinstance(self.scale, nn.Parameter):
+                self.scale.data = kept  # the same Parameter object (an optimizer may hold it)
+            else:
+                self.scale = kept
+        return self
+
+    def learn_scale(self, enabled: bool = True) -> SpikeEncoder:
+        """Make the scale a trainable parameter (``enabled``) or a buffer again, keeping its value,
+        its float32 dtype and its ``state_dict`` key (``scale``), so a fine-tuned model saves and
+        loads as any converted one."""
+        value = self.scale.detach().clone()
+        learning = isinstance(self.scale, nn.Parameter)
+        if enabled and not learning:
+            del self._buffers["scale"]
+            self.scale = nn.Parameter(value)
+        elif not enabled and learning:
+            del self._parameters["scale"]
+            self.register_buffer("scale", value)
         return self
 
     @property
@@ -71,11 +97,10 @@ class SpikeEncoder(nn.Module):
         if self.method == "sim":
             x_hat, _, _, _ = mhse_simulate(x, self.scale, **self.encode_args())
             return x_hat
-        if self.straight_through and torch.is_grad_enabled():
-            x_hat, _, _ = mhse_closed_form(x, self.scale, **self.encode_args(), stats=False, straight_through=True)
-            return x_hat
         args = self.encode_args()
         del args["base"]
+        if self.straight_through and torch.is_grad_enabled():
+            return mhse_learned_step(x, self.scale, **args, grad_scale=self.grad_scale)
         return mhse_decode(x, self.scale, **args, backend=self.backend,
                            on_levels=getattr(self, "levels", None))  # None: a module pickled before it existed
 

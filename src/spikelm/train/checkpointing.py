@@ -6,6 +6,14 @@ Each checkpoint holds the weights (``model.safetensors`` + ``config.json``: load
 (``rng_rank{r}.pt``), the sampler position and the validation loss at that step. It is written
 under a temporary name and renamed, and only then does the ``latest`` pointer move
 (``os.replace``), so a crash at any moment leaves the previous checkpoint intact and pointed to.
+
+A run with ``distributed: fsdp`` writes the weights and the optimizer *sharded* instead
+(:func:`save_sharded_checkpoint`: every process writes its shards through
+``torch.distributed.checkpoint`` into the same temporary folder, then rank 0 adds the rest and
+renames it), with ``config.json`` beside them, so ``spikelm.load`` still reads such a checkpoint
+whole. :func:`restore` reads either kind into either kind of run: a sharded checkpoint into any
+number of processes (``torch.distributed.checkpoint`` reshards), a whole one into a sharded model.
+The processes must share the file system the checkpoints are written to.
 """
 
 from __future__ import annotations
@@ -27,15 +35,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import load_state_dict, save
-from ..config import ConfigError, TrainArgs
+from ..checkpoints import load_state_dict, model_config, save
+from ..checkpoints.files import SHARDED_METADATA
+from ..config import ConfigError, RunArgs
 from ..errors import CheckpointError, SpikelmError
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
+from .distributed import Dist, is_sharded
 
 log = logging.getLogger("spikelm.train")
 
 __all__ = ["CHECKPOINTS", "LATEST", "LOCK", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
-           "save_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
+           "save_checkpoint", "save_sharded_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
            "rng_state", "set_rng_state", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
            "UNIFORM_MARGIN_NATS", "RISE_MARGIN_NATS"]
 
@@ -162,7 +172,12 @@ def _step_of(folder: Path) -> int:
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / "trainer_state.json").is_file() and (folder / "model.safetensors").is_file()
+    weights = (folder / "model.safetensors").is_file() or (folder / SHARDED_METADATA).is_file()
+    return (folder / "trainer_state.json").is_file() and weights
+
+
+def _sharded(folder: Path) -> bool:
+    return (folder / SHARDED_METADATA).is_file() and not (folder / "model.safetensors").is_file()
 
 
 def _kept(out_dir: Path) -> list[Path]:
@@ -229,10 +244,12 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------- save and restore
-def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler: Any, state: dict[str, Any],
-                          args: TrainArgs, rng_states: list[dict[str, Any]]) -> None:
-    """Everything besides the weights that an exact resume needs."""
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer | None, scaler: Any, state: dict[str, Any],
+                          args: RunArgs, rng_states: list[dict[str, Any]]) -> None:
+    """Everything besides the weights that an exact resume needs (the optimizer None: it was
+    saved sharded with the weights)."""
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     for rank, rng in enumerate(rng_states):
         torch.save(rng, folder / f"rng_rank{rank}.pt")
     state = dict(state, scaler=scaler.state_dict() if scaler.is_enabled() else None)
@@ -241,20 +258,65 @@ def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer, scaler
     (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
 
 
+def _temp_folder(out_dir: Path, step: int) -> Path:
+    """A fresh temporary folder for the checkpoint of ``step`` (renamed into place when complete)."""
+    root = out_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{_step_dir_name(step)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def save_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-                    state: dict[str, Any], args: TrainArgs, rng_states: list[dict[str, Any]]) -> Path:
+                    state: dict[str, Any], args: RunArgs, rng_states: list[dict[str, Any]]) -> Path:
     """Write ``checkpoints/step_XXXXXX`` atomically, move ``latest`` to it, prune old ones.
 
     ``rng_states`` holds every process's RNG states, rank by rank.
     """
-    root = out_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / _step_dir_name(step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _temp_folder(out_dir, step)
     try:
         save(model, tmp)  # model.safetensors + config.json, itself written atomically
         _write_training_state(tmp, optimizer, scaler, state, args, rng_states)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(out_dir, tmp, step, args)
+
+
+def save_sharded_checkpoint(out_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                            state: dict[str, Any], args: RunArgs, rng_states: list[dict[str, Any]],
+                            dist: Dist) -> Path | None:
+    """The checkpoint of a sharded (FSDP) model, called by every process: each writes its shards
+    of the weights and the optimizer through ``torch.distributed.checkpoint`` into one temporary
+    folder that rank 0 made, then rank 0 writes ``config.json`` and the training state and
+    publishes the folder as :func:`save_checkpoint` does. Returns the folder on rank 0."""
+    # imported here: torch.distributed.checkpoint takes seconds to import, and only FSDP runs use it
+    from torch.distributed.checkpoint import save as dcp_save
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    tmp = dist.on_main(lambda: _temp_folder(out_dir, step))
+    try:
+        dcp_save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp))  # collective
+
+        def finish() -> Path:
+            atomic_write_json(tmp / "config.json", model_config(model))
+            _write_training_state(tmp, None, scaler, state, args, rng_states)
+            return _publish(out_dir, tmp, step, args)
+
+        path = dist.on_main(finish)
+    except BaseException:
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path if dist.is_main else None
+
+
+def _publish(out_dir: Path, tmp: Path, step: int, args: RunArgs) -> Path:
+    """Rename the complete ``tmp`` into place, move ``latest`` to it, prune old checkpoints."""
+    root = out_dir / CHECKPOINTS
+    final = root / _step_dir_name(step)
+    try:
         if final.exists():  # left by a run that crashed before moving `latest`, or by a branch abandoned by --resume-from
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -291,18 +353,26 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
             device: torch.device, rank: int = 0, seed: int = 0) -> dict[str, Any]:
     """Load weights, optimizer, scaler and this rank's RNG states from a checkpoint; return trainer_state.
 
+    A sharded checkpoint, or a sharded ``model``, makes this a collective: every process calls it.
+
     A rank the checkpoint has no RNG file for (it was written by fewer processes) is seeded from
     ``(seed, rank, step)`` instead, with a warning: its dropout masks then differ from an
     uninterrupted run, the data order does not (it depends only on the seed and the step).
     """
-    sd, _ = load_state_dict(folder)
     try:
-        model.load_state_dict({k: v.to(device) for k, v in sd.items()}, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{folder}: the weights do not fit this run's model ({str(e).splitlines()[0]}); "
+        if _sharded(folder):
+            _load_sharded(folder, model, optimizer)
+        elif is_sharded(model):
+            _load_whole_into_sharded(folder, model, optimizer)
+        else:
+            sd, _ = load_state_dict(folder)
+            model.load_state_dict({k: v.to(device) for k, v in sd.items()}, strict=True)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{folder}: the weights do not fit this run's model ({str(e).splitlines()[0][:300]}); "
                               "resume with the model config the checkpoint was trained with") from None
     try:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+        if not _sharded(folder) and not is_sharded(model):
+            optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
         state = json.loads((folder / "trainer_state.json").read_text())
         rng_file = folder / f"rng_rank{rank}.pt"
         rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
@@ -325,11 +395,47 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     return state
 
 
-def check_args_match(saved: dict[str, Any], args: TrainArgs, folder: Path) -> None:
-    """Resuming with a different model is an error; other changes (longer runs) are allowed but noted."""
-    if saved.get("model") != args.model:
-        raise ConfigError(f"model: the checkpoint {folder} was trained with {saved.get('model')}, this run asks for {args.model}")
-    changed = sorted(k for k, v in args.to_dict().items() if k != "model" and saved.get(k) != v)
+def _load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Weights and optimizer from a sharded checkpoint into this run's model, sharded or whole (a
+    collective under torchrun: every process reads the parts it holds)."""
+    from torch.distributed.checkpoint import load as dcp_load
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the layout to read into
+    dcp_load({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+
+
+def _load_whole_into_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """A whole (DDP or one-process) checkpoint into a sharded model: every process reads the whole
+    weights and optimizer state and keeps its shards. ``optimizer.pt`` numbers the parameters in
+    the order of the optimizer's groups, which the same model and settings rebuild; the sharded
+    loader wants their names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    whole = StateDictOptions(full_state_dict=True)
+    sd, _ = load_state_dict(folder)
+    set_model_state_dict(model, sd, options=whole)
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    name = {id(p): n for n, p in model.named_parameters()}
+    names = [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    by_name = {"state": {names[i]: v for i, v in saved["state"].items()},
+               "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=whole)
+
+
+def check_args_match(saved: dict[str, Any], args: RunArgs, folder: Path) -> None:
+    """Resuming with a different model (the keys in ``args.FIXED``: the model config of a training
+    run, the checkpoint, encoding and trainable parts of a fine-tune) or a different kind of run is
+    an error; other changes (longer runs) are allowed but noted."""
+    if saved.get("kind", args.kind) != args.kind:
+        raise ConfigError(f"the checkpoint {folder} belongs to a {saved.get('kind')} run, not a {args.kind} run; "
+                          "choose another --out-dir")
+    for key in args.FIXED:
+        if saved.get(key) != getattr(args, key):
+            raise ConfigError(f"{key}: the checkpoint {folder} was trained with {saved.get(key)!r}, this run asks for "
+                              f"{getattr(args, key)!r}")
+    changed = sorted(k for k, v in args.to_dict().items() if k not in args.FIXED and saved.get(k) != v)
     if changed:
         log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))
 

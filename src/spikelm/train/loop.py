@@ -14,6 +14,12 @@ One loop serves a laptop CPU and a multi-GPU node:
   its rows of it (:class:`spikelm.data.sampler.BatchSampler`), splits them into ``grad_accum``
   micro-batches, and DDP averages the gradients; the logged loss is the mean over the global
   batch (averaged across processes), so it does not depend on the number of processes.
+* **Sharding** (``distributed: fsdp``): FSDP2 shards the parameters, gradients and AdamW state
+  over the processes (:func:`.distributed.shard_model`, before the optimizer is built); the
+  gradients of every micro-batch are reduce-scattered (no unsharded gradient is ever accumulated),
+  checkpoints are sharded (:func:`.checkpointing.save_sharded_checkpoint`) and ``final/`` is
+  gathered whole on rank 0. The wrapping, saving and restoring live in :class:`_Run`, so every
+  loop built on it (training, fine-tuning) speaks both.
 * **Precision**: autocast in bf16 (or fp16 with a gradient scaler) on GPUs, fp32 on CPU; the
   cross-entropy is always computed in fp32. ``precision: fp32`` on CUDA uses TF32 matmuls unless
   ``tf32: false`` (:func:`spikelm.devices.tf32`; restored when the run ends).
@@ -29,8 +35,6 @@ Only rank 0 writes files, logs and reports progress (:mod:`.distributed` sets th
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
@@ -39,6 +43,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,13 +53,12 @@ import torch
 from torch import nn
 
 from ..checkpoints import build_model, save
-from ..config import ConfigError, TrainArgs
+from ..config import ConfigError, RunArgs, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
 from ..devices import tf32
 from ..errors import SpikelmError
-from ..io import atomic_write_json, atomic_write_text
-from ..ops.cross_entropy import cross_entropy_fp32
+from ..io import atomic_write_json
 from ..progress import ProgressFn, report
 from .checkpointing import (
     CHECKPOINTS,
@@ -71,14 +75,19 @@ from .checkpointing import (
     restore,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
-from .distributed import Dist, autocast, resolve_precision, setup_distributed, train_device
+from .distributed import (PARAM_DTYPES, Dist, MemoryWatch, autocast, average_grads, clip_sharded_grads,
+                          local_bytes, meta_copy, resolve_precision, setup_distributed, shard_model, train_device)
+from .objective import Objective, make_optimizer, param_groups
+from .runlog import RunLog as _RunLog
+from .runlog import validate as _validate
+from .runlog import validation_starts as _validation_starts
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["TrainResult", "TrainingInterrupted", "train", "param_groups", "make_optimizer", "lr_at"]
+__all__ = ["TrainResult", "TrainingInterrupted", "Objective", "train", "param_groups", "make_optimizer", "lr_at"]
 
-LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
 
 @dataclass
@@ -93,6 +102,7 @@ class TrainResult:
     elapsed_s: float = 0.0
     stopped_by: str = "max_steps"  # or "max_minutes"
     checkpoint: Path | None = None  # the newest training checkpoint, if any was written
+    memory: dict[str, Any] = field(default_factory=dict)  # bytes per process, the largest over processes (_Run.memory)
 
     @property
     def val_bits(self) -> float | None:
@@ -100,29 +110,7 @@ class TrainResult:
         return None if self.val_loss is None else self.val_loss / math.log(2)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decayed weight matrices, and everything else (see the module docstring)."""
-    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if p.squeeze().dim() < 2 or leaf.startswith("time_") or id(p) in embeddings:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: nn.Module, args: TrainArgs) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=args.betas, eps=args.eps)
-
-
-def lr_at(step: int, args: TrainArgs, total_steps: int | None = None) -> float:
+def lr_at(step: int, args: RunArgs, total_steps: int | None = None) -> float:
     """Learning rate of the optimizer step with 0-based index ``step``.
 
     Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps,
@@ -157,71 +145,6 @@ def _build_model(args: TrainArgs, vocab_size: int) -> nn.Module:
     if hasattr(model, "init_weights"):
         model.init_weights(args.seed)
     return model
-
-
-def _validation_starts(n_tokens: int, ctx_len: int, n_windows: int) -> np.ndarray:
-    """Evenly spaced window starts over the validation split: a fixed set, the same every eval."""
-    last = n_tokens - ctx_len - 1
-    if last < 0:
-        raise SpikelmError(f"the validation split has {n_tokens:,} tokens, too few for ctx_len={ctx_len}; lower ctx_len")
-    return np.unique(np.linspace(0, last, n_windows).round().astype(np.int64))
-
-
-@torch.no_grad()
-def _validate(model: nn.Module, tokens: np.ndarray, starts: np.ndarray, ctx_len: int, micro_batch: int,
-              device: torch.device, amp: torch.dtype | None, dist: Dist) -> float:
-    """Mean next-token loss (nats) over the fixed windows; each process scores its share."""
-    was_training = model.training
-    model.eval()
-    share = np.array_split(starts, dist.world_size)[dist.rank]
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of NLL, number of tokens)
-    for i in range(0, len(share), micro_batch):
-        rows = np.stack([np.asarray(tokens[s : s + ctx_len + 1], dtype=np.int64) for s in share[i : i + micro_batch]])
-        both = torch.from_numpy(rows).to(device)
-        with autocast(device, amp):
-            logits, _ = model(both[:, :-1])
-        nll = cross_entropy_fp32(logits.flatten(0, 1), both[:, 1:].flatten(), reduction="sum")
-        total[0] += nll.double()
-        total[1] += both[:, 1:].numel()
-    total = dist.sum(total)
-    model.train(was_training)
-    return float(total[0] / total[1])
-
-
-class _RunLog:
-    """``log.csv`` and ``log.jsonl`` in out_dir (rank 0 only); rows are flushed as they come."""
-
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None) -> None:
-        self.enabled = enabled
-        self.csv_path, self.jsonl_path = out_dir / "log.csv", out_dir / "log.jsonl"
-        self.history: list[dict[str, Any]] = []
-        if not enabled:
-            return
-        if resume_step is not None and self.jsonl_path.is_file():
-            # Keep the rows up to the checkpoint; later rows belong to the steps about to be redone.
-            for line in self.jsonl_path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if isinstance(row, dict) and row.get("step", math.inf) <= resume_step:
-                        self.history.append(row)
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in self.history))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, LOG_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(self.history)
-        atomic_write_text(self.csv_path, buf.getvalue())
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        if not self.enabled:
-            return
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore").writerow(row)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -290,14 +213,39 @@ class _Run:
     Every process builds one. The methods are the units of the loop: :meth:`step` (one optimizer
     step over ``grad_accum`` micro-batches), :meth:`validate`, :meth:`check_health` (the divergence
     guard), :meth:`log_row` and :meth:`save`.
+
+    ``args.distributed`` is honoured here and only here: with ``fsdp`` (several processes) ``raw``
+    is sharded in place before the optimizer is built on it, :meth:`save` writes sharded
+    checkpoints, :meth:`restore` reads either kind and :meth:`final_state_dict` gathers the weights
+    whole; with ``ddp`` :meth:`wrap` wraps it after any restore.
     """
 
-    def __init__(self, args: TrainArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
-                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path) -> None:
+    def __init__(self, args: RunArgs, raw: nn.Module, dist: Dist, device: torch.device, amp: torch.dtype | None,
+                 use_scaler: bool, corpus: Any, vocab: int, out_dir: Path, objective: Objective) -> None:
         self.args, self.raw, self.dist, self.device, self.amp = args, raw, dist, device, amp
-        self.out_dir, self.vocab = out_dir, vocab
-        self.optimizer = make_optimizer(raw, args)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.out_dir, self.vocab, self.objective = out_dir, vocab, objective
+        self.sharded = dist.active and args.distributed == "fsdp"
+        self.whole_params: list[nn.Parameter] = []
+        if self.sharded:
+            param_dtype = args.fsdp_param_dtype
+            if PARAM_DTYPES[param_dtype] not in (None, amp):
+                raise ConfigError(f"fsdp_param_dtype: {param_dtype} needs autocast in the same dtype (precision: "
+                                  f"{param_dtype}); this run's precision is {args.precision} ({amp or 'fp32'}); "
+                                  "use fsdp_param_dtype: fp32")
+            self._skeleton = meta_copy(raw)  # the structure final/ is rebuilt in (final_model)
+            self.whole_params = shard_model(raw, device, dist.world_size, param_dtype)
+        self.optimizer = make_optimizer(raw, args, objective.param_groups(raw, args))
+        if self.sharded and self.whole_params:  # torch's foreach kernels refuse a mix of DTensors and tensors
+            whole = {id(p) for p in self.whole_params}
+            for g in self.optimizer.param_groups:
+                if len({id(p) in whole for p in g["params"]}) > 1:
+                    g["foreach"] = False
+        if self.sharded and use_scaler:  # the inf checks of the shards agreed on by every process
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(device.type, enabled=True)
+        else:
+            self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.sampler = BatchSampler(corpus.tokens("train"), args.batch_size, args.ctx_len, args.seed, dist.rank, dist.world_size)
         self.val_tokens = corpus.tokens("valid")
         self.val_starts = _validation_starts(len(self.val_tokens), args.ctx_len, args.eval_batches * args.batch_size)
@@ -307,10 +255,11 @@ class _Run:
         self.model: nn.Module = raw
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         self.t_start = time.perf_counter()
+        self.state_bytes: dict[str, int] | None = None  # this process's parameters, gradients, optimizer state
 
     def wrap(self) -> None:
-        """DDP (several processes) and torch.compile, after any restore into the raw model."""
-        if self.dist.active:
+        """DDP (several processes, unless sharded) and torch.compile, after any restore into the raw model."""
+        if self.dist.active and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = self.ddp = nn.parallel.DistributedDataParallel(self.raw, device_ids=ids)
         if self.args.compile:
@@ -334,8 +283,13 @@ class _Run:
         optimizer step; returns the loss averaged over the global batch. A non-finite loss or
         gradient norm raises :class:`TrainingDiverged` before the weights change."""
         args, c = self.args, self.c
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        groups = self.optimizer.param_groups
+        relative = [g for g in groups if g.get("lr_relative")]
+        # a relative group's step follows its parameter's current size (one host read for all of them)
+        sizes = torch.stack([g["params"][0].detach().abs().mean().float() for g in relative]).tolist() if relative else []
+        size_of = {id(g): v for g, v in zip(relative, sizes)}
+        for group in groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0) * size_of.get(id(group), 1.0)
         assert self.sampler.step == c.step, "sampler and optimizer steps disagree"
         xs, ys = next(self.sampler)
         loss_sum = torch.zeros((), device=self.device)
@@ -346,14 +300,19 @@ class _Run:
                 sync = self.ddp.no_sync()  # accumulate locally; all-reduce on the last micro-batch
             with sync:
                 with autocast(self.device, self.amp):
-                    logits, _ = self.model(x)
-                # fp32 loss without an fp32 copy of the whole (bf16) logits: ops/cross_entropy.py
-                loss = cross_entropy_fp32(logits.flatten(0, 1), y.flatten())
+                    loss = self.objective.loss(self.model, x, y)
                 self.scaler.scale(loss / args.grad_accum).backward()
             loss_sum += loss.detach()
         loss_t = self.dist.mean(loss_sum / args.grad_accum)
+        if self.sharded:
+            average_grads(self.whole_params, self.dist.world_size)  # what FSDP left whole (shard_model)
         self.scaler.unscale_(self.optimizer)
-        gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip) if args.grad_clip > 0 else None
+        if args.grad_clip <= 0:
+            gnorm_t = None
+        elif self.sharded:
+            gnorm_t = clip_sharded_grads(list(self.raw.parameters()), args.grad_clip)
+        else:
+            gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip)
         # One host sync per step for the divergence guard: the loss and the gradient norm come to the
         # host together (both are needed before the weights may change; the values are the same floats).
         step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
@@ -366,16 +325,20 @@ class _Run:
             self.diverged(f"the gradient norm is {gnorm}", c.step + 1)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.state_bytes is None:  # once, while the gradients and the optimizer state both exist
+            self.state_bytes = local_bytes(self.raw, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
+        self.objective.after_step(self.raw)
         c.step += 1
         c.tokens += args.tokens_per_step
         c.pending_losses.append(step_loss)
         return step_loss
 
     # ------------------------------------------------------------ validation and the guard
-    def validate(self) -> float:
-        return _validate(self.raw, self.val_tokens, self.val_starts, self.args.ctx_len, self.micro,
-                         self.device, self.amp, self.dist)
+    def validate(self, model: nn.Module | None = None) -> float:
+        """Mean next-token loss of ``model`` (default: the model being trained) on the fixed windows."""
+        return _validate(self.raw if model is None else model, self.val_tokens, self.val_starts, self.args.ctx_len,
+                         self.micro, self.device, self.amp, self.dist, lockstep=self.sharded)
 
     def diverged(self, what: str, step: int) -> None:
         raise TrainingDiverged(diverged_message(what, step, self.out_dir, self.vocab, self.args.save_every))
@@ -395,7 +358,8 @@ class _Run:
         resumes in the checkpoint, so the row is the same whether or not the run was resumed)."""
         c = self.c
         row = {"step": c.step, "tokens": c.tokens, "loss": sum(c.pending_losses) / len(c.pending_losses),
-               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3)}
+               "val_loss": val, "lr": lr, "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(self.elapsed(), 3),
+               **self.objective.row_extra(val)}
         c.pending_losses = []
         return row
 
@@ -407,10 +371,42 @@ class _Run:
                  "best_val_loss": c.best_val_loss, "pending_losses": c.pending_losses,
                  "sampler": self.sampler.state_dict(), "world_size": self.dist.world_size}
         path = None
-        if self.dist.is_main:
+        if self.sharded:  # every process writes its shards
+            path = save_sharded_checkpoint(self.out_dir, c.step, self.raw, self.optimizer, self.scaler, state, self.args,
+                                           rngs, self.dist)
+        elif self.dist.is_main:
             path = save_checkpoint(self.out_dir, c.step, self.raw, self.optimizer, self.scaler, state, self.args, rngs)
         self.dist.barrier()
         return path
+
+    def final_model(self) -> nn.Module | None:
+        """The model ``out_dir/final`` holds, on rank 0 (None on the others): the objective's
+        :meth:`~.objective.Objective.final_model` of the trained model. A sharded model is first
+        gathered whole into rank 0's CPU memory, into a plain twin of its structure (a collective:
+        every process calls this)."""
+        if not self.sharded:
+            return self.objective.final_model(self.raw) if self.dist.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        whole = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dist.is_main:
+            return None
+        twin = self._skeleton.to_empty(device="cpu")
+        twin.load_state_dict(whole, strict=True)
+        return self.objective.final_model(twin.train(self.raw.training))
+
+    def memory(self, peak: int | None) -> dict[str, Any]:
+        """Bytes per process, the largest over the processes: ``peak`` (this process's, from a
+        :class:`.distributed.MemoryWatch`) and the parameters, gradients and optimizer state held
+        (a collective)."""
+        held = self.state_bytes or {"params": 0, "grads": 0, "optimizer": 0}
+        keys = ("params", "grads", "optimizer")
+        values = torch.tensor([float(held[k]) for k in keys] + [float(-1 if peak is None else peak)], dtype=torch.float64)
+        values = [float(v) for v in self.dist.max(values.to(self.device)).cpu()]
+        out: dict[str, Any] = {k: int(v) for k, v in zip(keys, values)}
+        out["peak"] = None if values[-1] < 0 else int(values[-1])
+        out["mode"] = "fsdp" if self.sharded else ("ddp" if self.dist.active else "single")
+        return out
 
 
 def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
@@ -434,9 +430,15 @@ def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str 
         raise
 
 
-def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = False,
-          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None) -> TrainResult:
+def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False,
+          resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None,
+          build: Callable[[bool], nn.Module] | None = None, objective: Objective | None = None) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
+
+    ``build(resuming)``, when given, makes the model instead, after ``out_dir`` has been claimed
+    (so an out_dir that is refused costs no work; ``resuming`` says a checkpoint's weights will
+    replace what it builds). ``objective`` is what the run optimises (default :class:`Objective`:
+    next-token training); spiking-aware fine-tuning passes its own (:mod:`.finetune`).
 
     Under ``torchrun`` every process calls this; the result's ``final_path`` is set on rank 0.
     With ``resume`` the run continues from ``out_dir``'s latest checkpoint (or starts fresh if
@@ -464,6 +466,9 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # families may draw from the global one): every process builds the same model.
         _seed_everything(args.seed)
         corpus = prepare(args.data, args.tokenizer)
+        watch = MemoryWatch(device).start()
+        if model is None and build is not None:
+            model = build(start_from is not None)  # every rank knows start_from (on_main)
         if model is None:
             model = _build_model(args, int(corpus.meta["vocab_size"]))
         raw = model.to(device)
@@ -471,23 +476,26 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         # the data order depends only on (seed, step), never on these.
         _seed_everything(args.seed + dist.rank)
         vocab = int(getattr(getattr(raw, "cfg", None), "vocab_size", corpus.meta["vocab_size"]))
-        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir)
+        objective = objective if objective is not None else Objective()
+        run = _Run(args, raw, dist, device, amp, use_scaler, corpus, vocab, out_dir, objective)
         if start_from is None and (resume or resume_from is not None):
             log.info("--resume: no checkpoint in %s, starting from scratch", out_dir / CHECKPOINTS)
         if start_from is not None:
             run.restore(start_from)
             if dist.is_main:
                 log.info("resumed from %s (step %d, %s tokens)", start_from, run.c.step, f"{run.c.tokens:,}")
-        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None)
+        runlog = _RunLog(out_dir, dist.is_main, run.c.step if start_from is not None else None, objective.log_fields)
         if dist.is_main:
             atomic_write_json(out_dir / "train_args.json", args.to_dict())
         run.wrap()
+        objective.start(run)
 
         total = args.total_steps
         n_params = sum(p.numel() for p in raw.parameters())
         if dist.is_main:
-            log.info("training %s (%s parameters) on %s x %d, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
-                     type(raw).__name__, f"{n_params:,}", device, dist.world_size,
+            log.info("training %s (%s parameters) on %s x %d%s, %s, %d steps of %s tokens (micro-batch %d x %d, accumulation %d)",
+                     type(raw).__name__.removeprefix("FSDP"), f"{n_params:,}", device, dist.world_size,
+                     " sharded (FSDP2)" if run.sharded else "",
                      ("fp32 (TF32 matmuls)" if tf32_on else "fp32") if amp is None else str(amp).split(".")[-1],
                      total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
@@ -502,20 +510,26 @@ def train(args: TrainArgs, model: nn.Module | None = None, *, resume: bool = Fal
         val_loss, elapsed = c.val_loss, run.elapsed()
         raw.eval()
         final_path = None
+        memory = run.memory(watch.peak())
+        final = run.final_model()  # every process takes part (a sharded model is gathered)
         if dist.is_main:
-            final_path = save(raw, out_dir / "final")
+            final_path = save(final, out_dir / "final", extra=objective.final_extra())
             summary = {"final": str(final_path), "steps": c.step, "tokens": c.tokens, "val_loss": val_loss,
                        "val_bits_per_token": None if val_loss is None else val_loss / math.log(2),
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
-                       "world_size": dist.world_size, "device": str(device)}
+                       "world_size": dist.world_size, "device": str(device), "memory_bytes_per_process": memory,
+                       **objective.summary()}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
                      c.step, val_loss, val_loss / math.log(2), final_path)
+            held = memory["params"] + memory["grads"] + memory["optimizer"]
+            log.info("memory per process (%s): parameters, gradients and optimizer state %.1f MiB; peak %s above the start",
+                     memory["mode"], held / 2**20, "unknown" if memory["peak"] is None else f"{memory['peak'] / 2**20:.1f} MiB")
         dist.barrier()
         return TrainResult(final_path=final_path, val_loss=val_loss, history=runlog.history, steps=c.step,
                            tokens=c.tokens, elapsed_s=elapsed, stopped_by=stopped_by,
-                           checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None)
+                           checkpoint=latest_checkpoint(out_dir) if args.save_every > 0 else None, memory=memory)
     finally:
         settings.close()
         lock.release()
