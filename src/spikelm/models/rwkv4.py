@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import RWKV4Config
+from ..ops.backend import Backend
 from ..ops.wkv4 import EMPTY_PP, wkv4
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow
@@ -96,6 +97,8 @@ def wkv_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # ------------------------------------------------------------------------------ time mixing
 class TimeMix(nn.Module):
+    backend: Backend = None  # WKV's implementation (spikelm.ops.set_backend)
+
     def __init__(self, cfg: RWKV4Config, layer_id: int) -> None:
         super().__init__()
         C, A = cfg.n_embd, cfg.dim_att
@@ -136,7 +139,7 @@ class TimeMix(nn.Module):
         dt = wkv_dtype(x.dtype)
         w = -torch.exp(self.time_decay.to(dt))  # (A,) log decay, < 0
         # k, v as they come (bf16 under autocast): the op computes in fp32 (fp64 for fp64) and gives y in v's dtype
-        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl)  # (B, T, A)
+        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl, backend=self.backend)  # (B, T, A)
         g = torch.sigmoid(r) * y.to(r.dtype)  # the receptance gate
         return self.output(g if pre_proj is None else pre_proj(g)), last_token(x), wkv_state
 

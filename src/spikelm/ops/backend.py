@@ -22,8 +22,10 @@ A backend is one of :data:`BACKENDS`, or a mapping from op names (:data:`OPS`) t
 * ``cpp``: spikelm's C++ kernel (:mod:`.kernels`) where the op has one and it takes these inputs
   (the CPU, its dtypes, no gradient), else the tensor operations.
 * ``auto``: per op and dtype, what was measured fastest on the CPU (docs/results.md, "CPU paths:
-  torch.compile against the C++ kernels"), falling back as ``cpp`` does; the tensor operations
-  on other devices.
+  torch.compile against the C++ kernels"), falling back as ``cpp`` does. On CUDA, the op's GPU
+  library where it is installed and takes the inputs (:attr:`OpPaths.cuda`: flash-linear-attention
+  for WKV6 and WKV7, spikelm's Triton kernels for WKV4), else the tensor operations; only ``auto``
+  takes a GPU library, so ``torch`` keeps the tensor operations on every device.
 
 :data:`OPS` is the table of ops and their paths; the README's table and ``spikelm kernels status``
 print it.
@@ -79,6 +81,8 @@ OPS: dict[str, OpPaths] = {p.name: p for p in (
             "flash-linear-attention (`spikelm[gpu]`): chunked kernels under a gradient, recurrent ones else"),
     OpPaths("wkv7", "RWKV-7 WKV recurrence", None, "the step (one token) or the chunked form, compiled", {"*": "torch"},
             "flash-linear-attention (`spikelm[gpu]`): chunked kernels under a gradient, recurrent ones else"),
+    OpPaths("wkv4", "RWKV-4 / SpikeGPT WKV recurrence", None, "the loop (one token) or the parallel form, compiled",
+            {"*": "torch"}, "spikelm's Triton kernels (`spikelm[gpu]`: ops/wkv4_triton.py), with their backward"),
     OpPaths("rwkv6_block", "an RWKV-6 block (a decoding step in one call)",
             "one token; float32, bf16, fp16 weights; no gradient, no hooks, not converted",
             "the block's modules, compiled (prefill and decoding)", {"*": "cpp"}),
