@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ConfigError, SpikelmError
 from .demo import cmd_demo
+from .kernels import cmd_kernels
 from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
 from .models import cmd_convert, cmd_generate, cmd_info, cmd_init
 from .parser import build_parser, parse_overrides
@@ -37,6 +38,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "energy": cmd_energy,
     "nlu": cmd_nlu,
     "demo": cmd_demo,
+    "kernels": cmd_kernels,
 }
 
 

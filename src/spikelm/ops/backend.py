@@ -46,7 +46,7 @@ from ..errors import ConfigError
 from .kernels import library
 
 __all__ = ["BACKENDS", "ENV", "OPS", "OpPaths", "Backend", "resolve", "default_backend", "set_backend", "check_backend",
-           "grad_needed", "autocast_cpu", "compiled"]
+           "grad_needed", "autocast_cpu", "compiled", "paths_table", "cpu_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,13 @@ def _choose(op: str, name: str, device: str, dtype: torch.dtype, cpp: bool) -> s
     if choice == "compile":
         return "torch" if torch.compiler.is_compiling() else "compile"
     return "torch"
+
+
+def cpu_paths(kernels_built: bool) -> dict[str, dict[str, str]]:
+    """What ``auto`` runs for each op on the CPU in float32 and bfloat16, for inputs its C++ kernel
+    takes, with the kernels built or not (``spikelm kernels status``; builds nothing)."""
+    return {op: {str(dt).removeprefix("torch."): _choose(op, "auto", "cpu", dt, kernels_built and p.cpp is not None)
+                 for dt in (torch.float32, torch.bfloat16)} for op, p in OPS.items()}
 
 
 def grad_needed(*tensors: Tensor | None) -> bool:
