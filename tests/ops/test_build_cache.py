@@ -144,6 +144,19 @@ def test_kernels_that_cannot_be_built_fall_back_with_one_warning(tmp_path, monke
     assert list_builds(tmp_path) == []
 
 
+def test_a_machine_without_a_compiler_takes_a_build_made_elsewhere(tmp_path, monkeypatch):
+    """A compute node with no compiler uses the build `spikelm kernels build` made on a machine that
+    has one (same torch, Python, flags, sources); elsewhere the compiler is part of the key."""
+    key = kernels.build_key()
+    other = BuildKey(key.name, {**key.parts, "compiler": "/usr/bin/g++: g++ 12"}, key.tag)
+    folder, _ = ensure_built(tmp_path, other, _counting_build({}, "A"))
+    assert kernels._prebuilt(tmp_path, key) is None  # this machine has a compiler: it builds its own
+    no_cc = BuildKey(key.name, {**key.parts, "compiler": "c++ (not found)"}, key.tag)
+    assert kernels._prebuilt(tmp_path, no_cc) == folder
+    stale = BuildKey(key.name, {**key.parts, "compiler": "c++ (not found)", "sources": "0" * 64}, key.tag)
+    assert kernels._prebuilt(tmp_path, stale) is None
+
+
 @pytest.mark.slow
 def test_the_real_build_killed_during_compilation_then_built_and_used(tmp_path):
     """SIGKILL to a process (and its compiler) compiling the real kernels; the next process builds

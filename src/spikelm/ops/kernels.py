@@ -173,11 +173,25 @@ def _compile(folder: Path) -> None:
     _built_here = folder
 
 
+def _prebuilt(root: Path, key: BuildKey) -> Path | None:
+    """Where this machine has no compiler (a cluster's compute node), a build made elsewhere
+    (``spikelm kernels build`` on a login node) whose key matches in everything but the compiler."""
+    if not key.parts["compiler"].endswith("(not found)") or is_built(root, key):
+        return None
+    want = {k: v for k, v in key.parts.items() if k != "compiler"}
+    for b in list_builds(root):
+        if not b.get("unfinished") and {k: v for k, v in b.get("key", {}).items() if k != "compiler"} == want:
+            return Path(b["path"])
+    return None
+
+
 def _load_or_raise() -> Any:
     global _built_here
     _built_here = None
     root, key = cache_root(), build_key()
-    folder, seconds = ensure_built(root, key, _compile, wait_s=WAIT_S, what="spikelm's compiled CPU kernels")
+    folder, seconds = _prebuilt(root, key), None
+    if folder is None:
+        folder, seconds = ensure_built(root, key, _compile, wait_s=WAIT_S, what="spikelm's compiled CPU kernels")
     if seconds is not None:
         log.info("built spikelm's compiled CPU kernels in %.1f s (%s)", seconds, folder)
     if _built_here is None:  # a build found in the cache (this process's own build is loaded already)
