@@ -21,18 +21,12 @@ from typing import Any
 
 from .errors import SpikelmError
 
-__all__ = ["cache_dir", "atomic_write", "atomic_write_text", "atomic_write_json", "temp_sibling", "publish_dir",
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "temp_sibling", "publish_dir",
            "claim_dir", "check_file_target", "honour_umask", "OutputExistsError", "MARKER_FILES"]
 
 
 class OutputExistsError(SpikelmError):
     """An output path exists and holds files that spikelm did not write (or ``--overwrite`` was not given)."""
-
-
-def cache_dir() -> Path:
-    """spikelm's cache (corpora, downloads, compiled kernels): ``$SPIKELM_CACHE`` or ``~/.cache/spikelm``."""
-    env = os.environ.get("SPIKELM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spikelm"
 
 
 def _tag() -> str:

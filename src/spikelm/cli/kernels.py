@@ -19,8 +19,8 @@ def cmd_kernels(action: str, json_: bool = False) -> int:
     """Build spikelm's compiled CPU kernels ahead of time, show what is built where, or clear them.
 
     The kernels are built once per environment (torch version and ABI, Python, compiler and flags,
-    instruction sets, spikelm's kernel sources) into $SPIKELM_KERNELS_DIR, else kernels/ in
-    spikelm's cache ($SPIKELM_CACHE or ~/.cache/spikelm); each environment keeps its own build.
+    instruction sets, spikelm's kernel sources) into $SPIKELM_KERNELS_DIR, else
+    ~/.cache/spikelm/kernels ($XDG_CACHE_HOME/spikelm/kernels); each environment keeps its own build.
     Without them (no C++ compiler) every op runs on its tensor operations. `build` is for container
     images, CI and clusters whose compute nodes have no compiler: build where one is, then copy the
     folder (or point SPIKELM_KERNELS_DIR at a shared one).

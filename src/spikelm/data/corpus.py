@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from ..io import cache_dir
 from .tokenizers import Tokenizer, load_tokenizer
 
 __all__ = ["SPLITS", "SPLIT_ALIASES", "canonical_split", "cache_dir", "Corpus", "FORMAT_VERSION"]
@@ -43,6 +43,12 @@ SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid", "trainin
 def canonical_split(split: str) -> str:
     """A split name as the cache stores it: ``validation``, ``val`` and ``dev`` mean ``valid``."""
     return SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
+
+
+def cache_dir() -> Path:
+    """Where corpora and downloads are kept: ``$SPIKELM_CACHE`` or ``~/.cache/spikelm``."""
+    env = os.environ.get("SPIKELM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "spikelm"
 
 
 class Corpus:

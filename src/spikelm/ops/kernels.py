@@ -63,7 +63,6 @@ import torch
 from torch import Tensor
 
 from ..errors import SpikelmError
-from ..io import cache_dir
 from .build_cache import BuildKey, clear_builds, ensure_built, is_built, list_builds
 
 log = logging.getLogger(__name__)
@@ -108,9 +107,14 @@ def reset() -> None:
 
 def cache_root() -> Path:
     """Where the builds are kept, one folder per :func:`build_key`: ``$SPIKELM_KERNELS_DIR``, else
-    ``kernels/`` in spikelm's cache (``$SPIKELM_CACHE`` or ``~/.cache/spikelm``)."""
+    ``spikelm/kernels`` in the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``). Not under
+    ``$SPIKELM_CACHE``: a build belongs to the machine and environment, not to a data cache (a run
+    or a test with its own data cache would otherwise build the kernels again)."""
     env = os.environ.get(ROOT_ENV)
-    return Path(env).expanduser() if env else cache_dir() / "kernels"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "spikelm" / "kernels"
 
 
 @functools.lru_cache(maxsize=None)
