@@ -157,6 +157,14 @@ def test_a_machine_without_a_compiler_takes_a_build_made_elsewhere(tmp_path, mon
     assert kernels._prebuilt(tmp_path, stale) is None
 
 
+def test_no_cpp_kernels_builds_and_loads_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.OFF_ENV, "1")
+    monkeypatch.setenv(kernels.ROOT_ENV, str(tmp_path))
+    monkeypatch.setattr(kernels, "_compile", lambda folder: pytest.fail("built with SPIKELM_NO_CPP_KERNELS=1"))
+    monkeypatch.setattr(kernels, "_library", kernels._UNLOADED)
+    assert kernels.library() is None and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_the_real_build_killed_during_compilation_then_built_and_used(tmp_path):
     """SIGKILL to a process (and its compiler) compiling the real kernels; the next process builds

@@ -7,8 +7,9 @@ and ABI, Python, the compiler and flags, the instruction sets, the sources; :mod
 keeps builds apart, waits for another process's build, and never leaves a half-built one), and
 registered as ``torch.ops.spikelm_cpu.*``, each with a fake (meta) implementation so that
 ``torch.compile`` traces a model that calls them. ``spikelm kernels build|status|clear`` builds
-ahead of time, shows the builds, clears them. Where they cannot be built, :func:`library` returns
-None once (one logged warning) and every op keeps its tensor operations. Which op takes a kernel
+ahead of time, shows the builds, clears them. Where they cannot be built (one logged warning), or
+``SPIKELM_NO_CPP_KERNELS=1`` is set, :func:`library` returns None and every op keeps its tensor
+operations. Which op takes a kernel
 is decided by :mod:`.backend`, never here; no module outside :mod:`spikelm.ops` imports this one.
 
 **WKV6 forward** (``wkv6_forward``): the plain recurrence of :func:`~.wkv6.wkv6_naive`, per batch
@@ -78,6 +79,7 @@ HEADERS = ("spikelm.h",)
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=off")
 LDFLAGS = ("-fopenmp",)
 ROOT_ENV = "SPIKELM_KERNELS_DIR"  # where the builds are kept (default: spikelm's cache, kernels/)
+OFF_ENV = "SPIKELM_NO_CPP_KERNELS"  # 1: never build nor load the kernels (main's make test-no-kernels)
 WAIT_S = 900.0  # how long a process waits for another one's build of the same key
 
 
@@ -209,6 +211,8 @@ def _load_or_raise() -> Any:
 
 @torch.compiler.disable
 def _load() -> Any | None:
+    if os.environ.get(OFF_ENV, "") not in ("", "0"):  # the tensor operations on their own, as without a compiler
+        return None
     try:
         return _load_or_raise()
     except Exception as e:  # no compiler, no ninja, no headers, a timeout: the tensor-operation forms still work
