@@ -5,9 +5,16 @@ graph breaks do not depend on the size. A graph break splits a compiled region (
 Python round trip per call), so the budget is 0 for every family; the reasons are printed. The ops
 run as the backend (``SPIKELM_BACKEND``, default auto) picks them: with the C++ kernels built,
 they appear in the graphs as custom ops (each has a fake implementation).
+
+Two tables: with spikelm's compiled CPU kernels as a CPU run takes them, and with them switched
+off (``SPIKELM_NO_CPP_KERNELS=1``, a child process: the tensor operations, which is what a GPU runs).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -32,9 +39,14 @@ def explain(name: str, model: torch.nn.Module, T: int) -> None:
 
 def main() -> None:
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype float32, CPU")
-    print(f"backend: {default_backend()} (spikelm.ops.backend); C++ kernels: "
-          f"{'built, traced as custom ops through their fake implementations' if library() is not None else 'not available'}")
+    child = "--kernels-off-child" in sys.argv
+    if not child:
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype float32, CPU")
+        print(f"backend: {default_backend()} (spikelm.ops.backend)")
+    state = ("off (SPIKELM_NO_CPP_KERNELS=1)" if child else
+             "on, traced as custom ops through their fake implementations" if library() is not None
+             else "on, but NOT available here (tensor operations)")
+    print(f"\nspikelm's compiled CPU kernels {state}:\n")
     print("| model | call | graph breaks | graphs | reasons |")
     print("|---|---|---:|---:|---|")
     ann = make_rwkv6(n_layer=2, n_embd=64, head_size=16)
@@ -46,6 +58,10 @@ def main() -> None:
             explain(f"converted {preset} ({sites})", conv, T)
     sg = SpikeGPT(SpikeGPTConfig(vocab_size=257, n_layer=2, n_embd=64, ctx_len=64)).eval()
     explain("SpikeGPT", sg, 16)
+    if not child:
+        sys.stdout.flush()
+        subprocess.run([sys.executable, __file__, "--kernels-off-child"], check=True,
+                       env=dict(os.environ, SPIKELM_NO_CPP_KERNELS="1"))
 
 
 if __name__ == "__main__":

@@ -28,12 +28,14 @@ from pathlib import Path
 import torch
 
 import spikelm
-from spikelm.convert import apply_preset
+from spikelm.convert import convert, preset_config
 from spikelm.data.text import calibration_batches, split_tokens
+from spikelm.energy.constants import BITS_TABLES
 from spikelm.energy.report import count_model
 from spikelm.energy.summary import energy_summary
 from spikelm.evaluate.perplexity import evaluate_lm
 from spikelm.markdown import md_table
+from spikelm.models.quantized import quantize_weights
 from spikelm.train.finetune import FinetuneArgs, finetune
 
 
@@ -71,7 +73,9 @@ def main() -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-chars", type=int, default=30000)
     ap.add_argument("--energy-tokens", type=int, default=512)
-    ap.add_argument("--table", default="45nm-fp32", help="the energy table both sides are priced at")
+    ap.add_argument("--weight-bits", type=int, default=8, help="every model's weights (like for like): the ANN and the "
+                    "untuned conversion quantised before conversion, each fine-tune's final/ after fine-tuning")
+    ap.add_argument("--table", default="auto", help="the energy table (auto: the one of --weight-bits)")
     ap.add_argument("--goal", type=float, default=1.0, help="the gap (percent) the cheapest point must stay within")
     ap.add_argument("--out", default="runs/ft-modes")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another FinetuneArgs key for every run")
@@ -79,14 +83,19 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype fp32")
 
-    ann = spikelm.load(a.model)
+    if a.table == "auto":
+        a.table = BITS_TABLES[a.weight_bits]
+    ann = quantize_weights(spikelm.load(a.model), a.weight_bits)
     text = split_tokens(a.data, a.split, ann.tokenizer_name, max_chars=a.max_chars)
     e_tokens = list(text.tokens[: a.energy_tokens])
     base = measure(ann, text.tokens, text.n_units, e_tokens, a.table)
-    conv = spikelm.load(a.model)
-    apply_preset(conv, a.preset, calibration_batches(a.data, ann.tokenizer_name), a.sites)
-    rows = [{"run": "converted (no fine-tuning)", "mode": "-", "penalty": "-", "tokens": 0, "seconds": 0.0,
-             **measure(conv, text.tokens, text.n_units, e_tokens, a.table)}]
+    rows = []
+    for calibration in ("max", "mse"):  # the papers' calibration, and the fine-tunes' start
+        conv = quantize_weights(spikelm.load(a.model), a.weight_bits)
+        convert(conv, preset_config(a.preset, a.sites).replace(calibration=calibration),
+                calibration_batches(a.data, ann.tokenizer_name))
+        rows.append({"run": f"converted, {calibration} calibration (no fine-tuning)", "mode": "-", "penalty": "-",
+                     "tokens": 0, "seconds": 0.0, **measure(conv, text.tokens, text.n_units, e_tokens, a.table)})
     extra = dict(kv.split("=", 1) for kv in a.set)
     runs = [(m, 0.0) for m in a.modes.split(",") if m] + [(a.penalty_mode, float(p)) for p in a.penalties.split(",")
                                                            if p and float(p) > 0]
@@ -94,7 +103,7 @@ def main() -> int:
         out = Path(a.out) / f"{mode}-{pen:g}"
         args = FinetuneArgs.from_dict({"checkpoint": a.model, "preset": a.preset, "sites": a.sites, "data": a.data,
                                        "calib_data": a.data, "max_steps": a.steps, "train": mode, "rate_penalty": pen,
-                                       "out_dir": str(out), **extra})
+                                       "out_dir": str(out), "weight_bits": a.weight_bits, **extra})
         res = finetune(args, resume=True)
         summary = json.loads((out / "summary.json").read_text())
         rows.append({"run": str(out), "mode": mode, "penalty": pen, "tokens": res.tokens, "seconds": summary["elapsed_s"],
@@ -103,7 +112,7 @@ def main() -> int:
         r["gap_pct"] = 100.0 * (r["ppl"] / base["ppl"] - 1.0)
 
     print(f"{a.model}: {a.preset} at {a.sites} sites; {text.description}, {len(text.tokens):,} tokens; ANN PPL "
-          f"{base['ppl']:.4f}; energy on {len(e_tokens)} tokens at {a.table} (spiking network; +SRAM: weights read "
+          f"{base['ppl']:.4f}; {a.weight_bits}-bit weights everywhere; energy on {len(e_tokens)} tokens at {a.table} (spiking network; +SRAM: weights read "
           f"from on-chip SRAM); ANN {base['e_compute_pj']:,.0f} pJ compute, {base['e_sram_pj']:,.0f} pJ +SRAM\n")
     front = pareto(rows)
     body = [[r["run"], r["mode"], r["penalty"], f"{r['tokens']:,}", f"{r['seconds']:.0f}", f"{r['ppl']:.4f}", f"{r['gap_pct']:+.2f}%",

@@ -32,11 +32,28 @@ TINY_TRAIN = ["--max-steps", "2", "--max-tokens", "0", "--model.n_layer", "1", "
               "--compile", "false", "--data", "my_text.txt"]
 
 
-def readme_commands() -> list[str]:
-    """The command lines of the README's bash blocks (comments after '#' dropped)."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+def _command_lines(text: str) -> list[str]:
+    """The command lines of the ```bash blocks of ``text`` (comments after '#' dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [ln.split("  #")[0].strip() for b in blocks for ln in b.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's bash blocks."""
+    return _command_lines(README.read_text())
+
+
+# The README sections a user follows in order on their own text, end to end: the second continues
+# from the model the first trains.
+WALKTHROUGH = ("Your own text", "Spiking-aware fine-tuning")
+
+
+def section_commands(title: str) -> list[str]:
+    """The command lines of the bash blocks under the README heading ``## title``, in order."""
+    m = re.search(rf"^## {re.escape(title)}[^\n]*\n(.*?)(?=^## |\Z)", README.read_text(), flags=re.S | re.M)
+    assert m, f"README.md has no section '## {title}'"
+    return _command_lines(m[1])
 
 
 # The extra options of each command's smoke run, by the README line's first two words.
@@ -50,10 +67,16 @@ SHRINK = {
     "spikelm convert": ["--calib-batches", "1", "--calib-ctx", "16"],
     "spikelm energy": ["--tokens", "48"],
     "spikelm nlu": ["--limit", "2", "--tasks", str(REPO / "tests/evaluate/data/tiny_mc.jsonl")],
-    "spikelm finetune": ["--steps", "2", "--ctx-len", "32", "--batch-size", "2", "--eval-batches", "1", "--eval-every", "0",
-                         "--save-every", "0", "--calib-batches", "1", "--calib-ctx", "32", "--warmup-steps", "1",
-                         "--no-progress"],
+    "spikelm finetune": ["--steps", "2", "--ctx-len", "16", "--batch-size", "2", "--eval-batches", "1", "--calib-batches", "1",
+                         "--calib-ctx", "16", "--eval-every", "0", "--save-every", "0", "--warmup-steps", "1"],
 }
+# Options whose value the smoke run shrinks in place, where a README line gives them (appending the
+# option to a line without it would change what the line does).
+SHRINK_VALUES = {"--finetune-steps": "1"}
+
+
+def shrink_values(argv: list[str]) -> list[str]:
+    return [SHRINK_VALUES[argv[i - 1]] if i > 0 and argv[i - 1] in SHRINK_VALUES else a for i, a in enumerate(argv)]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +116,7 @@ def _free_port() -> int:
 
 
 def _smoke(line: str, d: Path, monkeypatch) -> None:
-    argv = shlex.split(line)
+    argv = shrink_values(shlex.split(line))
     argv = [str(REPO / a) if a.startswith("configs/") else a for a in argv]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", SPIKELM_CACHE=str(d / "cache"),
                HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
@@ -107,8 +130,6 @@ def _smoke(line: str, d: Path, monkeypatch) -> None:
         extra = SHRINK[" ".join(argv[:2])]
         if argv[1] == "train" and "--out-dir" not in argv:  # the config's own out_dir: keep it apart
             extra = extra + ["--out-dir", str(d / "runs" / Path(argv[2]).stem)]
-        if argv[1] == "sweep" and "--finetune-steps" in argv:  # one step of each fine-tune
-            extra = extra + ["--finetune-steps", "1"]
         if argv[1] == "train" and "spikegpt" in argv[2]:  # SpikeGPT has no heads
             i = extra.index("--model.head_size")
             extra = extra[:i] + extra[i + 2:]
@@ -154,7 +175,11 @@ def test_every_readme_command_has_a_smoke_test():
             assert " ".join(argv[:2]) in SHRINK, line
 
 
-@pytest.mark.parametrize("line", readme_commands())
+def walkthrough_commands() -> list[str]:
+    return [ln for title in WALKTHROUGH for ln in section_commands(title)]
+
+
+@pytest.mark.parametrize("line", [ln for ln in readme_commands() if ln not in walkthrough_commands()])
 def test_readme_command_runs(line, sandbox, monkeypatch):
     if line.startswith("spikelm-lm-eval"):
         pytest.importorskip("lm_eval")
@@ -167,3 +192,53 @@ def test_readme_lists_every_op_and_its_backends():
     from spikelm.ops.backend import paths_table
 
     assert paths_table() in README.read_text()
+
+
+def _own_text(n_sentences: int = 700) -> str:
+    """A small English-like text file (deterministic): enough to split, train two steps and sample."""
+    subj = ["The river", "A miller", "The old town", "My friend", "The teacher", "A small bird"]
+    verb = ["runs past", "looks at", "remembers", "follows", "carries", "paints"]
+    obj = ["the mill", "a green field", "the long road", "an apple tree", "the evening light"]
+    return "".join(f"{subj[i % 6]} {verb[i * 7 % 6]} {obj[i * 5 % 5]}.{chr(10) if i % 5 == 4 else ' '}"
+                   for i in range(n_sentences))
+
+
+def test_your_own_text_end_to_end(tmp_path, monkeypatch, capsys):
+    """The README's "Your own text" commands, then its fine-tuning ones, read from the README (not a
+    copy), run in order in a fresh folder on a small text file, each with tiny settings (SHRINK):
+    prepare, train (both models), eval, sweep and generate on the model the training wrote, then
+    fine-tune it and evaluate the result, as a user would."""
+    lines = walkthrough_commands()
+    assert len(lines) >= 4 and all(shlex.split(ln)[0] == "spikelm" for ln in lines), lines
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPIKELM_CACHE", str(tmp_path / "cache"))
+    words = [w for ln in lines for w in shlex.split(ln)]
+    texts = sorted({w for w in words if w.endswith(".txt")})  # the user's text file(s) the section names
+    assert texts, "the section names no text file"
+    for name in texts:
+        Path(name).write_text(_own_text(), encoding="utf-8")
+    # TINY_TRAIN's --data is the sandbox's file: here, the section's own
+    tiny_train = [a if a != "my_text.txt" else texts[0] for a in TINY_TRAIN]
+    shrink = dict(SHRINK, **{"spikelm train": tiny_train})
+    trained = []
+    for line in lines:
+        argv = shrink_values(shlex.split(line))
+        argv = [str(REPO / a) if a.startswith("configs/") and not Path(a).exists() else a for a in argv]
+        extra = shrink[" ".join(argv[:2])]
+        if argv[1] in ("train", "finetune"):
+            if "spikegpt" in argv[2]:  # SpikeGPT has no heads
+                i = extra.index("--model.head_size")
+                extra = extra[:i] + extra[i + 2:]
+            out = "--out-dir" if argv[1] == "train" else "--out"
+            assert out in argv, f"{line}: the README should say where the run goes"
+            trained.append(Path(argv[argv.index(out) + 1]))
+        capsys.readouterr()
+        assert main(["-q", *argv[1:], *extra]) == 0, f"{line}\n{capsys.readouterr().err[-3000:]}"
+        out = capsys.readouterr().out
+        if argv[1] in ("eval", "sweep", "generate"):
+            assert out.strip(), f"{line}: printed nothing"
+            assert Path(argv[2]) in [t / "final" for t in trained], f"{line}: not a model the section trained"
+    import spikelm
+
+    for run in trained:  # each training left its final model where the section reads it
+        assert spikelm.load(run / "final") is not None

@@ -25,6 +25,8 @@ __all__ = [
     "RWKV6Config",
     "RWKV7Config",
     "EncodingConfig",
+    "WeightQuantConfig",
+    "WEIGHT_BITS",
     "SpikeGPTConfig",
     "SPIKEGPT_PRESETS",
 ]
@@ -273,7 +275,7 @@ class RWKV4Config(Config):
 ENCODINGS = ("mhse", "rate", "none")
 SITES = ("time_mix", "all")
 SATURATIONS = ("clip",)
-CALIBRATIONS = ("max", "percentile")
+CALIBRATIONS = ("max", "percentile", "mse")
 GRANULARITIES = ("tensor", "channel")
 
 
@@ -315,9 +317,32 @@ class EncodingConfig(Config):
         _require(self.saturation in SATURATIONS, "saturation", f"unknown policy {self.saturation!r}; choose one of {', '.join(SATURATIONS)}")
         _require(self.calibration in CALIBRATIONS, "calibration", f"unknown method {self.calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
         _require(0.0 < self.percentile <= 100.0, "percentile", f"must be in (0, 100], got {self.percentile!r}")
-        _require(self.granularity in GRANULARITIES, "granularity", f"choose one of {', '.join(GRANULARITIES)}")
+        _require(self.granularity in GRANULARITIES, "granularity", f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
         if self.encoding == "rate":
             _require(self.layers == 1, "layers", "rate coding (SNN-RWKV) uses a single IF neuron per value: set layers=1")
+
+
+WEIGHT_BITS = (32, 16, 8)
+
+
+@dataclass
+class WeightQuantConfig(Config):
+    """How a model's weight matrices are stored (``spikelm.models.quantized.quantize_weights``).
+
+    ``bits``: 8 (symmetric int8, one float32 scale per output channel) or 16 (fp16); a float32
+    model has no such config. ``head`` / ``embedding``: whether the LM head and the embedding are
+    stored at ``bits`` too (the default: every weight the energy tables price at that width is
+    stored at it) or kept float32.
+    """
+
+    kind: ClassVar[str] = "weight_quantization"
+
+    bits: int = 8
+    head: bool = True
+    embedding: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.bits in (8, 16), "bits", f"quantised weights have 8 or 16 bits (32 is float32, no quantisation), got {self.bits!r}")
 
 
 TOKEN_SHIFT_INITS = ("paper", "official")
@@ -449,8 +474,8 @@ class RunArgs(Config):
     Length of the run: ``max_steps`` optimizer steps, or, when ``max_tokens > 0``, as many steps as
     it takes to see that many tokens (it replaces ``max_steps``). ``max_minutes > 0`` additionally
     stops the run gracefully once that much training time has passed (evaluating and saving the
-    final model as usual); the learning-rate schedule still follows the step count, so a time
-    budget that ends early leaves the cosine decay unfinished.
+    final model as usual); the learning-rate cosine then follows the part of the budget spent (or
+    of the steps, whichever ends first), so the rate reaches ``min_lr`` at the end of the run.
 
     ``batch_size`` is the *global* batch in sequences of ``ctx_len`` tokens; it is split over the
     ``grad_accum`` micro-steps and over the processes of a ``torchrun`` launch, so the loss

@@ -12,8 +12,11 @@ Folders are created with the process umask (``os.makedirs`` mode 0o777), never t
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -22,7 +25,8 @@ from typing import Any
 from .errors import SpikelmError
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "temp_sibling", "publish_dir",
-           "claim_dir", "check_file_target", "honour_umask", "OutputExistsError", "MARKER_FILES"]
+           "claim_dir", "claim_files", "check_file_target", "check_writable", "foreign_entries", "remove_owned",
+           "describe_os_error", "user_path", "honour_umask", "OutputExistsError", "MARKER_FILES", "RUN_RECORD"]
 
 
 class OutputExistsError(SpikelmError):
@@ -53,6 +57,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, fsync: bool = Tr
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a write into an open file (a full disk) names no path: name the target
+            raise OSError(e.errno, e.strerror, str(p)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -97,15 +106,82 @@ def _umask() -> int:
 MARKER_FILES = ("config.json", "model.safetensors", "meta.json", "report.md", "results.json",
                 "trainer_state.json", "log.csv", "args.json", "energy.json")
 
+# The record a command that reuses its folder (train, finetune, the demo) leaves in it: which
+# command owns the folder. A file named like one of spikelm's own (log.csv) is spikelm's only
+# where this record says so; elsewhere it is the user's.
+RUN_RECORD = ".spikelm-run.json"
+
+
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that are not dot files (spikelm's dot files are its lock, its
+    temporaries and its record; a user's dot files are never written over: their names differ)."""
+    return sorted(e for e in folder.iterdir() if not e.name.startswith("."))
+
+
+def foreign_entries(folder: str | os.PathLike, owns: tuple[str, ...] | list[str]) -> list[str]:
+    """The entries below ``folder`` (paths relative to it) that none of ``owns`` covers.
+
+    ``owns`` lists what a command writes, relative to its folder: a name or glob (``log.csv``,
+    ``*-energy.png``, ``final/model.safetensors``), or a folder with a trailing slash
+    (``checkpoints/``) whose whole content is the command's. Dot files are skipped.
+    """
+    root = Path(folder)
+    subtrees = {o.rstrip("/") for o in owns if o.endswith("/")}
+    files = [o for o in owns if not o.endswith("/")]
+    out: list[str] = []
+
+    def walk(d: Path, rel: str) -> None:
+        for e in _visible(d):
+            r = rel + e.name
+            if r in subtrees and e.is_dir():
+                continue
+            if e.is_dir() and not e.is_symlink() and any(o.startswith(r + "/") for o in owns):
+                walk(e, r + "/")
+            elif e.is_dir() or not any(fnmatch.fnmatchcase(r, o) for o in files):
+                out.append(r + ("/" if e.is_dir() else ""))
+
+    walk(root, "")
+    return out
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse up front (before any work) a target on a read-only file system or in a folder this
+    process may not write: the nearest existing folder of ``path`` decides."""
+    p = Path(path).absolute()
+    near = next((q for q in (p, *p.parents) if q.exists()), None)
+    if near is None:
+        return
+    if not near.is_dir():
+        near = near.parent
+    try:
+        read_only = bool(os.statvfs(near).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        raise OutputExistsError(f"{what} {path}: {near} is on a read-only file system; choose a writable path")
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"{what} {path}: permission denied ({near} is not writable by this user); "
+                                "choose another path or change its permissions")
+
 
 def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output folder",
-              inputs: tuple[str | os.PathLike, ...] = (), own_files: tuple[str, ...] = ()) -> Path:
-    """Check that spikelm may write the folder ``out``; return it as a Path.
+              inputs: tuple[str | os.PathLike, ...] = (), owns: tuple[str, ...] | list[str] = MARKER_FILES,
+              reuse: str | None = None, legacy: tuple[str, ...] = ()) -> Path:
+    """THE output rule: check that spikelm may write the folder ``out`` (before any work); return it.
 
-    Refuses (``OutputExistsError``, the CLI exits 2) when ``out`` is one of ``inputs`` (or holds one),
-    when it is a file, or when it exists, is not empty and ``overwrite`` is False. With
-    ``overwrite``, a non-empty folder is accepted only if every entry in it is one of spikelm's own
-    files (``own_files`` or :data:`MARKER_FILES`): a user's folder is never replaced.
+    ``owns`` lists the files the command will write there (see :func:`foreign_entries`). spikelm
+    writes into a folder only when it
+
+    * does not exist or is empty;
+    * holds only spikelm's own files from an earlier run of the same command ``reuse`` (train,
+      finetune and the demo resume or reuse their folders): its :data:`RUN_RECORD` names that
+      command (``legacy``: files whose presence marks such a run from before the record existed);
+    * or ``overwrite`` (``--overwrite``) is given, and then only when nothing in it is the user's.
+
+    An entry that ``owns`` does not cover is the user's: the folder is refused with or without
+    ``overwrite``. Also refused: ``out`` being one of ``inputs`` (or inside one), a file, below a
+    file, or on a read-only file system. With ``reuse``, the accepted folder gets its record
+    (created if need be), so a later run recognises it. Raises :class:`OutputExistsError` (exit 2).
     """
     p = Path(out)
     rp = p.resolve()
@@ -120,16 +196,100 @@ def claim_dir(out: str | os.PathLike, *, overwrite: bool, what: str = "output fo
             if not parent.is_dir():
                 raise OutputExistsError(f"{what} {p}: {parent} is a file, not a folder; choose another path")
             break
-    if p.is_dir() and any(p.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{what} {p} exists and is not empty; choose another path or pass --overwrite "
-                                    "(which replaces only spikelm's own files there)")
-        own = set(MARKER_FILES) | set(own_files)
-        foreign = sorted(e.name for e in p.iterdir() if e.name not in own and not e.name.startswith("."))
+    check_writable(p, what)
+    if p.is_dir() and _visible(p):
+        foreign = foreign_entries(p, owns)
         if foreign:
             raise OutputExistsError(f"{what} {p} holds files spikelm did not write ({', '.join(foreign[:5])}); "
                                     "--overwrite replaces only spikelm's own files: choose another path")
+        if not overwrite and not (reuse and _earlier_run_of(p, reuse, legacy)):
+            names = ", ".join(e.name for e in _visible(p)[:5])
+            if reuse:
+                raise OutputExistsError(f"{what} {p} holds {names} but no record ({RUN_RECORD}) that spikelm's `{reuse}` "
+                                        "wrote them; choose another path, or pass --overwrite to replace them")
+            raise OutputExistsError(f"{what} {p} exists and is not empty; choose another path or pass --overwrite "
+                                    "(which replaces only spikelm's own files there)")
+    if reuse:
+        record = p / RUN_RECORD
+        if not _earlier_run_of(p, reuse, ()):
+            atomic_write_json(record, {"command": reuse, "owns": list(owns)})
     return p
+
+
+def _earlier_run_of(folder: Path, command: str, legacy: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds an earlier run of ``command``: its record says so, or (no record:
+    a run of a spikelm from before the record) one of the ``legacy`` files is there."""
+    try:
+        return json.loads((folder / RUN_RECORD).read_text()).get("command") == command
+    except (OSError, ValueError, AttributeError):
+        return any((folder / name).exists() for name in legacy)
+
+
+def remove_owned(folder: str | os.PathLike, owns: tuple[str, ...] | list[str]) -> None:
+    """Delete the entries of ``folder`` that ``owns`` covers (a command starting over with
+    ``--overwrite``); call only after :func:`claim_dir` accepted the folder (nothing in it is the user's)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return
+    tops = {o.split("/", 1)[0] for o in owns}
+    for e in _visible(root):
+        if e.name in tops or any(fnmatch.fnmatchcase(e.name, o) for o in tops):
+            shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+
+
+def claim_files(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...], *, overwrite: bool,
+                what: str = "output file") -> list[Path]:
+    """The output rule for single files (``--plot`` prefixes, ``--out`` and ``--json`` files):
+    each may be written only where it does not exist yet, or with ``overwrite``; never over a
+    folder, below a file, or on a read-only file system. Checked before any work."""
+    out = []
+    for path in paths:
+        p = check_file_target(path, what)
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{what} {p} exists; choose another path or pass --overwrite to replace it")
+        check_writable(p, what)
+        out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------------------- OS errors, named
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-\d+(?:-[0-9a-f]+)?$")
+
+_CAUSES = {
+    errno.ENOSPC: ("no space left on the device", "free some space there or choose another path"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space there or choose another path"),
+    errno.EROFS: ("read-only file system", "choose a writable path"),
+    errno.EACCES: ("permission denied", "check its permissions or choose another path"),
+    errno.EPERM: ("operation not permitted", "check its permissions or choose another path"),
+    errno.EFBIG: ("file too large (a file-size limit of this system or process)", "raise the limit or choose another path"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "give a file path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.ENAMETOOLONG: ("name too long", "choose a shorter path"),
+    errno.EIO: ("input/output error (a failing disk or network file system?)", "check the device"),
+    errno.EMFILE: ("too many open files", "raise `ulimit -n`"),
+}
+
+
+def user_path(path: str | os.PathLike) -> str:
+    """``path`` as the user knows it: a temporary sibling spikelm writes first (``.NAME.tmp-PID-X``)
+    is named by the file or folder it becomes."""
+    parts = []
+    for part in Path(path).parts:
+        while (m := _TEMP_NAME.match(part)) is not None:  # a temporary of a temporary: the name it becomes
+            part = m.group("name")
+        parts.append(part)
+    return str(Path(*parts)) if parts else str(path)
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an ``OSError``: the path as the user named it, the cause in words, the fix."""
+    cause, fix = _CAUSES.get(e.errno or -1, ((e.strerror or str(e)).lower() if (e.strerror or str(e)) else "failed", ""))
+    where = user_path(e.filename) if e.filename is not None else ""
+    if e.filename2 is not None:
+        where += f" -> {user_path(e.filename2)}"
+    line = f"{where}: {cause}" if where else cause
+    return f"{line}; {fix}" if fix else line
 
 
 def publish_dir(tmp: Path, out: Path) -> Path:

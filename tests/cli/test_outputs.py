@@ -4,6 +4,7 @@ and files honour the umask."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -38,14 +39,20 @@ def convert_args(ckpt: Path, out: Path, text: Path, *extra: str) -> list[str]:
             "--calib-ctx", "16", "--no-progress", *extra]
 
 
+USER_FILES = {"notes.txt": "three weeks of notes\n", "config.json": '{"mine": true}\n'}
+
+
 @pytest.mark.parametrize("command", ["init", "convert"])
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_a_folder_holding_a_users_file_survives(tmp_path, text, capsys, command, overwrite):
+@pytest.mark.parametrize("files", [("notes.txt",), ("notes.txt", "config.json")], ids=["one-file", "two-files"])
+def test_a_folder_holding_a_users_file_survives(tmp_path, text, capsys, command, overwrite, files):
+    """A folder holding one file is as non-empty as one holding two (even a spikelm-named file next to
+    a user's one)."""
     ckpt = save_official(tiny(), tmp_path / "ann.pth")
     out = tmp_path / "run"
     out.mkdir()
-    (out / "notes.txt").write_text("three weeks of notes\n")
-    (out / "config.json").write_text('{"mine": true}\n')  # even a spikelm-named file, next to a user's one
+    for name in files:
+        (out / name).write_text(USER_FILES[name])
     argv = (["init", str(out), "--n-layer", "1", "--n-embd", "32", "--head-size", "16"] if command == "init"
             else convert_args(ckpt, out, text))
     assert main(argv + (["--overwrite"] if overwrite else [])) == 2
@@ -53,10 +60,29 @@ def test_a_folder_holding_a_users_file_survives(tmp_path, text, capsys, command,
     assert "Traceback" not in err and str(out) in err and "--overwrite" in err
     if overwrite:
         assert "notes.txt" in err
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
-    assert (out / "notes.txt").read_text() == "three weeks of notes\n"
-    assert (out / "config.json").read_text() == '{"mine": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    for name in files:
+        assert (out / name).read_text() == USER_FILES[name]
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("entry", ["notes.txt", "config.json", "subfolder"])
+def test_claim_dir_refuses_a_folder_holding_a_single_entry(tmp_path, entry):
+    """One visible entry of any kind (a user's file, a spikelm-named file, a folder) makes the
+    folder non-empty: refused without --overwrite. An empty folder, or one holding only a dot file
+    (the output rule leaves dot files alone), is accepted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert spikelm.io.claim_dir(out, overwrite=False) == out
+    (out / ".hidden").write_text("x")
+    assert spikelm.io.claim_dir(out, overwrite=False) == out
+    (out / ".hidden").unlink()
+    (out / entry).mkdir() if entry == "subfolder" else (out / entry).write_text("x")
+    with pytest.raises(spikelm.io.OutputExistsError, match="exists and is not empty|did not write"):
+        spikelm.io.claim_dir(out, overwrite=False)
+    if entry == "notes.txt":  # a user's file: refused with --overwrite too
+        with pytest.raises(spikelm.io.OutputExistsError, match="notes.txt"):
+            spikelm.io.claim_dir(out, overwrite=True)
 
 
 def test_overwrite_replaces_spikelms_own_folder_in_one_step(tmp_path, text, capsys):
@@ -90,6 +116,49 @@ def test_a_crash_while_publishing_leaves_the_old_folder(tmp_path, monkeypatch):
         save(make_rwkv6(n_layer=1, n_embd=32, head_size=16, seed=2), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old model, whole
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fail_at", ["write", "fsync", "replace"])
+def test_a_failed_file_write_leaves_the_old_file(tmp_path, monkeypatch, fail_at):
+    """spikelm.io.atomic_write (every JSON, config and report spikelm writes): a failure before the
+    new file is complete leaves the old one whole and no temporary file behind."""
+    target = tmp_path / "results.json"
+    target.write_text('{"old": true}\n')
+
+    def boom(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fail_at == "write":  # the failure comes mid-write, after the file was opened
+        monkeypatch.setattr(spikelm.io, "open", _FailingFile, raising=False)
+    elif fail_at == "fsync":
+        monkeypatch.setattr(spikelm.io.os, "fsync", boom)
+    else:
+        monkeypatch.setattr(spikelm.io.os, "replace", boom)
+    with pytest.raises(OSError, match="No space left|results.json"):
+        spikelm.io.atomic_write_json(target, {"new": True})
+    assert target.read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+class _FailingFile:
+    """A file opened for writing whose write fails half-way (after writing a few bytes)."""
+
+    def __init__(self, path, mode="r", *a, **k):
+        self.f = open(path, mode, *a, **k)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[:3])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
 
 
 def test_init_official_onto_a_folder_is_a_named_error_and_leaves_nothing(tmp_path, capsys):

@@ -39,6 +39,7 @@ NEEDS = {
     "json_": ["info", "eval", "sweep", "energy", "nlu", "generate", "convert", "kernels"],
     "binary_embedding": LOADS_MODEL,
     "family": LOADS_MODEL,
+    "weight_bits": ["convert", "eval", "energy", "sweep", "nlu", "demo"],
 }
 
 

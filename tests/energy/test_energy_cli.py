@@ -86,13 +86,28 @@ def test_cli_energy_summary_and_stacked_bars(files, capsys):
     out = json.loads(capsys.readouterr().out)
     s = out["summary"]
     assert s["batch"] == 4 and s["quantised_bits"] == 4 and s["eq5"]["ee"] > 1
+    # like for like by default: 8-bit weights on both sides, the spiking network at the int8 table
+    assert out["weight_bits"] == 8 and s["weight_bits"] == 8 and s["table"] == "45nm-int8"
+    assert s["snn"]["weight_bits"] == 8 and all(b["weight_bits"] == 8 for b in s["baselines"])
     names = [b["name"] for b in s["baselines"]]
-    assert names[:3] == ["ANN fp32", "ANN fp16/bf16", "ANN int8 (W8A8)"] and names[3].startswith("quantised ANN (W8A4")
+    assert names == ["ANN W8A8 (dense)", "equal-information ANN W8A4 (dense)", "equal-information ANN W8A4 (zero-skipping)"]
+    dense, equal, zero = s["baselines"]
+    assert zero["compute"] < equal["compute"] < dense["compute"] and zero["sram"] < equal["sram"]
+    assert all(b["break_even"]["overall"]["compute"] is not None for b in s["baselines"])
+    assert len(dense["break_even"]["rows"]) == 2 * 4  # receptance, key, value, gate of two blocks
+    # one spiking total: the full count's is the summary's compute (same table, flags alike)
+    assert out["full"]["total"]["e_snn_pj"] == pytest.approx(s["snn"]["compute"])
+    assert s["paper_convention"]["table"] == "45nm-fp32" and out["paper"]["table"] == "45nm-fp32"
     assert s["snn"]["compute"] < s["snn"]["sram"] < s["snn"]["dram"]
     assert open(out["parts_plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert main(["-q", "energy", str(pth), "--data", str(txt), "--whole-file", "--tokens", "32"]) == 0
     text = capsys.readouterr().out
-    assert "EE compute" in text and "quantised ANN" not in text  # an ANN has no spike code to match
+    assert "EE compute" in text and "equal-information" not in text  # an ANN has no spike code to match
+    assert text.index("## Like for like") < text.index("## Full count") < text.index("## The paper's convention")
+    assert main(["-q", "energy", str(pth), "--data", str(txt), "--whole-file", "--tokens", "32", "--weight-bits", "32",
+                 "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["summary"]
+    assert s["table"] == "45nm-fp32" and [b["name"] for b in s["baselines"]] == ["ANN W32A32 (dense)"]
 
 
 def test_cli_sweep_with_energy_at_both_site_sets(files, capsys):
@@ -102,7 +117,15 @@ def test_cli_sweep_with_energy_at_both_site_sets(files, capsys):
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-3L (time_mix)", "SpikeRWKV-3L (all)"]
-    assert rows[0]["ee_compute"] == pytest.approx(1.0) and rows[0]["ee_quantised_compute"] is None
+    assert rows[0]["ee_dense_compute"] == pytest.approx(1.0) and rows[0]["ee_equal_compute"] is None
+    assert all(r["weight_bits"] == 8 and r["table"] == "45nm-int8" for r in rows)  # --energy: like for like
+    assert all(r["break_even_dense_compute"] is not None for r in rows[1:])
     # encoding the feed-forward too (all) drives more MACs by spikes than the time mixing alone
     assert rows[2]["e_compute_pj"] < rows[1]["e_compute_pj"] < rows[0]["e_compute_pj"]
     assert all(r["quantised_bits"] == 4 for r in rows[1:])
+    # --table names the spiking network's table (the baselines keep the weights' precision)
+    assert main(["-q", "sweep", str(pth), "--data", str(txt), "--whole-file", "--presets", "SpikeRWKV-3L",
+                 "--calib-data", str(txt), "--energy", "--energy-tokens", "16", "--max-chars", "200", "--table", "45nm-fp16",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["table"] for r in rows} == {"45nm-fp16"} and {r["weight_bits"] for r in rows} == {8}

@@ -135,20 +135,24 @@ def test_summary_parts_sum_to_totals_and_baselines_are_priced_by_hand():
     m = make_rwkv6(n_layer=1, n_embd=32, head_size=16, seed=3)
     convert(m, EncodingConfig(encoding="mhse", T=1, layers=3, sites="all"), [torch.randint(0, 257, (2, 16))])
     counts = count_model(m, list(range(1, 17)), chunk=8)
-    s = energy_summary(m, counts, batch=4)
-    assert s.bits == 4 and [b.name for b in s.baselines][-1].startswith("quantised ANN (W8A4")
+    s = energy_summary(m, counts, batch=4, weight_bits=8)  # an fp32 model priced as if 8-bit, for the arithmetic
+    assert s.bits == 4 and [b.name for b in s.baselines] == [
+        "ANN W8A8 (dense)", "equal-information ANN W8A4 (dense)", "equal-information ANN W8A4 (zero-skipping)"]
     for net in (s.snn, *s.baselines):
         assert sum(net.parts_sram[p] for p in PARTS) == pytest.approx(net.sram)
         assert sum(net.parts_dram[p] for p in PARTS) == pytest.approx(net.dram)
-    ann = counts.rows  # int8 baseline: 0.23 pJ per MAC and 0.03 per add from the same dense counts
     tok = counts.tokens
-    dense = {k: sum(r.ann_ops[k] for r in ann.values()) / tok for k in ("mac", "mul", "add", "special")}
-    int8 = next(b for b in s.baselines if "W8A8" in b.name)
+    dense = {k: sum(r.ann_ops[k] for r in counts.rows.values()) / tok for k in ("mac", "mul", "add", "special")}
+    sites = [r for r in counts.rows.values() if r.kind == "linear" and r.spikes is not None]
+    inputs = sum(r.ann_ops["mac"] / r.c_out for r in sites) / tok  # values quantised at the spike sites
+    int8 = s.baselines[0]
+    # the W8A8 ANN: 0.23 pJ per MAC, 0.2 per mul, 0.03 per add, from the same dense counts, and an
+    # activation quantiser (1 mul + 2 add) per value at the spike sites
     assert int8.compute == pytest.approx(dense["mac"] * 0.23 + dense["mul"] * 0.2 + dense["add"] * 0.03
-                                         + dense["special"] * 0.23)
-    assert s.eq5 is not None and s.eq5_c_in == 32
+                                         + dense["special"] * 0.23 + inputs * (0.2 + 2 * 0.03))
+    assert s.convention.eq5 is not None and s.convention.eq5_c_in == 32
     md = s.to_markdown()
-    assert "paper's convention" in md and "EE DRAM B=4" in md
+    assert "paper's convention" in md and "EE DRAM B=4" in md and "Like for like" in md
 
 
 def test_worked_example_of_docs_energy_md():

@@ -118,14 +118,17 @@ def test_decoding_step_follows_swapped_parameters_and_modules():
 
 def test_float64_model_decodes_through_its_modules():
     """The step takes float32, bf16 and fp16 weights: a float64 model decoding one token runs its
-    modules (it once reached the step and failed there), and matches its own prefill."""
+    modules (it once reached the step and failed there), and matches its own prefill. The WKV runs
+    in float32 in every dtype: where both calls take the compiled recurrence they agree bit for
+    bit; with the kernels off (the step against the chunked form) to float32 rounding (measured
+    3e-7 on logits of magnitude 3)."""
     model = make_rwkv6(n_layer=2, n_embd=64, head_size=16, seed=8).double()
     idx = torch.randint(0, 257, (1, 4), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         _, st = model(idx[:, :3])
         got = model(idx[:, 3:], st)[0]
         ref = model(idx)[0][:, 3:]
-    assert got.dtype == torch.float64 and torch.allclose(got, ref, rtol=1e-9, atol=1e-9)
+    assert got.dtype == torch.float64 and torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels

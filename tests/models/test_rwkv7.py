@@ -70,12 +70,33 @@ def test_matches_rwkv_package(reference, case):
         assert _max_rel(torch.cat(rows), ref["cpu fp32/carried"]) <= 1e-4
 
 
-def test_package_bf16_error_is_far_above_our_fp32_error(reference):
-    """The package's own bf16 strategy against its fp32: what low precision costs (measured ~1e-2),
-    against ours vs its fp32 (< 1e-4)."""
-    ref = reference[0]["3x128-h64"]
-    bf16_err = _max_rel(ref["cpu bf16/prefill"], ref["cpu fp32/prefill"])
-    assert 1e-4 < bf16_err < 0.2, bf16_err
+def test_our_bf16_error_is_within_the_packages(reference):
+    """Our bf16 model against the package's fp32, next to the package's own bf16 against its fp32
+    (measured: ours 1.66e-2, the package's 1.79e-2; prefill and carried decoding alike), and our
+    carried bf16 decoding against our bf16 prefill: the WKV state stays float32 between calls, so
+    the two agree (measured: bit for bit; a state rounded to bf16 between calls moves them 1e-2)."""
+    results, tmp = reference
+    case = "3x128-h64"
+    ref = results[case]
+    tokens, cut = _tokens(case), CASES[case][7]
+    pkg_err = _max_rel(ref["cpu bf16/prefill"].float(), ref["cpu fp32/prefill"])
+    pkg_carried_err = _max_rel(ref["cpu bf16/carried"].float(), ref["cpu fp32/carried"])
+    assert 1e-4 < pkg_err < 0.2, pkg_err  # the reference's own bf16 is sane
+    ours = rwkv7_from_state_dict(torch.load(tmp / f"{case}.pth", weights_only=True), dtype=torch.bfloat16)
+    assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        full, _ = ours(torch.tensor([tokens]))
+        lo, st = ours(torch.tensor([tokens[:cut]]))
+        rows = [lo[0]]
+        for t in tokens[cut:]:
+            lo, st = ours(torch.tensor([[t]]), st)
+            rows.append(lo[0])
+    carried = torch.cat(rows)
+    assert full.dtype == torch.bfloat16 and all(s[1].dtype == torch.float32 for s in st)
+    ours_err = _max_rel(full[0].float(), ref["cpu fp32/prefill"])
+    assert 1e-4 < ours_err <= 1.25 * pkg_err, (ours_err, pkg_err)  # it ran in bf16, and no worse than the package
+    assert _max_rel(carried.float(), ref["cpu fp32/carried"]) <= 1.25 * pkg_carried_err
+    assert _max_rel(carried.float(), full[0].float()) <= 2e-3
 
 
 def _model(case: str = "2x64-h16", seed: int = 1) -> RWKV7:

@@ -48,7 +48,9 @@ def _logits(model, data_tokens):
 
 
 def test_finetune_recovers_the_gap_and_saves_a_converted_folder(tiny_data, ann, tmp_path):
-    res = finetune(_ft(tiny_data, ann, tmp_path / "ft", preset="SpikeRWKV-3L", sites="all"), progress=None)
+    # from the papers' max calibration (the default mse starts closer: this test is about training)
+    res = finetune(_ft(tiny_data, ann, tmp_path / "ft", preset="SpikeRWKV-3L", sites="all", calibration="max"),
+                   progress=None)
     summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
     assert summary["converted_gap_pct"] > 5.0  # conversion alone loses (3 layers at every site)
     assert summary["val_gap_pct"] < 0.5 * summary["converted_gap_pct"]  # fine-tuning wins most of it back
@@ -73,6 +75,7 @@ def test_fine_tuned_simulation_equals_closed_form_bit_for_bit(tiny_data, ann, tm
     res = finetune(_ft(tiny_data, ann, tmp_path / "ft", preset="SpikeRWKV-4L", sites="all", max_steps=4, eval_every=0,
                        train="lora"), progress=None)
     model = spikelm.load(res.final_path)
+    assert model.encoding.calibration == "mse"  # the default start
     idx = torch.randint(0, 257, (2, 12), generator=torch.Generator().manual_seed(0))
     closed = _logits(model, idx)
     set_method(model, "sim")
@@ -251,3 +254,31 @@ def test_sweep_adds_a_fine_tuned_row_beside_each_preset(tiny_data, ann, tmp_path
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "SpikeRWKV-3L +FT" in out and "Fine-tuned rows" in out and f"{ft['ppl']:.4f}" in out
+
+
+def test_weight_bits_quantise_the_final_model_and_validate_it_again(tiny_data, ann, tmp_path):
+    """--weight-bits 8: final/ holds int8 weights (round trip through save and load), and the summary
+    reports the gap measured again at 8 bits next to the float one."""
+    res = finetune(_ft(tiny_data, ann, tmp_path / "ft", preset="SpikeRWKV-4L", sites="all", max_steps=2, eval_every=0,
+                       weight_bits=8), progress=None)
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    assert summary["weight_bits"] == 8 and summary["val_gap_pct_at_weight_bits"] is not None
+    assert summary["val_loss_at_weight_bits"] != summary["val_loss"]
+    model = spikelm.load(res.final_path)
+    from spikelm.models.quantized import weight_bits
+    assert weight_bits(model) == 8 and model.encoding.sites == "all"
+    with pytest.raises(spikelm.errors.ConfigError, match="weight_bits"):
+        _ft(tiny_data, ann, tmp_path / "x", preset="SpikeRWKV-4L", weight_bits=4)
+
+
+def test_sweep_compares_calibrations_and_fine_tunes_each_preset_once(tiny_data, ann, tmp_path, capsys):
+    """--calibration max,mse: a row of each, named; the fine-tuned row (from mse) once per preset."""
+    argv = ["sweep", str(ann), "--data", tiny_data, "--calib-data", tiny_data, "--presets", "SpikeRWKV-4L",
+            "--sites", "all", "--max-chars", "3000", "--calibration", "max,mse", "--finetune-steps", "1",
+            "--finetune-out", str(tmp_path / "ft"), "--no-progress", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["RWKV (ANN)", "SpikeRWKV-4L [max]", "SpikeRWKV-4L +FT", "SpikeRWKV-4L [mse]"]
+    assert rows[1]["ppl"] != rows[3]["ppl"]
+    assert json.loads((tmp_path / "ft" / "SpikeRWKV-4L-all" / "final" / "config.json").read_text())[
+        "encoding"]["calibration"] == "mse"

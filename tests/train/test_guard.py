@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 
 from spikelm.cli import main
@@ -178,3 +179,39 @@ def test_one_host_read_per_optimizer_step(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
     train(tiny_args(tiny_data, tmp_path / "run", max_steps=2, eval_every=0, grad_clip=1.0), progress=False)
     assert seen == [0, 0] and tolists == [1, 1]
+
+
+class _InfGradAt:
+    """Makes the training gradient of one weight infinite at one optimizer step while the loss stays
+    finite: only the gradient-norm check can stop that step (the loss check cannot see it)."""
+
+    def __init__(self, model, step: int):
+        self.model, self.step, self.backwards = model, step, 0
+        self.weight = model.head.weight
+        self.before = None
+        self.weight.register_hook(self)
+
+    def __call__(self, grad):
+        self.backwards += 1
+        if self.backwards == self.step:
+            self.before = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            grad = grad.clone()
+            grad[0, 0] = float("inf")
+        return grad
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_non_finite_gradient_norm_with_a_finite_loss_stops_the_run(tiny_data, tmp_path, grad_clip):
+    """The gradient-norm half of the guard, on its own: the loss of step 3 is finite, its gradient
+    is not. The run stops at step 3 naming the gradient norm, before the weights change (with or
+    without clipping: grad_clip 0 still measures the norm for the guard)."""
+    args = tiny_args(tiny_data, tmp_path / "run", max_steps=6, save_every=2, keep_checkpoints=0, eval_every=0,
+                     grad_clip=grad_clip)
+    model = _build_model(args, 257)
+    poison = _InfGradAt(model, step=3)
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is (inf|nan) at step 3.*step_000002.*--resume-from 2"):
+        train(args, model=model, progress=False)
+    assert poison.backwards == 3 and poison.before is not None
+    for k, v in model.state_dict().items():  # the optimizer never took step 3
+        assert torch.equal(v, poison.before[k]), k
+    assert latest_checkpoint(tmp_path / "run").name == "step_000002"

@@ -1,4 +1,5 @@
-"""Reading checkpoint files: weights only, memory-mapped, every failure a named ``CheckpointError``.
+"""Reading checkpoint files: weights only, memory-mapped, every failure a named ``CheckpointError``;
+writing them so that a full disk is an ``OSError`` naming the file.
 
 ``torch.load(..., weights_only=True, mmap=True)``: no pickled code is ever run, and the tensors of
 a large file are paged in on demand instead of being read into memory at once.
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
+import pickle
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,11 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 
-__all__ = ["read_tensors", "assign_weights", "read_sharded_model", "SHARDED_METADATA"]
+__all__ = ["read_tensors", "read_state", "write_torch", "write_safetensors", "assign_weights", "read_sharded_model",
+           "SHARDED_METADATA"]
 
 # The index file of a torch.distributed.checkpoint folder (what FSDP training checkpoints hold).
 SHARDED_METADATA = ".metadata"
@@ -56,15 +61,7 @@ def read_tensors(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for truncated/corrupt/pickled-code files
-        text = str(e)
-        if "Weights only load failed" in text:
-            raise CheckpointError(f"{path}: refused: it contains pickled Python objects, not just tensors, and spikelm "
-                                  "never unpickles code; load only checkpoints of plain tensors (or .safetensors)") from None
-        if "central directory" in text or "zip archive" in text:  # torch's miniz wording for a cut-off archive
-            msg = "the zip archive is incomplete (the file is probably truncated: copy or download it again)"
-        else:
-            msg = (text.splitlines()[0] if text else type(e).__name__) + "; the file may be truncated or corrupt"
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch weights file: {msg}") from None
+        raise _unreadable(path, e, "a PyTorch weights file") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -76,6 +73,59 @@ def read_tensors(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; "
                                   "expected a dict of tensor names to tensors")
     return obj
+
+
+def _unreadable(path: Path, e: BaseException, what: str) -> CheckpointError:
+    """The named error of a ``torch.load(weights_only=True)`` that failed on ``path``."""
+    text = str(e)
+    if "Weights only load failed" in text or isinstance(e, pickle.UnpicklingError):
+        return CheckpointError(f"{path}: refused: it contains pickled Python objects, not just tensors, and spikelm "
+                               "never unpickles code; load only checkpoints of plain tensors (or .safetensors)")
+    if "central directory" in text or "zip archive" in text:  # torch's miniz wording for a cut-off archive
+        msg = "the zip archive is incomplete (the file is probably truncated: copy or download it again)"
+    else:
+        msg = (text.splitlines()[0] if text else type(e).__name__) + "; the file may be truncated or corrupt"
+    return CheckpointError(f"{path}: cannot read it as {what}: {msg}")
+
+
+def read_state(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """A training-state file (``optimizer.pt``, ``rng_rank0.pt``) read weights-only: a pickle that
+    would run code, a truncated or a missing file is a :class:`CheckpointError` naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; the checkpoint is incomplete")
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many types for corrupt or pickled-code files)
+        raise _unreadable(path, e, "a training-state file") from None
+
+
+def write_torch(obj: Any, path: Path) -> Path:
+    """``torch.save`` through a Python file object, so that a full disk or a read-only target is an
+    ``OSError`` naming the file (torch's own writer says only "unexpected pos"); a partial file is removed."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_safetensors(sd: dict[str, torch.Tensor], path: Path) -> Path:
+    """``safetensors.torch.save_file``, with an I/O failure (a full disk) raised as the ``OSError``
+    it is, naming the file; a partial file is removed."""
+    try:
+        save_file(sd, str(path))
+    except SafetensorError as e:
+        path.unlink(missing_ok=True)
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+        raise
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_sharded_model(folder: Path) -> dict[str, torch.Tensor]:

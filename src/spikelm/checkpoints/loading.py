@@ -25,18 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config
+from ..config import EncodingConfig, RWKV4Config, RWKV6Config, RWKV7Config, WeightQuantConfig
 from ..convert import attach_encoders
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write, atomic_write_json, claim_dir, honour_umask, make_temp_dir, publish_dir
+from ..models.quantized import dequantized_state_dict, quantize_weights, weight_quantization
 from ..models.rwkv4 import RWKV4
 from ..models.rwkv6 import RWKV6
 from ..models.rwkv7 import RWKV7
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from .files import SHARDED_METADATA, assign_weights, read_sharded_model, read_tensors
+from .files import SHARDED_METADATA, assign_weights, read_sharded_model, read_tensors, write_safetensors
 from .rwkv4 import rwkv4_from_state_dict
 from .rwkv6 import EXPECTED_LAYOUT, check_generation, from_hf_keys, infer_rwkv6_config
 from .rwkv7 import from_official, infer_rwkv7_config, is_rwkv7_state_dict, rwkv7_from_state_dict
@@ -127,6 +127,7 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     """Instantiate the model a saved ``config.json`` names (``kind``), with its encoders if converted."""
     cfg_dict = dict(cfg_dict)
     encoding = cfg_dict.pop("encoding", None)  # present in converted (spiking) checkpoints
+    wq = cfg_dict.pop("weight_quantization", None)  # present where the weights are stored at 8 or 16 bits
     cfg_dict.pop("finetune", None)  # how a fine-tuned model was made (spikelm finetune): a record, not a setting
     kind = cfg_dict.get("kind", "rwkv6")
     if kind == "rwkv6":
@@ -138,9 +139,12 @@ def build_model(cfg_dict: dict[str, Any]) -> nn.Module:
     elif kind == "rwkv4":
         model = RWKV4(RWKV4Config.from_dict(cfg_dict))
     else:
-        raise CheckpointError(f"unknown model kind {kind!r} in config.json; known: rwkv4, rwkv6, rwkv7, spikegpt")
+        raise ConfigError(f"kind: unknown model kind {kind!r}; known: rwkv4, rwkv6, rwkv7, spikegpt")
     if encoding is not None:
         attach_encoders(model, EncodingConfig.from_dict(encoding))
+    if wq is not None:  # the quantised matrices' places (q, scale) before the stored values are assigned
+        w = WeightQuantConfig.from_dict(wq)
+        quantize_weights(model, w.bits, head=w.head, embedding=w.embedding)
     return model
 
 
@@ -219,10 +223,13 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
-    """What ``config.json`` records of ``model``: its config, and its encoding if converted."""
+    """What ``config.json`` records of ``model``: its config, its encoding if converted, and how its
+    weights are stored if quantised."""
     cfg = model.cfg.to_dict() if hasattr(model, "cfg") else {}
     if getattr(model, "encoding", None) is not None:  # a converted (spiking) model
         cfg["encoding"] = model.encoding.to_dict()
+    if weight_quantization(model) is not None:  # int8 (or fp16) weights, stored as they are
+        cfg["weight_quantization"] = weight_quantization(model).to_dict()
     return cfg
 
 
@@ -240,7 +247,7 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
     tmp = make_temp_dir(out)
     try:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(sd, str(tmp / "model.safetensors"))
+        write_safetensors(sd, tmp / "model.safetensors")
         honour_umask(tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", cfg)
         publish_dir(tmp, out)
@@ -251,9 +258,10 @@ def save(model: nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | N
 
 
 def save_official(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
-    """Write the state dict in the official RWKV-6 ``.pth`` layout (what RWKV-LM saves)."""
+    """Write the state dict in the official RWKV-6 ``.pth`` layout (what RWKV-LM saves); quantised
+    weights are written dequantised, under their official names."""
     p = Path(path)
-    sd = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in dequantized_state_dict(model, dtype).items()}
     buf = io.BytesIO()
     torch.save(sd, buf)
     return atomic_write(p, buf.getbuffer())

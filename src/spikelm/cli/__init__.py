@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import io
 import logging
+import os
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
+from ..data.corpus import cache_dir
 from ..errors import ConfigError, SpikelmError
+from ..io import describe_os_error
 from .demo import cmd_demo
 from .kernels import cmd_kernels
 from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
@@ -76,6 +81,10 @@ def entry() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every way it can end is an exit code and at most one line on stderr:
+    0 done, 2 a user's error (:class:`SpikelmError`, or an ``OSError`` named with its path and
+    cause), 130 Ctrl-C (spikelm_launch covers the moments outside this function), 141 a closed
+    stdout (``spikelm generate M | head``: quiet, as Unix tools end)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _TopParser(
         prog="spikelm",
@@ -110,13 +119,39 @@ def main(argv: list[str] | None = None) -> int:
         else:
             kwargs = vars(parser.parse_args(ns.args))
         result = fn(**kwargs)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except SpikelmError as e:
         print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a path the user named: missing, unreadable, a folder for a file ...
-        print(f"spikelm {ns.command}: error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # stdout closed by its reader (`| head`): stop quietly, as Unix tools do
+        _stdout_to_devnull()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the closed pipe ended
+    except OSError as e:  # a path the user named: missing, unwritable, a full disk, a read-only target ...
+        print(f"spikelm {ns.command}: error: {describe_os_error(e)}{_cache_hint(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nspikelm {ns.command}: interrupted", file=sys.stderr)
         return 130
     return int(result) if isinstance(result, int) else 0
+
+
+def _stdout_to_devnull() -> None:
+    """Point the process's stdout at /dev/null, so that the interpreter's last flush of a closed
+    pipe does not print "Exception ignored ... BrokenPipeError" (the Python docs' recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # stdout is not a real file (tests)
+        pass
+
+
+def _cache_hint(e: OSError) -> str:
+    """For an error in spikelm's cache: where the cache is and how to move it."""
+    if e.filename is None:
+        return ""
+    try:
+        inside = Path(os.path.abspath(e.filename)).is_relative_to(cache_dir().absolute())
+    except (OSError, ValueError):
+        return ""
+    return (" (this is spikelm's cache, $SPIKELM_CACHE or ~/.cache/spikelm: set SPIKELM_CACHE to a folder with "
+            "room)") if inside else ""

@@ -6,7 +6,12 @@ setting, converts it with SpikeRWKV-4L and -3L at every site and fine-tunes thos
 (``spikelm finetune``), and measures all of them the same way: PPL / BPC on the held-out test split (SpikeRWKV
 Table 1), few-shot multiple-choice accuracy on the offline benchmark data (Table 2), energy by the
 paper's formula and by a full count (Table 3), firing rates, and a text sample from each kind of
-model. It writes ``report.md``, ``results.json`` and PNG plots into ``--out``.
+model. Every model is measured with its weights stored at ``--weight-bits`` (8 by default: int8,
+a scale per output channel; each conversion calibrated on the quantised ANN, a fine-tuned one
+quantised after fine-tuning), so Table 3 prices the very networks Tables 1 and 2 score, like for
+like (the spiking network and its ANN twins at the same weight precision, memory in SRAM), then
+keeps the paper's convention (fp32); Table 1 adds the float ANN as a reference row. It writes
+``report.md``, ``results.json`` and PNG plots into ``--out``.
 
 Every stage's result is cached under ``<out>/cache`` with a key made of its settings, so a rerun
 reuses what is done (``--fresh`` starts over). Each file is written to a temporary name and
@@ -36,18 +41,20 @@ from ..errors import ConfigError
 from ..convert import convert, preset_config
 from ..data.build import prepare
 from ..data.text import calibration_batches, split_tokens
+from ..energy.constants import PAPER_TABLE
 from ..energy.plots import _figure, _save, plot_energy_parts, plot_tradeoff
 from ..energy.report import count_model, full_report, paper_entry
-from ..energy.summary import energy_summary
+from ..energy.summary import energy_summary, headline
 from ..energy.tradeoff import energy_columns
 from ..evaluate.multiple_choice import evaluate_tasks, format_table2
 from ..evaluate.perplexity import evaluate_lm
 from ..evaluate.sweep import format_table1
 from ..generate import generate
-from ..io import OutputExistsError, atomic_write_json, atomic_write_text, check_file_target
+from ..io import atomic_write_json, atomic_write_text, claim_dir
+from ..models.quantized import quantize_weights
 from ..progress import ProgressFn
 from ..train import FinetuneArgs, finetune, train
-from .options import progress_bars
+from .options import WeightBits, progress_bars, resolve_weight_bits
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ __all__ = ["DemoSettings", "run_demo", "cmd_demo", "machine_info"]
 PAPER_PRESETS = ["SNN-RWKV-3", "SNN-RWKV-4", "SpikeRWKV-3L", "SpikeRWKV-4L", "SpikeRWKV-5L"]
 OWN_PRESET = "spikelm-4L"
 FINETUNED = ["SpikeRWKV-4L", "SpikeRWKV-3L"]  # converted at every site, then fine-tuned (Tables 1 and 3)
+FLOAT_ANN = "RWKV (ANN), fp32 weights"  # Table 1's reference row where the models store fewer bits
 NLU_TASKS = ["arc_easy", "arc_challenge", "piqa", "copa", "winogrande", "hellaswag", "lambada"]
 
 
@@ -82,6 +90,7 @@ class DemoSettings:
     finetune_steps: int = 40  # of batch_size x ctx_len tokens each
     finetune_lr: float = 3e-4
     finetune_scale_lr: float = 0.1
+    weight_bits: int = 8  # every model's weights (like for like); 32: float, as trained
 
     def key(self, *fields_: str) -> str:
         d = asdict(self)
@@ -194,50 +203,53 @@ def _convert(ann, preset: str, calib, sites: str = "time_mix"):
     return convert(copy.deepcopy(ann), preset_config(preset, sites), calib)
 
 
+def _quantized(model, bits: int):
+    """``model`` with its weights stored at ``bits`` (in place; as it is at 32)."""
+    return model if bits == 32 else quantize_weights(model, bits)
+
+
 def _energy(model, tokens, method: str) -> dict[str, Any]:
     counts = count_model(model, tokens)
-    rep = full_report(counts)
+    summary = energy_summary(model, counts)  # like for like at the model's weight precision (docs/energy.md)
+    rep = full_report(counts, summary.table)  # the summary's spiking compute is this total
+    paper = full_report(counts, PAPER_TABLE)  # the paper's convention: every operation at fp32
     entry = paper_entry(counts, "Brown test", method)
-    summary = energy_summary(model, counts)  # every energy beside the baselines (docs/energy.md)
     return {
         "summary": summary.to_dict(),
         "every_energy": energy_columns(summary),
+        "headline": headline(summary),
         "full": rep.to_dict(),
         "pj_per_token": rep.total_snn,
         "pj_per_token_ann": rep.total_ann,
         "spike_share": rep.spike_share,
+        "fp32_pj_per_token": paper.total_snn,
+        "fp32_pj_per_token_ann": paper.total_ann,
+        "fp32_spike_share": paper.spike_share,
         "paper": None if entry is None else {"fr": entry.fr, "T": entry.T, "l": entry.layers},
         "markdown": rep.to_markdown(rows=False),
     }
 
 
-# Everything the demo writes in its output folder (claim_dir refuses a folder holding anything else).
-DEMO_FILES = ("cache", "models", "results.json", "report.md", "tradeoff.png", "tradeoff_sram.png", "firing_rates.png",
-              "training_curves.png")
-DEMO_FILE_PREFIXES = ("energy_parts_",)  # one stacked-bar plot per model
+# Everything the demo writes in its output folder (spikelm.io.claim_dir refuses a folder holding anything else).
+DEMO_FILES = ("cache/", "models/", "results.json", "report.md", "tradeoff.png", "tradeoff_sram.png", "firing_rates.png",
+              "training_curves.png", "energy_parts_*.png")  # one stacked-bar plot per model
 
 
-def _claim_demo_dir(out: Path) -> Path:
-    """A rerun reuses the demo's own files; a folder holding anything else is the user's and is refused."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {out} is a file; the demo writes a folder: choose another --out")
-    check_file_target(out / "report.md", "--out")  # no parent of it is a file
-    if out.is_dir():
-        foreign = sorted(e.name for e in out.iterdir() if e.name not in DEMO_FILES and not e.name.startswith((".", *DEMO_FILE_PREFIXES)))
-        if foreign:
-            raise OutputExistsError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:5])}); "
-                                    "the demo writes only into a new folder or one of its own: choose another --out")
-    return out
+def _claim_demo_dir(out: Path, overwrite: bool = False) -> Path:
+    """A rerun reuses the demo's own folder (its record says the demo wrote it); a folder holding
+    anything else is the user's and is refused; spikelm-named files without the record need --overwrite."""
+    return claim_dir(out, overwrite=overwrite, what="--out", owns=DEMO_FILES, reuse="demo")
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False,
-             progress: ProgressFn | None = None, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+             progress: ProgressFn | None = None, echo: Callable[[str], None] = lambda m: None,
+             overwrite: bool = False) -> dict[str, Any]:
     """Run every stage (reusing cached ones) and write the report; returns results.json's content."""
 
     s = settings or DemoSettings()
     if not s.minutes > 0:
         raise ConfigError(f"--minutes must be > 0 (the training budget of both models), got {s.minutes}")
-    out = _claim_demo_dir(Path(out))
+    out = _claim_demo_dir(Path(out), overwrite)
     if fresh:  # only what the demo itself wrote: its cache and trained models
         for sub in ("cache", "models"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -269,8 +281,10 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
         timings[f"finetune_{p}"] = time.perf_counter() - t
 
     torch.manual_seed(s.seed)
-    ann = _load(ann_run["path"])
-    spikegpt = _load(sg_run["path"])
+    wb = s.weight_bits
+    ann_float = _load(ann_run["path"])
+    ann = _quantized(copy.deepcopy(ann_float), wb)  # every model below stores its weights at wb bits
+    spikegpt = _quantized(_load(sg_run["path"]), wb)
     calib = _calibration(ann)
     presets = PAPER_PRESETS + [OWN_PRESET]
     models: dict[str, Callable[[], Any]] = {"RWKV (ANN)": lambda: ann}
@@ -279,7 +293,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     nlu_models = list(models) + ["SpikeGPT"]  # Table 2 (the all-sites rows are in Tables 1 and 3)
     for p in FINETUNED:
         models[f"{p} (all)"] = (lambda p=p: _convert(ann, p, calib, "all"))
-        models[f"{p} (all) +FT"] = (lambda p=p: _load(ft_runs[p]["path"]))
+        models[f"{p} (all) +FT"] = (lambda p=p: _quantized(_load(ft_runs[p]["path"]), wb))  # fine-tuned in float
     built: dict[str, Any] = {}
 
     def get(name: str):
@@ -289,7 +303,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
             built[name] = models[name]()
         return built[name]
 
-    ann_key = Path(ann_run["path"]).parent.name + "-ft" + s.key("finetune_steps", "finetune_lr", "finetune_scale_lr")
+    ann_key = (Path(ann_run["path"]).parent.name + "-ft" + s.key("finetune_steps", "finetune_lr", "finetune_scale_lr")
+               + f"-w{wb}")
     sg_key = Path(sg_run["path"]).parent.name
 
     # Table 1: PPL / BPC on the held-out test split
@@ -304,9 +319,13 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
             ann_res = ann_res or r
             enc = getattr(get(name), "encoding", None)
             rows.append({"model": name, "encoding": enc.encoding if enc else "none", "T": enc.T if enc else None,
-                         "l": enc.layers if enc else None, **r,
+                         "l": enc.layers if enc else None, **r, "weight_bits": wb,
                          "ppl_gap_pct": 100 * (r["ppl"] / ann_res["ppl"] - 1), "bpc_gap_pct": 100 * (r["bpc"] / ann_res["bpc"] - 1)})
-        return {"data": desc, "unit": unit, "rows": rows}
+        if wb != 32:  # the float ANN, for the cost of storing the weights at wb bits
+            r = evaluate_lm(ann_float, tokens, n_units, chunk=1024, progress=False)
+            rows.append({"model": FLOAT_ANN, "encoding": "none", "T": None, "l": None, **r, "weight_bits": 32,
+                         "ppl_gap_pct": 100 * (r["ppl"] / ann_res["ppl"] - 1), "bpc_gap_pct": 100 * (r["bpc"] / ann_res["bpc"] - 1)})
+        return {"data": desc, "unit": unit, "weight_bits": wb, "rows": rows}
 
     t1 = _cached(cache, "table1", f"{ann_key}-{sg_key}-{s.key('eval_chars')}", table1)
     timings["table1"] = time.perf_counter() - t
@@ -318,7 +337,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
         e_tokens = list(tokens[: s.energy_tokens])
         return {name: _energy(get(name), e_tokens, name) for name in list(models) + ["SpikeGPT"]}
 
-    en = _cached(cache, "energy", f"{ann_key}-{sg_key}-{s.key('energy_tokens', 'eval_chars')}-summary1", energy)
+    en = _cached(cache, "energy", f"{ann_key}-{sg_key}-{s.key('energy_tokens', 'eval_chars')}-summary2", energy)
     timings["energy"] = time.perf_counter() - t
 
     # Table 2: few-shot multiple choice
@@ -331,7 +350,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
                                         batch_size=16, progress=False)
         return rows
 
-    t2 = _cached(cache, "table2", f"{Path(ann_run['path']).parent.name}-{sg_key}-{s.key('nlu_limit', 'nlu_shots', 'nlu_tasks')}", table2)
+    t2 = _cached(cache, "table2", f"{Path(ann_run['path']).parent.name}-w{wb}-{sg_key}-{s.key('nlu_limit', 'nlu_shots', 'nlu_tasks')}",
+                 table2)
     timings["table2"] = time.perf_counter() - t
 
     # Samples
@@ -397,12 +417,16 @@ def _plots(out: Path, t1: dict, en: dict, ann_run: dict, sg_run: dict) -> dict[s
         log.warning("demo: matplotlib is not installed; no plots (pip install 'spikelm[plot]')")
         return {}
     paths = {}
+    wb = t1.get("weight_bits", 32)
+    table = next(iter(en.values()))["summary"]["table"]
     points = [(r["model"], r["ppl"], en[r["model"]]["pj_per_token"]) for r in t1["rows"] if r["model"] in en]
     paths["tradeoff"] = str(plot_tradeoff(points, out / "tradeoff.png", log_energy=True,
-                                          title="Perplexity vs energy per token (test split, full count)"))
+                                          title=f"Perplexity vs energy per token, like for like: {wb}-bit weights\n"
+                                                f"(test split; spiking networks at {table}, compute only)"))
     points = [(r["model"], r["ppl"], en[r["model"]]["summary"]["snn"]["sram"]) for r in t1["rows"] if r["model"] in en]
     paths["tradeoff_sram"] = str(plot_tradeoff(points, out / "tradeoff_sram.png", log_energy=True,
-                                               title="Perplexity vs energy per token (full count with flags + SRAM)"))
+                                               title=f"Perplexity vs energy per token, like for like: {wb}-bit weights\n"
+                                                     f"(test split; spiking networks at {table}, compute + SRAM)"))
     for name, e in en.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
         paths[f"parts:{name}"] = str(plot_energy_parts(e["summary"], out / f"energy_parts_{slug}.png",
@@ -472,40 +496,56 @@ def _report(res: dict, en: dict, format_table1) -> str:
                      f"{r['val_gap_before_pct']:+.2f}% | {r['val_gap_pct']:+.2f}% |")
         L.append("")
     t1 = res["table1"]
+    wb = t1.get("weight_bits", 32)
+    quant = (f" Every model stores its weights at {wb} bits (int8 with a scale per output channel, head and embedding "
+             "included; each conversion calibrated on the quantised ANN, the +FT rows quantised after fine-tuning), the "
+             f"networks Table 3 prices; the last row is the ANN with float32 weights, against the {wb}-bit ANN."
+             if wb == 8 else f" Every model stores its weights at {wb} bits." if wb != 32 else "")
     L += ["## Table 1: perplexity and bits per byte", "", f"Scored on {t1['data']}; every model sees the same bytes. "
           "BPC here is bits per byte; PPL is per byte-token. The spiking rows are the ANN converted with each preset "
           "(calibrated on 8 x 4 x 128 bytes of the training split) at the paper's sites (time mixing); `(all)` rows "
-          "encode every site, and `+FT` rows are those fine-tuned (above).", "", format_table1(t1["rows"], "BPC"), ""]
+          "encode every site, and `+FT` rows are those fine-tuned (above)." + quant, "", format_table1(t1["rows"], "BPC"), ""]
     L += ["## Table 2: few-shot multiple choice (accuracy, %)", "",
-          f"{s['nlu_shots']}-shot, first {s['nlu_limit']} items of each task (splits as in `spikelm.evaluate.tasks`); "
-          "with so few items the standard error is about 10 points, so read the rows as a smoke test of the pipeline, "
-          "not as a ranking. LAMBADA is last-word accuracy.", "", format_table2(res["table2"]), ""]
+          f"{s['nlu_shots']}-shot, first {s['nlu_limit']} items of each task (splits as in `spikelm.evaluate.tasks`), "
+          f"{wb}-bit weights; with so few items the standard error is about 10 points, so read the rows as a smoke test "
+          "of the pipeline, not as a ranking. LAMBADA is last-word accuracy.", "", format_table2(res["table2"]), ""]
+
+    def f(x: Any, fmt: str = ".2f") -> str:
+        return "-" if x is None else (x if isinstance(x, str) else format(x, fmt))
+
+    table = next(iter(en.values()))["summary"]["table"]
+    lead = en.get("SpikeRWKV-4L") or next(iter(en.values()))
     L += ["## Table 3: energy per token", "",
-          "Full count: every operation of the forward pass priced at 45 nm fp32 (E_MAC 4.6 pJ, E_AC 0.9 pJ); "
-          "`spike share` is the part of the energy spent on spike-driven accumulates. Paper formula (eq. 5): "
-          "E_snn = C_in x fr x T x l x E_AC per neuron input, with the firing rate pooled over the spike-encoded inputs.",
-          "", "| model | pJ/token (full count) | same model dense (ANN ops) | EE (dense / spiking) | spike share | fr | T x l | eq. 5 EE |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+          f"**Headline (SpikeRWKV-4L).** {lead['headline']}", "",
+          f"Like for like: every model's weights stored at {wb} bits (the networks of Tables 1 and 2), the spiking "
+          f"network priced at {table} and each baseline with {wb}-bit weights: the dense ANN (W{wb}A{wb}), the "
+          f"equal-information ANN (W{wb}Ak: activations with as many levels as the spike code, k bits) and its "
+          "zero-skipping twin (weight fetches and MACs only for nonzero inputs at the spike sites, as the spiking network "
+          "skips silent ones). Elementwise work, WKV and the dense layers are priced alike on both sides; sign-flag spikes "
+          "select add or subtract and cost no accumulate. EE = baseline / spiking network; break-even fr: the firing rate "
+          "at which the spiking network would cost what the baseline costs, with SRAM (docs/energy.md).", "",
+          f"| model | compute pJ | +SRAM pJ | EE vs W{wb}A{wb} compute | +SRAM | +DRAM B=1 | k | EE vs W{wb}Ak compute | "
+          "+SRAM | EE vs zero-skipping compute | +SRAM | fr | break-even fr vs dense | vs zero-skipping |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, e in res["table3"].items():
+        c = e["every_energy"]
+        L.append(f"| {name} | {c['e_compute_pj']:,.0f} | {c['e_sram_pj']:,.0f} | {f(c['ee_dense_compute'])} | "
+                 f"{f(c['ee_dense_sram'])} | {f(c['ee_dense_dram'])} | {f(c['quantised_bits'], 'd')} | "
+                 f"{f(c['ee_equal_compute'])} | {f(c['ee_equal_sram'])} | {f(c['ee_zero_skip_compute'])} | "
+                 f"{f(c['ee_zero_skip_sram'])} | {f(c['firing_rate'], '.3f')} | {f(c['break_even_dense_sram'], '.3f')} | "
+                 f"{f(c['break_even_zero_skip_sram'], '.3f')} |")
+    L += ["", "The paper's convention (SpikeRWKV Table 3): both sides at 45 nm fp32 (E_MAC 4.6 pJ, E_AC 0.9 pJ), compute "
+          "only, on the same counts; `spike share` is the part spent on spike-driven accumulates; eq. 5: E_snn = C_in x fr "
+          "x T x l x E_AC per neuron input, with the firing rate pooled over the spike-encoded inputs"
+          + (f". Not like for like for networks of {wb}-bit weights." if wb != 32 else "."), "",
+          "| model | pJ/token, fp32 (full count) | same model dense, fp32 | EE (dense / spiking) | spike share | fr | T x l "
+          "| eq. 5 EE |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in res["table3"].items():
         p = e.get("paper")
         ee5 = (4.6 / (p["fr"] * p["T"] * p["l"] * 0.9)) if p and p["fr"] > 0 else None
-        L.append(f"| {name} | {e['pj_per_token']:,.0f} | {e['pj_per_token_ann']:,.0f} | {e['pj_per_token_ann'] / e['pj_per_token']:.2f} | "
-                 f"{100 * e['spike_share']:.1f}% | " + (f"{p['fr']:.3f} | {p['T']}x{p['l']} | {ee5:.2f} |" if p else "- | - | - |"))
-    L += ["", "Every energy (docs/energy.md): the full count now charges the sign-flag spikes; memory per token as "
-          "SRAM (weights on chip) or DRAM (batch 1: every weight read per token); EE = baseline / model, against the "
-          "ANN at fp32 and against the equal-information quantised ANN (int8 weights, activations with as many levels "
-          "as the spike code).", "",
-          "| model | eq. 5 EE (paper) | EE compute | EE +SRAM | EE +DRAM B=1 | quantised ANN bits | EE vs quant. ANN compute "
-          "| EE vs quant. ANN +SRAM | pJ/token +SRAM |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def f(x: Any, fmt: str = ".2f") -> str:
-        return "-" if x is None else format(x, fmt)
-
-    for name, e in res["table3"].items():
-        c = e["every_energy"]
-        L.append(f"| {name} | {f(c['ee_eq5'])} | {f(c['ee_compute'])} | {f(c['ee_sram'])} | {f(c['ee_dram'])} | "
-                 f"{f(c['quantised_bits'], 'd')} | {f(c['ee_quantised_compute'])} | {f(c['ee_quantised_sram'])} | "
-                 f"{c['e_sram_pj']:,.0f} |")
+        L.append(f"| {name} | {e['fp32_pj_per_token']:,.0f} | {e['fp32_pj_per_token_ann']:,.0f} | "
+                 f"{e['fp32_pj_per_token_ann'] / e['fp32_pj_per_token']:.2f} | {100 * e['fp32_spike_share']:.1f}% | "
+                 + (f"{p['fr']:.3f} | {p['T']}x{p['l']} | {ee5:.2f} |" if p else "- | - | - |"))
     L += ["", "![PPL vs energy](tradeoff.png)", "", "![PPL vs energy with SRAM](tradeoff_sram.png)", "",
           "![firing rates](firing_rates.png)", ""]
     L += [f"![energy parts: {name}]({Path(p).name})" for key, p in res["plots"].items() if key.startswith("parts:")
@@ -520,7 +560,7 @@ def _report(res: dict, en: dict, format_table1) -> str:
 
 
 def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fresh: bool = False, tiny: bool = False,
-             progress: bool = True) -> int:
+             weight_bits: WeightBits = "auto", overwrite: bool = False, progress: bool = True) -> int:
     """Run the main job at small scale and write report.md, results.json and plots.
 
     Trains a small RWKV-6 and a SpikeGPT on the embedded Brown corpus, converts the RWKV-6 with every
@@ -532,14 +572,18 @@ def cmd_demo(out: str = "runs/demo", minutes: float = DemoSettings.minutes, fres
         minutes: training budget of the two models together, in minutes.
         fresh: delete the demo's own cache and trained models in the output folder first (nothing else there).
         tiny: a seconds-long smoke run (tiny models, few items): for tests and CI.
+        weight_bits: the precision every model's weights are stored at (Tables 1-3, like for like): 32, 16 or 8; auto: 8.
+        overwrite: write into a folder holding demo-named files (report.md, results.json, ...) that no earlier demo run recorded as its own; a folder holding other files is refused even so.
         progress: show progress bars on stderr.
     """
-    settings = DemoSettings(minutes=minutes)
+    bits = resolve_weight_bits(weight_bits, prices_energy=True)
+    settings = DemoSettings(minutes=minutes, weight_bits=8 if bits is None else bits)
     if tiny:
         settings = DemoSettings(minutes=minutes if minutes != DemoSettings.minutes else 0.2, n_layer=1, n_embd=32,
                                 head_size=16, ctx_len=32, batch_size=8, max_steps=30, eval_chars=2000, nlu_limit=2,
-                                nlu_shots=1, energy_tokens=64, sample_tokens=16, finetune_steps=3)
-    res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print)
+                                nlu_shots=1, energy_tokens=64, sample_tokens=16, finetune_steps=3,
+                                weight_bits=settings.weight_bits)
+    res = run_demo(out, settings, fresh=fresh, progress=progress_bars(progress), echo=print, overwrite=overwrite)
     print(f"\nreport:  {Path(out) / 'report.md'}\nresults: {Path(out) / 'results.json'}")
     for name, p in res["plots"].items():
         print(f"plot:    {p}  ({name})")

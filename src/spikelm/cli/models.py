@@ -14,7 +14,8 @@ from ..evaluate.variants import apply_encoding
 from ..generate import check_sampling, generate
 from ..io import OutputExistsError, claim_dir
 from ..models.rwkv6 import RWKV6
-from .options import BinaryEmbedding, Family, load_model, print_json, progress_bars
+from ..models.quantized import weight_bits as weight_bits_of
+from .options import BinaryEmbedding, Family, WeightBits, load_model, print_json, progress_bars
 
 __all__ = ["cmd_info", "cmd_init", "cmd_convert", "cmd_generate"]
 
@@ -70,7 +71,7 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
                 T: int = 1, layers: int | None = None, sites: str = "time_mix", calibration: str = "max",
                 percentile: float = 99.99, granularity: str = "tensor", init_half: bool = False, n_int: int = 1,
                 calib_batches: int = 8, calib_ctx: int = 256, binary_embedding: BinaryEmbedding = "auto", family: Family = "auto",
-                device: str = "auto", dtype: str = "auto",
+                weight_bits: WeightBits = "auto", device: str = "auto", dtype: str = "auto",
                 overwrite: bool = False, progress: bool = True, json_: bool = False) -> int:
     """Convert a pretrained RWKV-6 into a spiking network and save it as a spikelm folder.
 
@@ -83,7 +84,7 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         T: time steps per token (>= 1).
         layers: spike layers l of the multi-head encoding (>= 1; default 4 for mhse, 1 for rate).
         sites: time_mix (receptance/key/value/gate inputs, as in the paper) or all (also output, channel mix, LoRA).
-        calibration: max or percentile of |x| per site.
+        calibration: max or percentile of |x| per site, or mse: the clip whose spike code has the least squared error.
         percentile: the percentile used with --calibration percentile.
         granularity: tensor (one scale per site) or channel (one per input channel).
         init_half: start membranes at half the smallest weight (rounding instead of truncation).
@@ -92,6 +93,7 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         calib_ctx: tokens per calibration sequence.
         binary_embedding: SpikeGPT only: auto (a release file: on for the 77-character vocabulary only, as the public run code; a spikelm folder: as trained), on or off.
         family: auto (an RWKV-4-layout file is read as a SpikeGPT release), spikegpt, or rwkv4 (read it as the RWKV-4 ANN).
+        weight_bits: precision of the weight matrices: 32 (float), 16 (fp16) or 8 (symmetric int8, one scale per output channel, dequantised in the forward), applied before calibration and saved as such (int8 plus scales); auto: as the checkpoint stores them.
         device: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.
         dtype: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.
         overwrite: replace an existing output folder (only spikelm's own files in it; never the input).
@@ -99,22 +101,35 @@ def cmd_convert(checkpoint: str, *, out: str, calib_data: str = "default", prese
         json_: print one JSON object instead of text.
     """
     if preset:
+        shaping = {"--encoding": encoding != "mhse", "--T": T != 1, "--layers": layers is not None,
+                   "--init-half": init_half, "--n-int": n_int != 1}
+        given = [flag for flag, set_ in shaping.items() if set_]
+        if given:
+            raise ConfigError(f"--preset {preset} sets the spike code; {', '.join(given)} would change it: "
+                              "leave them out, or drop --preset and give the code in full")
+        # how the scales are set is not part of the code: --calibration/--percentile/--granularity
+        # apply on top of the preset (where given: the preset's own otherwise)
         enc = preset_config(preset, sites)
+        over = {k: v for k, v, default in (("calibration", calibration, "max"), ("percentile", percentile, 99.99),
+                                           ("granularity", granularity, "tensor")) if v != default}
+        enc = EncodingConfig.from_dict({**enc.to_dict(), **over}) if over else enc
     else:
         if layers is None:
             layers = 1 if encoding == "rate" else 4
         enc = EncodingConfig(encoding=encoding, T=T, layers=layers, sites=sites, calibration=calibration,
                              percentile=percentile, granularity=granularity, init_half=init_half, n_int=n_int)
     claim_dir(out, overwrite=overwrite, inputs=(checkpoint,))
-    model = load_model(checkpoint, device, dtype, binary_embedding, family)
+    model = load_model(checkpoint, device, dtype, binary_embedding, family, weight_bits)
     batches = calibration_batches(calib_data, model.tokenizer_name, calib_batches, 4, calib_ctx, progress=progress_bars(progress))
     convert(model, enc, batches)
     path = save(model, out, overwrite=overwrite)
     n_sites = sum(1 for _ in encoders(model))
     if json_:
-        print_json({"checkpoint": checkpoint, "out": str(path), "encoding": enc.to_dict(), "sites": n_sites})
+        print_json({"checkpoint": checkpoint, "out": str(path), "encoding": enc.to_dict(), "sites": n_sites,
+                    "weight_bits": weight_bits_of(model)})
     else:
-        print(f"converted {checkpoint} -> {path}: {enc.encoding}, T={enc.T}, l={enc.layers}, {n_sites} encoded sites ({enc.sites})")
+        print(f"converted {checkpoint} -> {path}: {enc.encoding}, T={enc.T}, l={enc.layers}, {n_sites} encoded sites ({enc.sites}), "
+              f"{weight_bits_of(model)}-bit weights")
     return 0
 
 

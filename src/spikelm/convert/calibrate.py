@@ -1,7 +1,7 @@
 """Calibration: per-site spike scales from the inputs the sites see on a few batches of real text.
 
-Scales ``s`` per tensor or per input channel, from either the maximum of ``|x|`` or a percentile of
-it; ``s = statistic / A_max``, so that the calibrated statistic lands on the largest value one time
+Scales ``s`` per tensor or per input channel, from the maximum of ``|x|``, a percentile of it, or
+the clip that minimises the squared error of the spike code (``mse``); ``s = statistic / A_max``, so that the calibrated statistic lands on the largest value one time
 step can emit (``A_max = sum_i w_i``, 1 for rate coding) and the top spike layer is used. Values
 beyond are clipped (saturation). ``s`` is rounded to float32 and nudged down by an ulp where that
 rounding would leave the statistic one grid step short of the top level
@@ -16,6 +16,14 @@ a budget-free run keeps. With ``n`` rows kept, the empirical quantile is an orde
 sample: for ``q`` above ``1 - 1/n`` it is the sample maximum, i.e. a percentile between
 ``100 (1 - 1/n)`` and 100 of the subsampled rows (e.g. n = 341 rows at 96 x 2048: between the
 99.7th percentile and the maximum). The ``max`` statistic is a running maximum: C floats per site.
+
+``mse`` (a reading of "calibration" that the papers leave open, kept beside theirs): among the
+clips ``c_k = max * 2**(-k/4)``, ``k = 0..MSE_CANDIDATES-1`` (the maximum down to 2**-7.75 of it),
+the one whose spike code (the site's own encoding, decoded by its closed form) has the least
+squared error on the same kept rows as ``percentile``; per tensor or per channel. A max-calibrated
+site whose activations are heavy-tailed spends its few levels on outliers and leaves most inputs
+below the smallest level (silent); clipping trades a few saturated outliers for them. It matters
+most with few levels (SpikeRWKV-3L) and as the start of fine-tuning (``spikelm finetune``).
 """
 
 from __future__ import annotations
@@ -28,10 +36,12 @@ from torch import Tensor, nn
 
 from ..config import EncodingConfig
 from ..errors import SpikelmError
-from ..spiking.encoding import calibrated_scale, mhse_a_max
+from ..spiking.encoding import calibrated_scale, mhse_a_max, mhse_decode
 from .sites import _get, site_names
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "least_squares_clip"]
+
+MSE_CANDIDATES = 32  # clips max * 2**(-k/4), k < 32
 
 
 @dataclass
@@ -79,7 +89,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, 
             st = stats[name]
             m = x.amax(0) if enc.granularity == "channel" else x.amax()
             st.max = m if st.max is None else torch.maximum(st.max, m)
-            if enc.calibration == "percentile":
+            if enc.calibration in ("percentile", "mse"):
                 _keep_rows(st, x, cap(name, x.shape[1]), gen)
         return fn
 
@@ -105,9 +115,36 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor], enc: EncodingConfig, 
             rows = torch.cat(st.samples)[-caps[n]:]
             q = enc.percentile / 100.0
             stat = torch.quantile(rows, q, dim=0) if enc.granularity == "channel" else torch.quantile(rows.flatten()[: 2**24], q)
+        elif enc.calibration == "mse":
+            stat = least_squares_clip(torch.cat(st.samples)[-caps[n]:], st.max, enc, a_max)
         else:
             stat = st.max
         if not bool(torch.isfinite(stat).all()):
             raise SpikelmError(f"calibration saw non-finite activations at {n}; cannot set its spike scale")
         scales[n] = calibrated_scale(stat, a_max)
     return scales
+
+
+def least_squares_clip(rows: Tensor, amax: Tensor, enc: EncodingConfig, a_max: float) -> Tensor:
+    """The clip among ``amax * 2**(-k/4)`` (``k < MSE_CANDIDATES``) whose spike code of ``rows``
+    ((n, C) magnitudes) has the least squared error, per channel where ``amax`` has C entries,
+    else over the whole tensor. The code is the site's own (``enc``: rate or multi-head, ``T``,
+    ``layers``, ``init_half``), decoded by :func:`~spikelm.spiking.encoding.mhse_decode`; ties go
+    to the larger clip (fewer saturated values). A zero maximum stays zero."""
+    rows = rows.float()
+    layers = 1 if enc.encoding == "rate" else enc.layers
+    n_int = 1 if enc.encoding == "rate" else enc.n_int
+    best_err, best = None, amax.clone()
+    for k in range(MSE_CANDIDATES):
+        clip = amax * 2.0 ** (-k / 4)
+        s = calibrated_scale(clip, a_max)
+        dec = mhse_decode(rows, s if s.dim() == 0 else s.expand(rows.shape[1]), enc.T, layers, n_int, enc.init_half)
+        err = (rows - dec).square()
+        err = err.sum(0) if amax.dim() > 0 else err.sum()
+        if best_err is None:
+            best_err = err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, clip, best)
+    return best

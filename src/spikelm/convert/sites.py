@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch import nn
 
 from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
 from ..ops.backend import set_backend
-from ..ops.linear import Linear
+from ..models.quantized import plain_twin, spiking_twin
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 
 __all__ = ["site_names", "attach_encoders", "detach_encoders", "encoders", "set_method", "check_convertible"]
@@ -81,12 +80,8 @@ def attach_encoders(model: nn.Module, enc: EncodingConfig) -> nn.Module:
         mod = _get(model, name)
         if isinstance(mod, (SpikingLinear, SpikeEncoder)):
             raise SpikelmError(f"{name} is already spike-encoded; convert the original ANN instead")
-        if isinstance(mod, nn.Linear):
-            with torch.device("meta"):  # no throw-away weight: the original one is reused below
-                new = SpikingLinear(mod.in_features, mod.out_features, enc)
-            new.weight = mod.weight
-            new.encoder = SpikeEncoder(enc, mod.in_features).to(mod.weight.device)
-            _set(model, name, new)
+        if isinstance(mod, nn.Linear):  # the weight (quantised or not) is shared, not copied
+            _set(model, name, spiking_twin(mod, SpikeEncoder(enc, mod.in_features).to(mod.weight.device)))
         else:
             _set(model, name, SpikeEncoder(enc, _in_features(model, name)).to(model.emb.weight.device))
     model.encoding = enc
@@ -98,12 +93,7 @@ def detach_encoders(model: nn.Module) -> nn.Module:
     sharing its weight, every bare encoder an ``nn.Identity``. The ANN comes back without a copy."""
     for name, mod in list(model.named_modules()):
         if isinstance(mod, SpikingLinear):
-            with torch.device("meta"):
-                plain = Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-            plain.weight = mod.weight
-            if mod.bias is not None:
-                plain.bias = mod.bias
-            _set(model, name, plain)
+            _set(model, name, plain_twin(mod))
         elif isinstance(mod, SpikeEncoder) and not name.endswith(".encoder"):
             _set(model, name, nn.Identity())
     model.encoding = None

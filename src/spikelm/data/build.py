@@ -229,7 +229,12 @@ def _prepare_plan(plan: Plan, tokenizer: str, cache: Path | None, fresh: bool, p
         tmp = corpora / f".{final.name}.tmp-{unique()}"
         tmp.mkdir()  # not tempfile.mkdtemp: that makes it private (0700), and caches may be shared
         try:
-            _build(plan, tok, tokenizer, tmp, progress)
+            try:
+                _build(plan, tok, tokenizer, tmp, progress)
+            except OSError as e:  # a write into an open file (a full disk) names no path: name the corpus
+                if e.filename is None:
+                    raise OSError(e.errno, e.strerror, str(final)) from None
+                raise
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

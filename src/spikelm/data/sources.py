@@ -21,8 +21,9 @@ Sources (the ``source`` string):
     ``wikitext-*-raw`` subfolder); without a folder, through Hugging Face ``datasets`` if it is
     installed and online.  Each split is one document, as in the standard evaluation.
 ``PATH`` (or ``text:PATH``) to a UTF-8 text file
-    One document; the last 5% of its bytes (moved forward to the next line start) is the test
-    split, the 5% before it the validation split, the rest the training split.
+    One document; the last 5% of its bytes (moved forward to the next line start, or, in a text
+    with few or no newlines, to the next character boundary) is the test split, the 5% before it
+    the validation split, the rest the training split.
 ``PATH`` (or ``text:PATH``) to a folder
     Every ``*.txt`` file below it is a document; files sorted by relative path, file ``i`` goes to
     test if ``i % 20 == 0``, to valid if ``i % 20 == 1``, else to train.
@@ -75,6 +76,7 @@ HOLDOUT_FRACTION = 0.05  # single text file: valid and test are each the last ~5
 FOLDER_STRIDE = 20  # folder corpora and Brown: file i % 20 == 0 -> test, == 1 -> valid
 
 _PIECE_BYTES = 1 << 22  # 4 MiB: tokenization piece and read size for large inputs
+_LONG_LINE = 4 * _PIECE_BYTES  # a piece with no line break is cut at a space once this long
 _WS = b" \t\r\n\x0b\x0c"
 
 
@@ -143,6 +145,20 @@ def _piece_cut(buf: bytes) -> int:
         end = i
 
 
+def _space_cut(buf: bytes) -> int:
+    """For a piece with no line break: the end of its last space that a non-space follows, or else
+    its last UTF-8 character boundary (never inside a character)."""
+    i = buf.rfind(b" ", 0, len(buf) - 1)
+    while i >= 0 and buf[i + 1] in _WS:
+        i = buf.rfind(b" ", 0, i)
+    if i >= 0:
+        return i + 1
+    end = len(buf)
+    while end > 0 and buf[end - 1] & 0xC0 == 0x80:  # back over continuation bytes ...
+        end -= 1
+    return max(0, end - 1) if end > 0 and buf[end - 1] >= 0xC0 else end  # ... and the lead byte they belong to
+
+
 def _stream_pieces(f: BinaryIO, start: int, end: int, path: Path | str, text: bool) -> Iterator[Piece]:
     """Read bytes ``[start, end)`` of an open file in ~4 MiB pieces (decoded if ``text``)."""
     f.seek(start)
@@ -159,7 +175,9 @@ def _stream_pieces(f: BinaryIO, start: int, end: int, path: Path | str, text: bo
             continue
         buf = carry + data
         cut = _piece_cut(buf) if pos < end else len(buf)
-        if cut == 0:  # no usable line break yet: keep reading (bounded by the longest line)
+        if cut == 0 and len(buf) >= _LONG_LINE:  # a text with few or no newlines: memory stays bounded
+            cut = _space_cut(buf)
+        if cut == 0:  # no usable line break yet: keep reading
             carry = buf
             continue
         yield _decode(buf[:cut], path, base)
@@ -174,31 +192,45 @@ def _file_pieces(path: Path, start: int = 0, end: int | None = None) -> Iterator
         yield from _stream_pieces(f, start, path.stat().st_size if end is None else end, path, text=True)
 
 
-def _line_start_at_or_after(path: Path, target: int) -> int:
-    """First offset >= ``target`` that starts a line (the file size if there is none)."""
+def _boundary_at_or_after(path: Path, target: int, limit: int) -> int:
+    """The split point for ``target``: the first line start in ``[target, limit)``; in a text with no
+    line start there (few or no newlines), the first UTF-8 character boundary at or after ``target``
+    (a byte that is not a continuation byte ``0b10xxxxxx``). The file size if there is none."""
     size = path.stat().st_size
     if target <= 0:
         return 0
     with open(path, "rb") as f:
         pos = target - 1  # a line starts at target if byte target-1 is a newline
         f.seek(pos)
-        while pos < size:
+        while pos < min(limit, size):
             block = f.read(1 << 16)
             i = block.find(b"\n")
             if i >= 0:
-                return pos + i + 1
+                if pos + i + 1 < limit:
+                    return pos + i + 1
+                break
+            if not block:
+                break
             pos += len(block)
+        f.seek(target)
+        pos = target
+        while pos < size:  # at most 3 continuation bytes follow a character's first byte
+            byte = f.read(1)
+            if not byte or byte[0] & 0xC0 != 0x80:
+                return pos
+            pos += 1
     return size
 
 
 def _text_file_plan(path: Path) -> Plan:
     size = path.stat().st_size
-    a = _line_start_at_or_after(path, round(size * (1 - 2 * HOLDOUT_FRACTION)))
-    b = _line_start_at_or_after(path, round(size * (1 - HOLDOUT_FRACTION)))
+    ta, tb = round(size * (1 - 2 * HOLDOUT_FRACTION)), round(size * (1 - HOLDOUT_FRACTION))
+    a = _boundary_at_or_after(path, ta, tb)
+    b = _boundary_at_or_after(path, tb, size)
     if not 0 < a < b < size:
         raise DataError(
-            f"{path}: too short or too few lines to split ({size:,} bytes; the last 5% and the 5% before "
-            "it, at line starts, become test and valid); give a longer file or a folder of .txt files"
+            f"{path}: too short to split ({size:,} bytes; the last 5% and the 5% before it become test and "
+            "valid); give a longer file or a folder of at least 3 .txt files"
         )
     bounds = {"train": (0, a), "valid": (a, b), "test": (b, size)}
     return Plan(

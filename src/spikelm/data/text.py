@@ -120,7 +120,14 @@ def calibration_batches(data: str, tokenizer_spec: str, n_batches: int = 8, batc
     """
     if n_batches < 1 or batch_size < 1 or ctx_len < 1:
         raise DataError(f"calibration needs at least one batch of one window of one token (got {n_batches} x {batch_size} x {ctx_len})")
-    ids = split_tokens(data, "train", tokenizer_spec, progress=progress).tokens
+    try:
+        ids = split_tokens(data, "train", tokenizer_spec, progress=progress).tokens
+    except DataError as e:
+        if data != DEFAULT_CALIB_DATA:
+            raise
+        # The default calibration text is the embedded Brown corpus: say so, and how to use one's own.
+        raise DataError(f"{e} (calibration reads --calib-data, by default the embedded Brown corpus: pass "
+                        "--calib-data YOUR_TEXT.txt to calibrate on your own text)") from None
     if len(ids) < ctx_len + 1:
         raise DataError(f"calibration data {data!r} has {len(ids)} training tokens; need at least {ctx_len + 1} "
                         "(pass more text with --calib-data, or a smaller --calib-ctx)")

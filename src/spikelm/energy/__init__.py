@@ -5,7 +5,7 @@ their sources, and reports (SpikeRWKV's eq. 5 beside a full count of every opera
     with EnergyCounter(model) as ec:
         model(idx)
     rep = full_report(ec.counts, "45nm-fp32")  # FullReport: rep.to_markdown(), rep.to_dict()
-    summary = energy_summary(model, ec.counts, batch=1)  # + memory, fair baselines (docs/energy.md)
+    summary = energy_summary(model, ec.counts, batch=1)  # like for like: + memory, ANN twins, break-even (docs/energy.md)
 """
 
 from .constants import HOROWITZ_2014, OP_KINDS, TABLES, EnergyTable, energy_table
@@ -22,7 +22,8 @@ from .report import (
     paper_entry,
     paper_table,
 )
-from .summary import EnergySummary, code_bits, energy_summary, quantised_activations
+from .breakeven import BreakEven
+from .summary import EnergySummary, code_bits, energy_summary, headline, quantised_activations
 
 __all__ = [
     "HOROWITZ_2014",
@@ -47,7 +48,9 @@ __all__ = [
     "MemoryReport",
     "memory_report",
     "EnergySummary",
+    "BreakEven",
     "code_bits",
     "energy_summary",
+    "headline",
     "quantised_activations",
 ]

@@ -45,7 +45,8 @@ from typing import Any
 from ..errors import SpikelmError
 
 __all__ = ["HOROWITZ_2014", "LEMAIRE_2022", "DAMPFHOFFER_2023", "YAN_2024", "EnergyTable", "TABLES", "OP_KINDS",
-           "energy_table", "SRAM_PJ_PER_64B", "DRAM_PJ_PER_64B", "quantised_table"]
+           "energy_table", "SRAM_PJ_PER_64B", "DRAM_PJ_PER_64B", "quantised_table", "BITS_TABLES", "table_for_bits",
+           "site_table", "PAPER_TABLE"]
 
 HOROWITZ_2014 = (
     "M. Horowitz, '1.1 Computing's energy problem (and what we can do about it)', "
@@ -184,3 +185,24 @@ def energy_table(name: str = "45nm-fp32", e_mac: float = 0.0, e_ac: float = 0.0,
         special_macs=special_macs,
         bits=base.bits,
     )
+
+
+# The table that prices a network whose weights are stored at this many bits (like for like: the
+# spiking network and every baseline it is compared with use the table of their shared width).
+BITS_TABLES = {32: "45nm-fp32", 16: "45nm-fp16", 8: "45nm-int8"}
+PAPER_TABLE = "45nm-fp32"  # SpikeRWKV's (and SpikeGPT's) convention: every operation at fp32
+
+
+def table_for_bits(bits: int) -> EnergyTable:
+    """The Horowitz table of ``bits``-bit weights and activations (``BITS_TABLES``)."""
+    if bits not in BITS_TABLES:
+        raise SpikelmError(f"no energy table for {bits}-bit weights; widths: {', '.join(map(str, BITS_TABLES))}")
+    return TABLES[BITS_TABLES[bits]]
+
+
+def site_table(weight_bits: int, act_bits: int) -> EnergyTable:
+    """What a MAC of a ``weight_bits`` weight by an ``act_bits`` activation costs: at 8-bit weights
+    :func:`quantised_table` (the multiplier scaled by ``act_bits / 8``, Yan et al.); at float weights
+    (16, 32) the float MAC of that width (a float multiplier is not cheaper for an operand that
+    happens to be a small integer times a scale)."""
+    return quantised_table(act_bits) if weight_bits == 8 else table_for_bits(weight_bits)

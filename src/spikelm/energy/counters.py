@@ -78,6 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.optable import ROW_KINDS, OpRow
+from ..models.quantized import QuantizedMatrix
 from ..spiking.encoding import SpikeStats
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 from ..spiking.neurons import IFNeuron, LIFNeuron, SpikingNeuron
@@ -125,6 +126,11 @@ class Row:
     # encoder (spike trains plus a sign flag) rather than a binary {0, 1} input
     active: int = 0
     encoded: bool = False
+    # the part of ``ops`` that is proportional to the spikes (accumulates, flag accumulates,
+    # soft-reset subtractions): what scales with the firing rate (the break-even rate); and, for a
+    # spike-driven linear row fed by an encoder, the name of that encoder's row
+    spike_ops: dict[str, int] = field(default_factory=_zero_ops)
+    encode_row: str = ""
 
     @property
     def spike_driven(self) -> bool:
@@ -137,6 +143,12 @@ class Row:
         for k, n in (ann or {}).items():
             self.ann_ops[k] += int(n)
 
+    def add_spike_ops(self, ops: dict[str, int]) -> None:
+        """Add ``ops`` that spikes caused, to ``ops`` and to ``spike_ops``."""
+        self.add(ops)
+        for k, n in ops.items():
+            self.spike_ops[k] += int(n)
+
     def add_spikes(self, st: SpikeStats) -> None:
         self.spikes = st if self.spikes is None else self.spikes + st
 
@@ -144,8 +156,11 @@ class Row:
         out = Row(self.name, self.layer, self.kind, self.c_in or other.c_in, self.c_out or other.c_out,
                   self.rows + other.rows, dict(self.ops), dict(self.ann_ops), self.spikes,
                   self.first_seen if self.first_seen is not None else other.first_seen,
-                  self.active + other.active, self.encoded or other.encoded)
+                  self.active + other.active, self.encoded or other.encoded, dict(self.spike_ops),
+                  self.encode_row or other.encode_row)
         out.add(other.ops, other.ann_ops)
+        for k, n in other.spike_ops.items():
+            out.spike_ops[k] += n
         if other.spikes is not None:
             out.add_spikes(other.spikes)
         return out
@@ -309,8 +324,9 @@ class EnergyCounter:
             self._attach_table(name, mod)
         elif callable(getattr(mod, "energy_neuron_ops", None)) or isinstance(mod, SpikingNeuron):
             self._attach_neuron(name, mod)
-        elif mod is self.model or isinstance(mod, (nn.Identity, nn.Dropout, nn.ModuleList, nn.Sequential)):
-            pass  # no arithmetic of their own
+        elif mod is self.model or isinstance(mod, (nn.Identity, nn.Dropout, nn.ModuleList, nn.Sequential,
+                                                   QuantizedMatrix)):
+            pass  # no arithmetic of their own (a quantised matrix is storage, used by its owner's rows)
         else:
             return False
         return True
@@ -339,7 +355,7 @@ class EnergyCounter:
                 return  # accumulates come from the encoder's hook
             if self.check_binary and is_binary(x):
                 st = _binary_stats(x)
-                row.add({"ac": int(st.spikes_per_layer_step.sum()) * m.out_features})
+                row.add_spike_ops({"ac": int(st.spikes_per_layer_step.sum()) * m.out_features})
                 row.add_spikes(st)
                 row.active += int(st.spikes_per_layer_step.sum())  # each spike fetches its column
             else:
@@ -373,10 +389,12 @@ class EnergyCounter:
             spikes = st.layer_spikes
             self._touch(enc_row, n)
             enc_row.c_in = x.shape[-1]
-            enc_row.add({"add": st.numel * (2 + T + T * l) + spikes})
+            enc_row.add({"add": st.numel * (2 + T + T * l)})
+            enc_row.add_spike_ops({"add": spikes})  # one soft-reset subtraction per spike
             enc_row.add_spikes(st)
             self._touch(target)
-            target.add({"ac": spikes * c_out, "flag_ac": st.flag_spikes * c_out})
+            target.add_spike_ops({"ac": spikes * c_out, "flag_ac": st.flag_spikes * c_out})
+            target.encode_row = enc_row.name
             target.add_spikes(st)
             target.active += active
             target.encoded = True
@@ -417,7 +435,10 @@ class EnergyCounter:
                 return
             st = _binary_stats(s)
             self._touch(row, s.numel() // max(1, s.shape[-1]))
-            row.add(_neuron_ops(m, s.numel(), int(st.spikes_per_layer_step.sum())))
+            n_spk = int(st.spikes_per_layer_step.sum())
+            fixed = _neuron_ops(m, s.numel(), 0)
+            row.add(fixed)
+            row.add_spike_ops({k: v - fixed.get(k, 0) for k, v in _neuron_ops(m, s.numel(), n_spk).items()})
             row.add_spikes(st)
 
         self._post(mod, fn)
@@ -454,7 +475,8 @@ class EnergyCounter:
             n = s.numel() // max(1, s.shape[-1])
             self._touch(row, n)
             # one accumulate per spike into the residual; the spikes are listed under the neuron
-            row.add({"ac": int(torch.count_nonzero(s))}, {k: v * n for k, v in op.ops.items()})
+            row.add(None, {k: v * n for k, v in op.ops.items()})
+            row.add_spike_ops({"ac": int(torch.count_nonzero(s))})
         return fn
 
 

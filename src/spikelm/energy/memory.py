@@ -14,16 +14,21 @@ priced by a named :class:`MemoryModel`:
 
 What is read per token (bytes; ``w`` = weight bits / 8, ``a`` = activation bits / 8):
 
-* **weights**: every parameter once per batch, ``numel * w / B``, except the embedding (one row
-  per token, gathered: ``C * w``, no batch reuse). A *spike-driven* linear layer fetches only the
-  weight columns of inputs that spiked (a silent input needs no read): with ``p`` the measured
-  fraction of its inputs that emit at least one spike over the T steps and l layers, a batch of
-  ``B`` tokens fetches a column with probability ``1 - (1 - p)^B`` (tokens taken as independent;
-  ``p`` itself at ``B = 1``). The sign flag fetches nothing.
+* **weights**: every parameter and quantised matrix once per batch, ``numel * w / B``, except the
+  embedding (one row per token, gathered: ``C * w``, no batch reuse); the vectors (norms, mixes,
+  decays) are charged at ``w`` too, on both sides (under 1% of the bytes). A *spike-driven* linear
+  layer fetches only the weight columns of inputs that spiked (a silent input needs no read): with
+  ``p`` the measured fraction of its inputs that emit at least one spike over the T steps and l
+  layers, a batch of ``B`` tokens fetches a column with probability ``1 - (1 - p)^B`` (tokens
+  taken as independent; ``p`` itself at ``B = 1``). The sign flag fetches nothing. The
+  zero-skipping ANN (``ann_skips_zeros``) fetches the columns of its nonzero inputs at the same
+  sites: the same fraction.
 * **activations** of every linear layer (bare LoRA matmuls included): its input read and its
   output written. A spike-driven input is read as ``T * l`` spike bits plus one sign bit per value
-  (binary {0, 1} inputs: 1 bit); outputs are accumulators of ``a`` bytes. Elementwise
-  intermediates are taken to stay in registers (not counted).
+  (binary {0, 1} inputs: 1 bit), the ANN's input at those sites at ``ann_site_act_bits`` (the
+  equal-information ANN's code bits, every value read whether zero or not, as the spike bits
+  are); every other activation and every output at ``a`` bytes. Elementwise intermediates are
+  taken to stay in registers (not counted).
 * **state**: the recurrent state the model carries from token to token (``initial_state``: WKV
   matrices, token-shift vectors, SpikeGPT's LIF membranes), read and written once per token, in
   the dtype the model keeps it. An encoder's IF membranes restart every token (registers: not
@@ -42,10 +47,12 @@ from torch import nn
 
 from ..errors import SpikelmError
 from ..markdown import md_table
+from ..models.quantized import QuantizedMatrix
 from .constants import DRAM_PJ_PER_64B, SRAM_PJ_PER_64B
 from .counters import Counts, _layer_of
 
-__all__ = ["MEMORY_KINDS", "MemoryModel", "LayerMemory", "MemoryReport", "memory_report", "sram_pj_per_64b"]
+__all__ = ["MEMORY_KINDS", "MemoryModel", "LayerMemory", "RowMemory", "MemoryReport", "memory_report", "sram_pj_per_64b",
+           "fetched_fraction", "weight_numels"]
 
 MEMORY_KINDS = ("none", "sram", "dram")
 
@@ -109,6 +116,7 @@ class MemoryReport:
     ann_weight_bits: int
     ann_act_bits: int
     layers: list[LayerMemory] = field(default_factory=list)
+    rows: list[RowMemory] = field(default_factory=list)  # the spike-driven linear rows
 
     def total(self, attr: str) -> float:
         return sum(getattr(le, attr) for le in self.layers)
@@ -164,38 +172,94 @@ def _state_bytes(model: nn.Module) -> dict[str, float]:
     return out
 
 
+def fetched_fraction(p_active: float, batch: int) -> float:
+    """Fraction of a spike-driven layer's weight columns read per batch of ``batch`` tokens, when a
+    fraction ``p_active`` of its inputs is nonzero (tokens taken as independent): ``1 - (1 - p)^B``."""
+    p = min(1.0, max(0.0, p_active))
+    return 1.0 - (1.0 - p) ** batch
+
+
+@dataclass
+class RowMemory:
+    """Memory of one spike-driven linear row, per token (what the break-even rate scales).
+
+    ``weight_pj``: its weights read in full (``numel * bits / 8 / B`` bytes at its array's price);
+    the spiking network reads ``fetched_fraction(p_active, B)`` of that. ``act_pj``: its input and
+    output activations. ``ann_*``: the same for the ANN side as asked (``ann_skips_zeros``).
+    """
+
+    name: str
+    layer: str
+    p_active: float
+    weight_pj: float
+    act_pj: float
+    ann_weight_pj: float
+    ann_act_pj: float
+
+    def snn_pj(self, batch: int, activity: float = 1.0) -> float:
+        return self.weight_pj * fetched_fraction(activity * self.p_active, batch) + self.act_pj
+
+    @property
+    def ann_pj(self) -> float:
+        return self.ann_weight_pj + self.ann_act_pj
+
+
+def weight_numels(model: nn.Module) -> list[tuple[str, int]]:
+    """(name, elements) of every stored parameter and quantised matrix (under the parameter's name)."""
+    out = [(n, p.numel()) for n, p in model.named_parameters()]
+    out += [(n, m.numel()) for n, m in model.named_modules() if isinstance(m, QuantizedMatrix)]
+    return out
+
+
 def memory_report(model: nn.Module, counts: Counts, memory: MemoryModel | str = "none", *, weight_bits: int = 32,
-                  act_bits: int = 32, ann_weight_bits: int | None = None, ann_act_bits: int | None = None) -> MemoryReport:
-    """Memory bytes and pJ per token of ``model`` as counted in ``counts`` (see the module docstring)."""
+                  act_bits: int = 32, ann_weight_bits: int | None = None, ann_act_bits: int | None = None,
+                  ann_site_act_bits: int | None = None, ann_skips_zeros: bool = False,
+                  activity: float = 1.0) -> MemoryReport:
+    """Memory bytes and pJ per token of ``model`` as counted in ``counts`` (see the module docstring).
+
+    ``ann_site_act_bits``: the ANN's input width at the spike sites (the inputs that are spikes in
+    the spiking network; default ``ann_act_bits``), e.g. the equal-information ANN's code bits.
+    ``ann_skips_zeros``: the ANN reads only the weight columns of nonzero inputs at those sites,
+    as the spiking network does (the zero-skipping twin). ``activity``: the spiking network's
+    fraction of active inputs scaled by this factor (1: as measured; the break-even rate).
+    """
     mem = memory if isinstance(memory, MemoryModel) else MemoryModel(memory)
     if counts.tokens <= 0:
         raise SpikelmError("no tokens were counted: run the model inside `with EnergyCounter(model)` first")
     ann_weight_bits = weight_bits if ann_weight_bits is None else ann_weight_bits
     ann_act_bits = act_bits if ann_act_bits is None else ann_act_bits
+    site_bits = ann_act_bits if ann_site_act_bits is None else ann_site_act_bits
     B, tok = mem.batch, counts.tokens
     layers: dict[str, LayerMemory] = {}
+    # per spike-driven row: [weight bytes in full, act bytes, ANN weight bytes, ANN act bytes, p]
+    rows: dict[str, list[float]] = {}
 
     def layer(name: str) -> LayerMemory:
         return layers.setdefault(name, LayerMemory(name))
 
     embeddings = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     array: dict[str, float] = {}  # bytes of each layer's weight array (what an SRAM access is priced by)
-    for pname, p in model.named_parameters():
+    for pname, numel in weight_numels(model):
         owner, _, leaf = pname.rpartition(".")
         le = layer(_layer_of(pname))
-        array[le.layer] = array.get(le.layer, 0.0) + p.numel() * ann_weight_bits / 8
+        array[le.layer] = array.get(le.layer, 0.0) + numel * ann_weight_bits / 8
         if owner in embeddings:  # one row per token, gathered (no batch reuse)
-            n = p.shape[-1]
+            n = numel // max(1, model.get_submodule(owner).num_embeddings)
             le.weight_bytes += n * weight_bits / 8
             le.ann_weight_bytes += n * ann_weight_bits / 8
             continue
         row = counts.rows.get(pname) or (counts.rows.get(owner) if leaf == "weight" else None)
-        frac = 1.0
+        frac = ann_frac = 1.0
         if row is not None and row.kind == "linear" and row.spikes is not None and row.spikes.numel:
-            p_active = min(1.0, row.active / row.spikes.numel)
-            frac = 1.0 - (1.0 - p_active) ** B
-        le.weight_bytes += p.numel() * frac * weight_bits / 8 / B
-        le.ann_weight_bytes += p.numel() * ann_weight_bits / 8 / B
+            p_active = row.active / row.spikes.numel
+            frac = fetched_fraction(activity * p_active, B)
+            if ann_skips_zeros:
+                ann_frac = fetched_fraction(p_active, B)
+            r = rows.setdefault(row.name, [0.0, 0.0, 0.0, 0.0, min(1.0, p_active)])
+            r[0] += numel * weight_bits / 8 / B
+            r[2] += numel * ann_frac * ann_weight_bits / 8 / B
+        le.weight_bytes += numel * frac * weight_bits / 8 / B
+        le.ann_weight_bytes += numel * ann_frac * ann_weight_bits / 8 / B
 
     for r in counts.ordered():
         if r.kind != "linear" or not (r.c_in and r.c_out):
@@ -203,20 +267,32 @@ def memory_report(model: nn.Module, counts: Counts, memory: MemoryModel | str = 
         macs = r.ann_ops["mac"] / tok  # per token
         n_in, n_out = macs / r.c_out, macs / r.c_in
         le = layer(r.layer)
-        le.ann_act_bytes += (n_in + n_out) * ann_act_bits / 8
         if r.spikes is not None:
             in_bits = r.spikes.T * r.spikes.layers + (1 if r.encoded else 0)
+            ann_in_bits = site_bits
         else:
-            in_bits = act_bits
-        le.act_bytes += n_in * in_bits / 8 + n_out * act_bits / 8
+            in_bits = ann_in_bits = act_bits
+        act = n_in * in_bits / 8 + n_out * act_bits / 8
+        ann_act = n_in * (ann_in_bits if r.spikes is not None else ann_act_bits) / 8 + n_out * ann_act_bits / 8
+        le.act_bytes += act
+        le.ann_act_bytes += ann_act
+        if r.name in rows:
+            rows[r.name][1] += act
+            rows[r.name][3] += ann_act
 
     for name, nbytes in _state_bytes(model).items():
         layer(name).state_bytes += 2 * nbytes  # read, then written back
 
+    prices: dict[str, tuple[float, float]] = {}
     for le in layers.values():
         w_price = mem.weight_pj_per_byte(array.get(le.layer, 0.0))
         act_price = mem.onchip_pj_per_byte(max(le.ann_act_bytes, le.act_bytes))
         st_price = mem.onchip_pj_per_byte(le.state_bytes / 2)
+        prices[le.layer] = (w_price, act_price)
         le.e_snn = le.weight_bytes * w_price + le.act_bytes * act_price + le.state_bytes * st_price
         le.e_ann = le.ann_weight_bytes * w_price + le.ann_act_bytes * act_price + le.state_bytes * st_price
-    return MemoryReport(mem, weight_bits, act_bits, ann_weight_bits, ann_act_bits, list(layers.values()))
+    row_mem = []
+    for name, (w, a, aw, aa, p) in rows.items():
+        w_price, act_price = prices[counts.rows[name].layer]
+        row_mem.append(RowMemory(name, counts.rows[name].layer, p, w * w_price, a * act_price, aw * w_price, aa * act_price))
+    return MemoryReport(mem, weight_bits, act_bits, ann_weight_bits, ann_act_bits, list(layers.values()), row_mem)

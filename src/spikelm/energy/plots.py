@@ -15,12 +15,14 @@ global state or display backend is touched. Each function writes a PNG and retur
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SpikelmError
+from ..io import atomic_write
 from .report import FullReport
 from .summary import PARTS, EnergySummary
 
@@ -41,10 +43,11 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    """Render ``fig`` in memory, then write it atomically: a full disk never leaves half a PNG."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=120)
-    return p
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format=p.suffix.lstrip(".") or "png")
+    return atomic_write(p, buf.getvalue())
 
 
 def plot_firing_rates(report: FullReport, path: str | Path) -> Path:
@@ -84,9 +87,10 @@ def plot_energy_per_layer(report: FullReport, path: str | Path) -> Path:
     xs = list(range(len(layers)))
     w = 0.4
     fig, ax = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
-    ax.bar([x - w / 2 for x in xs], [le.e_ann for le in layers], w, label="ANN (dense)", color="tab:gray")
+    t = report.table.name
+    ax.bar([x - w / 2 for x in xs], [le.e_ann for le in layers], w, label=f"ANN (dense activations), {t}", color="tab:gray")
     dense = [le.e_snn - le.e_spike for le in layers]
-    ax.bar([x + w / 2 for x in xs], dense, w, label="spiking: dense part", color="tab:blue")
+    ax.bar([x + w / 2 for x in xs], dense, w, label=f"spiking: dense part, {t}", color="tab:blue")
     ax.bar([x + w / 2 for x in xs], [le.e_spike for le in layers], w, bottom=dense,
            label="spiking: spike-driven ACs", color="tab:orange", hatch="//")
     ax.set_xticks(xs, names, rotation=60, ha="right", fontsize="small")
@@ -140,26 +144,64 @@ def plot_tradeoff(points: Sequence[tuple[str, float, float]], path: str | Path, 
 
 
 def plot_energy_parts(summary: EnergySummary | dict, path: str | Path, title: str = "") -> Path:
-    """Stacked bars of pJ per token: the spiking network and each baseline, memory as SRAM and as DRAM.
+    """Stacked bars of pJ per token, like for like: the spiking network and each baseline at the same
+    weight precision, memory as SRAM and as DRAM; and, where the network has spiking layers, a third
+    panel with each layer's firing rate beside its break-even rate against the dense ANN and the
+    zero-skipping ANN (SRAM), the overall break-even rates in its title.
 
     ``summary``: an :class:`EnergySummary` or its ``to_dict()`` (as cached by the demo).
     """
     d = summary.to_dict() if isinstance(summary, EnergySummary) else summary
     nets = [d["snn"], *d["baselines"]]
-    fig, _ = _figure(max(8.0, 1.6 * len(nets) * 2), 5)
+    be = [b["break_even"] for b in d["baselines"] if b.get("break_even") and b["break_even"]["rows"]]
+    panels = 3 if be else 2
+    fig, _ = _figure(max(8.0, 1.6 * len(nets) * 2) + (5 if be else 0), 5.5)
     fig.clear()
-    axes = fig.subplots(1, 2, sharey=False)
+    axes = fig.subplots(1, panels, sharey=False)
     colors = ("#4c72b0", "#dd8452", "#55a868", "#8172b3")
+    labels = [n["name"] for n in nets]  # each name carries its precision (W8A8, W8 + spikes ...)
     for ax, which, label in ((axes[0], "parts_sram", "SRAM"), (axes[1], "parts_dram", f"DRAM B={d['batch']}")):
         bottom = [0.0] * len(nets)
         for part, color in zip(PARTS, colors):
-            vals = [n[which][part] for n in nets]
+            vals = [n[which].get(part, 0.0) for n in nets]
             ax.bar(range(len(nets)), vals, bottom=bottom, color=color, label=part)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_xticks(range(len(nets)))
-        ax.set_xticklabels([n["name"].replace(" (", "\n(") for n in nets], rotation=30, ha="right", fontsize=7)
+        ax.set_xticklabels([lab.replace(" (", "\n(") for lab in labels], rotation=30, ha="right", fontsize=6)
         ax.set_ylabel("pJ per token")
         ax.set_title(f"compute + memory ({label})")
     axes[0].legend(fontsize=7)
-    fig.suptitle(title or f"Energy per token: {d['model']}")
+    if be:
+        _break_even_panel(axes[2], be)
+    wb = d.get("weight_bits")
+    head = (f"like for like: {wb}-bit weights on both sides, spiking network at {d.get('table')}" if wb else "")
+    fig.suptitle((title or f"Energy per token: {d['model']}") + (f"\n{head}" if head else ""), fontsize=10)
     return _save(fig, path)
+
+
+def _break_even_panel(ax: Any, be: list[dict]) -> None:
+    """Each spiking layer's firing rate and its break-even rates (SRAM) against the first and last baseline."""
+    rows = be[0]["rows"]
+    xs = list(range(len(rows)))
+    ax.bar(xs, [r["fr"] for r in rows], color="#999999", label="measured firing rate")
+
+    def val(x: Any) -> float:
+        return math.nan if x is None else (2.0 if x == "inf" else min(float(x), 2.0))
+
+    marks = (("o", "tab:red"), ("s", "tab:green"), ("^", "tab:purple"))
+    for b, (m, c) in zip([be[0], be[-1]] if len(be) > 1 else be, marks):
+        ax.scatter(xs, [val(r["sram"]) for r in b["rows"]], marker=m, color=c, s=14, zorder=3,
+                   label=f"break-even vs {b['baseline']}")
+    ax.axhline(1.0, color="black", lw=0.6, ls=":")
+    ax.set_xticks(xs, [r["name"].replace("blocks.", "b").replace(".att.", ".a.").replace(".ffn.", ".f.") for r in rows],
+                  rotation=90, fontsize=5)
+    ax.set_ylabel("firing rate (+SRAM; capped at 2)")
+    short = lambda n: n.replace("equal-information ANN ", "eq.-info ").replace("ANN ", "")  # noqa: E731
+    overall = "; ".join(f"{short(b['baseline'])} {_rate(b['overall']['sram'])}" for b in be)
+    ax.set_title(f"firing rate and break-even rate per spiking layer (+SRAM)\noverall break-even: {overall}", fontsize=7)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=6)
+
+
+def _rate(x: Any) -> str:
+    return "never" if x is None else ("any" if x == "inf" else f"{float(x):.3f}")

@@ -21,7 +21,7 @@ from ..config import EncodingConfig
 from ..convert import PRESETS, check_convertible, converted, preset_config
 from ..errors import SpikelmError
 from ..markdown import md_table
-from ..progress import ProgressFn
+from ..progress import Progress, ProgressFn, report
 from .perplexity import evaluate_lm
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,37 @@ def sweep(model: nn.Module, tokens, n_chars: int, calib, settings: list[tuple[st
         check_convertible(model)  # before the ANN is scored: a SpikeGPT must not cost a full evaluation first
     rows = []
     t0 = time.perf_counter()
-    ann = evaluate_lm(model, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
+    n_rows = 1 + len(settings)
+    ann = evaluate_lm(model, tokens, n_chars, chunk=chunk, ctx=ctx, progress=_whole_sweep(progress, 0, n_rows))
     rows.append({"model": "RWKV (ANN)", "encoding": "none", "T": None, "l": None, **ann, "ppl_gap_pct": 0.0,
                  "bpc_gap_pct": 0.0})
     log.info("ANN: ppl %.4f bpc %.4f (%.1f s)", ann["ppl"], ann["bpc"], time.perf_counter() - t0)
-    for name, spec in settings:
+    for i, (name, spec) in enumerate(settings, start=1):
         enc = spec.enc if isinstance(spec, Prepared) else spec
         with variant(model, spec, calib) as m:
-            r = evaluate_lm(m, tokens, n_chars, chunk=chunk, ctx=ctx, progress=progress)
+            r = evaluate_lm(m, tokens, n_chars, chunk=chunk, ctx=ctx, progress=_whole_sweep(progress, i, n_rows))
         rows.append({"model": name, "encoding": enc.encoding, "T": enc.T, "l": enc.layers, "sites": enc.sites, **r,
                      "ppl_gap_pct": 100.0 * (r["ppl"] / ann["ppl"] - 1.0),
                      "bpc_gap_pct": 100.0 * (r["bpc"] / ann["bpc"] - 1.0),
                      **(spec.info() if isinstance(spec, Prepared) else {})})
         log.info("%s: ppl %.4f bpc %.4f", name, r["ppl"], r["bpc"])
     return rows
+
+
+def _whole_sweep(progress: ProgressFn | None, row: int, n_rows: int) -> ProgressFn | None:
+    """Pass row ``row``'s evaluation events on, and report the whole sweep as one more task
+    ("sweep", in tokens over every row) so that its bar shows the time left for all the rows."""
+    if not callable(progress):
+        return progress
+
+    def relay(ev: Progress) -> None:
+        progress(ev)
+        if ev.desc == "eval" and ev.total:
+            last = row == n_rows - 1 and ev.finished
+            report(progress, "sweep", row * ev.total + ev.done, n_rows * ev.total, unit="tok", finished=last,
+                   row=f"{row + 1}/{n_rows}")
+
+    return relay
 
 
 def format_table1(rows: list[dict[str, Any]], unit: str = "BPC") -> str:

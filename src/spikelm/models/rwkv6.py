@@ -48,6 +48,7 @@ from ..ops.linear import Linear, baddbmm, matmul
 from ..ops.wkv6 import LOG_DECAY_FLOOR, wkv6
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul_row
+from .quantized import dense
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
 State = list[LayerState]
@@ -140,6 +141,10 @@ class TimeMix(nn.Module):
             "gate_act": OpRow("elementwise", {"special": A, "mul": 2 * A}),
         }
 
+    # The bare matrices of the two LoRAs, which spikelm.models.quantized.quantize_weights may store
+    # quantised (used as x @ W; the forward reads them through ``dense``).
+    WEIGHT_MATRICES = ("time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2")
+
     # Kept in float32 whatever the model's dtype, as RWKV-LM's inference code and the rwkv package
     # keep them: the decay base enters exp(-exp(.)), where a bf16 rounding (2^-9 relative) moves
     # every decay of a long memory; the bonus and the trained state feed the float32 WKV state;
@@ -175,11 +180,11 @@ class TimeMix(nn.Module):
         # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp), xx = x_{t-1} - x_t.
         xx = _token_shift(x, shift) - x  # (B, T, C)
         xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
-        xxx = torch.tanh(matmul(self.maa_in(xxx), self.time_maa_w1, be))  # (B, T, 5*Dm)
+        xxx = torch.tanh(matmul(self.maa_in(xxx), dense(self.time_maa_w1, x.dtype), be))  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
         # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the product adds time_maa_*
         maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        mix = baddbmm(maa.view(5, 1, C), xxx, self.time_maa_w2, be).view(5, B, T, C)
+        mix = baddbmm(maa.view(5, 1, C), xxx, dense(self.time_maa_w2, x.dtype), be).view(5, B, T, C)
         xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
 
         r = self.receptance(xr)  # (B, T, A)
@@ -189,7 +194,8 @@ class TimeMix(nn.Module):
         # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d), floored.
         # The chain is float32 whatever the model's dtype (time_decay stays float32 in a bf16 or fp16
         # model spikelm.load builds).
-        d = matmul(torch.tanh(matmul(self.decay_in(xw), self.time_decay_w1, be)), self.time_decay_w2, be).float()
+        d = matmul(torch.tanh(matmul(self.decay_in(xw), dense(self.time_decay_w1, x.dtype), be)),
+                   dense(self.time_decay_w2, x.dtype), be).float()
         logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
@@ -364,7 +370,7 @@ class RWKV6(nn.Module):
         tensor.
         """
         w = self.head.weight
-        if w.is_meta or w.dim() != 2:
+        if not isinstance(w, Tensor) or w.is_meta or w.dim() != 2:  # a quantised head keeps its layout
             return
         want_t = w.device.type == "cpu" and w.dtype == torch.float32
         if want_t and not w.t().is_contiguous():

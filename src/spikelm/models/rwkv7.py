@@ -49,6 +49,7 @@ from ..config import RWKV7Config
 from ..ops.wkv7 import wkv7
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow, matmul_row
+from .quantized import dense
 
 __all__ = ["RWKV7", "SPIKE_SITES", "Block", "ChannelMix", "LayerState", "State", "TimeMix"]
 
@@ -126,6 +127,10 @@ class TimeMix(nn.Module):
             self.v1_in = nn.Identity()
         self.g1_in = nn.Identity()
 
+    # The bare low-rank matrices, which spikelm.models.quantized.quantize_weights may store quantised
+    # (used as x @ W; the forward reads them through ``dense``).
+    WEIGHT_MATRICES = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
+
     # Forward order of the energy rows of this block and its children (the report lists them so).
     ENERGY_ORDER = (
         "mix", "receptance.encode", "receptance", "key.encode", "key", "value.encode", "value", "w1_in.encode", "w1",
@@ -189,9 +194,10 @@ class TimeMix(nn.Module):
         r = self.receptance(xr)  # (B, T, C)
         k = self.key(xk)
         v = self.value(xv)
-        z = self.w0 + torch.tanh(self.w1_in(xw) @ self.w1) @ self.w2  # decay pre-activation
-        a = torch.sigmoid(self.a0 + (self.a1_in(xa) @ self.a1) @ self.a2)  # in-context learning rate, (0, 1)
-        g = torch.sigmoid(self.g1_in(xg) @ self.g1) @ self.g2  # output gate (no final sigmoid in x070)
+        mat = lambda name: dense(getattr(self, name), x.dtype)  # noqa: E731 (a quantised matrix, dequantised)
+        z = self.w0 + torch.tanh(self.w1_in(xw) @ mat("w1")) @ mat("w2")  # decay pre-activation
+        a = torch.sigmoid(self.a0 + (self.a1_in(xa) @ mat("a1")) @ mat("a2"))  # in-context learning rate, (0, 1)
+        g = torch.sigmoid(self.g1_in(xg) @ mat("g1")) @ mat("g2")  # output gate (no final sigmoid in x070)
 
         # kk: the per-head unit-norm "removal key" of the delta rule. F.normalize's eps (1e-12) is
         # the official one; a head whose k * k_k is exactly 0 gets kk = 0, not NaN.
@@ -201,7 +207,7 @@ class TimeMix(nn.Module):
             v_first = v  # (B, T, C), read by every later layer for the same tokens
         else:
             assert v_first is not None, "layers >= 1 need layer 0's values"
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (self.v1_in(xv) @ self.v1) @ self.v2)
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (self.v1_in(xv) @ mat("v1")) @ mat("v2"))
 
         # fp32 from here: the log-decay is <= 0 by construction and enters a long product
         logw = -_DECAY_SCALE * torch.sigmoid(z.float())  # (B, T, C), in [-0.607, 0]

@@ -206,7 +206,11 @@ def _load_or_raise() -> Any:
             raise FileNotFoundError(f"no {NAME}*.so in {folder}")
         torch.ops.load_library(str(libs[-1]))
     _register_fakes()
-    return torch.ops.spikelm_cpu
+    lib = torch.ops.spikelm_cpu
+    # every overload looked up now, so that op() is a plain lookup: its first call inside a region
+    # torch.compile traces must not write a module-level dict (dynamo split the graph there)
+    _overloads.update({name: getattr(lib, name).default for name in KERNEL_OPS})
+    return lib
 
 
 @torch.compiler.disable
@@ -252,6 +256,7 @@ def clear_kernels() -> dict[str, list[str]]:
     return {"removed": [str(p) for p in removed], "in_progress": [str(p) for p in skipped]}
 
 
+KERNEL_OPS = ("wkv6_forward", "gemv", "gemv_t", "rwkv6_block_step", "rwkv6_block_step_params", "level_histogram", "set_avx2")
 _overloads: dict[str, Any] = {}
 
 

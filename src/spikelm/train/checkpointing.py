@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import load_state_dict, model_config, save
+from ..checkpoints import load_state_dict, model_config, read_state, save, write_torch
 from ..checkpoints.files import SHARDED_METADATA
 from ..config import ConfigError, RunArgs
 from ..errors import CheckpointError, SpikelmError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, claim_dir, remove_owned
 from .distributed import Dist, is_sharded
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
+__all__ = ["CHECKPOINTS", "LATEST", "LOCK", "RUN_FILES", "claim_run_dir", "claim_run_folder", "read_json", "TrainingDiverged", "RunLocked", "RunLock", "latest_checkpoint",
            "save_checkpoint", "save_sharded_checkpoint", "point_latest_at", "restore", "remove_stale_temps", "check_args_match", "diverged_message",
            "rng_state", "set_rng_state", "blow_up", "last_healthy_checkpoint", "resolve_resume_from",
            "UNIFORM_MARGIN_NATS", "RISE_MARGIN_NATS"]
@@ -249,9 +249,9 @@ def _write_training_state(folder: Path, optimizer: torch.optim.Optimizer | None,
     """Everything besides the weights that an exact resume needs (the optimizer None: it was
     saved sharded with the weights)."""
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        write_torch(optimizer.state_dict(), folder / "optimizer.pt")
     for rank, rng in enumerate(rng_states):
-        torch.save(rng, folder / f"rng_rank{rank}.pt")
+        write_torch(rng, folder / f"rng_rank{rank}.pt")
     state = dict(state, scaler=scaler.state_dict() if scaler.is_enabled() else None)
     (folder / "train_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
     # trainer_state.json last: _complete() looks for it (the rename below is what makes it atomic).
@@ -370,20 +370,21 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{folder}: the weights do not fit this run's model ({str(e).splitlines()[0][:300]}); "
                               "resume with the model config the checkpoint was trained with") from None
+    # Every file is read weights-only (read_state): a pickle that would run code is refused by name.
+    state = read_json(folder / "trainer_state.json")
+    rng_file = folder / f"rng_rank{rank}.pt"
+    rng = read_state(rng_file) if rng_file.is_file() else None
     try:
         if not _sharded(folder) and not is_sharded(model):
-            optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-        state = json.loads((folder / "trainer_state.json").read_text())
-        rng_file = folder / f"rng_rank{rank}.pt"
-        rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
+            optimizer.load_state_dict(read_state(folder / "optimizer.pt", map_location=device))
         if rng is None and rank == 0 and (folder / "rng.pt").is_file():  # written before per-rank states
-            old = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
+            old = read_state(folder / "rng.pt")
             rng = {"torch": old["torch"], "numpy": state["numpy_rng"], "python": state["python_rng"]}
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{folder}: cannot read the training state ({e}); resume from an earlier checkpoint") from None
-    if rng is not None:
-        set_rng_state(rng, device)
-    else:
+        if rng is not None:
+            set_rng_state(rng, device)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{folder}: cannot use the training state ({e}); resume from an earlier checkpoint") from None
+    if rng is None:
         log.warning("%s holds no RNG state for rank %d (it was saved by fewer processes); seeding that rank afresh",
                     folder, rank)
         s = seed * 1_000_003 + rank * 10_007 + int(state["step"])
@@ -416,12 +417,25 @@ def _load_whole_into_sharded(folder: Path, model: nn.Module, optimizer: torch.op
     whole = StateDictOptions(full_state_dict=True)
     sd, _ = load_state_dict(folder)
     set_model_state_dict(model, sd, options=whole)
-    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    saved = read_state(folder / "optimizer.pt")
     name = {id(p): n for n, p in model.named_parameters()}
     names = [name[id(p)] for g in optimizer.param_groups for p in g["params"]]
     by_name = {"state": {names[i]: v for i, v in saved["state"].items()},
                "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in saved["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, by_name, options=whole)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a checkpoint (``trainer_state.json``, ``train_args.json``), every failure named."""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; the checkpoint is incomplete: resume from an earlier one") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e}); resume from an earlier checkpoint") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found a {type(obj).__name__}; resume from an earlier checkpoint")
+    return obj
 
 
 def check_args_match(saved: dict[str, Any], args: RunArgs, folder: Path) -> None:
@@ -494,3 +508,48 @@ def diverged_message(what: str, step: int, out_dir: Path, vocab_size: int, save_
         where = ("no kept checkpoint has a healthy recorded validation loss; lower lr, raise warmup_steps or "
                  "grad_clip, and start again in a new --out-dir")
     return f"{what} at step {step}; the run stopped without saving that step. {where}"
+
+
+# ---------------------------------------------------------------------------- the run folder
+# What a training run writes in its out_dir (spikelm.io.claim_dir): anything else there is the user's.
+RUN_FILES = ("log.csv", "log.jsonl", "summary.json", "train_args.json", f"{CHECKPOINTS}/",
+             "final/config.json", "final/model.safetensors")
+
+
+def claim_run_folder(out_dir: str | os.PathLike, *, overwrite: bool = False, command: str = "train",
+                     owns: tuple[str, ...] = RUN_FILES) -> Path:
+    """The one output rule on a run's out_dir alone (:func:`spikelm.io.claim_dir`), without the lock:
+    :func:`claim_run_dir` starts with it, and a command that runs several fine-tunings later (the
+    sweep's fine-tuned rows) checks all their folders with it before any work."""
+    return claim_dir(out_dir, overwrite=overwrite, what="out_dir", owns=owns, reuse=command, legacy=("train_args.json",))
+
+
+def claim_run_dir(out_dir: Path, lock: RunLock, *, resume: bool, resume_from: str | os.PathLike | None,
+                  overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> Path | None:
+    """Rank 0's checks before a run starts (before any work): the one output rule on out_dir
+    (:func:`spikelm.io.claim_dir`: empty, an earlier run of ``command``, or ``overwrite``; never a
+    user's file), the lock, no start over an earlier run unless resuming (``overwrite`` starts over:
+    the earlier run's files go), no half-written checkpoints; return the checkpoint to resume from.
+    ``owns``: the files the command writes there (``finetune`` passes its own)."""
+    claim_run_folder(out_dir, overwrite=overwrite, command=command, owns=owns)
+    out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
+    lock.acquire()
+    try:
+        if resume_from is not None:
+            folder = resolve_resume_from(resume_from, out_dir)
+            if folder.parent == out_dir / CHECKPOINTS:
+                point_latest_at(folder)  # an interrupted --resume-from run continues on the new branch
+        else:
+            earlier = (out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()
+            if earlier and not resume and overwrite:
+                log.info("--overwrite: removing the earlier run's files in %s", out_dir)
+                remove_owned(out_dir, owns)
+            elif earlier and not resume:
+                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, --overwrite to start "
+                                   "over (its checkpoints and logs go), or choose another --out-dir")
+            folder = latest_checkpoint(out_dir) if resume else None
+        remove_stale_temps(out_dir)
+        return folder
+    except BaseException:
+        lock.release()
+        raise

@@ -35,7 +35,6 @@ Only rank 0 writes files, logs and reports progress (:mod:`.distributed` sets th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -57,21 +56,19 @@ from ..config import ConfigError, RunArgs, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
 from ..devices import tf32
-from ..errors import SpikelmError
 from ..io import atomic_write_json
 from ..progress import ProgressFn, report
 from .checkpointing import (
     CHECKPOINTS,
-    LATEST,
+    RUN_FILES,
     RunLock,
     TrainingDiverged,
     blow_up,
     check_args_match,
+    claim_run_dir,
     diverged_message,
     latest_checkpoint,
-    point_latest_at,
-    remove_stale_temps,
-    resolve_resume_from,
+    read_json,
     restore,
     rng_state,
     save_checkpoint,
@@ -79,14 +76,15 @@ from .checkpointing import (
 )
 from .distributed import (PARAM_DTYPES, Dist, MemoryWatch, autocast, average_grads, clip_sharded_grads,
                           local_bytes, meta_copy, resolve_precision, setup_distributed, shard_model, train_device)
-from .objective import Objective, make_optimizer, param_groups
+from .objective import Objective, lr_at, make_optimizer, param_groups, schedule_description
 from .runlog import RunLog as _RunLog
 from .runlog import validate as _validate
 from .runlog import validation_starts as _validation_starts
 
 log = logging.getLogger("spikelm.train")
 
-__all__ = ["TrainResult", "TrainingInterrupted", "Objective", "train", "param_groups", "make_optimizer", "lr_at"]
+__all__ = ["TrainResult", "TrainingInterrupted", "Objective", "train", "param_groups", "make_optimizer", "lr_at",
+           "claim_run_dir", "RUN_FILES"]
 
 
 
@@ -110,20 +108,6 @@ class TrainResult:
         return None if self.val_loss is None else self.val_loss / math.log(2)
 
 
-def lr_at(step: int, args: RunArgs, total_steps: int | None = None) -> float:
-    """Learning rate of the optimizer step with 0-based index ``step``.
-
-    Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps,
-    then a cosine from ``lr`` down to ``min_lr``, reached at the last step.
-    """
-    total = args.total_steps if total_steps is None else total_steps
-    if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
-    span = max(1, total - args.warmup_steps - 1)
-    progress = min(1.0, (step - args.warmup_steps) / span)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
 # ---------------------------------------------------------------------------- model and data
 def _model_config(args: TrainArgs, vocab_size: int) -> dict[str, Any]:
     """The model config dict, with ``vocab_size`` taken from the tokenizer when not given."""
@@ -136,12 +120,14 @@ def _model_config(args: TrainArgs, vocab_size: int) -> dict[str, Any]:
 
 
 def _build_model(args: TrainArgs, vocab_size: int) -> nn.Module:
+    cfg = _model_config(args, vocab_size)  # its errors name their model.* key already
     try:
-        model = build_model(_model_config(args, vocab_size))
+        model = build_model(cfg)
     except (TypeError, ValueError) as e:  # a builder that validates its own config dict
-        if isinstance(e, ConfigError):
-            raise ConfigError(f"model.{e}") from None
-        raise ConfigError(f"model: {e}") from None
+        msg = str(e)
+        if msg.startswith(("model.", "model:")):
+            raise ConfigError(msg) from None
+        raise ConfigError(f"model.{msg}" if isinstance(e, ConfigError) else f"model: {msg}") from None
     if hasattr(model, "init_weights"):
         model.init_weights(args.seed)
     return model
@@ -270,7 +256,7 @@ class _Run:
 
     # ------------------------------------------------------------ resume
     def restore(self, folder: Path) -> None:
-        check_args_match(json.loads((folder / "train_args.json").read_text()), self.args, folder)
+        check_args_match(read_json(folder / "train_args.json"), self.args, folder)
         state = restore(folder, self.raw, self.optimizer, self.scaler, self.device, self.dist.rank, self.args.seed)
         self.sampler.load_state_dict(state["sampler"])
         self.c = _Counters(step=int(state["step"]), tokens=int(state["tokens"]), elapsed_before=float(state["elapsed_s"]),
@@ -307,16 +293,15 @@ class _Run:
         if self.sharded:
             average_grads(self.whole_params, self.dist.world_size)  # what FSDP left whole (shard_model)
         self.scaler.unscale_(self.optimizer)
-        if args.grad_clip <= 0:
-            gnorm_t = None
-        elif self.sharded:
-            gnorm_t = clip_sharded_grads(list(self.raw.parameters()), args.grad_clip)
+        # grad_clip 0 clips nothing, but the guard still needs the norm (max_norm inf scales by 1)
+        max_norm = args.grad_clip if args.grad_clip > 0 else math.inf
+        if self.sharded:
+            gnorm_t = clip_sharded_grads(list(self.raw.parameters()), max_norm)
         else:
-            gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), args.grad_clip)
+            gnorm_t = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)
         # One host sync per step for the divergence guard: the loss and the gradient norm come to the
         # host together (both are needed before the weights may change; the values are the same floats).
-        step_loss, gnorm = torch.stack([loss_t.float(), loss_t.new_zeros((), dtype=torch.float32) if gnorm_t is None
-                                        else gnorm_t.float()]).tolist()
+        step_loss, gnorm = torch.stack([loss_t.float(), gnorm_t.float()]).tolist()
         if not math.isfinite(step_loss):
             self.optimizer.zero_grad(set_to_none=True)
             self.diverged(f"the training loss is {step_loss}", c.step + 1)
@@ -409,30 +394,10 @@ class _Run:
         return out
 
 
-def _claim_out_dir(out_dir: Path, lock: RunLock, resume: bool, resume_from: str | os.PathLike | None) -> Path | None:
-    """Rank 0's checks before a run starts: take the lock on out_dir, refuse to start over an earlier
-    run unless resuming, clear half-written checkpoints; return the checkpoint to resume from."""
-    out_dir.mkdir(parents=True, exist_ok=True)  # with the umask's permissions
-    lock.acquire()
-    try:
-        if resume_from is not None:
-            folder = resolve_resume_from(resume_from, out_dir)
-            if folder.parent == out_dir / CHECKPOINTS:
-                point_latest_at(folder)  # an interrupted --resume-from run continues on the new branch
-        else:
-            if not resume and ((out_dir / "log.jsonl").exists() or (out_dir / CHECKPOINTS / LATEST).exists()):
-                raise SpikelmError(f"{out_dir} holds an earlier run; pass --resume to continue it, or choose another --out-dir")
-            folder = latest_checkpoint(out_dir) if resume else None
-        remove_stale_temps(out_dir)
-        return folder
-    except BaseException:
-        lock.release()
-        raise
-
-
 def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False,
           resume_from: str | os.PathLike | None = None, progress: ProgressFn | None = None,
-          build: Callable[[bool], nn.Module] | None = None, objective: Objective | None = None) -> TrainResult:
+          build: Callable[[bool], nn.Module] | None = None, objective: Objective | None = None,
+          overwrite: bool = False, command: str = "train", owns: tuple[str, ...] = RUN_FILES) -> TrainResult:
     """Train ``model`` (or a new one built from ``args.model``, initialised with ``args.seed``).
 
     ``build(resuming)``, when given, makes the model instead, after ``out_dir`` has been claimed
@@ -446,7 +411,9 @@ def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False
     from that checkpoint instead. Raises :class:`TrainingDiverged` if the loss becomes NaN/inf or
     the validation loss blows up (:func:`.checkpointing.blow_up`), :class:`RunLocked` if another
     run holds ``out_dir``, and :class:`TrainingInterrupted` after SIGINT/SIGTERM (once the
-    checkpoint of the step in progress is saved).
+    checkpoint of the step in progress is saved). ``out_dir`` must be empty, hold an earlier run
+    of ``command`` (spikelm's own files only: ``owns``, what that command writes there), or
+    ``overwrite`` is given (:func:`claim_run_dir`).
     """
     out_dir = Path(args.out_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -460,7 +427,8 @@ def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False
                               f"processes x grad_accum = {dist.world_size} x {args.grad_accum}")
         amp, use_scaler = resolve_precision(args.precision, device)
         tf32_on = settings.enter_context(tf32(device, amp, args.tf32))
-        start_from = dist.on_main(lambda: _claim_out_dir(out_dir, lock, resume, resume_from))
+        start_from = dist.on_main(lambda: claim_run_dir(out_dir, lock, resume=resume, resume_from=resume_from,
+                                                        overwrite=overwrite, command=command, owns=owns))
 
         # Seed before building the model (init_weights has its own generator, but other model
         # families may draw from the global one): every process builds the same model.
@@ -499,10 +467,14 @@ def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False
                      ("fp32 (TF32 matmuls)" if tf32_on else "fp32") if amp is None else str(amp).split(".")[-1],
                      total, f"{args.tokens_per_step:,}", run.micro, args.ctx_len, args.grad_accum)
             log.info("data: %s; unigram entropy of train %.4f bits/token", corpus.path, corpus.meta["unigram_entropy_bits_per_token"])
+            log.info("learning rate: %s", schedule_description(args, total))
             if args.warmup_steps >= total:
                 log.warning("warmup_steps=%d >= the run's %d steps: the learning rate only warms up and never decays; "
                             "lower warmup_steps (about 10%% of the steps)", args.warmup_steps, total)
         stopped_by = _loop(run, runlog, total, progress if dist.is_main else None)
+        if dist.is_main and stopped_by == "max_minutes" and run.c.step <= args.warmup_steps:
+            log.warning("the time budget ended at step %d, within the warm-up of %d steps: the learning rate never "
+                        "reached lr; lower warmup_steps or give more time", run.c.step, args.warmup_steps)
 
         c = run.c
         if c.val_loss is None:  # no step was taken (a resumed run that had already finished)
@@ -519,7 +491,8 @@ def train(args: RunArgs, model: nn.Module | None = None, *, resume: bool = False
                        "unigram_entropy_bits_per_token": corpus.meta["unigram_entropy_bits_per_token"],
                        "elapsed_s": round(elapsed, 3), "stopped_by": stopped_by, "parameters": n_params,
                        "world_size": dist.world_size, "device": str(device), "memory_bytes_per_process": memory,
-                       **objective.summary()}
+                       "lr_schedule": schedule_description(args, total),
+                       "final_lr": runlog.history[-1]["lr"] if runlog.history else None, **objective.summary()}
             atomic_write_json(out_dir / "summary.json", summary)
             log.info("done: %d steps, val loss %.4f nats (%.4f bits/token), model saved to %s",
                      c.step, val_loss, val_loss / math.log(2), final_path)
@@ -545,17 +518,29 @@ def _loop(run: _Run, runlog: _RunLog, total: int, progress: ProgressFn | None) -
     run.t_start = time.perf_counter()
     t_mark, tokens_mark, paused = run.t_start, c.tokens, 0.0  # paused: eval/save time, not counted in tokens/s
     postfix: dict[str, str] = {}
+    # A time budget: the schedule follows the part of the budget spent at the end of each step,
+    # foreseen from the time before it plus the typical step time (both agreed on by all processes,
+    # so that every process sets the same rate). The step foreseen to end the budget is the last
+    # one, taken at min_lr; a step slower than foreseen makes the next one the last.
+    step_s = 0.0
+
+    def agreed(*values: float) -> list[float]:  # the max over processes, the same on every process
+        if not dist.active:
+            return list(values)
+        return dist.max(torch.tensor(values, dtype=torch.float64, device=run.device)).cpu().tolist()
+
     try:
         with _StopSignals() as signals:
             while c.step < total:
-                lr = lr_at(c.step, args, total)
+                fraction = None if budget_s is None else min(1.0, (agreed(run.elapsed())[0] + step_s) / budget_s)
+                lr = lr_at(c.step, args, total, fraction)
+                t_step = time.perf_counter()
                 run.step(lr)
                 # Every process stops at the same step: the flags are agreed on (max over processes).
-                out_of_time = budget_s is not None and run.elapsed() >= budget_s
-                flags = torch.tensor([float(out_of_time), float(signals.signum)])
-                if dist.active:
-                    flags = dist.max(flags.to(run.device)).cpu()
-                out_of_time, signum = bool(flags[0]), int(flags[1])
+                signum, took = agreed(float(signals.signum), time.perf_counter() - t_step)
+                signum = int(signum)
+                step_s = took if step_s == 0.0 else 0.8 * step_s + 0.2 * took
+                out_of_time = fraction is not None and fraction >= 1.0
                 last = c.step >= total or out_of_time
                 scheduled_save = args.save_every > 0 and (c.step % args.save_every == 0 or last)
                 scheduled_eval = last or (args.eval_every > 0 and c.step % args.eval_every == 0) or scheduled_save

@@ -1,7 +1,9 @@
-"""What a run optimises (:class:`Objective`) and its optimizer (AdamW over :func:`param_groups`)."""
+"""What a run optimises (:class:`Objective`), its optimizer (AdamW over :func:`param_groups`) and its
+learning-rate schedule (:func:`lr_at`: over the steps, or over a time budget)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -10,7 +12,7 @@ from torch import nn
 from ..config import RunArgs
 from ..ops.cross_entropy import cross_entropy_fp32
 
-__all__ = ["Objective", "param_groups", "make_optimizer"]
+__all__ = ["Objective", "param_groups", "make_optimizer", "lr_at", "schedule_description"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -81,3 +83,35 @@ class Objective:
     def summary(self) -> dict[str, Any]:
         """Extra keys of ``summary.json``."""
         return {}
+
+
+def lr_at(step: int, args: RunArgs, total_steps: int | None = None, time_fraction: float | None = None) -> float:
+    """Learning rate of the optimizer step with 0-based index ``step``.
+
+    Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` steps,
+    then a cosine from ``lr`` down to ``min_lr``, reached at the last step.
+
+    With a time budget (``max_minutes``), ``time_fraction`` is the part of the budget spent when
+    this step ends (1.0: it is the last). The cosine then follows whichever end comes first, the
+    steps or the budget (the larger of the two progress fractions), so the rate reaches ``min_lr``
+    at the end of the run however many steps fit in it; the warm-up still counts steps.
+    """
+    total = args.total_steps if total_steps is None else total_steps
+    span = max(1, total - args.warmup_steps - 1)
+    progress = min(1.0, max(0.0, (step - args.warmup_steps) / span))
+    if time_fraction is not None:
+        progress = max(progress, min(1.0, max(0.0, time_fraction)))
+    cosine = args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * progress))
+    if step < args.warmup_steps:  # under a budget, never above the cosine (a budget may end inside the warm-up)
+        warm = args.lr * (step + 1) / args.warmup_steps
+        return warm if time_fraction is None else min(warm, cosine)
+    return cosine
+
+
+def schedule_description(args: RunArgs, total_steps: int) -> str:
+    """What the run's learning rate follows, for the log and summary.json."""
+    warm = f"linear warm-up over {args.warmup_steps} steps, then " if args.warmup_steps else ""
+    if args.max_minutes > 0:
+        return (f"{warm}cosine from {args.lr:g} to min_lr {args.min_lr:g} over the time budget of {args.max_minutes:g} "
+                f"minutes (or {total_steps} steps, whichever ends first)")
+    return f"{warm}cosine from {args.lr:g} to min_lr {args.min_lr:g} at step {total_steps}"

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,24 @@ class RunLog:
         self.history.append(row)
         if not self.enabled:
             return
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        with open(self.csv_path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+        buf = io.StringIO()
+        csv.DictWriter(buf, self.fields, extrasaction="ignore").writerow(row)
+        for path, line in ((self.jsonl_path, json.dumps(row) + "\n"), (self.csv_path, buf.getvalue())):
+            _append(path, line.encode())
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` whole or not at all: a full disk leaves no half row behind."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
