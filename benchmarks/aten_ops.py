@@ -100,9 +100,9 @@ def main() -> None:
     if "--decode-counts-json" in sys.argv:  # the child process of the kernels-off column
         print(json.dumps(decode_counts()))
         return
-    from spikelm.ops.cpu_kernels import kernel
+    from spikelm.ops.kernels import library
 
-    built = kernel() is not None
+    built = library() is not None
     child = subprocess.run([sys.executable, __file__, "--decode-counts-json"], capture_output=True, text=True, check=True,
                            env=dict(os.environ, SPIKELM_NO_CPP_KERNELS="1"))
     off = json.loads(child.stdout.splitlines()[-1])

@@ -2,7 +2,9 @@
 
 Run: ``python benchmarks/compile_budget.py``. Tiny random models (2 layers, C = 64) on the CPU;
 graph breaks do not depend on the size. A graph break splits a compiled region (each one costs a
-Python round trip per call), so the budget is 0 for every family; the reasons are printed.
+Python round trip per call), so the budget is 0 for every family; the reasons are printed. The ops
+run as the backend (``SPIKELM_BACKEND``, default auto) picks them: with the C++ kernels built,
+they appear in the graphs as custom ops (each has a fake implementation).
 
 Two tables: with spikelm's compiled CPU kernels as a CPU run takes them, and with them switched
 off (``SPIKELM_NO_CPP_KERNELS=1``, a child process: the tensor operations, which is what a GPU runs).
@@ -19,6 +21,8 @@ import torch
 from spikelm.config import SpikeGPTConfig
 from spikelm.convert import attach_encoders, preset_config
 from spikelm.models.spikegpt import SpikeGPT
+from spikelm.ops.backend import default_backend
+from spikelm.ops.kernels import library
 from spikelm.testing import make_rwkv6
 
 
@@ -34,13 +38,13 @@ def explain(name: str, model: torch.nn.Module, T: int) -> None:
 
 
 def main() -> None:
-    from spikelm.ops.cpu_kernels import kernel
-
     torch.manual_seed(0)
     child = "--kernels-off-child" in sys.argv
     if not child:
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype float32, CPU")
-    state = ("off (SPIKELM_NO_CPP_KERNELS=1)" if child else "on" if kernel() is not None
+        print(f"backend: {default_backend()} (spikelm.ops.backend)")
+    state = ("off (SPIKELM_NO_CPP_KERNELS=1)" if child else
+             "on, traced as custom ops through their fake implementations" if library() is not None
              else "on, but NOT available here (tensor operations)")
     print(f"\nspikelm's compiled CPU kernels {state}:\n")
     print("| model | call | graph breaks | graphs | reasons |")
@@ -48,7 +52,7 @@ def main() -> None:
     ann = make_rwkv6(n_layer=2, n_embd=64, head_size=16)
     for T in (16, 1):
         explain("RWKV-6 ANN", ann, T)
-    for preset, sites in (("SpikeRWKV-4L", "time_mix"), ("spikelm-4L", "all")):
+    for preset, sites in (("SpikeRWKV-4L", "time_mix"), ("spikelm-4L", "all"), ("SNN-RWKV-4", "all")):
         conv = attach_encoders(make_rwkv6(n_layer=2, n_embd=64, head_size=16), preset_config(preset, sites)).eval()
         for T in (16, 1):
             explain(f"converted {preset} ({sites})", conv, T)

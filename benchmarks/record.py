@@ -193,7 +193,7 @@ def command_code(cmd: list[str], root: Path = ROOT, python: str = sys.executable
         imported = [str(Path(f).relative_to(real)) for f in json.loads(proc.stdout.splitlines()[-1])]
         # the repository's own files: not the ignored ones (.venv/), not a module's made-up __file__
         files |= set(git("ls-files", "-co", "--exclude-standard", "--", *imported, root=root).splitlines()) if imported else set()
-    if "src/spikelm/ops/cpu_kernels.py" in files:
+    if "src/spikelm/ops/kernels.py" in files:
         files |= set(files_now(["src/spikelm/ops/csrc/"], root))
     return sorted(files)
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from _timing import best_times
+from _timing import CLOCKS, add_clock_option, best_times
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -40,7 +40,7 @@ def _rows(name: str, T: int, last: int) -> int:
     return T
 
 
-def matmul_floor(model, T: int, repeats: int) -> float:
+def matmul_floor(model, T: int, repeats: int, clock=CLOCKS["wall"]) -> float:
     """Time of the model's own matrix products alone on T tokens: every nn.Linear (on the rows a
     last-logit forward needs, see ``_rows``) and the two LoRAs. With T = 1 this is the decode
     step's products, which are bound by memory bandwidth (each weight is read once per token), timed
@@ -54,7 +54,7 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     (in fp32 F.linear; in bf16 on a CPU without native bf16 GEMMs the fp32 product of the bf16
     values, where the package runs oneDNN's emulated bf16 GEMM, so in bf16 the floor bounds only
     spikelm's own remaining time); a decoding step's through the compiled one-row products of its
-    block step (spikelm.ops.cpu_kernels), the head through linear.
+    block step (spikelm.ops.kernels), the head through linear.
     """
     from spikelm.ops.linear import linear
 
@@ -74,16 +74,16 @@ def matmul_floor(model, T: int, repeats: int) -> float:
     # the head keeps the model's own memory order (the model lays it out for its matrix-vector product)
     work = [(x, w if w is model.head.weight else w.contiguous()) for x, w in work]
     if T == 1:  # decoding reads each weight once from memory: the products one after the other, as in a step
-        from spikelm.ops.cpu_kernels import op
+        from spikelm.ops.kernels import op
 
         # the blocks' products as spikelm's compiled decoding step does them (where it can be built)
         gemv = op("gemv")
         one = [(lambda x=x, w=w: gemv(x.view(-1), w)) if gemv is not None and w is not model.head.weight
                else (lambda x=x, w=w: linear(x, w)) for x, w in work]
-        return best_times(lambda: [f() for f in one], repeats=repeats, warmup=False)[0]
+        return best_times(lambda: [f() for f in one], repeats=repeats, warmup=False, clock=clock)[0]
     # a prefill's products are bound by arithmetic, their input just written by the operation before
     # (in cache): each timed on its own, repeated, and summed
-    return sum(best_times(lambda x=x, w=w: linear(x, w), repeats=repeats)[0] for x, w in work)
+    return sum(best_times(lambda x=x, w=w: linear(x, w), repeats=repeats, clock=clock)[0] for x, w in work)
 
 
 def _errors(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=65536)
     ap.add_argument("--threads", type=int, default=2)
+    add_clock_option(ap)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -114,7 +115,8 @@ def main() -> None:
     file_dtype = DTYPES[args.file_dtype or args.dtype]
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {args.dtype}")
+    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {args.dtype}, {args.clock} time")
+    clock = CLOCKS[args.clock]
     os.environ["RWKV_CUDA_ON"] = "0"
     os.environ["RWKV_JIT_ON"] = str(args.ref_jit)
     from spikelm.testing import make_rwkv6  # random, non-trivial weights in the official layout
@@ -158,8 +160,8 @@ def main() -> None:
 
         # both already ran once above (the correctness check): no separate warm-up
         t_ours_prefill, t_ref_prefill = best_times(
-            lambda: ours(x, last_only=True), lambda: ref.forward(prompt, None), repeats=args.repeats, warmup=False)
-        t_floor = matmul_floor(ours, args.prefill, args.repeats)
+            lambda: ours(x, last_only=True), lambda: ref.forward(prompt, None), repeats=args.repeats, warmup=False, clock=clock)
+        t_floor = matmul_floor(ours, args.prefill, args.repeats, clock)
 
         _, st = ours(x[:, :16])
         _, rst = ref.forward(prompt[:16], None)
@@ -174,18 +176,21 @@ def main() -> None:
             for t in prompt[: args.decode]:
                 _, s = ref.forward([t], s)
 
-        t_ours_dec, t_ref_dec = (t / args.decode for t in best_times(dec_ours, dec_ref, repeats=args.repeats, warmup=False))
-        t_floor_dec = matmul_floor(ours, 1, args.repeats * 8)
+        t_ours_dec, t_ref_dec = (t / args.decode for t in best_times(dec_ours, dec_ref, repeats=args.repeats, warmup=False,
+                                                                          clock=clock))
+        t_floor_dec = matmul_floor(ours, 1, args.repeats * 8, clock)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
-    from spikelm.ops.cpu_kernels import kernel
+    from spikelm.ops.backend import default_backend
+    from spikelm.ops.kernels import library
 
-    print(f"spikelm's compiled CPU kernels: {'built' if kernel() is not None else 'not available (tensor operations)'}")
-    from spikelm.ops.linear import _native_cpu
+    print(f"spikelm's C++ kernels: {'built' if library() is not None else 'not available (tensor operations)'}; "
+          f"backend {default_backend()}")
+    from spikelm.ops.linear import native_low_precision
 
     if dtype != torch.float32:
-        print(f"native {args.dtype} GEMMs on this CPU (oneDNN): {_native_cpu(dtype)}")
-    if dtype != torch.float32 and not _native_cpu(dtype):
+        print(f"native {args.dtype} GEMMs on this CPU (oneDNN): {native_low_precision(dtype)}")
+    if dtype != torch.float32 and not native_low_precision(dtype):
         print(f"(in {args.dtype} the floor is spikelm's own products: on a CPU without native {args.dtype} GEMMs spikelm "
               f"multiplies many rows in fp32 and the package in emulated {args.dtype}, so its 'cannot exceed' holds for fp32 only)")
     print(f"model: RWKV-6 L={args.layers} C={args.width} V={args.vocab} {args.dtype}; last-logit max rel. diff vs reference {rel:.2e}")

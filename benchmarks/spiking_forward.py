@@ -14,7 +14,7 @@ import argparse
 import copy
 
 import torch
-from _timing import best_times
+from _timing import CLOCKS, add_clock_option, best_times
 
 
 def main() -> None:
@@ -25,11 +25,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    add_clock_option(ap)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sim-tokens", type=int, default=32, help="tokens for the (slow) simulation timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}")
+    print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}, "
+          f"{args.clock} time")
+    clock = CLOCKS[args.clock]
     from spikelm.testing import make_rwkv6
 
     from spikelm.convert import PRESETS, convert, preset_config, set_method
@@ -48,9 +51,9 @@ def main() -> None:
             m = copy.deepcopy(ann)
             convert(m, preset_config(name, sites), calib)
             with torch.inference_mode():
-                td, t = best_times(lambda: ann(x), lambda: m(x), repeats=args.repeats)
+                td, t = best_times(lambda: ann(x), lambda: m(x), repeats=args.repeats, clock=clock)
                 set_method(m, "sim")
-                tds, ts = best_times(lambda: ann(xs), lambda: m(xs), repeats=max(1, args.repeats // 2))
+                tds, ts = best_times(lambda: ann(xs), lambda: m(xs), repeats=max(1, args.repeats // 2), clock=clock)
             print(f"{name + ' [' + sites + ']':28s} {td*1e3:9.1f} {t*1e3:10.1f} {t/td:8.2f}   "
                   f"{tds*1e3:13.1f} {ts*1e3:8.1f} {ts/tds:8.2f}")
 

@@ -35,3 +35,25 @@ def test_generate_seeded_and_streamed():
     a = generate(model, "ab", max_tokens=20, seed=7, on_text=pieces.append)
     b = generate(model, "ab", max_tokens=20, seed=7)
     assert a.tokens == b.tokens and a.text == b.text == "".join(pieces)
+
+
+def test_the_speed_excludes_the_first_token_and_its_one_off_costs(monkeypatch):
+    """tokens/s is the decoding after the first token: a slow first call (a kernel build, a
+    compilation) goes into first_token_seconds. A fake clock: the first forward takes 100 s, each
+    later one 1 s."""
+    import importlib
+    from types import SimpleNamespace
+
+    model = make_rwkv6(seed=0).eval()
+    clock = [0.0]
+    monkeypatch.setattr(importlib.import_module("spikelm.generate"), "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    forward = model.forward
+
+    def timed(*a, **k):
+        clock[0] += 100.0 if clock[0] == 0.0 else 1.0
+        return forward(*a, **k)
+
+    monkeypatch.setattr(model, "forward", timed)
+    res = generate(model, "ab", max_tokens=5, temperature=0.0)
+    assert len(res.tokens) == 5 and res.first_token_seconds == 100.0 and res.seconds == 104.0
+    assert res.tokens_per_second == 1.0

@@ -206,3 +206,25 @@ def test_no_source_file_is_over_600_lines():
     long = {str(p.relative_to(SRC)): n for p in sorted(PKG.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"source files over {MAX_LINES} lines: {long}"
+
+
+def test_only_ops_imports_the_kernels():
+    """The C++ kernels are built, loaded and called from spikelm.ops alone: the modules that load
+    them (those naming torch's extension builder or the kernels' namespace, spikelm_cpu) live in
+    spikelm.ops, and no module outside it imports one of them or names the namespace."""
+    def names_kernels(module):
+        text = MODULES[module][0].read_text(encoding="utf-8")
+        return "cpp_extension" in text or "spikelm_cpu" in text
+
+    inside = lambda m: m == "spikelm.ops" or m.startswith("spikelm.ops.")  # noqa: E731
+    loaders = {m for m in MODULES if inside(m) and names_kernels(m)}
+    assert loaders, "no module of spikelm.ops loads the kernels"
+    bad = []
+    for module in MODULES:
+        if inside(module):
+            continue
+        top, local = _imports(module)
+        bad += [f"{module}:{line} imports {t}" for line, t in top + local if t in loaders]
+        if names_kernels(module):
+            bad.append(f"{module} names the kernels (spikelm_cpu or cpp_extension)")
+    assert not bad, "\n".join(bad)

@@ -186,6 +186,14 @@ def test_readme_command_runs(line, sandbox, monkeypatch):
     _smoke(line, sandbox, monkeypatch)
 
 
+def test_readme_lists_every_op_and_its_backends():
+    """The README's table of ops and backends is spikelm.ops.backend.paths_table() (add an op to
+    OPS and the README must follow)."""
+    from spikelm.ops.backend import paths_table
+
+    assert paths_table() in README.read_text()
+
+
 def _own_text(n_sentences: int = 700) -> str:
     """A small English-like text file (deterministic): enough to split, train two steps and sample."""
     subj = ["The river", "A miller", "The old town", "My friend", "The teacher", "A small bird"]

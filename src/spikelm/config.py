@@ -418,6 +418,11 @@ class SpikeGPTConfig(Config):
     def dim_ffn(self) -> int:
         return self.ffn_mult * self.n_embd
 
+    @property
+    def dim_att(self) -> int:
+        """The width of key, value and receptance: n_embd (the RWKV-4 block SpikeGPT builds on)."""
+        return self.n_embd
+
 
 # Named shapes. Parameter counts (emb + head untied, 13 C^2 per block) are in the comments.
 #   45M: the paper's enwik8 model (Table 1: L = 12, d = 512, T = 1024 or 3072). The code builds the

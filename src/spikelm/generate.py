@@ -74,12 +74,13 @@ def generate_tokens(model: nn.Module, prompt_ids: list[int], max_tokens: int, te
         logits, state = model(torch.tensor([prompt_ids], device=device), None, last_only=True)
     else:
         logits, state = model(torch.tensor([prompt_ids], device=device), None)
-    for _ in range(max_tokens):
+    for i in range(max_tokens):
         tok = sample_logits(logits[0, -1].cpu(), temperature, top_k, top_p, gen)
         if tok in stop_ids:
             return
         yield tok
-        logits, state = model(torch.tensor([[tok]], device=device), state)
+        if i + 1 < max_tokens:  # no forward after the last token: its logits would go unused
+            logits, state = model(torch.tensor([[tok]], device=device), state)
 
 
 def accepts_last_only(model: nn.Module) -> bool:
@@ -96,11 +97,16 @@ class GenerationResult:
     text: str
     tokens: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole generation
+    first_token_seconds: float = 0.0  # the prompt's prefill and the first token, one-off costs included
 
     @property
     def tokens_per_second(self) -> float:
-        return len(self.tokens) / self.seconds if self.seconds > 0 else float("nan")
+        """The decoding speed after the first token: one-off costs (a kernel build, a first call's
+        compilation, the prefill) fall before it and are in ``first_token_seconds``, not here.
+        NaN with fewer than two tokens."""
+        decode = self.seconds - self.first_token_seconds
+        return (len(self.tokens) - 1) / decode if len(self.tokens) > 1 and decode > 0 else float("nan")
 
 
 def generate(model: nn.Module, prompt: str, max_tokens: int = 100, temperature: float = 1.0, top_k: int = 0,
@@ -127,7 +133,10 @@ def generate(model: nn.Module, prompt: str, max_tokens: int = 100, temperature: 
     out_ids: list[int] = []
     pieces: list[str] = []
     t0 = time.perf_counter()
+    first = 0.0
     for t in generate_tokens(model, ids, max_tokens, temperature, top_k, top_p, seed, stop_ids=(tok.eod_id,)):
+        if not out_ids:
+            first = time.perf_counter() - t0
         out_ids.append(t)
         piece = decoder.decode(tok.decode_bytes([t]))
         if piece:
@@ -139,4 +148,4 @@ def generate(model: nn.Module, prompt: str, max_tokens: int = 100, temperature: 
         pieces.append(tail)
         if on_text:
             on_text(tail)
-    return GenerationResult(prompt, "".join(pieces), out_ids, len(ids), time.perf_counter() - t0)
+    return GenerationResult(prompt, "".join(pieces), out_ids, len(ids), time.perf_counter() - t0, first)

@@ -25,8 +25,9 @@ def _shared(name):
 
 # Commands that load a user's checkpoint. info only reads files; data, train and init load none;
 # demo trains its own models start to finish as train does (device "auto", like train's config);
-# finetune is a training run too (its device, data and calibration text are config keys, as train's).
-LOADS_MODEL = sorted(set(COMMANDS) - {"info", "data", "train", "finetune", "init", "demo"})
+# finetune is a training run too (its device, data and calibration text are config keys, as train's);
+# kernels builds and shows spikelm's compiled CPU kernels.
+LOADS_MODEL = sorted(set(COMMANDS) - {"info", "data", "train", "finetune", "init", "demo", "kernels"})
 NEEDS = {
     "device": LOADS_MODEL,
     "dtype": LOADS_MODEL,
@@ -35,7 +36,7 @@ NEEDS = {
     "whole_file": ["eval", "sweep", "energy"],
     "calib_data": ["convert", "sweep", "energy", "nlu", "generate"],
     "progress": ["data", "train", "finetune", "eval", "sweep", "energy", "nlu", "convert", "demo"],
-    "json_": ["info", "eval", "sweep", "energy", "nlu", "generate", "convert"],
+    "json_": ["info", "eval", "sweep", "energy", "nlu", "generate", "convert", "kernels"],
     "binary_embedding": LOADS_MODEL,
     "family": LOADS_MODEL,
     "weight_bits": ["convert", "eval", "energy", "sweep", "nlu", "demo"],
@@ -44,7 +45,7 @@ NEEDS = {
 
 def test_commands_are_the_expected_set():
     assert set(COMMANDS) == {"info", "init", "data", "train", "finetune", "eval", "generate", "convert",
-                             "sweep", "energy", "nlu", "demo"}
+                             "sweep", "energy", "nlu", "demo", "kernels"}
     assert set(NEEDS) == set(SHARED_DEFAULTS)
     assert LOADS_MODEL == ["convert", "energy", "eval", "generate", "nlu", "sweep"]
 

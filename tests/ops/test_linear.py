@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikelm.ops import cpu_kernels
+from spikelm.ops import kernels
 from spikelm.ops import linear as lin
 
 
 @pytest.fixture(params=[False, True], ids=["torch-path", "fp32-path"])
 def emulated(request, monkeypatch):
     """Run each test both ways: as on a CPU with native bf16 GEMMs and as on one without."""
-    monkeypatch.setattr(lin, "_native_cpu", lambda dtype: not request.param)
+    monkeypatch.setattr(lin, "_native", {torch.bfloat16: not request.param, torch.float16: not request.param})
     return request.param
 
 
@@ -46,7 +46,7 @@ def test_low_precision_matches_a_float32_product_rounded_once(emulated, dtype):
 
 def test_single_rows_keep_the_native_path(monkeypatch):
     """A matrix-vector product (decoding) is memory-bound: it stays in bf16 even where GEMMs are emulated."""
-    monkeypatch.setattr(lin, "_native_cpu", lambda dtype: False)
+    monkeypatch.setattr(lin, "_native", {torch.bfloat16: False, torch.float16: False})
     assert not lin.emulated_low_precision(torch.zeros(1, 1, 8, dtype=torch.bfloat16))
     assert lin.emulated_low_precision(torch.zeros(1, 2, 8, dtype=torch.bfloat16))
     assert not lin.emulated_low_precision(torch.zeros(1, 2, 8))
@@ -54,7 +54,7 @@ def test_single_rows_keep_the_native_path(monkeypatch):
 
 def test_large_weights_go_in_blocks_of_rows_with_the_same_result(monkeypatch):
     """A head-sized weight is cast to float32 a block of rows at a time: the same values as one product."""
-    monkeypatch.setattr(lin, "_native_cpu", lambda dtype: False)
+    monkeypatch.setattr(lin, "_native", {torch.bfloat16: False, torch.float16: False})
     monkeypatch.setattr(lin, "_BLOCK_FLOATS", 5 * 16)  # blocks of 5 rows of 16 inputs
     g = torch.Generator().manual_seed(2)
     x, w, b = (torch.randn(3, 4, 16, generator=g).bfloat16(), torch.randn(23, 16, generator=g).bfloat16(),
@@ -70,7 +70,7 @@ def test_large_weights_go_in_blocks_of_rows_with_the_same_result(monkeypatch):
     assert isinstance(m, torch.nn.Linear) and torch.equal(m(x), y)
 
 
-needs_kernel = pytest.mark.skipif(cpu_kernels.kernel() is None, reason="no C++ compiler / ninja to build the kernel")
+needs_kernel = pytest.mark.skipif(kernels.library() is None, reason="no C++ compiler / ninja to build the kernel")
 
 
 @needs_kernel
@@ -82,11 +82,11 @@ def test_single_rows_take_the_compiled_product(monkeypatch, dtype):
     calls = []
 
     def counting(name):
-        real = cpu_kernels.op(name)
+        real = kernels.op(name)
         return lambda *a: calls.append(name) or real(*a)
 
-    monkeypatch.setattr(lin, "cpu_op", counting)
-    monkeypatch.setattr(lin, "_native_cpu", lambda dt: False)
+    monkeypatch.setattr(lin, "cpp_op", counting)
+    monkeypatch.setattr(lin, "_native", {torch.bfloat16: False, torch.float16: False})
     g = torch.Generator().manual_seed(3)
     x, w, b = (torch.randn(1, 1, 48, generator=g).to(dtype), torch.randn(24, 48, generator=g).to(dtype),
                torch.randn(24, generator=g).to(dtype))
@@ -110,7 +110,7 @@ def test_single_rows_take_the_compiled_product(monkeypatch, dtype):
     xg = x.clone().requires_grad_()
     lin.linear(xg, w).sum().backward()  # a gradient wanted: torch's product, which has one
     assert xg.grad is not None and calls == []
-    monkeypatch.setattr(lin, "_native_cpu", lambda dt: True)  # native GEMMs: one row still compiled
+    monkeypatch.setattr(lin, "_native", {torch.bfloat16: True, torch.float16: True})  # native GEMMs: one row still compiled
     with torch.no_grad():
         lin.linear(x, w)
     assert calls == ["gemv"]

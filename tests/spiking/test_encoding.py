@@ -209,13 +209,13 @@ def test_other_bases_and_bad_input():
 @pytest.mark.parametrize("T,layers,init_half,n_int", [(1, 4, False, 1), (1, 3, False, 1), (1, 12, False, 0), (1, 5, True, 1), (3, 5, True, 1), (4, 1, False, 1), (7, 8, True, 0), (2, 24, False, 2)])
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled-if-built", "tensor-ops"])
 def test_decode_fast_path_is_bit_identical(T, layers, init_half, n_int, compiled, monkeypatch):
-    """Both paths of the general case (T > 1): the compiled pass where it is built, and the tensor
-    operations on their own (the path of a machine without a compiler), each against the closed form."""
-    from spikelm.spiking import encoding
+    """Both paths of the general case (T > 1): what ``auto`` takes (torch.compile's fused pass where
+    it compiles), and the tensor operations on their own (backend ``torch``, the path of a machine
+    without a compiler), each against the closed form."""
+    from spikelm.ops import backend
     from spikelm.spiking.encoding import mhse_decode
 
-    if not compiled:
-        monkeypatch.setattr(encoding, "cpu_op", lambda name: None)
+    monkeypatch.setattr(backend, "_default", "auto" if compiled else "torch")
 
     g = torch.Generator().manual_seed(T * 100 + layers)
     x = torch.cat([torch.randn(4000, generator=g) * 3, torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, float("inf")]),

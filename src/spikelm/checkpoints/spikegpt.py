@@ -70,7 +70,8 @@ import torch
 from ..data.charvocab import CHAR_PREFIX, CHAR_VOCAB_FILE, is_char_vocab
 from ..errors import CheckpointError
 from ..models.spikegpt import SpikeGPT, SpikeGPTConfig
-from .files import assign_weights, read_tensors
+from .files import read_tensors
+from .rwkv4 import NEOX_VOCAB_SIZE, RWKV4_LAYOUT, is_rwkv4_state_dict, load_rwkv4_layout, rwkv4_layout_dims
 
 __all__ = [
     "SPIKEGPT_LAYOUT",
@@ -82,12 +83,7 @@ __all__ = [
     "load_spikegpt",
 ]
 
-SPIKEGPT_LAYOUT = (
-    "expected a SpikeGPT (RWKV-4 layout) state dict: emb.weight, blocks.0.ln0, blocks.{i}.ln1/ln2, "
-    "blocks.{i}.att.time_decay/time_first/time_mix_{k,v,r}, blocks.{i}.att.{key,value,receptance,output}.weight, "
-    "blocks.{i}.ffn.time_mix_{k,r}, blocks.{i}.ffn.{key,receptance,value}.weight, ln_out, head.weight"
-)
-NEOX_VOCAB_SIZE = 50277
+SPIKEGPT_LAYOUT = RWKV4_LAYOUT
 NEOX_TOKENIZER_FILE = "20B_tokenizer.json"
 # The public run code (src/model_run.py): `if self.args.vocab_size == 77:` binarises the embedding;
 # RWKV_RESCALE_LAYER = 6.
@@ -113,25 +109,8 @@ def _binary_embedding_setting(value: bool | str | None, vocab_size: int) -> bool
 
 
 # ----------------------------------------------------------------------------- layout
-def is_spikegpt_state_dict(sd: dict[str, Any]) -> bool:
-    """True for the SpikeGPT / RWKV-4 layout: ``time_first`` and ``time_mix_*`` (RWKV-5/6 have
-    ``ln_x`` / ``time_maa_*`` / ``time_faaaa`` instead)."""
-    keys = set(sd)
-    if "emb.weight" not in keys:
-        return False
-    has_v4 = any(k.endswith(".att.time_first") for k in keys) and any(k.endswith(".att.time_mix_k") for k in keys)
-    newer = any(".att.ln_x" in k or ".att.time_maa" in k or ".att.time_faaaa" in k for k in keys)
-    return has_v4 and not newer
-
-
-def _check_supported(sd: dict[str, Any], where: str) -> None:
-    keys = set(sd)
-    if any(k.startswith("blocks.0.ffnPre.") for k in keys):
-        raise CheckpointError(f"{where}: this is SpikeGPT's 'RWKV-ffnPre' variant (blocks.0.ffnPre); spikelm implements model_type 'RWKV' only")
-    if "head_q.weight" in keys or "head_k.weight" in keys:
-        raise CheckpointError(f"{where}: this checkpoint has the head_q/head_k copy head (RWKV_HEAD_QK_DIM > 0); spikelm does not implement it")
-    if not is_spikegpt_state_dict(sd):
-        raise CheckpointError(f"{where}: not a SpikeGPT checkpoint; {SPIKEGPT_LAYOUT}")
+# SpikeGPT's files are the RWKV-4 layout: recognised and read by spikelm.checkpoints.rwkv4.
+is_spikegpt_state_dict = is_rwkv4_state_dict
 
 
 def _resolve_tokenizer(V: int, tokenizer: str | None, near: Path | None) -> str:
@@ -169,23 +148,15 @@ def infer_spikegpt_config(sd: dict[str, Any], tokenizer: str | None = None, near
     rescaling (module docstring): ``binary_embedding`` None = on iff V == 77, ``"on"``/``"off"``
     forces it; ``rescale_every`` None = 6, 0 = off.
     """
-    _check_supported(sd, "state dict")
-    try:
-        V, C = sd["emb.weight"].shape
-        L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-        Fh = sd["blocks.0.ffn.key.weight"].shape[0]
-    except KeyError as e:
-        raise CheckpointError(f"missing key {e.args[0]}; {SPIKEGPT_LAYOUT}") from None
-    except ValueError as e:
-        raise CheckpointError(f"unexpected tensor shape ({e}); {SPIKEGPT_LAYOUT}") from None
+    V, L, C, _, Fh = rwkv4_layout_dims(sd)
     if Fh % C:
         raise CheckpointError(f"blocks.0.ffn.key.weight has {Fh} rows, not a multiple of n_embd {C}; {SPIKEGPT_LAYOUT}")
     return SpikeGPTConfig(
-        vocab_size=int(V), n_layer=int(L), n_embd=int(C), ffn_mult=int(Fh // C),
+        vocab_size=V, n_layer=L, n_embd=C, ffn_mult=Fh // C,
         token_shift_init="official", learnable_shift=True,
-        binary_embedding=_binary_embedding_setting(binary_embedding, int(V)),
+        binary_embedding=_binary_embedding_setting(binary_embedding, V),
         rescale_every=RUN_CODE_RESCALE_EVERY if rescale_every is None else int(rescale_every),
-        tokenizer=_resolve_tokenizer(int(V), tokenizer, Path(near) if near is not None else None),
+        tokenizer=_resolve_tokenizer(V, tokenizer, Path(near) if near is not None else None),
     )
 
 
@@ -200,32 +171,12 @@ def spikegpt_from_state_dict(sd: dict[str, Any], tokenizer: str | None = None, s
     for the 77-character vocabulary only; rescaling every 6 blocks); see the module docstring.
     """
     where = str(source) if source is not None else "state dict"
-    _check_supported(sd, where)
+    rwkv4_layout_dims(sd, where)  # refuses the variants spikelm does not implement, naming the file
     near = None
     if source is not None:
         near = Path(source) if Path(source).is_dir() else Path(source).parent
     cfg = infer_spikegpt_config(sd, tokenizer, near, binary_embedding=binary_embedding, rescale_every=rescale_every)
-    with torch.device("meta"):  # shapes only: the weights are assigned from the file below
-        own = SpikeGPT(cfg).state_dict()
-    missing = sorted(set(own) - set(sd))
-    extra = sorted(set(sd) - set(own))
-    if missing or extra:
-        raise CheckpointError(
-            f"{where}: keys do not match a SpikeGPT of {cfg.n_layer} layers x {cfg.n_embd} "
-            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}); "
-            f"{SPIKEGPT_LAYOUT}"
-        )
-    fitted = {}
-    for k, t in own.items():
-        v = sd[k]
-        if tuple(v.shape) != tuple(t.shape):
-            # Some exporters store time_decay/time_first as [1, 1, C] or the mixes as [C].
-            if ".time_" in k and v.numel() == t.numel():
-                v = v.reshape(t.shape)
-            else:
-                raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, expected {tuple(t.shape)}")
-        fitted[k] = v
-    return assign_weights(lambda: SpikeGPT(cfg), fitted, dtype=dtype, device=device, where=where)
+    return load_rwkv4_layout(sd, lambda: SpikeGPT(cfg), where, dtype, device)
 
 
 def load_spikegpt(path: str | os.PathLike[str], tokenizer: str | None = None, device: str | torch.device = "cpu",

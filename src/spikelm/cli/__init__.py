@@ -22,6 +22,7 @@ from ..data.corpus import cache_dir
 from ..errors import ConfigError, SpikelmError
 from ..io import describe_os_error
 from .demo import cmd_demo
+from .kernels import cmd_kernels
 from .measure import cmd_energy, cmd_eval, cmd_nlu, cmd_sweep
 from .models import cmd_convert, cmd_generate, cmd_info, cmd_init
 from .parser import build_parser, parse_overrides
@@ -42,6 +43,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "energy": cmd_energy,
     "nlu": cmd_nlu,
     "demo": cmd_demo,
+    "kernels": cmd_kernels,
 }
 
 

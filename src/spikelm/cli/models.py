@@ -183,8 +183,10 @@ def cmd_generate(checkpoint: str, prompt: str = "The", max_tokens: int = 200, te
         stream("")
     if json_:
         print_json({"prompt": res.prompt, "text": res.text, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
-                    "seconds": round(res.seconds, 4), "tokens_per_second": round(res.tokens_per_second, 2)})
+                    "seconds": round(res.seconds, 4), "first_token_seconds": round(res.first_token_seconds, 4),
+                    "tokens_per_second": round(res.tokens_per_second, 2)})
     else:
         sys.stdout.write("\n")
-        print(f"[{len(res.tokens)} tokens, {res.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+        print(f"[{len(res.tokens)} tokens: the first after {res.first_token_seconds:.2f} s (the prompt, and one-off "
+              f"costs such as a first call), then {res.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
     return 0

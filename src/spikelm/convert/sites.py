@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import ConfigError, EncodingConfig
 from ..errors import SpikelmError
+from ..ops.backend import set_backend
 from ..models.quantized import plain_twin, spiking_twin
 from ..spiking.layers import SpikeEncoder, SpikingLinear
 
@@ -56,6 +57,12 @@ def _get(model: nn.Module, name: str) -> nn.Module:
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at ``name``, carrying over the backend the replaced module had
+    (``spikelm.ops.set_backend``), or the model's where that one had none (an nn.Identity site)."""
+    old = _get(model, name)
+    backend = getattr(old, "backend", None) or getattr(model, "backend", None)
+    if backend is not None:
+        set_backend(module, backend)
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
 

@@ -23,11 +23,12 @@ trie walk as the naive twin (:meth:`WorldTokenizer.encode_bytes_naive`) and enco
 
 Alternatives measured and rejected (benchmarks/tokenizer_speed.py prints the numbers):
 ``tokenizers``' WordPiece is greedy longest-match-first but, in tokenizers 0.23, tries every end
-position of a word from the longest down, so it is quadratic in the word length (an unsplit 7 kB
-text took 1.3 s), and the text cannot be pre-split without changing the result.  Making every
-token an ``AddedToken`` is exact (its Aho-Corasick matcher is leftmost-longest) but builds a
-string slice per token: 3-10x slower than the regex, even with ``encode_batch`` on both cores.
-The regex encoder is 2.5-4x faster than the ``rwkv`` package's trie, and needs no dependency.
+position of a word from the longest down, so it is quadratic in the word length (an unsplit
+text of kilobytes takes seconds), and the text cannot be pre-split without changing the result.
+Making every token an ``AddedToken`` is exact (its Aho-Corasick matcher is leftmost-longest) but
+builds a string slice per token: several times slower than the regex, even with ``encode_batch``
+on both cores. The regex encoder is faster than the ``rwkv`` package's trie (docs/results.md,
+"Tokenizer speed"), and needs no dependency.
 
 Long inputs are encoded in pieces of ``chunk_bytes`` that provably give the same ids as one pass:
 the match at position ``q`` only looks at bytes ``q .. q + max_token_len``, so the tokens of a

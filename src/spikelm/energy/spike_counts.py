@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..ops.cpu_kernels import level_histogram
+from ..ops.spikes import level_histogram
 from ..spiking.encoding import SpikeStats, floor_half_up_, mhse_closed_form, mhse_simulate
 
 __all__ = ["is_binary", "encoder_stats", "encoder_counts", "active_inputs", "EncoderObservation"]
@@ -178,7 +178,7 @@ class EncoderObservation:
     layer's spikes, the flags and the values that fetch a weight, with one host read. Clipped
     values (``|x| / (s w_l) > 2**l - 1``) are counted from the input as the encoder computes it,
     only where the level is the top one. On the CPU all of it is one compiled pass
-    (:func:`spikelm.ops.cpu_kernels.level_histogram`); elsewhere, or where it cannot be built, a
+    (:func:`spikelm.ops.spikes.level_histogram`); elsewhere, or where it cannot be built, a
     few tensor operations. What :func:`encoder_counts` computes, in fewer passes.
     Any other path (more steps, the simulation, a straight-through forward) shows no levels, and
     the call is counted by :func:`encoder_counts` from the input; so is an input with a NaN.
@@ -210,7 +210,7 @@ class EncoderObservation:
         if x is None or x.numel() == 0:
             return
         layers, n = self._layers, x.numel()
-        fast = level_histogram(q, x, self._unit(x), layers)  # one compiled pass where available
+        fast = level_histogram(q, x, self._unit(x), layers, getattr(self._enc, "backend", None))  # one C++ pass where it applies
         if fast is not None:
             hist, clipped, nans = fast
             if nans:  # a NaN: counted by the reference in finish()

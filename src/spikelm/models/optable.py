@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["OpRow", "ROW_KINDS"]
+__all__ = ["OpRow", "ROW_KINDS", "matmul_row"]
 
 # What a row counts: a linear layer (``nn.Linear`` or a bare matmul), elementwise arithmetic, a
 # recurrence, a normalisation, an encoder's neurons, other spiking neurons, residual adds, or the
@@ -48,6 +48,6 @@ class OpRow:
             raise ValueError(f"op row kind {self.kind!r}; kinds: {', '.join(ROW_KINDS)}")
 
 
-def matmul(c_in: int, c_out: int, encoder: str = "") -> OpRow:
+def matmul_row(c_in: int, c_out: int, encoder: str = "") -> OpRow:
     """A bare matmul ``x @ W`` (W of shape (c_in, c_out)): c_in * c_out MACs per token."""
     return OpRow("linear", {"mac": c_in * c_out}, c_in, c_out, encoder)

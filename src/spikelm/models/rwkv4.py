@@ -44,12 +44,13 @@ The ``rwkv`` pip package's inference (strategy ``cpu fp32``) computes the same l
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..config import RWKV4Config
+from ..ops.backend import Backend
 from ..ops.wkv4 import EMPTY_PP, wkv4
 from .init import head_gain, orthogonal_like, tall_gain
 from .optable import OpRow
@@ -70,23 +71,34 @@ class LayerState(NamedTuple):
 State = list[LayerState]
 
 
-def _token_shift(x: Tensor, last: Tensor) -> Tensor:
+# The pieces below are SpikeGPT's too (spikelm.models.spikegpt builds on this file: its time mix,
+# channel mix and block are these with spiking neurons added).
+def token_shift(x: Tensor, last: Tensor) -> Tensor:
     """The previous token's vector at every position: (B, T, C), with ``last`` (B, C) in front."""
     return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
 
 
-def _mix(x: Tensor, xx: Tensor, m: Tensor) -> Tensor:
+def last_token(x: Tensor) -> Tensor:
+    """The token-shift state: x[:, -1] (B, C) as its own B*C buffer (a view would keep the whole
+    (B, T, C) LayerNorm output alive with the state). With T = 1 the view is already that small."""
+    last = x[:, -1]
+    return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
+
+
+def token_mix(x: Tensor, xx: Tensor, m: Tensor) -> Tensor:
     """RWKV-4 token shift: weight ``m`` on the current token, ``1 - m`` on the previous one."""
     return x * m + xx * (1 - m)
 
 
-def _wkv_dtype(dtype: torch.dtype) -> torch.dtype:
+def wkv_dtype(dtype: torch.dtype) -> torch.dtype:
     """WKV runs in fp32 (exp of keys), fp64 when the model is fp64 (exact comparisons in tests)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ------------------------------------------------------------------------------ time mixing
 class TimeMix(nn.Module):
+    backend: Backend = None  # WKV's implementation (spikelm.ops.set_backend)
+
     def __init__(self, cfg: RWKV4Config, layer_id: int) -> None:
         super().__init__()
         C, A = cfg.n_embd, cfg.dim_att
@@ -113,19 +125,23 @@ class TimeMix(nn.Module):
                 "gate_act": OpRow("elementwise", {"special": A, "mul": A})}
 
     def forward(
-        self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto"
+        self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto",
+        pre_proj: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """x (B, T, C) = ln1 output; shift (B, C) = previous ln1 output -> (out (B, T, C), new shift, new WKV state)."""
-        xx = _token_shift(x, shift)  # (B, T, C)
-        k = self.key(_mix(x, xx, self.time_mix_k))  # (B, T, A)
-        v = self.value(_mix(x, xx, self.time_mix_v))
-        r = self.receptance(_mix(x, xx, self.time_mix_r))
+        """x (B, T, C) = ln1 output; shift (B, C) = previous ln1 output -> (out (B, T, C), new shift, new WKV state).
 
-        dt = _wkv_dtype(x.dtype)
+        ``pre_proj`` (SpikeGPT's ``lif_site="pre_proj"``): applied to ``sigmoid(r) * wkv`` before ``output``."""
+        xx = token_shift(x, shift)  # (B, T, C)
+        k = self.key(token_mix(x, xx, self.time_mix_k))  # (B, T, A)
+        v = self.value(token_mix(x, xx, self.time_mix_v))
+        r = self.receptance(token_mix(x, xx, self.time_mix_r))
+
+        dt = wkv_dtype(x.dtype)
         w = -torch.exp(self.time_decay.to(dt))  # (A,) log decay, < 0
         # k, v as they come (bf16 under autocast): the op computes in fp32 (fp64 for fp64) and gives y in v's dtype
-        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl)  # (B, T, A)
-        return self.output(torch.sigmoid(r) * y.to(r.dtype)), x[:, -1], wkv_state
+        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl, backend=self.backend)  # (B, T, A)
+        g = torch.sigmoid(r) * y.to(r.dtype)  # the receptance gate
+        return self.output(g if pre_proj is None else pre_proj(g)), last_token(x), wkv_state
 
 
 # ----------------------------------------------------------------------------- channel mixing
@@ -149,17 +165,24 @@ class ChannelMix(nn.Module):
         return {"mix": OpRow("elementwise", {"mul": 4 * C, "add": 2 * C}),
                 "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
-    def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (out (B, T, C), new shift)."""
-        xx = _token_shift(x, shift)
-        k = torch.relu(self.key(_mix(x, xx, self.time_mix_k))) ** 2  # (B, T, F)
-        r = torch.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r)))  # (B, T, C)
-        return r * self.value(k), x[:, -1]
+    def forward(self, x: Tensor, shift: Tensor, pre_proj: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (out (B, T, C), new shift).
+
+        ``pre_proj`` (SpikeGPT's ``lif_site="pre_proj"``): applied to the hidden ``relu(k)^2`` before ``value``."""
+        xx = token_shift(x, shift)
+        k = torch.relu(self.key(token_mix(x, xx, self.time_mix_k))) ** 2  # (B, T, F)
+        if pre_proj is not None:
+            k = pre_proj(k)
+        r = torch.sigmoid(self.receptance(token_mix(x, xx, self.time_mix_r)))  # (B, T, C)
+        return r * self.value(k), last_token(x)
 
 
 # ------------------------------------------------------------------------------------- block
 class Block(nn.Module):
     """Pre-norm residual block: ``x += TimeMix(ln1 x)``; ``x += ChannelMix(ln2 x)``."""
+
+    TIME_MIX: type[nn.Module] = TimeMix  # the sub-layers' classes (SpikeGPT's block names its own)
+    CHANNEL_MIX: type[nn.Module] = ChannelMix
 
     def __init__(self, cfg: RWKV4Config, layer_id: int) -> None:
         super().__init__()
@@ -169,8 +192,8 @@ class Block(nn.Module):
             self.ln0 = nn.LayerNorm(C)  # normalises the embedding, block 0 only
         self.ln1 = nn.LayerNorm(C)
         self.ln2 = nn.LayerNorm(C)
-        self.att = TimeMix(cfg, layer_id)
-        self.ffn = ChannelMix(cfg, layer_id)
+        self.att = self.TIME_MIX(cfg, layer_id)
+        self.ffn = self.CHANNEL_MIX(cfg, layer_id)
 
     ENERGY_ORDER = ("residual",)
     ENERGY_WHEN = "post"
@@ -213,7 +236,7 @@ class RWKV4(nn.Module):
         device = device or self.emb.weight.device
         dtype = dtype or self.emb.weight.dtype
         B, C, A = batch_size, self.cfg.n_embd, self.cfg.dim_att
-        wdt = _wkv_dtype(dtype)
+        wdt = wkv_dtype(dtype)
         return [
             LayerState(
                 torch.zeros(B, C, device=device, dtype=dtype),

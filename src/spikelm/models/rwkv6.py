@@ -42,23 +42,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import RWKV6Config
-from ..ops.linear import Linear, baddbmm
-from ..ops.linear import matmul as mm
-from ..ops.cpu_kernels import kernel as cpu_kernel
-from ..ops.cpu_kernels import op as cpu_op
-from ..ops.wkv6 import wkv6
+from ..ops import rwkv6 as ops6
+from ..ops.backend import Backend, compiled, resolve
+from ..ops.linear import Linear, baddbmm, matmul
+from ..ops.wkv6 import LOG_DECAY_FLOOR, wkv6
 from .init import head_gain, orthogonal_like, tall_gain
-from .optable import OpRow, matmul
+from .optable import OpRow, matmul_row
 from .quantized import dense
 
 LayerState = tuple[Tensor, Tensor, Tensor]  # (att shift (B, C), wkv (B, H, N, N) fp32, ffn shift (B, C))
 State = list[LayerState]
-
-# Floor of the per-step log decay. exp(-60) ~ 1e-26 is far below float32 resolution relative to
-# the state it multiplies, so the clamp changes no result, but it keeps -inf out of the
-# chunked WKV's differences of cumulative log-decays (-inf - -inf = NaN).
-LOG_DECAY_FLOOR = -60.0
-
 
 def _token_shift(x: Tensor, last: Tensor) -> Tensor:
     """Previous token's vector for every position: (B, T, C) with ``last`` (B, C) in front."""
@@ -76,39 +69,9 @@ def _last_token(x: Tensor) -> Tensor:
     return last if x.shape[1] == 1 and last.is_contiguous() else last.clone(memory_format=torch.contiguous_format)
 
 
-def _AUTOCAST_CPU() -> bool:  # noqa: N802
-    """Whether CPU autocast is on (its products would run in its dtype, which the compiled paths ignore)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the compiled CPU kernels take
-
-
-def _fused_cpu(x: Tensor, *same: Tensor):  # noqa: ANN202 (torch.ops.spikelm_cpu, or None)
-    """The compiled elementwise passes of the time and channel mixes (``spikelm.ops.cpu_kernels``:
-    ``token_lerp``, ``rwkv6_decay_``, ``silu_gate_``, ``relu_square_``, ``sigmoid_gate_``), each one
-    pass over memory where the tensor operations make two to five, or None where they do not
-    apply: not float32, bf16 or fp16 on the CPU (or ``same``, the other inputs, in another dtype
-    than ``x``), a gradient possible (they have none), CPU autocast, or no compiled kernels. In
-    float32 they do the tensor operations' arithmetic (tested equal to them); in bf16 and fp16
-    they compute in float32 and round each output once, as the decoding step does, where the
-    tensor operations round after every step (tested within that rounding). Every
-    module call stays (sites, encoders, hooks see what they saw): only operations between them are
-    fused, so an observed model and an unobserved one run the same arithmetic. The passes write
-    into the tensors they consume (the gate's, the key's and the receptance's outputs), as
-    ``inplace=True`` activations do: a hook that keeps such an output for later sees it gated."""
-    if x.dtype not in _KERNEL_DTYPES or any(t.dtype != x.dtype for t in same):
-        return None
-    if x.device.type != "cpu" or torch.is_grad_enabled() or _AUTOCAST_CPU():
-        return None
-    return cpu_kernel()
-
-
-
 class TimeMix(nn.Module):
+    backend: Backend = None  # the implementation of each op (spikelm.ops.set_backend)
+
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
@@ -168,10 +131,10 @@ class TimeMix(nn.Module):
         H, N = self.n_head, self.head_size
         return {
             "ddlerp": OpRow("elementwise", {"add": 12 * C, "mul": 6 * C, "special": 5 * Dm}),
-            "time_maa_w1": matmul(C, 5 * Dm, encoder="maa_in"),
+            "time_maa_w1": matmul_row(C, 5 * Dm, encoder="maa_in"),
             "time_maa_w2": OpRow("linear", {"mac": 5 * Dm * C}, Dm, C),
-            "time_decay_w1": matmul(C, Dd, encoder="decay_in"),
-            "time_decay_w2": matmul(Dd, A),
+            "time_decay_w1": matmul_row(C, Dd, encoder="decay_in"),
+            "time_decay_w2": matmul_row(Dd, A),
             "decay": OpRow("elementwise", {"add": 2 * A, "special": Dd + A}),
             "wkv": OpRow("wkv", {"mac": H * (N * N + N), "mul": H * (2 * N * N + 2 * N), "add": H * (N * N + N),
                                  "special": H * N}),
@@ -212,53 +175,38 @@ class TimeMix(nn.Module):
         the output projection skip the others."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-
-        fused = _fused_cpu(x, shift, self.time_maa_x)  # the compiled elementwise passes, where they apply
+        be = self.backend  # the products' and WKV's implementations (spikelm.ops.backend)
 
         # Data-dependent linear interpolation between x_t and x_{t-1} (ddlerp), xx = x_{t-1} - x_t.
-        if fused is None:
-            xx = _token_shift(x, shift) - x  # (B, T, C)
-            xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
-        else:
-            x, shift = x.contiguous(), shift.contiguous()
-            xxx = fused.token_lerp(x, shift, self.time_maa_x.view(1, C))[0]
-        xxx = torch.tanh(mm(self.maa_in(xxx), dense(self.time_maa_w1, x.dtype)))  # (B, T, 5*Dm)
+        xx = _token_shift(x, shift) - x  # (B, T, C)
+        xxx = torch.addcmul(x, xx, self.time_maa_x)  # x + xx * maa_x
+        xxx = torch.tanh(matmul(self.maa_in(xxx), dense(self.time_maa_w1, x.dtype), be))  # (B, T, 5*Dm)
         xxx = xxx.view(B * T, 5, -1).transpose(0, 1)  # (5, B*T, Dm)
-        # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the GEMM adds time_maa_*
+        # x_* = x + xx * (time_maa_* + m_*) for the five targets at once; the product adds time_maa_*
         maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        if fused is None:
-            mix = baddbmm(maa.view(5, 1, C), xxx, dense(self.time_maa_w2, x.dtype)).view(5, B, T, C)
-            xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
-        else:
-            lora = torch.bmm(xxx, dense(self.time_maa_w2, x.dtype)).view(5, B, T, C)
-            xw, xk, xv, xr, xg = fused.token_lerp(x, shift, maa.view(5, C), lora).unbind(0)
+        mix = baddbmm(maa.view(5, 1, C), xxx, dense(self.time_maa_w2, x.dtype), be).view(5, B, T, C)
+        xw, xk, xv, xr, xg = torch.addcmul(x, xx, mix).unbind(0)
 
         r = self.receptance(xr)  # (B, T, A)
         k = self.key(xk)
         v = self.value(xv)
 
-        # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d).
+        # Data-dependent decay, in fp32: w = exp(-exp(d)), passed to WKV as its log, -exp(d), floored.
         # The chain is float32 whatever the model's dtype (time_decay stays float32 in a bf16 or fp16
         # model spikelm.load builds).
-        d = mm(torch.tanh(mm(self.decay_in(xw), dense(self.time_decay_w1, x.dtype))), dense(self.time_decay_w2, x.dtype)).float()
-        decay = _fused_cpu(d, self.time_decay)
-        if decay is None:
-            logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
-        else:
-            logw = decay.rwkv6_decay_(d.contiguous(), self.time_decay.view(-1), LOG_DECAY_FLOOR)
+        d = matmul(torch.tanh(matmul(self.decay_in(xw), dense(self.time_decay_w1, x.dtype), be)),
+                   dense(self.time_decay_w2, x.dtype), be).float()
+        logw = (-torch.exp(d + self.time_decay.float())).clamp(min=LOG_DECAY_FLOOR)  # (B, T, A)
 
         heads = lambda t: t.float().view(B, T, H, N)  # noqa: E731
-        y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl)
+        y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(logw), self.time_faaaa.float(), wkv_state, impl=wkv_impl,
+                            backend=be)
         if rows is not None and rows < T:
             y, xg, T = y[:, -rows:], xg[:, -rows:], rows
         g = self.gate(xg)
         y = y.reshape(B * T, H * N)
         y = self.ln_x(y).view(B, T, H * N)  # GroupNorm per head, float32 (its parameters stay float32)
-        if fused is None:
-            y = y.to(x.dtype) * F.silu(g)
-        else:
-            y = fused.silu_gate_(y.float().contiguous(), g.contiguous())
-        out = self.output(y)
+        out = self.output(y.to(x.dtype) * F.silu(g))
         return out, _last_token(x), wkv_state
 
 
@@ -282,20 +230,11 @@ class ChannelMix(nn.Module):
                 "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
 
     def forward(self, x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-        fused = _fused_cpu(x, shift, self.time_maa_k, self.time_maa_r)  # the compiled passes, where they apply
-        if fused is None:
-            xx = _token_shift(x, shift) - x
-            xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
-            xr = torch.addcmul(x, xx, self.time_maa_r)
-            k = torch.relu(self.key(xk)).square()  # (B, T, F)
-            return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
-        maa = torch.stack((self.time_maa_k, self.time_maa_r)).view(2, -1)
-        xk, xr = fused.token_lerp(x.contiguous(), shift.contiguous(), maa).unbind(0)
-        k = fused.relu_square_(self.key(xk).contiguous())
-        r, v = self.receptance(xr), self.value(k)
-        if r.dtype != v.dtype:  # sites that change the dtype (none of spikelm's own)
-            return torch.sigmoid(r) * v, _last_token(x)
-        return fused.sigmoid_gate_(r.contiguous(), v.contiguous()), _last_token(x)
+        xx = _token_shift(x, shift) - x
+        xk = torch.addcmul(x, xx, self.time_maa_k)  # x + xx * maa_k
+        xr = torch.addcmul(x, xx, self.time_maa_r)
+        k = torch.relu(self.key(xk)).square()  # (B, T, F)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), _last_token(x)
 
 
 def _GLOBAL_HOOKS() -> bool:  # noqa: N802
@@ -306,6 +245,8 @@ def _GLOBAL_HOOKS() -> bool:  # noqa: N802
 
 
 class Block(nn.Module):
+    backend: Backend = None  # the decoding step's implementation and the block's (spikelm.ops.set_backend)
+
     def __init__(self, cfg: RWKV6Config, layer_id: int):
         super().__init__()
         C = cfg.n_embd
@@ -323,45 +264,27 @@ class Block(nn.Module):
         """Per token: the two residual adds, 2C add."""
         return {"residual": OpRow("residual", {"add": 2 * self.ln1.normalized_shape[0]})}
 
-    # The parameters of one decoding step, in the order the compiled step takes them.
-    STEP_PARAMS = (
-        "ln0.weight", "ln0.bias", "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
-        "att.time_maa_x", "att.time_maa_w", "att.time_maa_k", "att.time_maa_v", "att.time_maa_r", "att.time_maa_g",
-        "att.time_maa_w1", "att.time_maa_w2", "att.time_decay", "att.time_decay_w1", "att.time_decay_w2",
-        "att.time_faaaa", "att.receptance.weight", "att.key.weight", "att.value.weight", "att.gate.weight",
-        "att.output.weight", "att.ln_x.weight", "att.ln_x.bias",
-        "ffn.time_maa_k", "ffn.time_maa_r", "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight",
-    )
-
-    def _compiled_step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState] | None:
-        """This block on one token as one compiled call (``spikelm.ops.cpu_kernels``,
-        ``rwkv6_block_step``: the same operations in float32, without a hundred tensor operations'
-        dispatch), or None where it does not apply: not the CPU, a gradient possible, CPU autocast,
-        no compiled kernels, matrices not all of one dtype among float32, bf16 and fp16 (a float64
-        model), a converted block (spike encoders or other modules in its sites), or any hook on
-        its modules (an energy counter's, say), which the compiled step would not call."""
-        step = cpu_op("rwkv6_block_step")
-        if step is None or torch.is_grad_enabled() or x.device.type != "cpu" or _GLOBAL_HOOKS() or _AUTOCAST_CPU():
+    def _step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState] | None:
+        """This block on one token as one C++ call (op ``rwkv6_block`` of ``spikelm.ops.backend``:
+        the same operations in float32, without a hundred tensor operations' dispatch), or None
+        where it does not apply (the backend, the dtypes, a gradient), or where the modules must
+        run: a converted block (spike encoders or other modules in its sites) or any hook on its
+        modules (an energy counter's, say), which the C++ step would not call."""
+        if not ops6.takes_block_step(x, self.backend) or _GLOBAL_HOOKS():
             return None
-        p = self._step_params()
+        p = self._step_params(ops6.block_step_params())
         if p is None:
             return None
-        dtypes = {t.dtype for t in p[12:14] + p[15:17] + p[18:23] + p[27:]}
-        if len(dtypes) != 1 or dtypes.pop() not in _KERNEL_DTYPES:
-            return None
-        att_shift, wkv_state, ffn_shift = state
-        y, att_shift, wkv_state, ffn_shift = step(x[:, 0], att_shift, wkv_state, ffn_shift, p, self.ln1.eps,
-                                                  self.att.ln_x.eps)
-        return y.unsqueeze(1), (att_shift, wkv_state, ffn_shift)
+        return ops6.block_step(x, state, p, self.ln1.eps, self.att.ln_x.eps)
 
-    def _step_params(self) -> list[Tensor] | None:
-        """The parameters of :attr:`STEP_PARAMS` (an empty tensor for a missing ``ln0``), or None
-        where a module of the block has a hook or is not of a plain block's types. Called before
-        every decoding step: the walk over the block's modules and parameters runs each time
-        (hooks come and go, a conversion swaps modules, ``load_state_dict(assign=True)`` swaps
-        parameters), but the named list is rebuilt only when one of them is not the same object
-        as at the last call (``named_parameters`` and the hook checks over ``modules()`` cost
-        about 50 us a block, more than the step's own arithmetic in a small model)."""
+    def _step_params(self, names: tuple[str, ...]) -> list[Tensor] | None:
+        """The parameters named ``names`` (the C++ step's table; an empty tensor for a missing
+        ``ln0``), or None where a module of the block has a hook or is not of a plain block's
+        types. Called before every decoding step: the walk over the block's modules and parameters
+        runs each time (hooks come and go, a conversion swaps modules,
+        ``load_state_dict(assign=True)`` swaps parameters), but the named list is rebuilt only
+        when one of them is not the same object as at the last call (``named_parameters`` costs
+        more than the step's own arithmetic in a small model)."""
         seen: list = []
         stack: list[nn.Module] = [self]
         while stack:
@@ -375,7 +298,7 @@ class Block(nn.Module):
         if cached is None or len(cached[0]) != len(seen) or not all(map(operator.is_, cached[0], seen)):
             params = dict(self.named_parameters())
             empty = torch.empty(0)
-            cached = (seen, [params.get(n, empty) for n in self.STEP_PARAMS])
+            cached = (seen, [params.get(n, empty) for n in names])
             self.__dict__["_step_cache"] = cached  # a plain attribute, outside the module's registries
         return cached[1]
 
@@ -383,12 +306,18 @@ class Block(nn.Module):
                 last_only: bool = False) -> tuple[Tensor, LayerState]:
         """x (B, T, C) -> (B, T, C) and the new state; with ``last_only``, (B, 1, C): the last position
         only (the same values), for a last block whose other positions nobody reads. The state
-        is the same either way. One token on the CPU without a gradient runs as one compiled call
-        where it can (:meth:`_compiled_step`)."""
+        is the same either way. One token runs as one C++ call where it can (:meth:`_step`); with
+        the ``compile`` backend the block's modules run under ``torch.compile``."""
         if x.shape[1] == 1 and wkv_impl == "auto":
-            done = self._compiled_step(x, state)
+            done = self._step(x, state)
             if done is not None:
                 return done
+        if resolve("rwkv6_block", self.backend, x, cpp_ok=False) == "compile":
+            return compiled(Block._forward_modules)(self, x, state, wkv_impl, last_only)
+        return self._forward_modules(x, state, wkv_impl, last_only)
+
+    def _forward_modules(self, x: Tensor, state: LayerState, wkv_impl: str, last_only: bool) -> tuple[Tensor, LayerState]:
+        """The block through its modules (the C++ step's twin)."""
         att_shift, wkv_state, ffn_shift = state
         if hasattr(self, "ln0"):
             x = self.ln0(x)
@@ -408,12 +337,14 @@ class Block(nn.Module):
         return x, (att_shift, wkv_state, ffn_shift)
 
 
-# The module types of a plain (not converted) block: the compiled decoding step computes exactly these.
+# The module types of a plain (not converted) block: the C++ decoding step computes exactly these.
 _STEP_MODULES = (Block, TimeMix, ChannelMix, Linear, nn.LayerNorm, nn.GroupNorm, nn.Identity)
 
 
 class RWKV6(nn.Module):
     """RWKV-6 language model: ``forward(idx, state=None) -> (logits, state)``."""
+
+    backend: Backend = None  # see spikelm.ops.set_backend (set on every module that runs an op)
 
     CPU_FP32_TRANSPOSED = ("head.weight",)  # see lay_out_head
 
@@ -432,8 +363,7 @@ class RWKV6(nn.Module):
 
         Same parameter, shape and values; only the memory order changes. Decoding's largest product
         is the head's matrix-vector product (V x C: 128 MB at V = 65536, C = 512), and MKL's fp32
-        kernel streams the (C, V) order about twice as fast (5 against 10 ms on one thread, AVX2)
-        as the (V, C) one. bf16/fp16 (oneDNN is the other way round) and CUDA keep (V, C). Called
+        kernel streams the (C, V) order faster than the (V, C) one (on an AVX2 CPU, about twice). bf16/fp16 (oneDNN is the other way round) and CUDA keep (V, C). Called
         when the model is built and after every ``.to()`` / ``.float()`` / ``.bfloat16()`` (through
         ``_apply``); the checkpoint loader reads ``CPU_FP32_TRANSPOSED`` and casts a file's head
         straight into this order (one copy, as any cast). Saving writes the usual contiguous (V, C)

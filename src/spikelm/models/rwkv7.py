@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ..config import RWKV7Config
 from ..ops.wkv7 import wkv7
 from .init import head_gain, orthogonal_like, tall_gain
-from .optable import OpRow, matmul
+from .optable import OpRow, matmul_row
 from .quantized import dense
 
 __all__ = ["RWKV7", "SPIKE_SITES", "Block", "ChannelMix", "LayerState", "State", "TimeMix"]
@@ -159,22 +159,22 @@ class TimeMix(nn.Module):
         Dw, Da, Dg = self.w1.shape[1], self.a1.shape[1], self.g1.shape[1]
         rows = {
             "mix": OpRow("elementwise", {"add": 7 * C, "mul": 6 * C}),
-            "w1": matmul(C, Dw, encoder="w1_in"),
-            "w2": matmul(Dw, C),
+            "w1": matmul_row(C, Dw, encoder="w1_in"),
+            "w2": matmul_row(Dw, C),
             "decay": OpRow("elementwise", {"add": C, "mul": C, "special": Dw + C}),
-            "a1": matmul(C, Da, encoder="a1_in"),
-            "a2": matmul(Da, C),
+            "a1": matmul_row(C, Da, encoder="a1_in"),
+            "a2": matmul_row(Da, C),
             "a": OpRow("elementwise", {"add": C, "special": C}),
-            "g1": matmul(C, Dg, encoder="g1_in"),
+            "g1": matmul_row(C, Dg, encoder="g1_in"),
             "gate": OpRow("elementwise", {"special": Dg}),
-            "g2": matmul(Dg, C),
+            "g2": matmul_row(Dg, C),
             "kk": OpRow("elementwise", {"mul": 2 * C, "mac": C, "add": H, "special": H}),
             "k_a": OpRow("elementwise", {"add": 2 * C, "mul": 2 * C}),
         }
         if self.layer_id > 0:
             Dv = self.v1.shape[1]
-            rows["v1"] = matmul(C, Dv, encoder="v1_in")
-            rows["v2"] = matmul(Dv, C)
+            rows["v1"] = matmul_row(C, Dv, encoder="v1_in")
+            rows["v2"] = matmul_row(Dv, C)
             rows["v_mix"] = OpRow("elementwise", {"add": 3 * C, "mul": C, "special": C})
         rows["wkv"] = OpRow("wkv", {"mac": 2 * H * N * N, "mul": 3 * H * N * N + C, "add": 2 * H * N * N,
                                     "special": H * N})

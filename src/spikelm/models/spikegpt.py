@@ -109,16 +109,18 @@ and spike counters attach forward hooks there. The model itself counts nothing.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..config import SPIKEGPT_PRESETS, SpikeGPTConfig  # noqa: F401 (re-exported)
-from ..ops.wkv4 import EMPTY_PP, wkv4
+from ..ops.wkv4 import EMPTY_PP
 from ..spiking.neurons import LIFNeuron
 from ..spiking.surrogate import ArcTan
+from . import rwkv4
 from .optable import OpRow
+from .rwkv4 import wkv_dtype
 
 __all__ = ["SpikeGPTConfig", "SPIKEGPT_PRESETS", "SpikeGPT", "LayerState", "BinarySpike", "build_spikegpt"]
 
@@ -144,28 +146,6 @@ class LayerState(NamedTuple):
 
 
 State = list[LayerState]
-
-
-def _token_shift(x: Tensor, last: Tensor) -> Tensor:
-    """The previous token's vector at every position: (B, T, C), with ``last`` (B, C) in front."""
-    return torch.cat((last.unsqueeze(1), x[:, :-1]), dim=1)
-
-
-def _last_token(x: Tensor) -> Tensor:
-    """The token-shift state: x[:, -1] (B, C) as its own B*C buffer (a view would keep the whole
-    (B, T, C) LayerNorm output alive with the state). With T = 1 the view is already that small."""
-    last = x[:, -1]
-    return last if x.shape[1] == 1 else last.clone(memory_format=torch.contiguous_format)
-
-
-def _mix(x: Tensor, xx: Tensor, m: Tensor) -> Tensor:
-    """Eq. (2): ``m * x + (1 - m) * x_shifted``, m per channel."""
-    return x * m + xx * (1 - m)
-
-
-def _wkv_dtype(dtype: torch.dtype) -> torch.dtype:
-    """WKV runs in fp32 (exp of keys), fp64 when the model is fp64 (exact comparisons in tests)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------- binary embedding
@@ -216,116 +196,60 @@ def _shift_mix_init(cfg: SpikeGPTConfig, layer_id: int) -> dict[str, Tensor]:
     }
 
 
-class SpikingRWKV(nn.Module):
-    """Spiking RWKV time mixing (sec. 3.4), before its LIF neuron.
+class SpikingRWKV(rwkv4.TimeMix):
+    """Spiking RWKV time mixing (sec. 3.4), before its LIF neuron: RWKV-4's time mix
+    (:class:`spikelm.models.rwkv4.TimeMix`, the same parameters and arithmetic) with SpikeGPT's
+    initial token-shift mixes, frozen unless ``cfg.learnable_shift``.
 
     ``r, k, v`` are linear maps of the token-shifted input (eq. 4: R = X M_R, K = X M_K, V = X M_V);
     the WKV recurrence (eq. 10-12 with the bonus of eq. 7-8) averages past values weighted by
     ``exp(k)`` and a per-channel exponential decay; ``sigmoid(r)`` gates it and ``output`` projects
-    back to the residual width. Returns the real-valued ``Y`` that eq. 13 feeds to the LIF neuron.
+    back to the residual width. Returns the real-valued ``Y`` that eq. 13 feeds to the LIF neuron;
+    with ``lif_site="pre_proj"`` the block passes its neuron as ``pre_proj`` (applied to the gated
+    value before ``output``).
     """
 
     def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
-        super().__init__()
-        C = cfg.n_embd
-        self.layer_id = layer_id
-        self.time_decay = nn.Parameter(torch.zeros(C))  # w = -exp(time_decay): log decay per token
-        self.time_first = nn.Parameter(torch.zeros(C))  # u: bonus of the current token
+        super().__init__(cfg, layer_id)
         mixes = _shift_mix_init(cfg, layer_id)
-        self.time_mix_k = nn.Parameter(mixes["att_k"].clone(), requires_grad=cfg.learnable_shift)
-        self.time_mix_v = nn.Parameter(mixes["att_v"].clone(), requires_grad=cfg.learnable_shift)
-        self.time_mix_r = nn.Parameter(mixes["att_r"].clone(), requires_grad=cfg.learnable_shift)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
-
-    ENERGY_ORDER = ("mix", "key", "value", "receptance", "wkv", "gate_act", "output")
-
-    def energy_ops(self) -> dict[str, OpRow]:
-        """Per token beyond the Linear children: three mixes ``x m + xx (1 - m)`` 2 mul + 1 add per
-        channel each (``1 - m`` is a constant); WKV-4, the numerically safe recurrence per channel:
-        12 add (two max included), 6 mul, 4 exp + 1 division special; ``sigmoid(r) * y`` C special
-        + C mul."""
-        C = self.key.in_features
-        return {"mix": OpRow("elementwise", {"mul": 6 * C, "add": 3 * C}),
-                "wkv": OpRow("wkv", {"add": 12 * C, "mul": 6 * C, "special": 5 * C}),
-                "gate_act": OpRow("elementwise", {"special": C, "mul": C})}
-
-    def forward(
-        self, x: Tensor, shift: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor], wkv_impl: str = "auto",
-        pre_proj: Optional[Callable[[Tensor], Tensor]] = None,
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """x (B, T, C) = ln1 output; shift (B, C) = previous ln1 output -> (Y (B, T, C), new shift, new WKV state).
-
-        ``pre_proj`` (``lif_site="pre_proj"``): applied to ``sigmoid(r) * wkv`` before ``output``."""
-        xx = _token_shift(x, shift)  # (B, T, C)
-        k = self.key(_mix(x, xx, self.time_mix_k))  # (B, T, C)
-        v = self.value(_mix(x, xx, self.time_mix_v))
-        r = self.receptance(_mix(x, xx, self.time_mix_r))
-
-        dt = _wkv_dtype(x.dtype)
-        w = -torch.exp(self.time_decay.to(dt))  # (C,) log decay, < 0
-        # k, v as they come (bf16 under autocast): the op computes in fp32 (fp64 for fp64) and gives y in v's dtype
-        y, wkv_state = wkv4(w, self.time_first.to(dt), k, v, wkv_state, impl=wkv_impl)  # (B, T, C)
-        g = torch.sigmoid(r) * y.to(r.dtype)  # eq. 10: sigma(R) * WKV, then M_O
-        out = self.output(g if pre_proj is None else pre_proj(g))
-        return out, _last_token(x), wkv_state
+        with torch.no_grad():
+            for name in ("k", "v", "r"):
+                p = getattr(self, f"time_mix_{name}")
+                p.copy_(mixes[f"att_{name}"])
+                p.requires_grad_(cfg.learnable_shift)
 
 
-class SRFFN(nn.Module):
-    """Spiking receptance feed-forward network (sec. 3.5, eq. 14), before its LIF neuron.
+class SRFFN(rwkv4.ChannelMix):
+    """Spiking receptance feed-forward network (sec. 3.5, eq. 14), before its LIF neuron: RWKV-4's
+    channel mix (:class:`spikelm.models.rwkv4.ChannelMix`) with SpikeGPT's initial mixes.
 
     ``Y' = sigmoid(M_P x_r) * M_S(ReLU(M_G x_k)^2)`` on the token-shifted ``ln2`` output, hidden
     size ``ffn_mult * C`` (4C). Released names: M_P = ``receptance``, M_G = ``key``, M_S = ``value``.
     """
 
-    def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
-        super().__init__()
-        C, Fh = cfg.n_embd, cfg.dim_ffn
-        self.layer_id = layer_id
-        mixes = _shift_mix_init(cfg, layer_id)
-        self.time_mix_k = nn.Parameter(mixes["ffn_k"].clone(), requires_grad=cfg.learnable_shift)
-        self.time_mix_r = nn.Parameter(mixes["ffn_r"].clone(), requires_grad=cfg.learnable_shift)
-        self.key = nn.Linear(C, Fh, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(Fh, C, bias=False)
-
     ENERGY_ORDER = ("mix", "key.encode", "key", "act", "receptance.encode", "receptance", "value.encode", "value")
 
-    def energy_ops(self) -> dict[str, OpRow]:
-        """Per token: two mixes 2 x (2C mul + C add); ``relu`` F add, square F mul, sigmoid C
-        special, the product C mul."""
-        Fh, C = self.key.out_features, self.key.in_features
-        return {"mix": OpRow("elementwise", {"mul": 4 * C, "add": 2 * C}),
-                "act": OpRow("elementwise", {"add": Fh, "mul": Fh + C, "special": C})}
-
-    def forward(self, x: Tensor, shift: Tensor, pre_proj: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
-        """x (B, T, C) = ln2 output; shift (B, C) = previous ln2 output -> (Y' (B, T, C), new shift).
-
-        ``pre_proj`` (``lif_site="pre_proj"``): applied to the hidden ``relu(k)^2`` before ``value``."""
-        xx = _token_shift(x, shift)
-        k = torch.relu(self.key(_mix(x, xx, self.time_mix_k))) ** 2  # (B, T, 4C)
-        if pre_proj is not None:
-            k = pre_proj(k)
-        r = torch.sigmoid(self.receptance(_mix(x, xx, self.time_mix_r)))  # (B, T, C)
-        return r * self.value(k), _last_token(x)
+    def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
+        super().__init__(cfg, layer_id)
+        mixes = _shift_mix_init(cfg, layer_id)
+        with torch.no_grad():
+            for name in ("k", "r"):
+                p = getattr(self, f"time_mix_{name}")
+                p.copy_(mixes[f"ffn_{name}"])
+                p.requires_grad_(cfg.learnable_shift)
 
 
 # ------------------------------------------------------------------------------------- block
-class Block(nn.Module):
-    """Pre-norm residual block: ``x += LIF1(SRWKV(ln1 x))``; ``x += LIF2(SRFFN(ln2 x))``."""
+class Block(rwkv4.Block):
+    """Pre-norm residual block: ``x += LIF1(SRWKV(ln1 x))``; ``x += LIF2(SRFFN(ln2 x))``: RWKV-4's
+    block (``ln0`` on the (binary) embedding in block 0, ``ln1``, ``ln2``, ``att``, ``ffn``) with a
+    LIF neuron on each sub-layer's output."""
+
+    TIME_MIX = SpikingRWKV
+    CHANNEL_MIX = SRFFN
 
     def __init__(self, cfg: SpikeGPTConfig, layer_id: int) -> None:
-        super().__init__()
-        C = cfg.n_embd
-        self.layer_id = layer_id
-        if layer_id == 0:
-            self.ln0 = nn.LayerNorm(C)  # normalises the (binary) embedding, block 0 only
-        self.ln1 = nn.LayerNorm(C)
-        self.ln2 = nn.LayerNorm(C)
-        self.att = SpikingRWKV(cfg, layer_id)
-        self.ffn = SRFFN(cfg, layer_id)
+        super().__init__(cfg, layer_id)
         # Eq. 13 along the token axis (dim 1 of (B, T, C)); each call returns (spikes, last membrane).
         # cfg.lif False (an ablation): no neurons, the sub-layer outputs enter the residual as they are.
         lif = dict(beta=cfg.lif_beta, threshold=cfg.lif_threshold, reset="zero", v_reset=0.0, time_dim=1)
@@ -426,7 +350,7 @@ class SpikeGPT(nn.Module):
         dtype = dtype or self.emb.weight.dtype
         B, C = batch_size, self.cfg.n_embd
         C_ffn_v = self.cfg.dim_ffn if self.cfg.lif and self.cfg.lif_site == "pre_proj" else C
-        wdt = _wkv_dtype(dtype)
+        wdt = wkv_dtype(dtype)
 
         def z(dt: torch.dtype, width: int = C) -> Tensor:
             return torch.zeros(B, width, device=device, dtype=dt)

@@ -29,6 +29,7 @@ from torch import Tensor
 from .wkv4_triton import usable as triton_usable
 from .wkv4_triton import wkv4_triton
 from ._precision import outside_autocast
+from .backend import Backend, compiled, resolve
 
 __all__ = ["WKV4State", "wkv4", "wkv4_naive", "wkv4_parallel", "wkv4_empty_state", "EMPTY_PP"]
 
@@ -199,20 +200,25 @@ def wkv4_parallel(
 
 
 def wkv4(
-    w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKV4State | None = None, impl: str = "auto"
+    w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKV4State | None = None, impl: str = "auto",
+    backend: Backend = None,
 ) -> tuple[Tensor, WKV4State]:
     """RWKV-4 WKV with a choice of implementation.
 
-    ``impl="auto"``: on CUDA, where triton is installed and the inputs are not float64, the fused
-    Triton kernels (:func:`~.wkv4_triton.wkv4_triton`, any T); otherwise the loop for T == 1
-    (token-by-token decoding) and the parallel form for longer inputs. "naive", "parallel" and
-    "triton" force one ("triton" on CPU tensors needs ``TRITON_INTERPRET=1``, see that module).
+    ``impl="auto"``: the op ``wkv4`` of :mod:`.backend`. On CUDA, where triton is installed and
+    the inputs are not float64, the fused Triton kernels (:func:`~.wkv4_triton.wkv4_triton`, any
+    T, with a backward); otherwise the loop for T == 1 (token-by-token decoding) and the parallel
+    form for longer inputs, under ``torch.compile`` with the ``compile`` backend. "naive",
+    "parallel" and "triton" force one ("triton" on CPU tensors needs ``TRITON_INTERPRET=1``, see
+    that module).
     """
     if impl == "auto":
-        if triton_usable(w, k):
+        how = resolve("wkv4", backend, k, cpp_ok=False, cuda_ok=triton_usable(w, k))
+        if how == "cuda":
             impl = "triton"
         else:
-            impl = "naive" if k.shape[1] == 1 else "parallel"
+            form = wkv4_naive if k.shape[1] == 1 else wkv4_parallel
+            return (compiled(form) if how == "compile" else form)(w, u, k, v, state)
     if impl == "naive":
         return wkv4_naive(w, u, k, v, state)
     if impl == "parallel":

@@ -17,6 +17,8 @@ the gradient checks use; nothing is promoted to float64), outside autocast; ``y`
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,10 +27,10 @@ from .wkv_fla import mode_for as fla_mode_for
 from .wkv_fla import usable as fla_usable
 from .wkv_fla import wkv6_fla
 from ._precision import outside_autocast
-from .cpu_kernels import kernel as cpu_kernel
-from .cpu_kernels import wkv6_recurrent_cpu
+from .backend import Backend, compiled, grad_needed, resolve
+from .kernels import op as cpp_op
 
-__all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "wkv6_chunked_fp32", "LOG_DECAY_FLOOR"]
+__all__ = ["wkv6", "wkv6_naive", "wkv6_step", "wkv6_chunked", "wkv6_chunked_fp32", "wkv6_recurrent_cpu", "LOG_DECAY_FLOOR"]
 
 # Per-step log-decays are clamped to this floor in the chunked form. A step then keeps e^-60 ~ 9e-27
 # of the state instead of (say) e^-1e4 = 0: both are far below float32 resolution relative to 1
@@ -129,9 +131,9 @@ def _sub_chunk_size(chunk_size: int) -> int:
 
 
 class _Chunks:
-    """The chunk layout both chunked forms share: T split into C chunks of L tokens (zero-padded
-    at the end: r = k = v = 0 and logw = 0, a decay of 1, so padding leaves the state untouched),
-    each cut into ``n_sub`` sub-chunks of ``l`` tokens."""
+    """The chunk layout: T split into C chunks of L tokens (zero-padded at the end: r = k = v = 0
+    and logw = 0, a decay of 1, so padding leaves the state untouched), each cut into ``n_sub``
+    sub-chunks of ``l`` tokens."""
 
     def __init__(self, r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None,
                  chunk_size: int) -> None:
@@ -226,82 +228,87 @@ class _IntraSubChunk(torch.autograd.Function):
         return dr, dk, dlw
 
 
-@outside_autocast
-def wkv6_chunked_fp32(
-    r: Tensor,
-    k: Tensor,
-    v: Tensor,
-    logw: Tensor,
-    u: Tensor,
-    state: Tensor | None = None,
-    chunk_size: int = 32,
-) -> tuple[Tensor, Tensor]:
-    """Chunk-parallel RWKV-6 recurrence: exact, in float32, with no exponent above 0.
+class _Factors(NamedTuple):
+    """What the chunked skeleton needs from the log-decays, every factor <= 1 (times r or k).
+    With b the cumulative log-decay inside a chunk, sub-chunk a spanning ref_a (b just before its
+    first token) to E_a (b at its last), and b_L the chunk's total:"""
 
-    Time is split into chunks of L = ``chunk_size`` (zero-padded at the end; a padded step has
-    k = 0 and logw = 0, so it leaves the state untouched). Inside a chunk, with b_t the inclusive
-    cumulative log-decay (b_0 = 0 before the chunk) and S_0 the state entering it, the recurrence
-    unrolls to::
+    q: Tensor  # r_t e^{b_{t-1} - ref_a}   (B, H, C, n_sub, l, N)
+    k_end: Tensor  # k_s e^{E_a - b_s}   (B, H, C, n_sub, l, N)
+    to_chunk_end: Tensor  # e^{b_L - E_a}   (B, H, C, n_sub, 1, N)
+    from_chunk_start: Tensor  # e^{ref_a}   (B, H, C, n_sub, 1, N)
+    chunk_decay: Tensor  # e^{b_L}   (B, H, C, N)
+    between: Tensor  # e^{ref_a - E_a'} for a' < a (anything, masked, for a' >= a)   (B, H, C, a, a', 1, N)
+    same: Tensor  # scores of the pairs s < t of one sub-chunk   (B, H, C, n_sub, l, l)
 
-        y_t = (r_t * e^{b_{t-1}}) @ S_0                                   # from the carried state
-            + sum_{s<t} [sum_i r_t[i] k_s[i] e^{b_{t-1}[i] - b_s[i]}] v_s   # intra-chunk, causal
-            + (r_t . (u * k_t)) v_t                                       # bonus, current token
-        S_L = e^{b_L} * S_0 + sum_s (k_s * e^{b_L - b_s})^T v_s            # state after the chunk
 
-    b is non-increasing, so all of these exponents are <= 0. The trap is the intra-chunk score:
-    the textbook factorisation (r_t e^{b_{t-1}}) . (k_s e^{-b_s}) needs e^{-b_s}, which overflows
-    float32 as soon as the decays within a chunk sum below -88. So no factor here is ever > 1:
-    the chunk is cut into sub-chunks of l <= 8 tokens, and for sub-chunk a, ref_a is b just
-    before its first token and E_a b at its last:
+def _factors_pair_sums(r: Tensor, k: Tensor, lw: Tensor) -> _Factors:
+    """The factors in the compute dtype, each exponent a sum of exactly the log-decays it spans
+    (exclusive prefix and suffix sums, pair sums), never a difference of two cumulative sums; the
+    same-sub-chunk pairs through :class:`_IntraSubChunk`. lw: (B, H, C, n_sub, l, N)."""
+    sub_total = lw.sum(-2)  # E_a - ref_a   (B, H, C, n_sub, N)
+    return _Factors(
+        q=r * torch.exp(_exclusive_cumsum(lw, -2)),
+        k_end=k * torch.exp(_exclusive_suffix_sum(lw, -2)),
+        to_chunk_end=torch.exp(_exclusive_suffix_sum(sub_total, -2)).unsqueeze(-2),
+        from_chunk_start=torch.exp(_exclusive_cumsum(sub_total, -2)).unsqueeze(-2),
+        chunk_decay=torch.exp(sub_total.sum(-2)),
+        between=torch.exp(_pair_sums(sub_total)).unsqueeze(-2),
+        same=_IntraSubChunk.apply(r, k, lw),
+    )
 
-    * s in the same sub-chunk as t: the decay e^{sum_{s<j<t} lw_j} is formed for each pair
-      (an (l, l, N) tensor, recomputed in backward rather than saved; :class:`_IntraSubChunk`).
-    * s in an earlier sub-chunk a' < a: split the decay at two reference points,
-      e^{b_{t-1} - b_s} = e^{b_{t-1} - ref_a} * e^{ref_a - E_a'} * e^{E_a' - b_s}, three factors
-      that are each <= 1. The middle one is a small (a, a', N) table, and the scores are one
-      batched matmul.
-    * the carried state and the state update reuse the same factors: e^{b_{t-1}} =
-      e^{b_{t-1} - ref_a} e^{ref_a}, and e^{b_L - b_s} = e^{E_a' - b_s} e^{b_L - E_a'}.
 
-    This is exact algebra, not an approximation: a factor can only underflow where the true
-    product is below float32's range anyway. Precision: every exponent is a sum of exactly the
-    log-decays it spans (exclusive prefix and suffix sums, pair sums), never a difference of two
-    cumulative sums, so a weak decay after a very strong one keeps full float32 precision with no
-    float64 anywhere (float64 is 1/32-1/64 speed on most GPUs). logw is clamped to
-    ``LOG_DECAY_FLOOR`` (which keeps every sum finite).
+def _factors_float64(r: Tensor, k: Tensor, lw: Tensor) -> _Factors:
+    """The factors from float64 cumulative sums, taken locally (per sub-chunk, then across
+    sub-chunks), so a weak decay after a very strong one keeps full relative precision. Inside a
+    sub-chunk |c| <= 60 l <= 480 thanks to the log-decay floor, so the plain factorisation
+    (r_t e^{c_{t-1}}) . (k_s e^{-c_s}) is safe in float64 (range e^+-709): one small float64
+    matmul per sub-chunk, rounded to the compute dtype afterwards. lw: float64."""
+    cdt = r.dtype
+    c_in = lw.cumsum(dim=-2)  # b_s - ref_a, inclusive
+    sub_total = c_in[..., -1:, :]  # (B, H, C, n_sub, 1, N)
+    end = sub_total.cumsum(dim=3)  # E_a
+    ref = end - sub_total  # ref_a
+    chunk_total = end[:, :, :, -1:]  # b_L   (B, H, C, 1, 1, N)
+    q64 = r.to(torch.float64) * torch.exp(c_in - lw)  # r_t e^{c_{t-1}}
+    # k_s e^{-c_s}, up to e^480: fine in float64. A product, not k / e^{c_s}: autograd's quotient
+    # rule divides by (e^{c_s})^2, which underflows to 0 for c_s < -354 and made the gradient of
+    # the log-decays inf - inf = NaN (decays at the floor for 6+ tokens of a sub-chunk).
+    k64 = k.to(torch.float64) * torch.exp(-c_in)
+    causal = torch.ones(lw.shape[-2], lw.shape[-2], dtype=torch.bool, device=lw.device).tril(-1)
 
-    The state is passed from chunk to chunk by a loop over the T / L chunks (cheap elementwise
-    work); everything else is batched over chunks. Gradients come from autograd, except the
-    intra-sub-chunk scores' hand-written backward.
+    def exp_(x: Tensor) -> Tensor:  # a float64 exponent (<= 0), evaluated in the compute dtype
+        return torch.exp(x.to(cdt))
 
-    Args and returns as :func:`wkv6_naive`; ``chunk_size`` >= 1 need not divide T (a multiple
-    of 8 is fastest).
-    """
+    return _Factors(
+        q=q64.to(cdt),
+        k_end=(k64 * torch.exp(sub_total)).to(cdt),
+        to_chunk_end=exp_(chunk_total - end),
+        from_chunk_start=exp_(ref),
+        chunk_decay=exp_(chunk_total).flatten(3),
+        between=exp_((ref.unsqueeze(4) - end.unsqueeze(3)).clamp(max=0.0)),  # a' >= a: clamped, masked later
+        same=((q64 @ k64.transpose(-1, -2)) * causal).to(cdt),
+    )
+
+
+def _chunked(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None, chunk_size: int,
+             factors: Callable[[Tensor, Tensor, Tensor], _Factors]) -> tuple[Tensor, Tensor]:
+    """The chunk-parallel recurrence (see :func:`wkv6_chunked`), its decay factors from
+    ``factors``: :func:`_factors_float64` (log-decays summed in float64) or
+    :func:`_factors_pair_sums` (in the compute dtype)."""
     ch = _Chunks(r, k, v, logw, u, state, chunk_size)
     B, T, H, N, cdt, L, l, n_sub, C = ch.B, ch.T, ch.H, ch.N, ch.cdt, ch.L, ch.l, ch.n_sub, ch.C
     dev = r.device
-    chunked, sub = ch.shape, ch.sub
     r_, k_, v_ = ch.split(r, cdt), ch.split(k, cdt), ch.split(v, cdt)  # (B, H, C, L, N)
-    lw = ch.split(logw.clamp(min=LOG_DECAY_FLOOR), cdt).reshape(sub)  # (B, H, C, n_sub, l, N)
-
-    # --- log-decays, each a sum of exactly the steps it spans (all <= 0) ---
-    c_ex = _exclusive_cumsum(lw, -2)  # b_{t-1} - ref_a   (B, H, C, n_sub, l, N)
-    to_end = _exclusive_suffix_sum(lw, -2)  # E_a - b_s
-    sub_total = lw.sum(-2)  # E_a - ref_a   (B, H, C, n_sub, N)
-    ref = _exclusive_cumsum(sub_total, -2).unsqueeze(-2)  # ref_a   (B, H, C, n_sub, 1, N)
-    after = _exclusive_suffix_sum(sub_total, -2).unsqueeze(-2)  # b_L - E_a
-    chunk_total = sub_total.sum(-2)  # b_L   (B, H, C, N)
-    between = _pair_sums(sub_total)  # ref_a - E_a' for a' < a   (B, H, C, a, a', N)
-
-    # --- factors, each <= 1 times r or k ---
-    q = r_.reshape(sub) * torch.exp(c_ex)  # r_t e^{b_{t-1} - ref_a}
-    k_end = k_.reshape(sub) * torch.exp(to_end)  # k_s e^{E_a' - b_s}
+    sums = torch.float64 if factors is _factors_float64 else cdt
+    lw = ch.split(logw.clamp(min=LOG_DECAY_FLOOR), sums).reshape(ch.sub)  # (B, H, C, n_sub, l, N)
+    f = factors(r_.reshape(ch.sub), k_.reshape(ch.sub), lw)
 
     # --- state passing between chunks: the only sequential part, C steps ---
-    k_chunk_end = (k_end * torch.exp(after)).reshape(chunked)  # k_s e^{b_L - b_s}
+    k_chunk_end = (f.k_end * f.to_chunk_end).reshape(ch.shape)  # k_s e^{b_L - b_s}
     state_inc = k_chunk_end.transpose(-1, -2) @ v_  # what each chunk adds   (B, H, C, N, N)
-    chunk_decay = torch.exp(chunk_total).unsqueeze(-1)  # (B, H, C, N, 1)
-    q_state = (q * torch.exp(ref)).reshape(chunked)  # r_t e^{b_{t-1}}   (B, H, C, L, N)
+    chunk_decay = f.chunk_decay.unsqueeze(-1)  # (B, H, C, N, 1)
+    q_state = (f.q * f.from_chunk_start).reshape(ch.shape)  # r_t e^{b_{t-1}}   (B, H, C, L, N)
     S = _initial_state(state, B, H, N, r, cdt)  # (B, H, N, N)
     from_state = []  # read out inside the loop: no (B, H, C, N, N) stack of states in memory
     for c in range(C):
@@ -312,14 +319,13 @@ def wkv6_chunked_fp32(
     # --- intra-chunk scores, rows t = (a, i), columns s = (a', j): (B, H, C, a, l, a', l) ---
     # earlier sub-chunks a' < a through the middle factor e^{ref_a - E_a'}, put onto the keys so
     # that each sub-chunk a of queries meets all L keys of the chunk in one matmul: (l, N) @ (N, L).
-    # (Pairs a' >= a get e^0 here and are masked below.)
-    keys = (k_end.unsqueeze(3) * torch.exp(between).unsqueeze(-2)).reshape(B, H, C, n_sub, L, N)
-    scores = torch.einsum("...tn,...sn->...ts", q, keys)  # (B, H, C, a, l, L); einsum avoids a copy of keys^T
+    # (Pairs a' >= a are masked below.)
+    keys = (f.k_end.unsqueeze(3) * f.between).reshape(B, H, C, n_sub, L, N)
+    scores = torch.einsum("...tn,...sn->...ts", f.q, keys)  # (B, H, C, a, l, L); einsum avoids a copy of keys^T
     scores = scores.view(B, H, C, n_sub, l, n_sub, l)
     # same sub-chunk (s < t), plus the bonus of the current token on the diagonal (s = t)
-    scores_same = _IntraSubChunk.apply(r_.reshape(sub), k_.reshape(sub), lw)  # (B, H, C, n_sub, l, l)
     bonus = (r_ * u.to(cdt).view(1, H, 1, 1, N) * k_).sum(-1)  # r_t . (u * k_t)   (B, H, C, L)
-    scores_same = scores_same + torch.diag_embed(bonus.reshape(B, H, C, n_sub, l))
+    scores_same = f.same + torch.diag_embed(bonus.reshape(B, H, C, n_sub, l))
 
     ia = torch.arange(n_sub, device=dev)
     earlier = (ia.view(-1, 1, 1) > ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)  # a' < a
@@ -332,23 +338,12 @@ def wkv6_chunked_fp32(
     return y.to(r.dtype), S
 
 
-# ---------------------------------------------------------------------------------------------
-# The CPU reference form: float64 cumulative sums inside sub-chunks of at most 8 tokens. It rounds
-# like the single-token step to within float32 resolution, so a converted model's parallel forward
-# and its token-by-token decoding agree; on GPUs float64 runs at 1/32-1/64 speed, so CUDA inputs
-# take wkv6_chunked_fp32 (above) through the dispatcher.
-
 @outside_autocast
-def wkv6_chunked(
-    r: Tensor,
-    k: Tensor,
-    v: Tensor,
-    logw: Tensor,
-    u: Tensor,
-    state: Tensor | None = None,
-    chunk_size: int = 32,
-) -> tuple[Tensor, Tensor]:
-    """Chunk-parallel RWKV-6 recurrence: exact, with no exponent that can overflow.
+def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None,
+                 chunk_size: int = 32) -> tuple[Tensor, Tensor]:
+    """Chunk-parallel RWKV-6 recurrence: exact, with no exponent that can overflow; the CPU's
+    reference form (its log-decay sums in float64, so it rounds like the single-token step to
+    within float32 resolution and a converted model's prefill agrees with its decoding).
 
     Time is split into chunks of L = ``chunk_size`` (zero-padded at the end; a padded step has
     k = 0 and logw = 0, so it leaves the state untouched). Inside a chunk, with b_t the inclusive
@@ -363,97 +358,67 @@ def wkv6_chunked(
     b is non-increasing, so all of these exponents are <= 0. The trap is the intra-chunk score:
     the textbook factorisation (r_t e^{b_{t-1}}) . (k_s e^{-b_s}) needs e^{-b_s}, which overflows
     float32 as soon as the decays within a chunk sum below -88. So the chunk is cut into
-    sub-chunks of l <= 8 tokens. For sub-chunk a let ref_a be b just before its first token,
-    E_a be b at its last token, and c = b - ref_a the sub-chunk-local cumulative decay (c_ex its
-    exclusive version, c_{t-1}):
+    sub-chunks of l <= 8 tokens, and for sub-chunk a, ref_a is b just before its first token and
+    E_a b at its last:
 
-    * s in the same sub-chunk: |c| <= 60 l <= 480 thanks to the logw floor, so the plain
-      factorisation (r_t e^{c_ex,t}) . (k_s e^{-c_s}) is safe *in float64* (range e^±709). It is
-      one small float64 matmul per sub-chunk, rounded to the compute dtype afterwards.
+    * s in the same sub-chunk as t: the decay between them per pair (:class:`_Factors` ``same``).
     * s in an earlier sub-chunk a' < a: split the decay at two reference points,
-      e^{b_{t-1} - b_s} = e^{c_ex,t} * e^{ref_a - E_a'} * e^{E_a' - b_s}, three factors that are
-      each <= 1 (t-1 >= ref_a's token >= E_a''s token >= s). The middle one is a small
-      (a, a', N) table, and the scores are one batched matmul.
-    * the carried state and the state update reuse the same factors: e^{b_{t-1}} = e^{c_ex,t}
-      e^{ref_a}, and e^{b_L - b_s} = e^{E_a' - b_s} e^{b_L - E_a'}.
+      e^{b_{t-1} - b_s} = e^{b_{t-1} - ref_a} * e^{ref_a - E_a'} * e^{E_a' - b_s}, three factors
+      that are each <= 1. The middle one is a small (a, a', N) table, and the scores are one
+      batched matmul.
+    * the carried state and the state update reuse the same factors: e^{b_{t-1}} =
+      e^{b_{t-1} - ref_a} e^{ref_a}, and e^{b_L - b_s} = e^{E_a' - b_s} e^{b_L - E_a'}.
 
     This is exact algebra, not an approximation: a factor can only underflow where the true
-    product is below the compute dtype's range anyway. Cumulative sums are taken in float64 and
-    locally (per sub-chunk, then across sub-chunks), so a weak decay after a very strong one keeps
-    full relative precision. logw is clamped to ``LOG_DECAY_FLOOR``.
-
-    The state is passed from chunk to chunk by a loop over the T / L chunks (cheap elementwise
-    work); everything else is batched over chunks. Gradients come from ordinary autograd.
+    product is below the compute dtype's range anyway. logw is clamped to ``LOG_DECAY_FLOOR``
+    (which keeps every sum finite). The state is passed from chunk to chunk by a loop over the
+    T / L chunks; everything else is batched over chunks. Gradients come from autograd.
 
     Args and returns as :func:`wkv6_naive`; ``chunk_size`` >= 1 need not divide T (a multiple
     of 8 is fastest).
     """
-    ch = _Chunks(r, k, v, logw, u, state, chunk_size)
-    B, T, H, N, cdt, L, l, n_sub, C = ch.B, ch.T, ch.H, ch.N, ch.cdt, ch.L, ch.l, ch.n_sub, ch.C
-    f64 = torch.float64
-    dev = r.device
-    chunked, sub = ch.shape, ch.sub
-    to_chunks = ch.split
+    return _chunked(r, k, v, logw, u, state, chunk_size, _factors_float64)
 
-    def exp_(x: Tensor) -> Tensor:
-        """exp of a float64 exponent (<= 0 by construction), evaluated in the compute dtype."""
-        return torch.exp(x.to(cdt))
 
-    r_, k_, v_ = to_chunks(r, cdt), to_chunks(k, cdt), to_chunks(v, cdt)  # (B, H, C, L, N)
-    lw = to_chunks(logw.clamp(min=LOG_DECAY_FLOOR), f64).reshape(sub)  # (B, H, C, n_sub, l, N)
+@outside_autocast
+def wkv6_chunked_fp32(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor, state: Tensor | None = None,
+                      chunk_size: int = 32) -> tuple[Tensor, Tensor]:
+    """:func:`wkv6_chunked` with no float64 anywhere (float64 runs at 1/32-1/64 speed on most
+    GPUs; CUDA inputs take this form): every exponent is a sum of exactly the log-decays it spans
+    (exclusive prefix and suffix sums, pair sums), never a difference of two cumulative sums, so a
+    weak decay after a very strong one keeps full float32 precision; the same-sub-chunk pairs'
+    decays are recomputed in backward rather than saved (:class:`_IntraSubChunk`)."""
+    return _chunked(r, k, v, logw, u, state, chunk_size, _factors_pair_sums)
 
-    # --- cumulative log-decays, float64: local within each sub-chunk, then across sub-chunks ---
-    c_in = lw.cumsum(dim=-2)  # b_s - ref_a, inclusive   (B, H, C, n_sub, l, N)
-    c_ex = c_in - lw  # b_{t-1} - ref_a, exclusive (exactly 0 at a sub-chunk's first token)
-    sub_total = c_in[..., -1:, :]  # decay across each sub-chunk   (B, H, C, n_sub, 1, N)
-    end = sub_total.cumsum(dim=3)  # E_a: b at each sub-chunk's last token
-    ref = end - sub_total  # ref_a: b just before each sub-chunk
-    chunk_total = end[:, :, :, -1:]  # b_L   (B, H, C, 1, 1, N)
 
-    # --- factors shared by all terms; float64 where a factor may exceed 1 ---
-    q64 = r_.reshape(sub).to(f64) * torch.exp(c_ex)  # r_t e^{c_ex,t}
-    # k_s e^{-c_s}, up to e^480: fine in float64. A product, not k / e^{c_s}: autograd's quotient
-    # rule divides by (e^{c_s})^2, which underflows to 0 for c_s < -354 and made the gradient of
-    # the log-decays inf - inf = NaN (decays at the floor for 6+ tokens of a sub-chunk).
-    k64 = k_.reshape(sub).to(f64) * torch.exp(-c_in)
-    q = q64.to(cdt)
-    k_end = (k64 * torch.exp(sub_total)).to(cdt)  # k_s e^{E_a' - b_s}, <= |k_s|
+def _float32(t: Tensor) -> Tensor:
+    """t as a contiguous float32 tensor outside autograd (itself when it already is one)."""
+    if t.dtype == torch.float32 and not t.requires_grad and t.is_contiguous():
+        return t
+    return t.detach().to(torch.float32).contiguous()
 
-    # --- state passing between chunks: the only sequential part, C steps ---
-    k_chunk_end = (k_end * exp_(chunk_total - end)).reshape(chunked)  # k_s e^{b_L - b_s}
-    state_inc = k_chunk_end.transpose(-1, -2) @ v_  # what each chunk adds   (B, H, C, N, N)
-    chunk_decay = exp_(chunk_total).reshape(B, H, C, N, 1)
-    q_state = (q * exp_(ref)).reshape(chunked)  # r_t e^{b_{t-1}}   (B, H, C, L, N)
-    S = _initial_state(state, B, H, N, r, cdt)  # (B, H, N, N)
-    from_state = []  # read out inside the loop: no (B, H, C, N, N) stack of states in memory
-    for c in range(C):
-        from_state.append(q_state[:, :, c] @ S)  # (B, H, L, N)
-        S = chunk_decay[:, :, c] * S + state_inc[:, :, c]
-    y = torch.stack(from_state, dim=2)  # (B, H, C, L, N)
 
-    # --- intra-chunk scores, rows t = (a, i), columns s = (a', j): (B, H, C, a, l, a', l) ---
-    # earlier sub-chunks a' < a; a' >= a would give positive exponents: clamped here, masked below.
-    # The middle factor goes onto the keys, so that each sub-chunk a of queries meets all L keys
-    # of the chunk in one matmul: (l, N) @ (N, L).
-    between = exp_((ref.unsqueeze(4) - end.unsqueeze(3)).clamp(max=0.0))  # e^{ref_a - E_a'}   (..., a, a', 1, N)
-    keys = (k_end.unsqueeze(3) * between).reshape(B, H, C, n_sub, L, N)  # per query sub-chunk a
-    scores = torch.einsum("...tn,...sn->...ts", q, keys)  # (B, H, C, a, l, L); einsum avoids a copy of keys^T
-    scores = scores.view(B, H, C, n_sub, l, n_sub, l)
-    # same sub-chunk (s < t), plus the bonus of the current token on the diagonal (s = t)
-    causal = torch.ones(l, l, dtype=torch.bool, device=dev).tril(-1)
-    scores_same = ((q64 @ k64.transpose(-1, -2)) * causal).to(cdt)  # (B, H, C, n_sub, l, l)
-    bonus = (r_ * u.to(cdt).view(1, H, 1, 1, N) * k_).sum(-1)  # r_t . (u * k_t)   (B, H, C, L)
-    scores_same = scores_same + torch.diag_embed(bonus.reshape(B, H, C, n_sub, l))
+def wkv6_recurrent_cpu(r: Tensor, k: Tensor, v: Tensor, logw: Tensor, u: Tensor,
+                       state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`~.wkv6.wkv6_naive`'s recurrence, compiled (float32, CPU, no gradient).
 
-    ia = torch.arange(n_sub, device=dev)
-    earlier = (ia.view(-1, 1, 1) > ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)  # a' < a
-    same = (ia.view(-1, 1, 1) == ia.view(1, -1, 1)).view(n_sub, 1, n_sub, 1)
-    zero = torch.zeros((), dtype=cdt, device=dev)
-    scores = torch.where(same, scores_same.unsqueeze(-2), torch.where(earlier, scores, zero))
-    y = y + scores.reshape(B, H, C, L, L) @ v_  # (B, H, C, L, N)
-
-    y = y.reshape(B, H, C * L, N)[:, :, :T].transpose(1, 2)  # (B, T, H, N)
-    return y.to(r.dtype), S
+    Shapes as ``wkv6_naive``: r, k, v, logw (B, T, H, N), u (H, N), state (B, H, N, N) or None;
+    returns y (B, T, H, N) in r's dtype and the final state (float32). Raises RuntimeError where
+    the kernel is not available (see :func:`.kernels.library`).
+    """
+    _check_inputs(r, k, v, logw, u, state)
+    forward = cpp_op("wkv6_forward")
+    if forward is None:
+        raise RuntimeError("the compiled CPU WKV6 kernel is not available")
+    B, T, H, N = r.shape
+    if state is None:
+        s = torch.zeros(B, H, N, N, dtype=torch.float32)
+    elif state.dtype == torch.float32 and not state.requires_grad:
+        s = state.clone(memory_format=torch.contiguous_format)
+    else:
+        s = state.detach().to(torch.float32).clone(memory_format=torch.contiguous_format)
+    y = forward(_float32(r), _float32(k), _float32(v), _float32(logw), _float32(u), s)
+    return y if r.dtype == torch.float32 else y.to(r.dtype), s
 
 
 def wkv6(
@@ -465,32 +430,32 @@ def wkv6(
     state: Tensor | None = None,
     impl: str = "auto",
     chunk_size: int = 32,
+    backend: Backend = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-6 WKV with a choice of implementation.
 
-    ``impl="auto"``: on CUDA, where flash-linear-attention is installed, its kernels
-    (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the recurrent one otherwise. On
-    the CPU, when no gradient is needed and the inputs are not float64, the compiled recurrence
-    (:func:`~.cpu_kernels.wkv6_recurrent_cpu`, where it could be built) for any T, so a prefill and
-    token-by-token decoding run the same loop. Otherwise :func:`wkv6_step` for T == 1 (decoding,
-    where chunking only adds overhead) and, for longer inputs, the float32 chunked form on CUDA
-    (the reference fla is checked against) and the float64-accumulating chunked form on the CPU.
-    "naive", "chunked", "chunked_fp32", "recurrent_cpu", "fla_chunk" and "fla_recurrent" force one.
+    ``impl="auto"``: the op ``wkv6`` of :mod:`.backend`. On CUDA, where flash-linear-attention is
+    installed, its kernels (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the
+    recurrent one otherwise. On the CPU, spikelm's C++ kernel (:func:`wkv6_recurrent_cpu`) runs
+    the recurrence for any T when no gradient is needed and the inputs are not float64, so a
+    prefill and token-by-token decoding run the same loop. The tensor operations are
+    :func:`wkv6_step` for T == 1 (decoding, where chunking only adds overhead) and, for longer
+    inputs, the float32 chunked form on CUDA (the reference fla is checked against) and the
+    float64-accumulating chunked form elsewhere (under ``torch.compile`` with the ``compile``
+    backend). ``impl`` "naive", "chunked", "chunked_fp32", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, u, state)
-                                                     if isinstance(t, Tensor))
-        if fla_usable(r, k, v, logw, u, state):
-            impl = "fla_" + fla_mode_for(needs_grad)
-        elif r.device.type == "cpu" and r.dtype != torch.float64 and not needs_grad and cpu_kernel() is not None:
-            impl = "recurrent_cpu"
-        elif r.shape[1] == 1:
-            return wkv6_step(r, k, v, logw, u, state)
-        else:
-            impl = "chunked_fp32" if r.is_cuda else "chunked"
-    if impl == "recurrent_cpu":
-        _check_inputs(r, k, v, logw, u, state)
-        return wkv6_recurrent_cpu(r, k, v, logw, u, state)
+        needs_grad = grad_needed(r, k, v, logw, u, state)
+        how = resolve("wkv6", backend, r, cpp_ok=r.dtype != torch.float64 and not needs_grad,
+                      cuda_ok=fla_usable(r, k, v, logw, u, state))
+        if how == "cuda":
+            return wkv6_fla(r, k, v, logw, u, state, mode=fla_mode_for(needs_grad))
+        if how == "cpp":
+            return wkv6_recurrent_cpu(r, k, v, logw, u, state)
+        if r.shape[1] == 1:
+            return (compiled(wkv6_step) if how == "compile" else wkv6_step)(r, k, v, logw, u, state)
+        form = wkv6_chunked_fp32 if r.is_cuda else wkv6_chunked
+        return (compiled(form) if how == "compile" else form)(r, k, v, logw, u, state, chunk_size=chunk_size)
     if impl == "naive":
         return wkv6_naive(r, k, v, logw, u, state)
     if impl == "chunked":
@@ -500,5 +465,5 @@ def wkv6(
     if impl in ("fla_chunk", "fla_recurrent"):
         _check_inputs(r, k, v, logw, u, state)
         return wkv6_fla(r, k, v, logw, u, state, mode=impl[4:])
-    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32', 'recurrent_cpu', 'fla_chunk' or "
-                     f"'fla_recurrent', got {impl!r}")
+    raise ValueError(f"impl must be 'auto', 'naive', 'chunked', 'chunked_fp32', 'fla_chunk' or 'fla_recurrent', "
+                     f"got {impl!r}")

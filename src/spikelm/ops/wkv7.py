@@ -29,17 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backend import Backend, compiled, grad_needed, resolve
+from .wkv6 import LOG_DECAY_FLOOR
 from .wkv_fla import mode_for as fla_mode_for
 from .wkv_fla import usable as fla_usable
 from .wkv_fla import wkv7_fla
 
 __all__ = ["LOG_DECAY_FLOOR", "wkv7", "wkv7_chunked", "wkv7_naive", "wkv7_step"]
 
-# Per-step log-decays are clamped to this floor in the chunked form (as in wkv6): e^-60 ~ 9e-27 of
-# the state survives instead of exactly 0, far below float32 resolution, so no result changes; it
-# keeps -inf (and inf - inf) out of the cumulative sums and their gradients. The model's own decays
-# never come near it (logw >= -exp(-0.5) ~ -0.61 per step).
-LOG_DECAY_FLOOR = -60.0
+# Per-step log-decays are clamped to wkv6's floor in the chunked form: e^-60 ~ 9e-27 of the state
+# survives instead of exactly 0, far below float32 resolution, so no result changes; it keeps -inf
+# (and inf - inf) out of the cumulative sums and their gradients. The model's own decays never come
+# near it (logw >= -exp(-0.5) ~ -0.61 per step).
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -164,8 +165,7 @@ def wkv7_chunked(
 
     Cost per token and head: O(L N) for the decay tables and the four interaction matrices, plus
     O(N^2 / L) for the state passing, balanced near L ~ sqrt(N); L = 8 was fastest on CPU for
-    N = 64 (forward, B=1 T=512 H=12, one thread: 0.10 s for L = 8, 0.25 s for 16, 0.79 s for 32,
-    0.18 s for the loop). Memory for autograd is O(T L N) per head, against O(T N^2) of states
+    N = 64 (benchmarks/wkv_ops.py). Memory for autograd is O(T L N) per head, against O(T N^2) of states
     that the loop keeps. Gradients come from ordinary autograd. Args and returns as :func:`wkv7_naive`; ``chunk_size`` >= 1 need not
     divide T.
     """
@@ -245,23 +245,24 @@ def wkv7(
     state: Tensor | None = None,
     impl: str = "auto",
     chunk_size: int = 8,
+    backend: Backend = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV with a choice of implementation.
 
-    ``impl="auto"``: on CUDA, where flash-linear-attention is installed, its kernels
-    (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the recurrent one otherwise.
-    Otherwise :func:`wkv7_step` for T == 1 (decoding) and the chunked form (the reference fla is
-    checked against) for longer inputs. "naive", "chunked", "fla_chunk" and "fla_recurrent" force one.
+    ``impl="auto"``: the op ``wkv7`` of :mod:`.backend`. On CUDA, where flash-linear-attention is
+    installed, its kernels (:mod:`.wkv_fla`): the chunked ones when a gradient is needed, the
+    recurrent one otherwise. Otherwise :func:`wkv7_step` for T == 1 (decoding) and the chunked form
+    (the reference fla is checked against) for longer inputs, under ``torch.compile`` with the
+    ``compile`` backend. "naive", "chunked", "fla_chunk" and "fla_recurrent" force one.
     """
     if impl == "auto":
-        if fla_usable(r, k, v, logw, a, b, state):
-            needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logw, a, b, state)
-                                                         if isinstance(t, Tensor))
-            impl = "fla_" + fla_mode_for(needs_grad)
-        elif r.shape[1] == 1:
-            return wkv7_step(r, k, v, logw, a, b, state)
-        else:
-            impl = "chunked"
+        how = resolve("wkv7", backend, r, cpp_ok=False, cuda_ok=fla_usable(r, k, v, logw, a, b, state))
+        if how == "cuda":
+            return wkv7_fla(r, k, v, logw, a, b, state, mode=fla_mode_for(grad_needed(r, k, v, logw, a, b, state)))
+        if r.shape[1] == 1:
+            return (compiled(wkv7_step) if how == "compile" else wkv7_step)(r, k, v, logw, a, b, state)
+        return (compiled(wkv7_chunked) if how == "compile" else wkv7_chunked)(r, k, v, logw, a, b, state,
+                                                                              chunk_size=chunk_size)
     if impl == "naive":
         return wkv7_naive(r, k, v, logw, a, b, state)
     if impl == "chunked":

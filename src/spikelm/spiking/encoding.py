@@ -88,7 +88,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..ops.cpu_kernels import op as cpu_op
+from ..ops.backend import Backend
+from ..ops.spikes import decode_steps
 
 __all__ = [
     "METHODS",
@@ -439,6 +440,7 @@ def mhse_decode(
     n_int: int = 1,
     init_half: bool = False,
     on_levels: Callable[[Tensor], object] | None = None,
+    backend: Backend = None,
 ) -> Tensor:
     """Decoded values only: bit for bit ``mhse_closed_form(...)[0]``, in fewer passes over memory.
 
@@ -452,9 +454,10 @@ def mhse_decode(
     GPU twice per site and token). The scale is the caller's to validate (a converted model checks
     its scales at calibration and at load); a NaN input decodes to NaN, as any layer would pass it on.
 
-    On the CPU, the general path (``T > 1``) runs as one compiled pass
-    (``spikelm.ops.cpu_kernels``, ``mhse_decode``) performing the same float operations in the
-    same order, so the same bits.
+    The general path (``T > 1``) is :func:`spikelm.ops.spikes.decode_steps` (op ``mhse_decode``:
+    on the CPU a C++ pass performing the same float operations in the same order, so the same bits).
+
+    ``backend``: the general path's implementation (:mod:`spikelm.ops.backend`).
 
     Observation point, for counters outside the model (one step, ``T = 1``, float32 scale only):
     ``on_levels(q)`` sees the integer levels ``q = floor(min(|x| / (s w_l), 2**l - 1))`` (float32;
@@ -489,28 +492,9 @@ def mhse_decode(
         if low:
             return q.double().mul_(unit.double()).copysign_(x).to(x.dtype)
         return q.mul_(unit).copysign_(x)
-    if (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32 \
-            and x.device.type == "cpu" and x.dim() > 0 and scale.numel() in (1, scale.shape[-1] if scale.dim() else 1) \
-            and scale.numel() in (1, x.shape[-1]) and scale.device.type == "cpu":
-        compiled = cpu_op("mhse_decode")
-        if compiled is not None:
-            # the lines below in one compiled pass per value, in their order: the same bits (a NaN
-            # input decodes to a NaN, whose payload bits may differ)
-            return compiled(x.contiguous(), scale.detach().reshape(-1).contiguous(), T, layers, n_int, init_half, a_max)
-    if (x.dtype == torch.float32 or low) and isinstance(scale, Tensor) and scale.dtype == torch.float32:
-        # the float32 quotient is the float64 one rounded to float32 (see above), in fewer passes
-        a = (x.float().abs_() if low else x.abs()).div_(scale.detach().to(x.device))
-    else:
-        a = x.to(torch.float64).abs_().div_(s).to(torch.float32)  # x.shape, the magnitude a
-    a.clamp_(max=a_max)
-    q = a.to(torch.float64).mul_(2.0 ** (layers - n_int))  # units of w_l
-    if T != 1:
-        q.mul_(T)
-    if init_half:
-        q.add_(0.5)
-    q.floor_()  # q_T: units emitted over the T steps
-    q.mul_(2.0 ** (n_int - layers)).div_(T).mul_(s)  # eq. (3): s * w_l * q_T / T
-    return q.copysign_(x).to(x.dtype)  # the sign bit-wise (a -0.0 input decodes to -0.0)
+    # the general path (rate codes, T > 1): spikelm.ops.spikes, whose C++ kernel does these float
+    # operations in their order on the CPU
+    return decode_steps(x, scale if isinstance(scale, Tensor) else s, s, T, layers, n_int, init_half, a_max, backend)
 
 
 def mhse_spike_counts(

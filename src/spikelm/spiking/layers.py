@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import EncodingConfig
+from ..ops.backend import Backend
 from ..ops.linear import Linear, linear
 from .encoding import check_scale, mhse_a_max, mhse_decode, mhse_simulate
 from .lsq import mhse_learned_step
@@ -52,6 +53,8 @@ class SpikeEncoder(nn.Module):
         self.grad_scale: float | None = None
         self.register_load_state_dict_post_hook(lambda module, _keys: check_scale(module.scale))
         self.levels = nn.Identity()
+
+    backend: Backend = None  # the decoding's implementation (spikelm.ops.set_backend)
 
     def _apply(self, fn, recurse=True):
         # Module.to/half/bfloat16 all go through _apply: keep the scale's float32 value and take
@@ -98,7 +101,7 @@ class SpikeEncoder(nn.Module):
         del args["base"]
         if self.straight_through and torch.is_grad_enabled():
             return mhse_learned_step(x, self.scale, **args, grad_scale=self.grad_scale)
-        return mhse_decode(x, self.scale, **args,
+        return mhse_decode(x, self.scale, **args, backend=self.backend,
                            on_levels=getattr(self, "levels", None))  # None: a module pickled before it existed
 
     def extra_repr(self) -> str:
@@ -115,4 +118,4 @@ class SpikingLinear(Linear):
     def forward(self, x: Tensor) -> Tensor:
         # spikelm.ops.linear: F.linear, except bf16/fp16 products of many rows on CPUs without
         # native low-precision GEMMs (then through float32: the same arithmetic, faster)
-        return linear(self.encoder(x), self.weight, self.bias)
+        return linear(self.encoder(x), self.weight, self.bias, self.backend)

@@ -1,10 +1,47 @@
-// spikelm's compiled CPU kernels, part 4 (after products.cpp): one decoding step of an RWKV-6 block.
+// One decoding step of an RWKV-6 block (spikelm.models.rwkv6.Block.forward for T = 1; its twin is
+// the block's modules), every operation of the block on one token in one call: the same arithmetic
+// as the modules' in float32 (weights read in their dtype, activations kept in float32 between the
+// products instead of rounded to the model's dtype after each), the WKV state float32.
+#include "spikelm.h"
 
-// One decoding step of an RWKV-6 block (spikelm.models.rwkv6.Block.forward for T = 1), every
-// operation of the block on one token in one call: the same arithmetic as the modules' in float32
-// (weights read in their dtype, activations kept in float32 between the products instead of
-// rounded to the model's dtype after each), the WKV state float32. p: the block's parameters in
-// the order of spikelm.models.rwkv6.Block.STEP_PARAMS (ln0 empty for blocks without it).
+// The parameters the step takes, by their names in the block's state dict: the one table (Python
+// reads it through rwkv6_block_step_params and passes the tensors in its order). MAT: a matrix,
+// read in its own dtype (all of one dtype); VEC: a vector, any float dtype; shapes are checked.
+#define SPIKELM_STEP_PARAMS(X)                                                                     \
+    X(LN0W, "ln0.weight", VEC) X(LN0B, "ln0.bias", VEC) X(LN1W, "ln1.weight", VEC)                  \
+    X(LN1B, "ln1.bias", VEC) X(LN2W, "ln2.weight", VEC) X(LN2B, "ln2.bias", VEC)                    \
+    X(MX, "att.time_maa_x", VEC) X(MW, "att.time_maa_w", VEC) X(MK, "att.time_maa_k", VEC)          \
+    X(MV, "att.time_maa_v", VEC) X(MR, "att.time_maa_r", VEC) X(MG, "att.time_maa_g", VEC)          \
+    X(W1, "att.time_maa_w1", MAT) X(W2, "att.time_maa_w2", MAT) X(TD, "att.time_decay", VEC)        \
+    X(DW1, "att.time_decay_w1", MAT) X(DW2, "att.time_decay_w2", MAT) X(TF, "att.time_faaaa", VEC)  \
+    X(WR, "att.receptance.weight", MAT) X(WK, "att.key.weight", MAT) X(WV, "att.value.weight", MAT) \
+    X(WG, "att.gate.weight", MAT) X(WO, "att.output.weight", MAT) X(GNW, "att.ln_x.weight", VEC)    \
+    X(GNB, "att.ln_x.bias", VEC) X(FMK, "ffn.time_maa_k", VEC) X(FMR, "ffn.time_maa_r", VEC)        \
+    X(FWK, "ffn.key.weight", MAT) X(FWR, "ffn.receptance.weight", MAT) X(FWV, "ffn.value.weight", MAT)
+
+enum StepParam {
+#define SPIKELM_ID(id, name, kind) id,
+    SPIKELM_STEP_PARAMS(SPIKELM_ID)
+#undef SPIKELM_ID
+    N_STEP_PARAMS
+};
+enum { VEC = 0, MAT = 1 };
+static const char* const step_names[] = {
+#define SPIKELM_NAME(id, name, kind) name,
+    SPIKELM_STEP_PARAMS(SPIKELM_NAME)
+#undef SPIKELM_NAME
+};
+static const int step_kinds[] = {
+#define SPIKELM_KIND(id, name, kind) kind,
+    SPIKELM_STEP_PARAMS(SPIKELM_KIND)
+#undef SPIKELM_KIND
+};
+
+std::tuple<std::vector<std::string>, std::vector<int64_t>> rwkv6_block_step_params() {
+    return {std::vector<std::string>(step_names, step_names + N_STEP_PARAMS),
+            std::vector<int64_t>(step_kinds, step_kinds + N_STEP_PARAMS)};
+}
+
 static void layer_norm(const float* x, const float* w, const float* b, int64_t n, float eps, float* y) {
     float mean = 0.f, var = 0.f;
     for (int64_t i = 0; i < n; ++i) mean += x[i];
@@ -19,8 +56,6 @@ static void block_step_impl(const std::vector<at::Tensor>& p, const float* const
                             const float* att_shift, const float* ffn_shift, float* S, float* xout, float* att_new,
                             float* ffn_new, int64_t C, int64_t A, int64_t H, int64_t N, int64_t Fh, int64_t Dm,
                             int64_t Dd, float ln_eps, float gn_eps) {
-    enum { LN0W, LN0B, LN1W, LN1B, LN2W, LN2B, MX, MW, MK, MV, MR, MG, W1, W2, TD, DW1, DW2, TF, WR, WK, WV, WG, WO,
-           GNW, GNB, FMK, FMR, FWK, FWR, FWV };
     auto mat = [&](int i) { return p[i].data_ptr<W>(); };
     std::vector<float> x(xin, xin + C), h(C), xx(C), xxx(C), l1(5 * Dm), mix(5 * C), xs(5 * C), r(A), k(A), vv(A),
         g(A), dd(Dd), d(A), w(A), y(A), acc(N), out(C), fk(Fh), fr(C), fv(C);
@@ -75,27 +110,60 @@ static void block_step_impl(const std::vector<at::Tensor>& p, const float* const
     for (int64_t i = 0; i < C; ++i) xout[i] = x[i] + fv[i] / (1.f + std::exp(-fr[i]));
 }
 
-// x, att_shift, ffn_shift: (B, C); wkv: (B, H, N, N) float32 (not written to); p: see above.
+// Every parameter's expected shape, from the block's sizes, as numel (vectors) or (rows, cols) (matrices).
+static void check_step_params(const std::vector<at::Tensor>& p, int64_t C, int64_t A, int64_t H, int64_t N, int64_t Fh,
+                              int64_t Dm, int64_t Dd) {
+    const char* op = "rwkv6_block_step";
+    TORCH_CHECK(int64_t(p.size()) == N_STEP_PARAMS, op, ": ", N_STEP_PARAMS, " parameters (rwkv6_block_step_params), got ",
+                p.size());
+    const int64_t vec[N_STEP_PARAMS] = {C, C, C, C, C, C, C, C, C, C, C, C, 0, 0, A, 0, 0, H * N, 0, 0, 0, 0, 0, A, A,
+                                        C, C, 0, 0, 0};
+    const std::pair<int64_t, int64_t> mat[N_STEP_PARAMS] = {
+        {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {C, 5 * Dm}, {5 * Dm, C}, {}, {C, Dd}, {Dd, A}, {}, {A, C}, {A, C},
+        {A, C}, {A, C}, {C, A}, {}, {}, {}, {}, {Fh, C}, {C, C}, {C, Fh}};
+    const auto wt = p[WR].scalar_type();
+    for (int i = 0; i < N_STEP_PARAMS; ++i) {
+        const at::Tensor& t = p[i];
+        TORCH_CHECK(t.defined() && t.device().is_cpu() && t.is_floating_point(), op, ": ", step_names[i],
+                    " must be a floating-point CPU tensor");
+        if (step_kinds[i] == MAT) {
+            check_floats(t, op, step_names[i]);
+            TORCH_CHECK(t.scalar_type() == wt, op, ": the matrices must be of one dtype; ", step_names[i], " is ",
+                        t.scalar_type(), ", att.receptance.weight ", wt);
+            TORCH_CHECK(t.numel() == mat[i].first * mat[i].second && t.size(-1) == mat[i].second, op, ": ",
+                        step_names[i], " has shape ", t.sizes(), ", expected (", mat[i].first, ", ", mat[i].second, ")");
+        } else if (!(i <= LN0B && t.numel() == 0)) {  // ln0: empty in every block but the first
+            check_numel(t, vec[i], op, step_names[i]);
+        }
+    }
+}
+
+// x, att_shift, ffn_shift: (B, C); wkv: (B, H, N, N) float32 (not written to); p: the tensors
+// named by rwkv6_block_step_params, in its order (ln0 empty for blocks without it).
 // Returns [x_out, att_shift, wkv, ffn_shift], x and the shifts in x's dtype.
 std::vector<at::Tensor> rwkv6_block_step(at::Tensor x, at::Tensor att_shift, at::Tensor wkv, at::Tensor ffn_shift,
                                          std::vector<at::Tensor> p, double ln_eps, double gn_eps) {
-    TORCH_CHECK(p.size() == 30, "rwkv6_block_step: 30 parameters");
+    const char* op = "rwkv6_block_step";
+    TORCH_CHECK(int64_t(p.size()) == N_STEP_PARAMS, op, ": ", N_STEP_PARAMS, " parameters (rwkv6_block_step_params), got ",
+                p.size());
+    TORCH_CHECK(x.dim() == 2 && wkv.dim() == 4 && p[WR].dim() == 2 && p[FWK].dim() == 2 && p[W2].dim() == 3
+                && p[DW1].dim() == 2, op, ": x (B, C), wkv (B, H, N, N), 2-D weights and time_maa_w2 (5, Dm, C)");
     const int64_t B = x.size(0), C = x.size(1), H = wkv.size(1), N = wkv.size(2);
-    const int64_t A = p[18].size(0), Fh = p[27].size(0), Dm = p[13].size(1), Dd = p[15].size(1);
-    const auto wt = p[18].scalar_type();
-    // the matrices, read in their dtype; every other parameter is a vector, taken as float32 once per call
-    static const int matrices[] = {12, 13, 15, 16, 18, 19, 20, 21, 22, 27, 28, 29};
+    const int64_t A = p[WR].size(0), Fh = p[FWK].size(0), Dm = p[W2].size(1), Dd = p[DW1].size(1);
+    check_floats(x, op, "x");
+    for (auto* t : {&att_shift, &ffn_shift}) {
+        check_floats(*t, op, "the shifts");
+        check_numel(*t, B * C, op, "a shift");
+    }
+    check_tensor(wkv, op, "wkv", {at::kFloat});
+    TORCH_CHECK(wkv.size(0) == B && wkv.size(3) == N && A == H * N, op, ": wkv must be (B, H, N, N) with H N = ", A);
+    check_step_params(p, C, A, H, N, Fh, Dm, Dd);
+    const auto wt = p[WR].scalar_type();
     std::vector<std::vector<float>> bufs(p.size());
     std::vector<at::Tensor> keeps(p.size());
     std::vector<const float*> v(p.size(), nullptr);
-    for (size_t i = 0; i < p.size(); ++i) {
-        if (std::find(std::begin(matrices), std::end(matrices), int(i)) != std::end(matrices)) {
-            TORCH_CHECK(p[i].scalar_type() == wt && p[i].is_contiguous(), "rwkv6_block_step: matrices of one dtype");
-        } else {
-            v[i] = float_values(p[i], bufs[i], keeps[i]);
-        }
-    }
-    TORCH_CHECK(wkv.scalar_type() == at::kFloat && A == H * N, "rwkv6_block_step: state");
+    for (int i = 0; i < N_STEP_PARAMS; ++i)
+        if (step_kinds[i] == VEC) v[i] = float_values(p[i], bufs[i], keeps[i]);  // vectors as float32, once per call
     auto S = wkv.clone(at::MemoryFormat::Contiguous);
     const auto f32 = x.options().dtype(at::kFloat);
     auto xo = at::empty({B, C}, f32), ao = at::empty({B, C}, f32), fo = at::empty({B, C}, f32);

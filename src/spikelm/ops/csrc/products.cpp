@@ -1,9 +1,22 @@
-// spikelm's compiled CPU kernels, part 3 (after wkv6.cpp): one-row products in float32, bf16, fp16.
+// One-row products in float32, bf16, fp16 (spikelm.ops.linear; the block step uses them too).
+#include "spikelm.h"
 
 // One-row products (decoding): y[o] = sum_i W[o][i] x[i] for a contiguous (O, I) weight W in its own
 // dtype W (float, bf16, fp16) and x as float32; exact products, float32 sums, y rounded once to
 // its dtype (round to nearest even), the arithmetic of a bf16 GEMM. Bound by memory: each weight
 // is read once, in its own bytes.
+#ifdef SPIKELM_X86
+// 8 values of a weight or activation dtype widened to float32 (exact).
+SPIKELM_AVX2 static inline __m256 widen8(const float* p) { return _mm256_loadu_ps(p); }
+SPIKELM_AVX2 static inline __m256 widen8(const at::BFloat16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+SPIKELM_AVX2 static inline __m256 widen8(const at::Half* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+
 template <typename W>
 static float dot_row(const W* w, const float* x, int64_t n) {
     float s = 0.f;
@@ -12,17 +25,8 @@ static float dot_row(const W* w, const float* x, int64_t n) {
 }
 
 #ifdef SPIKELM_X86
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 widen8(const float* p) { return _mm256_loadu_ps(p); }
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 widen8(const at::BFloat16* p) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-__attribute__((target("avx2,fma,f16c"))) static inline __m256 widen8(const at::Half* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
 template <typename W>
-__attribute__((target("avx2,fma,f16c"))) static float dot_row_avx2(const W* w, const float* x, int64_t n) {
+SPIKELM_AVX2 static float dot_row_avx2(const W* w, const float* x, int64_t n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -42,7 +46,7 @@ __attribute__((target("avx2,fma,f16c"))) static float dot_row_avx2(const W* w, c
 
 // y = W x for W (O, I): float32 sums into y (Out = float) or rounded once to Out
 template <typename W, typename Out>
-static void gemv_rows(const W* w, const float* x, int64_t O, int64_t I, Out* y) {
+void gemv_rows(const W* w, const float* x, int64_t O, int64_t I, Out* y) {
     at::parallel_for(0, O, 64, [&](int64_t begin, int64_t end) {
         for (int64_t o = begin; o < end; ++o) {
 #ifdef SPIKELM_X86
@@ -67,7 +71,7 @@ static void axpy_rows(const W* b, const float* x, int64_t I, int64_t O, int64_t 
 
 #ifdef SPIKELM_X86
 template <typename W>
-__attribute__((target("avx2,fma,f16c"))) static void axpy_rows_avx2(const W* b, const float* x, int64_t I, int64_t O,
+SPIKELM_AVX2 static void axpy_rows_avx2(const W* b, const float* x, int64_t I, int64_t O,
                                                                      int64_t o0, int64_t o1, float* acc) {
     int64_t o = o0;
     for (; o + 8 <= o1; o += 8) {
@@ -81,7 +85,7 @@ __attribute__((target("avx2,fma,f16c"))) static void axpy_rows_avx2(const W* b, 
 
 // G products y_g = x_g @ b_g (+ c_g) for b (G, I, O): float32 sums, rounded once to Out
 template <typename W, typename Out>
-static void gemv_cols(const W* b, const float* x, const float* c, int64_t G, int64_t I, int64_t O, Out* y) {
+void gemv_cols(const W* b, const float* x, const float* c, int64_t G, int64_t I, int64_t O, Out* y) {
     // the outputs of all G products split between the threads in blocks
     at::parallel_for(0, G * O, 256, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(end - begin);
@@ -101,35 +105,32 @@ static void gemv_cols(const W* b, const float* x, const float* c, int64_t G, int
     });
 }
 
-// float_values: x's values as float32: its own memory where it is a contiguous float32 tensor, else
-// widened into buf (bf16 / fp16, without a torch operation per call), else through a cast kept
-// alive in keep.
-static const float* float_values(const at::Tensor& x, std::vector<float>& buf, at::Tensor& keep) {
-    const int64_t n = x.numel();
-    if (x.is_contiguous() && x.scalar_type() == at::kFloat) return x.data_ptr<float>();
-    if (x.is_contiguous() && x.scalar_type() == at::kBFloat16) {
-        const at::BFloat16* p = x.data_ptr<at::BFloat16>();
-        buf.resize(n);
-        for (int64_t i = 0; i < n; ++i) buf[i] = float(p[i]);
-        return buf.data();
-    }
-    if (x.is_contiguous() && x.scalar_type() == at::kHalf) {
-        const at::Half* p = x.data_ptr<at::Half>();
-        buf.resize(n);
-        for (int64_t i = 0; i < n; ++i) buf[i] = float(p[i]);
-        return buf.data();
-    }
-    keep = x.to(at::kFloat).contiguous();
-    return keep.data_ptr<float>();
-}
+// the products the ops below and the block step take
+template void gemv_rows<float, float>(const float*, const float*, int64_t, int64_t, float*);
+template void gemv_rows<at::BFloat16, float>(const at::BFloat16*, const float*, int64_t, int64_t, float*);
+template void gemv_rows<at::Half, float>(const at::Half*, const float*, int64_t, int64_t, float*);
+template void gemv_rows<at::BFloat16, at::BFloat16>(const at::BFloat16*, const float*, int64_t, int64_t, at::BFloat16*);
+template void gemv_rows<at::Half, at::Half>(const at::Half*, const float*, int64_t, int64_t, at::Half*);
+template void gemv_cols<float, float>(const float*, const float*, const float*, int64_t, int64_t, int64_t, float*);
+template void gemv_cols<at::BFloat16, float>(const at::BFloat16*, const float*, const float*, int64_t, int64_t, int64_t,
+                                             float*);
+template void gemv_cols<at::Half, float>(const at::Half*, const float*, const float*, int64_t, int64_t, int64_t, float*);
+template void gemv_cols<at::BFloat16, at::BFloat16>(const at::BFloat16*, const float*, const float*, int64_t, int64_t,
+                                                    int64_t, at::BFloat16*);
+template void gemv_cols<at::Half, at::Half>(const at::Half*, const float*, const float*, int64_t, int64_t, int64_t,
+                                            at::Half*);
 
 // b: (I, O) or G matrices (G, I, O), float32, bf16 or fp16, contiguous; x: I or G I values, any floating
 // dtype; c: none or G O values added before the one rounding (baddbmm's c). Returns x @ b (+ c):
 // (O,) for one matrix, (G, O) for G, in b's dtype.
 at::Tensor gemv_t(at::Tensor x, at::Tensor b, c10::optional<at::Tensor> c) {
-    TORCH_CHECK((b.dim() == 2 || b.dim() == 3) && b.is_contiguous(), "gemv_t: shapes");
+    check_floats(b, "gemv_t", "b");
+    TORCH_CHECK(b.dim() == 2 || b.dim() == 3, "gemv_t: b must be (I, O) or (G, I, O) (shapes)");
     const int64_t G = b.dim() == 3 ? b.size(0) : 1, I = b.size(-2), O = b.size(-1);
-    TORCH_CHECK(x.numel() == G * I && (!c.has_value() || c->numel() == G * O), "gemv_t: shapes");
+    TORCH_CHECK(x.device().is_cpu() && x.is_floating_point() && x.numel() == G * I, "gemv_t: x must hold G I = ", G * I,
+                " floating-point values on the CPU (shapes)");
+    TORCH_CHECK(!c.has_value() || (c->device().is_cpu() && c->is_floating_point() && c->numel() == G * O),
+                "gemv_t: c must hold G O = ", G * O, " floating-point values on the CPU (shapes)");
     std::vector<float> xbuf, cbuf;
     at::Tensor xkeep, ckeep;
     const float* xp = float_values(x, xbuf, xkeep);
@@ -139,15 +140,17 @@ at::Tensor gemv_t(at::Tensor x, at::Tensor b, c10::optional<at::Tensor> c) {
         gemv_cols(b.data_ptr<at::BFloat16>(), xp, cp, G, I, O, y.data_ptr<at::BFloat16>());
     else if (b.scalar_type() == at::kHalf)
         gemv_cols(b.data_ptr<at::Half>(), xp, cp, G, I, O, y.data_ptr<at::Half>());
-    else if (b.scalar_type() == at::kFloat)
+    else
         gemv_cols(b.data_ptr<float>(), xp, cp, G, I, O, y.data_ptr<float>());
-    else TORCH_CHECK(false, "gemv_t: b must be float32, bfloat16 or float16");
     return y;
 }
 
 // x: (I,) any floating dtype; w: (O, I) float32, bf16 or fp16, contiguous. Returns (O,) in w's dtype.
 at::Tensor gemv(at::Tensor x, at::Tensor w) {
-    TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && x.numel() == w.size(1), "gemv: shapes");
+    check_floats(w, "gemv", "w");
+    TORCH_CHECK(w.dim() == 2, "gemv: w must be (O, I) (shapes)");
+    TORCH_CHECK(x.device().is_cpu() && x.is_floating_point() && x.numel() == w.size(1), "gemv: x must hold I = ",
+                w.size(1), " floating-point values on the CPU (shapes)");
     const int64_t O = w.size(0), I = w.size(1);
     std::vector<float> buf;
     at::Tensor keep;
@@ -157,8 +160,7 @@ at::Tensor gemv(at::Tensor x, at::Tensor w) {
         gemv_rows(w.data_ptr<at::BFloat16>(), xp, O, I, y.data_ptr<at::BFloat16>());
     else if (w.scalar_type() == at::kHalf)
         gemv_rows(w.data_ptr<at::Half>(), xp, O, I, y.data_ptr<at::Half>());
-    else if (w.scalar_type() == at::kFloat)
+    else
         gemv_rows(w.data_ptr<float>(), xp, O, I, y.data_ptr<float>());
-    else TORCH_CHECK(false, "gemv: w must be float32, bfloat16 or float16");
     return y;
 }
