@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from spikelm.config import TrainArgs
+from spikelm.runargs import TrainArgs
 
 PARTS = (("params", "parameters"), ("grads", "gradients"), ("optimizer", "optimizer state"))
 

@@ -64,7 +64,7 @@ ATTEMPTS = [k for k in ROWS if k.startswith("A")]
 
 
 def train_one(name: str, a: argparse.Namespace, out: Path):
-    from spikelm.config import TrainArgs
+    from spikelm.runargs import TrainArgs
     from spikelm.train import train
 
     _, kind, model_over, train_over = ROWS[name]

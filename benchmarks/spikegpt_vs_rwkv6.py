@@ -23,7 +23,7 @@ import torch
 
 
 def train_one(kind: str, a: argparse.Namespace, out: Path) -> dict:
-    from spikelm.config import TrainArgs
+    from spikelm.runargs import TrainArgs
     from spikelm.train import train
 
     model = {"kind": kind, "n_layer": a.layers, "n_embd": a.width}

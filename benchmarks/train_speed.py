@@ -46,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads used: {torch.get_num_threads()}, dtype {str(torch.get_default_dtype()).replace('torch.', '')}")
 
-    from spikelm.config import TrainArgs
+    from spikelm.runargs import TrainArgs
     from spikelm.train import train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikelm.config import TrainArgs
+from spikelm.runargs import TrainArgs
 from spikelm.devices import tf32, tf32_wanted
 
 

@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "spikelm"
 
 FLOORS = [
-    ["spikelm.config", "spikelm.configfile", "spikelm.errors", "spikelm.io", "spikelm.markdown", "spikelm.progress"],
+    ["spikelm.config", "spikelm.runargs", "spikelm.configfile", "spikelm.errors", "spikelm.io", "spikelm.markdown", "spikelm.progress"],
     ["spikelm.devices", "spikelm.ops"],
     ["spikelm.spiking"],
     ["spikelm.models"],

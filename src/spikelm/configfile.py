@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .config import RunArgs, TrainArgs
+from .runargs import RunArgs, TrainArgs
 from .errors import ConfigError
 
 __all__ = ["load_train_args", "load_run_args", "read_config_mapping", "find_config", "shipped_configs"]

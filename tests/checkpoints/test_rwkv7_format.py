@@ -15,7 +15,8 @@ from spikelm.checkpoints.rwkv7 import (
     rwkv7_from_state_dict,
     to_official,
 )
-from spikelm.config import RWKV7Config, TrainArgs
+from spikelm.config import RWKV7Config
+from spikelm.runargs import TrainArgs
 from spikelm.errors import CheckpointError
 from spikelm.models.rwkv7 import RWKV7
 

@@ -11,7 +11,7 @@ import yaml
 
 from spikelm.checkpoints import save, save_official
 from spikelm.cli import main
-from spikelm.config import TrainArgs
+from spikelm.runargs import TrainArgs
 from spikelm.models.spikegpt import SPIKEGPT_PRESETS, SpikeGPT, SpikeGPTConfig
 from spikelm.progress import Progress
 from spikelm.testing import make_rwkv6

@@ -20,7 +20,7 @@ from wkv4_triton_helpers import TOL as WKV4_TOL
 from wkv4_triton_helpers import run_case as run_wkv4_case
 from wkv_fla_helpers import CASES as FLA_CASES
 from wkv_fla_helpers import run_case as run_fla_case
-from spikelm.config import TrainArgs
+from spikelm.runargs import TrainArgs
 from spikelm.convert import convert, preset_config
 from spikelm.ops.wkv6 import wkv6, wkv6_naive
 from spikelm.models.spikegpt import SpikeGPT, SpikeGPTConfig

@@ -189,7 +189,7 @@ def test_perplexity_at_8_bits_is_within_1_percent_of_fp32_on_a_trained_model():
 def test_perplexity_at_8_bits_is_within_1_percent_on_the_4x128_model(tmp_path):
     """The 4x128 RWKV-6 of docs/results.md ("runs/cmp/rwkv6": 250 steps on the Brown corpus), trained
     here, scored on the first 30,000 bytes of the test split at 32 and 8 weight bits."""
-    from spikelm.config import TrainArgs
+    from spikelm.runargs import TrainArgs
     from spikelm.train import train
 
     args = TrainArgs(model={"kind": "rwkv6", "n_layer": 4, "n_embd": 128, "head_size": 32}, data="default",

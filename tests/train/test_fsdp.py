@@ -13,7 +13,8 @@ import torch
 import yaml
 
 import spikelm
-from spikelm.config import ConfigError, TrainArgs
+from spikelm.config import ConfigError
+from spikelm.runargs import TrainArgs
 from train_helpers import child_env, same_weights, tiny_args
 
 pytest_plugins = ["train_helpers"]  # its fixtures (a conftest.py here would shadow tests/conftest.py)

@@ -17,7 +17,8 @@ import yaml
 
 import spikelm
 from spikelm.cli import main
-from spikelm.config import ConfigError, TrainArgs
+from spikelm.config import ConfigError
+from spikelm.runargs import TrainArgs
 from spikelm.configfile import load_train_args
 from spikelm.train import TrainingDiverged, latest_checkpoint, lr_at, param_groups, train
 from spikelm.train.loop import _build_model

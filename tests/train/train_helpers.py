@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikelm.config import TrainArgs
+from spikelm.runargs import TrainArgs
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"kind": "rwkv6", "n_layer": 1, "n_embd": 32, "head_size": 16}

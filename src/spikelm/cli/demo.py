@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 from ..checkpoints import load
-from ..config import TrainArgs
+from ..runargs import TrainArgs
 from ..errors import ConfigError
 from ..convert import convert, preset_config
 from ..data.build import prepare

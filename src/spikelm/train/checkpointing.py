@@ -37,7 +37,8 @@ from torch import nn
 
 from ..checkpoints import load_state_dict, model_config, read_state, save, write_torch
 from ..checkpoints.files import SHARDED_METADATA
-from ..config import ConfigError, RunArgs
+from ..config import ConfigError
+from ..runargs import RunArgs
 from ..errors import CheckpointError, SpikelmError
 from ..io import atomic_write_json, atomic_write_text, claim_dir, remove_owned
 from .distributed import Dist, is_sharded

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..checkpoints import describe, load
-from ..config import CALIBRATIONS, SITES, WEIGHT_BITS, ConfigError, RunArgs, _require
+from ..config import CALIBRATIONS, SITES, WEIGHT_BITS, ConfigError, _require
+from ..runargs import RunArgs
 from ..convert import PRESETS, attach_encoders, convert, detach_encoders, encoders, preset_config
 from ..data.text import calibration_batches
 from ..errors import CheckpointError, SpikelmError

@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from ..checkpoints import build_model, save
-from ..config import ConfigError, RunArgs, TrainArgs
+from ..config import ConfigError
+from ..runargs import RunArgs, TrainArgs
 from ..data.build import prepare
 from ..data.sampler import BatchSampler
 from ..devices import tf32

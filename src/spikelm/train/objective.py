@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunArgs
+from ..runargs import RunArgs
 from ..ops.cross_entropy import cross_entropy_fp32
 
 __all__ = ["Objective", "param_groups", "make_optimizer", "lr_at", "schedule_description"]
