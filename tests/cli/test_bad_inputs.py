@@ -169,6 +169,19 @@ CASES: list[Case] = [
     Case("out-of-range flag", ("sweep", OK, "--chunk", "0"), "--chunk"),
     Case("out-of-range flag", ("sweep", OK, "--ctx", "-1"), "--ctx"),
     Case("malformed flag", ("sweep", OK, "--calibration", "max,l2"), "--calibration"),
+    # --- finetune
+    Case("missing file", ("finetune", "{d}/missing.pth", "--preset", "SpikeRWKV-4L", "--out", "{d}/ft_a"), "missing.pth"),
+    Case("missing flag", ("finetune", OK, "--out", "{d}/ft_b"), "--preset"),
+    Case("malformed flag", ("finetune", OK, "--preset", "SpikeRWKV-9L", "--out", "{d}/ft_c"), "SpikeRWKV-9L"),
+    Case("malformed flag", ("finetune", OK, "--preset", "SpikeRWKV-4L", "--train", "weights", "--out", "{d}/ft_d"), "train"),
+    Case("malformed flag", ("finetune", OK, "--preset", "SpikeRWKV-4L", "--calibration", "l2", "--out", "{d}/ft_e"),
+         "calibration"),
+    Case("out-of-range flag", ("finetune", OK, "--preset", "SpikeRWKV-4L", "--weight-bits", "4", "--out", "{d}/ft_f"),
+         "weight_bits"),
+    Case("out-of-range flag", ("finetune", OK, "--preset", "SpikeRWKV-4L", "--steps", "0", "--out", "{d}/ft_g"),
+         "max_steps"),
+    Case("missing file", ("finetune", OK, "--preset", "SpikeRWKV-4L", "--teacher", "{d}/missing.pth", "--out", "{d}/ft_h"),
+         "missing.pth"),
     Case("conflicting flags", ("convert", OK, "--out", "{d}/out_pre", "--preset", "SpikeRWKV-4L", "--layers", "3"), "--layers"),
     Case("out-of-range flag", ("nlu", OK, "--shots", "-1"), "--shots"),
     Case("out-of-range flag", ("nlu", OK, "--batch-size", "0"), "--batch-size"),
@@ -490,8 +503,8 @@ def cache(tmp_path, monkeypatch) -> Path:
 def test_the_table_is_broad():
     assert len(CASES) >= 40
     commands = {c.command for c in CASES}
-    assert commands >= {"info", "init", "data", "train", "eval", "generate", "convert", "sweep", "energy", "nlu", "demo",
-                        "spikelm-lm-eval"}
+    assert commands >= {"info", "init", "data", "train", "finetune", "eval", "generate", "convert", "sweep", "energy", "nlu",
+                        "demo", "spikelm-lm-eval"}
     assert len({c.id for c in CASES}) == len(CASES), "duplicate cases"
 
 
