@@ -298,3 +298,11 @@ def test_resuming_a_finished_fine_tune_keeps_its_gaps(tiny_data, ann, tmp_path):
     again = json.loads((tmp_path / "ft" / "summary.json").read_text())
     for k in ("val_gap_pct", "converted_gap_pct", "converted_val_loss", "steps"):
         assert again[k] == first[k] and again[k] is not None, k
+
+
+def test_another_family_is_refused_before_the_out_dir_is_made(tmp_path):
+    from spikelm.config import SpikeGPTConfig
+    from spikelm.models.spikegpt import SpikeGPT
+    spikelm.save(SpikeGPT(SpikeGPTConfig(vocab_size=257, n_layer=1, n_embd=32, ctx_len=64, tokenizer="bytes")), tmp_path / "sg")
+    assert main(["finetune", str(tmp_path / "sg"), "--preset", "SpikeRWKV-4L", "--out", str(tmp_path / "ft")]) == 2
+    assert not (tmp_path / "ft").exists()

@@ -424,8 +424,13 @@ def _models(args: FinetuneArgs, resuming: bool, progress: ProgressFn | None) -> 
 
 
 def resolve_tokenizer(args: FinetuneArgs) -> FinetuneArgs:
-    """``tokenizer: auto`` becomes the checkpoint's; another value must be the same."""
-    own = describe(args.checkpoint)["config"].get("tokenizer") or "world"
+    """``tokenizer: auto`` becomes the checkpoint's; another value must be the same. A checkpoint of
+    another family (SpikeGPT, RWKV-4) is refused here, before anything is written."""
+    cfg = describe(args.checkpoint)["config"]
+    if cfg.get("kind") not in (None, "rwkv6", "rwkv7"):  # before the out_dir is claimed
+        raise ConfigError(f"checkpoint: spiking-aware fine-tuning converts RWKV-6 and RWKV-7 models; {args.checkpoint} is a "
+                          f"{cfg['kind']} model (SpikeGPT is spiking already: train it with `spikelm train`)")
+    own = cfg.get("tokenizer") or "world"
     if args.tokenizer == "auto":
         return args.replace(tokenizer=own)
     if args.tokenizer != own:
