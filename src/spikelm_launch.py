@@ -30,11 +30,44 @@ def _numpy_first() -> None:
     import numpy  # noqa: F401
 
 
+def _load(load):
+    """``load()`` with Ctrl-C held back until it returns, then raised as KeyboardInterrupt.
+
+    A KeyboardInterrupt raised inside a compiled extension's initialisation can end in a C++
+    ``std::terminate`` (seen on a loaded machine: a nanobind module's import aborted the program,
+    exit -6, with a C++ message). Loading takes seconds; the interrupt waits for it."""
+    import signal
+
+    pending: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread: nothing to hold back
+        return load()
+    try:
+        out = load()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+    return out
+
+
+def _entry():
+    _numpy_first()
+    from spikelm.cli import entry  # the whole library: the import a Ctrl-C may interrupt
+    return entry
+
+
+def _lm_eval_entry():
+    _numpy_first()
+    from spikelm.cli.lm_eval import main as lm_eval_main
+    return lm_eval_main
+
+
 def main() -> int:
     """``spikelm``: :func:`spikelm.cli.entry`, with a Ctrl-C while it loads as exit 130."""
     try:
-        _numpy_first()
-        from spikelm.cli import entry  # the whole library: the import a Ctrl-C may interrupt
+        entry = _load(_entry)
     except KeyboardInterrupt:
         return _interrupted("spikelm")
     try:
@@ -46,8 +79,7 @@ def main() -> int:
 def lm_eval() -> int:
     """``spikelm-lm-eval``: :func:`spikelm.cli.lm_eval.main`, with a Ctrl-C while it loads as exit 130."""
     try:
-        _numpy_first()
-        from spikelm.cli.lm_eval import main as lm_eval_main
+        lm_eval_main = _load(_lm_eval_entry)
     except KeyboardInterrupt:
         return _interrupted("spikelm-lm-eval")
     try:

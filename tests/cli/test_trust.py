@@ -271,6 +271,9 @@ def test_ctrl_c_while_loading_is_exit_130_without_a_traceback(tmp_path, tiny_ckp
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=600)
         err = err.decode()
+        if proc.returncode == -signal.SIGINT and not err.strip():
+            continue  # before the interpreter set its own handler (a slow start on a loaded machine): the
+            # default action, silent, and a shell reports it as 130 too; not a moment spikelm can handle
         assert proc.returncode == 130, (delay, proc.returncode, err)
         assert "Traceback" not in err, (delay, err)
         assert err.strip().splitlines()[-1].endswith(("interrupted", "interrupted while loading")), err
