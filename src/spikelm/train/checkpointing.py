@@ -439,17 +439,25 @@ def read_json(path: Path) -> dict[str, Any]:
     return obj
 
 
+def fixed_mismatch(saved: dict[str, Any], args: RunArgs) -> str | None:
+    """The first setting a run cannot change that differs between ``saved`` (its train_args.json)
+    and ``args``: ``kind`` (another kind of run), then a key of ``args.FIXED``; None if none does."""
+    if saved.get("kind", args.kind) != args.kind:
+        return "kind"
+    return next((key for key in args.FIXED if saved.get(key) != getattr(args, key)), None)
+
+
 def check_args_match(saved: dict[str, Any], args: RunArgs, folder: Path) -> None:
     """Resuming with a different model (the keys in ``args.FIXED``: the model config of a training
     run, the checkpoint, encoding and trainable parts of a fine-tune) or a different kind of run is
     an error; other changes (longer runs) are allowed but noted."""
-    if saved.get("kind", args.kind) != args.kind:
+    key = fixed_mismatch(saved, args)
+    if key == "kind":
         raise ConfigError(f"the checkpoint {folder} belongs to a {saved.get('kind')} run, not a {args.kind} run; "
                           "choose another --out-dir")
-    for key in args.FIXED:
-        if saved.get(key) != getattr(args, key):
-            raise ConfigError(f"{key}: the checkpoint {folder} was trained with {saved.get(key)!r}, this run asks for "
-                              f"{getattr(args, key)!r}")
+    if key is not None:
+        raise ConfigError(f"{key}: the checkpoint {folder} was trained with {saved.get(key)!r}, this run asks for "
+                          f"{getattr(args, key)!r}")
     changed = sorted(k for k, v in args.to_dict().items() if k not in args.FIXED and saved.get(k) != v)
     if changed:
         log.warning("resuming with changed settings: %s", ", ".join(f"{k}={saved.get(k)!r} -> {getattr(args, k)!r}" for k in changed))

@@ -34,7 +34,6 @@ lower levels have fewer spikes on average). Its gradient lowers magnitudes and r
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -59,7 +58,7 @@ from ..markdown import md_table
 from ..ops.cross_entropy import cross_entropy_fp32, kl_distill_fp32
 from ..progress import ProgressFn
 from ..spiking.layers import SpikeEncoder
-from .checkpointing import claim_run_folder
+from .checkpointing import claim_run_folder, fixed_mismatch, read_json
 from .loop import Objective, TrainResult, param_groups, train
 
 log = logging.getLogger("spikelm.train")
@@ -531,11 +530,11 @@ def format_finetuned(rows: list[dict[str, Any]]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """:func:`.checkpointing.read_json`, or None where the file is missing or not a JSON object."""
     try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path)
+    except CheckpointError:
         return None
-    return out if isinstance(out, dict) else None
 
 
 def _finished(args: FinetuneArgs) -> dict[str, Any] | None:
@@ -545,6 +544,6 @@ def _finished(args: FinetuneArgs) -> dict[str, Any] | None:
     summary, saved = _read_json(out / "summary.json"), _read_json(out / "train_args.json")
     if summary is None or saved is None or not (out / "final" / "config.json").is_file():
         return None
-    if saved.get("kind", args.kind) != args.kind or any(saved.get(k) != getattr(args, k) for k in args.FIXED):
+    if fixed_mismatch(saved, args) is not None:
         return None  # finetune() names the difference
     return summary if int(summary.get("steps", 0)) >= args.max_steps else None
